@@ -1,0 +1,189 @@
+"""The API: request → auth → action → core → response, for ``POST /api/pns/``.
+
+Every answer is the envelope ``{code, msg, requestId, data?}``; errors too are HTTP 200 except
+for the transport-level ones (404, 405, 413, 500) that still carry an envelope.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, NamedTuple
+
+import msgspec
+
+from .auth import BIZ_TYPE_PNS, TS_WINDOW_MS, check_ts, verify_sign
+from .core import QueryAnswer, Service
+from .errors import DEFAULT_MSG, Code, PnsError
+from .ids import new_snowflake
+from .model import Account, Role
+from .wire import (
+    BindAXBBody,
+    BindExtensionBody,
+    ListBody,
+    QueryBody,
+    UnbindBody,
+    binding_item,
+    decode,
+    int_field,
+)
+
+log = logging.getLogger("pns.api")
+
+MAX_BODY = 64 * 1024
+REQUIRED_HEADERS = ("accesskey", "action", "biztype", "ts", "sign")
+_HEADER_NAMES = {"accesskey": "accessKey", "biztype": "bizType"}
+_encode = msgspec.json.Encoder().encode
+
+Handler = Callable[["Api", Account, bytes, int], Awaitable[dict[str, Any] | None]]
+
+
+class Action(NamedTuple):
+    handler: Handler
+    roles: frozenset[Role]
+    changes_state: bool
+
+
+class Response(NamedTuple):
+    status: int
+    body: bytes
+    request_id: str
+    action: str
+    code: int
+
+
+def envelope(code: Code | int, msg: str, request_id: str, data: Any = None) -> bytes:
+    answer: dict[str, Any] = {"code": int(code), "msg": msg, "requestId": request_id}
+    if data is not None:
+        answer["data"] = data
+    return _encode(answer)
+
+
+def error_response(status: int, code: Code, msg: str, action: str = "") -> Response:
+    request_id = new_snowflake()
+    return Response(status, envelope(code, msg, request_id), request_id, action, int(code))
+
+
+class Api:
+    def __init__(self, service: Service, clock: Callable[[], float] = time.time):
+        self.service = service
+        self._clock = clock
+
+    async def handle(self, headers: Mapping[str, str], body: bytes) -> Response:
+        """Answer one ``POST /api/pns/``; ``headers`` has lower-case names."""
+        request_id = new_snowflake()
+        action_name = headers.get("action", "")
+        try:
+            data = await self._run(headers, body)
+            return Response(200, envelope(Code.OK, "success", request_id, data), request_id,
+                            action_name, 0)
+        except PnsError as exc:
+            return Response(200, envelope(exc.code, exc.msg, request_id, exc.data), request_id,
+                            action_name, int(exc.code))
+        except Exception:
+            log.exception("unexpected failure requestId=%s action=%s", request_id, action_name)
+            return Response(500, envelope(Code.INTERNAL, DEFAULT_MSG[Code.INTERNAL], request_id),
+                            request_id, action_name, int(Code.INTERNAL))
+
+    async def _run(self, headers: Mapping[str, str], body: bytes) -> dict[str, Any] | None:
+        for name in REQUIRED_HEADERS:
+            if not headers.get(name):
+                raise PnsError(Code.MISSING_HEADER,
+                               f"missing header {_HEADER_NAMES.get(name, name)}")
+        action_name = headers["action"]
+        if headers["biztype"] != BIZ_TYPE_PNS:
+            raise PnsError(Code.BAD_PARAMETER, "bizType must be 5")
+        action = ACTIONS.get(action_name)
+        if action is None:
+            raise PnsError(Code.BAD_PARAMETER, f"unknown action {action_name[:64]!r}")
+        now = self._clock()
+        check_ts(headers["ts"], int(now * 1000), TS_WINDOW_MS)
+        access_key = headers["accesskey"]
+        account = await self.service.accounts.by_access_key(access_key)
+        if account is None or not account.enabled:
+            raise PnsError(Code.NO_PERMISSION, "unknown or disabled accessKey")
+        verify_sign(headers["sign"], access_key, action_name, headers["biztype"], headers["ts"],
+                    body, account.secrets_at(now), headers.get("algorithm", "md5"))
+        if account.role not in action.roles:
+            raise PnsError(Code.NO_PERMISSION, f"role {account.role.value} may not {action_name}")
+        if action.changes_state:
+            key = f"{access_key}:{headers['sign'].lower()}"
+            # A signature stays valid while its ts is inside the window, either way.
+            expires_at = int(now) + 2 * TS_WINDOW_MS // 1000 + 1
+            if not await self.service.store.claim_signature(key, expires_at, int(now)):
+                raise PnsError(Code.REPLAYED)
+        return await action.handler(self, account, body, int(now))
+
+
+# --- actions --------------------------------------------------------------------------------
+async def _bind_axb(api: Api, account: Account, body: bytes, now: int) -> dict[str, Any]:
+    req: BindAXBBody = decode(body, BindAXBBody)
+    binding = await api.service.bind_axb(
+        account, req.phoneA, req.phoneB,
+        expire_second=int_field(req.expireSecond, "expireSecond", required=True),
+        customer_bind_id=req.customerBindId, flag=int_field(req.flag, "flag", required=False),
+        business_id=req.businessId, phone_x=req.phoneX, now=now,
+    )
+    return {"bindId": binding.bind_id, "did": binding.x, "expireAt": binding.expire_at}
+
+
+async def _bind_extension(api: Api, account: Account, body: bytes, now: int) -> dict[str, Any]:
+    req: BindExtensionBody = decode(body, BindExtensionBody)
+    binding = await api.service.bind_extension(
+        account, req.phoneA, req.phoneX,
+        expire_second=int_field(req.expireSecond, "expireSecond", required=True),
+        phone_b=req.phoneB, extension=req.extension or req.Extension,
+        customer_bind_id=req.customerBindId, flag=int_field(req.flag, "flag", required=False),
+        business_id=req.businessId, now=now,
+    )
+    return {"bindId": binding.bind_id, "did": binding.x, "extension": binding.extension,
+            "expireAt": binding.expire_at}
+
+
+async def _unbind(api: Api, account: Account, body: bytes, now: int) -> None:
+    req: UnbindBody = decode(body, UnbindBody)
+    await api.service.unbind(account, req.bindId, req.customerBindId, now)
+    return None
+
+
+async def _list(api: Api, account: Account, body: bytes, now: int) -> dict[str, Any]:
+    req: ListBody = decode(body, ListBody)
+    limit = int_field(req.limit, "limit", required=False, code=Code.LIMIT_OUT_OF_RANGE)
+    offset = int_field(req.offset, "offset", required=False, code=Code.OFFSET_OUT_OF_RANGE)
+    bindings, total = await api.service.list_bindings(account, limit, offset, now)
+    return {"bindList": [binding_item(b) for b in bindings], "total": total}
+
+
+async def _query(api: Api, account: Account, body: bytes, now: int) -> dict[str, Any]:
+    req: QueryBody = decode(body, QueryBody)
+    answer = await api.service.query(account, req.caller, req.did, req.extension or None, now)
+    return query_data(answer)
+
+
+def query_data(answer: QueryAnswer) -> dict[str, Any]:
+    prompts = answer.prompts
+    data: dict[str, Any] = {
+        "callee": answer.callee,
+        "callId": answer.call_id,
+        "flag": answer.flag,
+        "audioWhenCallFail": prompts.audio_when_call_fail if prompts else "",
+        "bindType": answer.bind_type,
+        "audioWhenDtmfNeed": prompts.audio_when_dtmf_need if prompts else "",
+        "audioWhenDtmfErr": prompts.audio_when_dtmf_err if prompts else "",
+    }
+    if answer.extension is not None:
+        data["extension"] = answer.extension
+    return data
+
+
+_CUSTOMER = frozenset({Role.CUSTOMER})
+_ANYONE = frozenset({Role.CUSTOMER, Role.SWITCH})
+
+ACTIONS: dict[str, Action] = {
+    "bindAXB": Action(_bind_axb, _CUSTOMER, True),
+    "bindAXBExtension": Action(_bind_extension, _CUSTOMER, True),
+    "unbindAXB": Action(_unbind, _CUSTOMER, True),
+    "getAXBList": Action(_list, _CUSTOMER, False),
+    "queryAXB": Action(_query, _ANYONE, False),
+}

@@ -1,0 +1,59 @@
+"""Routes: which path reaches the API, health, and the envelopes of transport errors."""
+
+from __future__ import annotations
+
+import logging
+
+from .api import Api, envelope
+from .errors import Code
+from .http import Reply, Request
+from .ids import new_snowflake
+
+log = logging.getLogger("pns.access")
+
+API_PATHS = frozenset({"/api/pns/", "/api/pns"})
+_ERROR_MSG = {
+    400: "bad request",
+    404: "not found",
+    405: "method not allowed",
+    408: "request timeout",
+    413: "request body larger than 64 KiB",
+    414: "URL too long",
+    431: "request headers too large",
+    500: "failed to retrieve data",
+    503: "service unavailable",
+}
+
+
+def error_reply(status: int) -> Reply:
+    """A transport-level refusal, still as an envelope (1002; 10009 for a server fault)."""
+    code = Code.INTERNAL if status >= 500 else Code.BAD_PARAMETER
+    return Reply(status, envelope(code, _ERROR_MSG.get(status, "error"), new_snowflake()))
+
+
+class App:
+    def __init__(self, api: Api):
+        self.api = api
+
+    async def __call__(self, request: Request) -> Reply:
+        path = request.path
+        if path in API_PATHS:
+            if request.method != "POST":
+                return error_reply(405)
+            response = await self.api.handle(request.headers, request.body)
+            log.info("requestId=%s action=%s code=%d", response.request_id, response.action,
+                     response.code)
+            return Reply(response.status, response.body)
+        if path == "/healthz":
+            if request.method != "GET":
+                return error_reply(405)
+            return await self._health()
+        return error_reply(404)
+
+    async def _health(self) -> Reply:
+        try:
+            await self.api.service.store.ping()
+        except Exception as exc:
+            log.warning("health check failed: %s", type(exc).__name__)
+            return Reply(503, b'{"status":"store unreachable"}')
+        return Reply(200, b'{"status":"ok"}')

@@ -1,0 +1,337 @@
+"""The ``pns`` command line: serve, and the operator's accounts and numbers.
+
+Every command takes ``--store URL`` (before or after its own arguments); the default is
+``sqlite:///./pns.db``, overridden by ``PNS_STORE``. A new store is created on first use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from .core import Settings
+from .model import Account, AccountChanges, Role, VirtualNumber
+from .numbers import parse_international
+from .store import DEFAULT_STORE_URL, Store, StoreError, open_store
+
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
+
+
+def _store_option(func: F) -> F:
+    return click.option(
+        "--store", "store_url", envvar="PNS_STORE", default=None, metavar="URL",
+        help=f"Store URL (sqlite:///PATH or postgresql://...); default {DEFAULT_STORE_URL}, "
+        "or $PNS_STORE.",
+    )(func)
+
+
+def _store_url(ctx: click.Context, store_url: str | None) -> str:
+    if store_url:
+        return store_url
+    root = ctx.find_root()
+    return str(root.obj.get("store_url") or DEFAULT_STORE_URL) if root.obj else DEFAULT_STORE_URL
+
+
+def _with_store(url: str, work: Callable[[Store], Awaitable[T]]) -> T:
+    async def run() -> T:
+        store = await open_store(url)
+        try:
+            return await work(store)
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(run())
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot reach the store: {exc}") from None
+
+
+def new_access_key() -> str:
+    return "".join(secrets.choice(_ALPHABET) for _ in range(16))
+
+
+def new_access_secret() -> str:
+    return secrets.token_urlsafe(24)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@_store_option
+@click.pass_context
+def main(ctx: click.Context, store_url: str | None) -> None:
+    """pns: an open privacy number service (NXCloud PNS API compatible)."""
+    ctx.obj = {"store_url": store_url}
+
+
+# --- serve --------------------------------------------------------------------------------
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, envvar="PNS_HOST")
+@click.option("--port", default=8080, show_default=True, type=int, envvar="PNS_PORT")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Processes sharing the port (SO_REUSEPORT).")
+@click.option("--extension-length", default=3, show_default=True, type=click.Choice(["3", "4"]),
+              envvar="PNS_EXTENSION_LENGTH", help="Digits of an extension.")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]), envvar="PNS_LOG_LEVEL")
+@_store_option
+@click.pass_context
+def serve(ctx: click.Context, host: str, port: int, workers: int, extension_length: str,
+          log_level: str, store_url: str | None) -> None:
+    """Run the API server until SIGTERM/SIGINT (then finish in-flight requests)."""
+    from .serve import install_event_loop, run_server
+
+    url = _store_url(ctx, store_url)
+    logging.basicConfig(level=log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if workers > 1:
+        _run_workers(workers)
+        return
+    install_event_loop()
+    settings = Settings(extension_length=int(extension_length))
+    try:
+        asyncio.run(run_server(url, host, port, settings,
+                               reuse_port=os.environ.get("PNS_REUSE_PORT") == "1"))
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot serve on {host}:{port}: {exc}") from None
+
+
+def _run_workers(workers: int) -> None:
+    """Start ``workers`` single-process servers on one port and stop them together."""
+    argv = [a for a in sys.argv[1:] if not a.startswith("--workers")]
+    if "--workers" in sys.argv:
+        index = sys.argv.index("--workers")
+        argv = sys.argv[1:index] + sys.argv[index + 2:]
+    env = {**os.environ, "PNS_REUSE_PORT": "1"}
+    children = [
+        subprocess.Popen([sys.executable, "-m", "pns.cli", *argv], env=env)
+        for _ in range(workers)
+    ]
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    codes = [child.wait() for child in children]
+    if any(codes):
+        raise SystemExit(max(codes))
+
+
+@main.command()
+@_store_option
+@click.pass_context
+def migrate(ctx: click.Context, store_url: str | None) -> None:
+    """Create the store, or upgrade it to this release's schema."""
+    url = _store_url(ctx, store_url)
+
+    async def work() -> str:
+        store = await open_store(url, migrate=True)
+        await store.close()
+        return "store is at the current schema version"
+
+    try:
+        click.echo(asyncio.run(work()))
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+# --- accounts -----------------------------------------------------------------------------
+@main.group()
+def account() -> None:
+    """Customer and switch accounts."""
+
+
+def _account_json(acc: Account, with_secret: bool) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "id": acc.id, "name": acc.name, "role": acc.role.value, "accessKey": acc.access_key,
+        "enabled": acc.enabled, "audioWhenCallFail": acc.audio_when_call_fail,
+        "audioWhenDtmfNeed": acc.audio_when_dtmf_need, "audioWhenDtmfErr": acc.audio_when_dtmf_err,
+        "callbackUrl": acc.callback_url,
+    }
+    if with_secret:
+        data["accessSecret"] = acc.access_secret
+    return data
+
+
+@account.command("create")
+@click.option("--name", required=True)
+@click.option("--role", type=click.Choice([r.value for r in Role]), default="customer",
+              show_default=True)
+@_store_option
+@click.pass_context
+def account_create(ctx: click.Context, name: str, role: str, store_url: str | None) -> None:
+    """Create an account; prints its accessKey and accessSecret (shown only here)."""
+
+    async def work(store: Store) -> Account:
+        return await store.create_account(name, Role(role), new_access_key(),
+                                          new_access_secret(), int(time.time()))
+
+    acc = _with_store(_store_url(ctx, store_url), work)
+    click.echo(json.dumps(_account_json(acc, with_secret=True)))
+
+
+@account.command("list")
+@_store_option
+@click.pass_context
+def account_list(ctx: click.Context, store_url: str | None) -> None:
+    """One JSON object per account (secrets are never listed)."""
+    for acc in _with_store(_store_url(ctx, store_url), lambda s: s.list_accounts()):
+        click.echo(json.dumps(_account_json(acc, with_secret=False)))
+
+
+@account.command("set")
+@click.argument("access_key")
+@click.option("--audio-when-call-fail", default=None, help="Prompt when a call cannot connect.")
+@click.option("--audio-when-dtmf-need", default=None, help="Prompt asking for an extension.")
+@click.option("--audio-when-dtmf-err", default=None, help="Prompt for a wrong extension.")
+@click.option("--callback-url", default=None, help="Where call records are delivered.")
+@click.option("--disable/--enable", "disabled", default=None,
+              help="A disabled account is refused (1005).")
+@_store_option
+@click.pass_context
+def account_set(ctx: click.Context, access_key: str, audio_when_call_fail: str | None,
+                audio_when_dtmf_need: str | None, audio_when_dtmf_err: str | None,
+                callback_url: str | None, disabled: bool | None, store_url: str | None) -> None:
+    """Change an account's prompts, callback URL, or enable/disable it."""
+    changes = AccountChanges(
+        enabled=None if disabled is None else not disabled,
+        audio_when_call_fail=audio_when_call_fail, audio_when_dtmf_need=audio_when_dtmf_need,
+        audio_when_dtmf_err=audio_when_dtmf_err, callback_url=callback_url,
+    )
+    acc = _with_store(_store_url(ctx, store_url),
+                      lambda s: s.update_account(access_key, changes))
+    if acc is None:
+        raise click.ClickException(f"no account with accessKey {access_key}")
+    click.echo(json.dumps(_account_json(acc, with_secret=False)))
+
+
+# --- numbers ------------------------------------------------------------------------------
+@main.group()
+def numbers() -> None:
+    """The pool of virtual numbers (X)."""
+
+
+def _read_numbers(args: Iterable[str], file: Path | None) -> list[str]:
+    raw = list(args)
+    if file is not None:
+        raw += [line.strip() for line in file.read_text().splitlines()
+                if line.strip() and not line.lstrip().startswith("#")]
+    return raw
+
+
+@numbers.command("add")
+@click.option("--account", "access_key", required=True, help="Owner's accessKey.")
+@click.option("--file", "file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="One number per line.")
+@click.argument("number", nargs=-1)
+@_store_option
+@click.pass_context
+def numbers_add(ctx: click.Context, access_key: str, file: Path | None, number: tuple[str, ...],
+                store_url: str | None) -> None:
+    """Give virtual numbers to a customer account."""
+    raw = _read_numbers(number, file)
+    if not raw:
+        raise click.UsageError("give numbers as arguments or with --file")
+    parsed = []
+    bad = []
+    for text in raw:
+        n = parse_international(text)
+        if n is None:
+            bad.append(text)
+        else:
+            parsed.append(n)
+    if bad:
+        raise click.ClickException(
+            f"not possible international numbers (country code first): {', '.join(bad[:10])}"
+        )
+
+    async def work(store: Store) -> tuple[int, list[str]]:
+        owner = await store.get_account(access_key)
+        if owner is None:
+            raise click.ClickException(f"no account with accessKey {access_key}")
+        if owner.role is not Role.CUSTOMER:
+            raise click.ClickException("only customer accounts own virtual numbers")
+        records = [VirtualNumber(n.digits, owner.id, n.country_code) for n in parsed]
+        existing = await store.add_numbers(records)
+        return len(records) - len(existing), existing
+
+    added, existing = _with_store(_store_url(ctx, store_url), work)
+    click.echo(json.dumps({"added": added, "alreadyPresent": existing}))
+
+
+@numbers.command("list")
+@click.option("--account", "access_key", default=None, help="Only this account's numbers.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per number.")
+@_store_option
+@click.pass_context
+def numbers_list(ctx: click.Context, access_key: str | None, as_json: bool,
+                 store_url: str | None) -> None:
+    """Each number with its owner and its active bindings."""
+
+    async def work(store: Store) -> tuple[list[Any], dict[int, str]]:
+        account_id = None
+        if access_key is not None:
+            owner = await store.get_account(access_key)
+            if owner is None:
+                raise click.ClickException(f"no account with accessKey {access_key}")
+            account_id = owner.id
+        keys = {a.id: a.access_key for a in await store.list_accounts()}
+        return await store.list_numbers(account_id, int(time.time())), keys
+
+    usage, keys = _with_store(_store_url(ctx, store_url), work)
+    if as_json:
+        for u in usage:
+            click.echo(json.dumps({"number": u.x, "account": keys.get(u.account_id, ""),
+                                   "countryCode": u.country_code, "enabled": u.enabled,
+                                   "activeBindings": u.active_bindings}))
+        return
+    table = Table("number", "account", "country", "active bindings")
+    for u in usage:
+        table.add_row(u.x, keys.get(u.account_id, ""), f"+{u.country_code}",
+                      str(u.active_bindings))
+    Console().print(table)
+
+
+@numbers.command("remove")
+@click.argument("number", nargs=-1, required=True)
+@click.option("--force", is_flag=True, help="Also end the numbers' active bindings.")
+@_store_option
+@click.pass_context
+def numbers_remove(ctx: click.Context, number: tuple[str, ...], force: bool,
+                   store_url: str | None) -> None:
+    """Remove numbers; refused while a number has active bindings, unless --force."""
+    xs = [(parse_international(n) or n) for n in number]
+    digits = [x.digits if not isinstance(x, str) else x for x in xs]
+    kept = _with_store(_store_url(ctx, store_url),
+                       lambda s: s.remove_numbers(digits, force, int(time.time())))
+    removed = [x for x in digits if x not in kept]
+    click.echo(json.dumps({"removed": removed, "kept": kept}))
+    if kept:
+        raise click.ClickException(
+            f"{len(kept)} number(s) have active bindings and were kept: {', '.join(kept[:10])} "
+            "(use --force to end their bindings)"
+        )
+
+
+if __name__ == "__main__":
+    main()

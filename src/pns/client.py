@@ -1,0 +1,143 @@
+"""A Python client for the pns (and NXCloud PNS) API that signs its requests.
+
+Standard library only, one keep-alive connection per client (not thread-safe: one client per
+thread). ``call`` returns the envelope as a dict whatever the code; nothing is raised for a
+refusal, so callers see every code the service gives.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+from .auth import BIZ_TYPE_PNS, sign
+
+API_PATH = "/api/pns/"
+
+
+def signed_headers(
+    access_key: str, access_secret: str, action: str, body: bytes, ts: str | None = None,
+    algorithm: str = "md5",
+) -> dict[str, str]:
+    """The headers of a signed request; ``ts`` defaults to now in milliseconds."""
+    ts = ts if ts is not None else str(int(time.time() * 1000))
+    headers = {
+        "Content-Type": "application/json",
+        "accessKey": access_key,
+        "action": action,
+        "bizType": BIZ_TYPE_PNS,
+        "ts": ts,
+        "sign": sign(access_key, action, BIZ_TYPE_PNS, ts, body, access_secret, algorithm),
+    }
+    if algorithm != "md5":
+        headers["algorithm"] = algorithm
+    return headers
+
+
+def encode_body(body: dict[str, Any] | bytes | str) -> bytes:
+    """Compact JSON, UTF-8, non-ASCII kept as is: the bytes sent are the bytes signed."""
+    if isinstance(body, bytes):
+        return body
+    if isinstance(body, str):
+        return body.encode()
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+class PnsClient:
+    def __init__(
+        self, base_url: str, access_key: str, access_secret: str, *, algorithm: str = "md5",
+        timeout: float = 10.0,
+    ):
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"base_url must be http(s)://host[:port], not {base_url!r}")
+        self.access_key = access_key
+        self.access_secret = access_secret
+        self.algorithm = algorithm
+        self._https = parts.scheme == "https"
+        self._host = parts.hostname
+        self._port = parts.port or (443 if self._https else 80)
+        self._path = (parts.path.rstrip("/") + API_PATH) if parts.path not in ("", "/") \
+            else API_PATH
+        self._timeout = timeout
+        self._conn: http.client.HTTPConnection | None = None
+
+    def call(self, action: str, body: dict[str, Any] | bytes | str) -> dict[str, Any]:
+        """Sign and send one action; returns the envelope ``{code, msg, requestId, data?}``."""
+        _status, envelope = self.request(action, body)
+        return envelope
+
+    def request(
+        self, action: str, body: dict[str, Any] | bytes | str, *, ts: str | None = None,
+        extra_headers: dict[str, str] | None = None,
+    ) -> tuple[int, dict[str, Any]]:
+        """Like ``call`` but also gives the HTTP status, and lets tests set ``ts``/headers."""
+        raw = encode_body(body)
+        headers = signed_headers(self.access_key, self.access_secret, action, raw, ts,
+                                 self.algorithm)
+        if extra_headers:
+            headers.update(extra_headers)
+        status, payload = self.send(raw, headers)
+        return status, json.loads(payload)
+
+    def send(self, raw: bytes, headers: dict[str, str], path: str | None = None,
+             method: str = "POST") -> tuple[int, bytes]:
+        """Send bytes as they are (no signing): one retry on a connection the server closed."""
+        for attempt in (1, 2):
+            conn = self._connection()
+            try:
+                conn.request(method, path or self._path, body=raw, headers=headers)
+                response = conn.getresponse()
+                payload = response.read()
+                if response.will_close:
+                    self.close()
+                return response.status, payload
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                self.close()
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _connection(self) -> http.client.HTTPConnection:
+        if self._conn is None:
+            cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+            self._conn = cls(self._host, self._port, timeout=self._timeout)
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> PnsClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- conveniences ----------------------------------------------------------------------
+    def bind_axb(self, phone_a: str, phone_b: str, expire_second: int = 0,
+                 **fields: Any) -> dict[str, Any]:
+        return self.call("bindAXB", {"phoneA": phone_a, "phoneB": phone_b,
+                                     "expireSecond": expire_second, **fields})
+
+    def bind_extension(self, phone_a: str, phone_x: str, expire_second: int = 0,
+                       **fields: Any) -> dict[str, Any]:
+        return self.call("bindAXBExtension", {"phoneA": phone_a, "phoneX": phone_x,
+                                              "expireSecond": expire_second, **fields})
+
+    def unbind(self, bind_id: str = "", customer_bind_id: str = "") -> dict[str, Any]:
+        body = {"bindId": bind_id} if bind_id else {"customerBindId": customer_bind_id}
+        return self.call("unbindAXB", body)
+
+    def list_bindings(self, limit: int = 0, offset: int = 0) -> dict[str, Any]:
+        return self.call("getAXBList", {"limit": limit, "offset": offset})
+
+    def query(self, caller: str, did: str, extension: str | None = None) -> dict[str, Any]:
+        body = {"caller": caller, "did": did}
+        if extension is not None:
+            body["extension"] = extension
+        return self.call("queryAXB", body)

@@ -1,0 +1,448 @@
+"""The rules of the service: binding, choosing X, extensions, expiry and query resolution.
+
+Knows nothing of HTTP or SQL. Every rule of ``behaviour.md`` lives here under its own name;
+stores only keep the invariants with their unique keys and answer narrow questions.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+
+import msgspec
+
+from .errors import Code, PnsError
+from .ids import new_bind_id, new_snowflake
+from .model import (
+    BIND_TYPE_AXB,
+    BIND_TYPE_EXTENSION,
+    Account,
+    Binding,
+    CallRef,
+    Candidate,
+    Role,
+)
+from .numbers import Number, normalise_caller, parse_international, require_international
+from .store.base import BindConflict, ConflictKind, Store
+
+MAX_CUSTOMER_BIND_ID = 64
+MAX_BUSINESS_ID = 128
+MAX_EXPIRE_SECOND = 100 * 365 * 86400
+MAX_FLAG = 2**31 - 1
+LIST_MAX = 1000
+_CANDIDATES = 8
+_INSERT_ATTEMPTS = 8
+
+
+class Settings(msgspec.Struct, frozen=True):
+    extension_length: int = 3
+    account_cache_seconds: float = 1.0
+
+
+class QueryAnswer(msgspec.Struct, frozen=True):
+    callee: str
+    call_id: str
+    flag: int
+    bind_type: int
+    prompts: Account | None
+    extension: str | None
+
+
+class AccountDirectory:
+    """Accounts by accessKey and by id, cached for ``ttl`` seconds per process.
+
+    The cache is what keeps the hot path off the store for every request; its price is that a
+    disabled account or a rotated secret takes effect in every process within ``ttl`` seconds.
+    """
+
+    def __init__(self, store: Store, ttl: float, clock: Callable[[], float] = time.monotonic):
+        self._store = store
+        self._ttl = ttl
+        self._clock = clock
+        self._by_key: dict[str, tuple[float, Account | None]] = {}
+        self._by_id: dict[int, tuple[float, Account | None]] = {}
+
+    async def by_access_key(self, access_key: str) -> Account | None:
+        now = self._clock()
+        hit = self._by_key.get(access_key)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        account = await self._store.get_account(access_key)
+        if len(self._by_key) > 100_000:
+            self._by_key.clear()
+        self._by_key[access_key] = (now + self._ttl, account)
+        return account
+
+    async def by_id(self, account_id: int) -> Account | None:
+        now = self._clock()
+        hit = self._by_id.get(account_id)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        account = await self._store.get_account_by_id(account_id)
+        if len(self._by_id) > 100_000:
+            self._by_id.clear()
+        self._by_id[account_id] = (now + self._ttl, account)
+        return account
+
+
+def expire_at_for(expire_second: int, now: int) -> int:
+    """0 means never; otherwise absolute epoch seconds, as NXCloud lists it."""
+    return 0 if expire_second == 0 else now + expire_second
+
+
+def choose_x(candidates: list[Candidate]) -> Candidate:
+    """Fewest active bindings wins; ties are broken at random so concurrent binds spread out."""
+    fewest = min(c.active_bindings for c in candidates)
+    return random.choice([c for c in candidates if c.active_bindings == fewest])
+
+
+def exhausted_message(numbers: int, held_by_a: int, held_by_b: int, country_code: int) -> str:
+    return (
+        f"virtual numbers exhausted: the account has {numbers} number(s) in country code "
+        f"{country_code}; phoneA is already bound on {held_by_a} of them and phoneB on "
+        f"{held_by_b}, and a pair needs a number where neither is bound"
+    )
+
+
+def _check_common(
+    customer_bind_id: str, business_id: str, flag: int, expire_second: int
+) -> None:
+    if len(customer_bind_id) > MAX_CUSTOMER_BIND_ID:
+        raise PnsError(Code.BAD_PARAMETER, "customerBindId is longer than 64 characters")
+    if len(business_id) > MAX_BUSINESS_ID:
+        raise PnsError(Code.BAD_PARAMETER, "businessId is longer than 128 characters")
+    if not 0 <= flag <= MAX_FLAG:
+        raise PnsError(Code.BAD_PARAMETER, "flag must be an integer >= 0")
+    if not 0 <= expire_second <= MAX_EXPIRE_SECOND:
+        raise PnsError(Code.BAD_PARAMETER, "expireSecond must be an integer from 0 to 100 years")
+
+
+def _same_request(
+    existing: Binding, a: str, b: str, x: str | None, flag: int, expire_second: int,
+    extension: str | None, bind_type: int,
+) -> bool:
+    return (
+        existing.a == a
+        and existing.b == b
+        and (x is None or existing.x == x)
+        and existing.flag == flag
+        and existing.expire_second == expire_second
+        and existing.bind_type == bind_type
+        and (extension is None or existing.extension == extension)
+    )
+
+
+class Service:
+    """The service's actions on an account's behalf. One instance per process, stateless
+    except for the account cache."""
+
+    def __init__(self, store: Store, settings: Settings | None = None):
+        self.store = store
+        self.settings = settings or Settings()
+        self.accounts = AccountDirectory(store, self.settings.account_cache_seconds)
+
+    # --- bindAXB ---------------------------------------------------------------------------
+    async def bind_axb(
+        self,
+        account: Account,
+        phone_a: str,
+        phone_b: str,
+        expire_second: int,
+        customer_bind_id: str = "",
+        flag: int = 0,
+        business_id: str = "",
+        phone_x: str = "",
+        now: int | None = None,
+    ) -> Binding:
+        now = int(time.time()) if now is None else now
+        a = require_international(phone_a, "phoneA")
+        b = require_international(phone_b, "phoneB")
+        if a.country_code != b.country_code:
+            raise PnsError(Code.COUNTRY_MISMATCH, "phoneA and phoneB have different country codes")
+        if a.digits == b.digits:
+            raise PnsError(Code.SAME_NUMBER)
+        _check_common(customer_bind_id, business_id, flag, expire_second)
+        requested_x = self._parse_x(phone_x) if phone_x else None
+        existing = await self._existing(
+            account, customer_bind_id, a.digits, b.digits,
+            requested_x.digits if requested_x else None, flag, expire_second, None, BIND_TYPE_AXB,
+            now,
+        )
+        if existing is not None:
+            return existing
+        if requested_x is not None:
+            await self._require_own_number(account, requested_x, a.country_code)
+        for _ in range(_INSERT_ATTEMPTS):
+            if requested_x is not None:
+                x = requested_x.digits
+            else:
+                x = await self.allocate_x(account, a, b, now)
+            binding = Binding(
+                bind_id=new_bind_id(), account_id=account.id, x=x, a=a.digits, b=b.digits,
+                extension="", bind_type=BIND_TYPE_AXB, customer_bind_id=customer_bind_id,
+                business_id=business_id, flag=flag, expire_second=expire_second,
+                expire_at=expire_at_for(expire_second, now), created_at=now,
+            )
+            try:
+                await self.store.insert_binding(binding, now)
+                return binding
+            except BindConflict as conflict:
+                if conflict.kind is ConflictKind.CUSTOMER_BIND_ID:
+                    # A concurrent request with the same customerBindId won: same answer as a
+                    # repeat, or try again if it is already gone.
+                    raced = await self._existing(
+                        account, customer_bind_id, a.digits, b.digits,
+                        requested_x.digits if requested_x else None, flag, expire_second, None,
+                        BIND_TYPE_AXB, now,
+                    )
+                    if raced is not None:
+                        return raced
+                    continue
+                if requested_x is not None:
+                    raise PnsError(Code.PARTY_ALREADY_BOUND) from None
+                # Another bind took a party on the chosen X meanwhile: choose again.
+        raise PnsError(Code.NUMBERS_EXHAUSTED, "virtual numbers exhausted under contention; retry")
+
+    async def allocate_x(self, account: Account, a: Number, b: Number, now: int) -> str:
+        """Choose X for a new pair: among the account's free numbers of the country, the one
+        with the fewest active bindings. When none is free, 10010 says why."""
+        candidates = await self.store.free_numbers(
+            account.id, a.country_code, (a.digits, b.digits), now, _CANDIDATES
+        )
+        if candidates:
+            return choose_x(candidates).x
+        stats = await self.store.pool_stats(account.id, a.country_code, a.digits, b.digits, now)
+        if stats.numbers == 0:
+            raise PnsError(
+                Code.NO_VIRTUAL_NUMBER,
+                f"the account has no virtual number in country code {a.country_code}",
+            )
+        raise PnsError(
+            Code.NUMBERS_EXHAUSTED,
+            exhausted_message(stats.numbers, stats.held_by_a, stats.held_by_b, a.country_code),
+        )
+
+    # --- bindAXBExtension --------------------------------------------------------------------
+    async def bind_extension(
+        self,
+        account: Account,
+        phone_a: str,
+        phone_x: str,
+        expire_second: int,
+        phone_b: str = "",
+        extension: str = "",
+        customer_bind_id: str = "",
+        flag: int = 0,
+        business_id: str = "",
+        now: int | None = None,
+    ) -> Binding:
+        now = int(time.time()) if now is None else now
+        a = require_international(phone_a, "phoneA")
+        x = require_international(phone_x, "phoneX", missing=Code.BAD_PARAMETER)
+        b = require_international(phone_b, "phoneB") if phone_b.strip() else None
+        if a.country_code != x.country_code or (b and b.country_code != x.country_code):
+            raise PnsError(Code.COUNTRY_MISMATCH, "phoneA/phoneB and phoneX differ in country code")
+        if b is not None and a.digits == b.digits:
+            raise PnsError(Code.SAME_NUMBER)
+        _check_common(customer_bind_id, business_id, flag, expire_second)
+        requested_ext = self.validate_extension(extension) if extension else None
+        b_digits = b.digits if b else ""
+        existing = await self._existing(
+            account, customer_bind_id, a.digits, b_digits, x.digits, flag, expire_second,
+            requested_ext, BIND_TYPE_EXTENSION, now,
+        )
+        if existing is not None:
+            return existing
+        await self._require_own_number(account, x, a.country_code)
+        for _ in range(_INSERT_ATTEMPTS):
+            ext = requested_ext or await self.allocate_extension(x.digits, now)
+            binding = Binding(
+                bind_id=new_bind_id(), account_id=account.id, x=x.digits, a=a.digits,
+                b=b_digits, extension=ext, bind_type=BIND_TYPE_EXTENSION,
+                customer_bind_id=customer_bind_id, business_id=business_id, flag=flag,
+                expire_second=expire_second, expire_at=expire_at_for(expire_second, now),
+                created_at=now,
+            )
+            try:
+                await self.store.insert_binding(binding, now)
+                return binding
+            except BindConflict as conflict:
+                if conflict.kind is ConflictKind.CUSTOMER_BIND_ID:
+                    raced = await self._existing(
+                        account, customer_bind_id, a.digits, b_digits, x.digits, flag,
+                        expire_second, requested_ext, BIND_TYPE_EXTENSION, now,
+                    )
+                    if raced is not None:
+                        return raced
+                    continue
+                if conflict.kind is ConflictKind.PARTY:
+                    raise PnsError(Code.PARTY_ALREADY_BOUND) from None
+                if requested_ext is not None:
+                    raise PnsError(Code.EXTENSION_TAKEN) from None
+                # The extension we picked was taken meanwhile: pick again.
+        raise PnsError(Code.NO_FREE_EXTENSION, "no free extension under contention; retry")
+
+    def validate_extension(self, extension: str) -> str:
+        length = self.settings.extension_length
+        if len(extension) != length or not extension.isascii() or not extension.isdigit():
+            raise PnsError(Code.INVALID_EXTENSION, f"extension must be {length} digits")
+        return extension
+
+    async def allocate_extension(self, x: str, now: int) -> str:
+        """A random free extension on X, so concurrent binds rarely collide."""
+        length = self.settings.extension_length
+        used = await self.store.used_extensions(x, now)
+        total = 10**length
+        if len(used) >= total:
+            raise PnsError(Code.NO_FREE_EXTENSION)
+        while True:
+            ext = f"{random.randrange(total):0{length}d}"
+            if ext not in used:
+                return ext
+
+    # --- unbind and list -----------------------------------------------------------------
+    async def unbind(
+        self, account: Account, bind_id: str, customer_bind_id: str, now: int | None = None
+    ) -> Binding:
+        now = int(time.time()) if now is None else now
+        if bind_id:
+            binding = await self.store.get_binding(bind_id, now)
+        elif customer_bind_id:
+            binding = await self.store.find_by_customer_bind_id(account.id, customer_bind_id, now)
+        else:
+            raise PnsError(Code.BAD_PARAMETER, "bindId or customerBindId is required")
+        if binding is None or binding.account_id != account.id:
+            raise PnsError(Code.BINDING_NOT_EXIST)
+        if not await self.store.delete_binding(binding.bind_id):
+            raise PnsError(Code.BINDING_NOT_EXIST)
+        return binding
+
+    async def list_bindings(
+        self, account: Account, limit: int, offset: int, now: int | None = None
+    ) -> tuple[list[Binding], int]:
+        now = int(time.time()) if now is None else now
+        if not 0 <= limit <= LIST_MAX:
+            raise PnsError(Code.LIMIT_OUT_OF_RANGE, "limit must be an integer from 0 to 1000")
+        if offset < 0:
+            raise PnsError(Code.OFFSET_OUT_OF_RANGE, "offset must be an integer >= 0")
+        return await self.store.list_bindings(account.id, limit or LIST_MAX, offset, now)
+
+    # --- queryAXB: the hot path ------------------------------------------------------------
+    async def query(
+        self, account: Account, caller: str, did: str, extension: str | None,
+        now: int | None = None,
+    ) -> QueryAnswer:
+        """Whom does ``caller`` reach by dialling ``did`` (with ``extension``)?"""
+        now = int(time.time()) if now is None else now
+        if not caller or not did:
+            raise PnsError(Code.BAD_PARAMETER, "caller and did are required")
+        x = parse_international(did)
+        number = await self.store.get_number(x.digits) if x is not None else None
+        if account.role is Role.CUSTOMER and (number is None or number.account_id != account.id):
+            raise PnsError(Code.NO_PERMISSION, "did is not one of this account's numbers")
+        if number is None or x is None:
+            raise PnsError(Code.BINDING_NOT_EXIST, data=prompt_data(None))
+        owner = await self.accounts.by_id(number.account_id)
+        caller_digits = normalise_caller(caller, x.country_code)
+        if extension is not None:
+            binding = await self._by_extension(x.digits, extension, owner, now)
+            callee = _extension_callee(binding, caller_digits)
+            if callee is None:
+                raise PnsError(Code.BINDING_NOT_EXIST, data=prompt_data(owner))
+        else:
+            found = (
+                await self.store.find_by_party(x.digits, caller_digits, now)
+                if caller_digits is not None
+                else None
+            )
+            callee = _party_callee(found, caller_digits) if found is not None else None
+            if found is None or callee is None:
+                if found is None and await self.store.has_extension_bindings(x.digits, now):
+                    return QueryAnswer(
+                        callee="", call_id=new_snowflake(), flag=0,
+                        bind_type=BIND_TYPE_EXTENSION, prompts=owner, extension=None,
+                    )
+                raise PnsError(Code.BINDING_NOT_EXIST, data=prompt_data(owner))
+            binding = found
+        call_id = new_snowflake()
+        await self.store.record_call(
+            CallRef(
+                call_id=call_id, bind_id=binding.bind_id, account_id=binding.account_id,
+                x=binding.x, caller=caller_digits or caller, callee=callee,
+                customer_bind_id=binding.customer_bind_id, business_id=binding.business_id,
+                bind_type=binding.bind_type, queried_at=now,
+            )
+        )
+        return QueryAnswer(
+            callee=callee, call_id=call_id, flag=binding.flag, bind_type=binding.bind_type,
+            prompts=owner, extension=extension,
+        )
+
+    async def _by_extension(
+        self, x: str, extension: str, owner: Account | None, now: int
+    ) -> Binding:
+        length = self.settings.extension_length
+        binding = None
+        if len(extension) == length and extension.isascii() and extension.isdigit():
+            binding = await self.store.find_by_extension(x, extension, now)
+        if binding is None:
+            raise PnsError(Code.BINDING_NOT_EXIST, data=prompt_data(owner))
+        return binding
+
+    # --- helpers ---------------------------------------------------------------------------
+    def _parse_x(self, phone_x: str) -> Number:
+        return require_international(phone_x, "phoneX", missing=Code.BAD_PARAMETER)
+
+    async def _require_own_number(self, account: Account, x: Number, country_code: int) -> None:
+        number = await self.store.get_number(x.digits)
+        if number is None or number.account_id != account.id or not number.enabled:
+            raise PnsError(Code.NO_VIRTUAL_NUMBER, "phoneX is not one of this account's numbers")
+        if x.country_code != country_code:
+            raise PnsError(Code.COUNTRY_MISMATCH, "phoneX has another country code than phoneA")
+
+    async def _existing(
+        self, account: Account, customer_bind_id: str, a: str, b: str, x: str | None,
+        flag: int, expire_second: int, extension: str | None, bind_type: int, now: int,
+    ) -> Binding | None:
+        """Idempotency: a repeated customerBindId with the same request returns its binding."""
+        if not customer_bind_id:
+            return None
+        existing = await self.store.find_by_customer_bind_id(account.id, customer_bind_id, now)
+        if existing is None:
+            return None
+        if _same_request(existing, a, b, x, flag, expire_second, extension, bind_type):
+            return existing
+        raise PnsError(Code.CUSTOMER_BIND_ID_REUSED)
+
+
+def _party_callee(binding: Binding, caller: str | None) -> str | None:
+    """Without an extension: the other party; A of an extension binding without B has none."""
+    if caller == binding.a:
+        return binding.b or None
+    if caller == binding.b:
+        return binding.a
+    return None
+
+
+def _extension_callee(binding: Binding, caller: str | None) -> str | None:
+    """With an extension: with a B, only A and B reach each other; without, anyone but A
+    reaches A."""
+    if binding.b:
+        if caller == binding.a:
+            return binding.b
+        if caller == binding.b:
+            return binding.a
+        return None
+    if caller == binding.a:
+        return None
+    return binding.a
+
+
+def prompt_data(owner: Account | None) -> dict[str, str]:
+    """The prompts every failure of a query carries, so the switch can always play one."""
+    return {
+        "audioWhenCallFail": owner.audio_when_call_fail if owner else "",
+        "audioWhenDtmfNeed": owner.audio_when_dtmf_need if owner else "",
+        "audioWhenDtmfErr": owner.audio_when_dtmf_err if owner else "",
+    }

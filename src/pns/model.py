@@ -1,0 +1,118 @@
+"""The records the core works with. Plain typed structs: no HTTP, no SQL."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+import msgspec
+
+BIND_TYPE_AXB = 0
+BIND_TYPE_EXTENSION = 4
+FLAG_RECORD = 1
+
+
+class Role(StrEnum):
+    CUSTOMER = "customer"
+    SWITCH = "switch"
+
+
+class Account(msgspec.Struct, frozen=True):
+    id: int
+    name: str
+    access_key: str
+    access_secret: str
+    role: Role
+    enabled: bool = True
+    audio_when_call_fail: str = ""
+    audio_when_dtmf_need: str = ""
+    audio_when_dtmf_err: str = ""
+    callback_url: str = ""
+    previous_secret: str = ""
+    previous_secret_until: int = 0
+    created_at: int = 0
+
+    def secrets_at(self, now: float) -> tuple[str, ...]:
+        """Secrets a signature may use now: the current one, and the previous during its grace."""
+        if self.previous_secret and now < self.previous_secret_until:
+            return (self.access_secret, self.previous_secret)
+        return (self.access_secret,)
+
+
+class AccountChanges(msgspec.Struct, frozen=True):
+    """Fields to change on an account; None leaves a field as it is."""
+
+    enabled: bool | None = None
+    audio_when_call_fail: str | None = None
+    audio_when_dtmf_need: str | None = None
+    audio_when_dtmf_err: str | None = None
+    callback_url: str | None = None
+    access_secret: str | None = None
+    previous_secret: str | None = None
+    previous_secret_until: int | None = None
+
+
+class VirtualNumber(msgspec.Struct, frozen=True):
+    x: str
+    account_id: int
+    country_code: int
+    enabled: bool = True
+
+
+class NumberUsage(msgspec.Struct, frozen=True):
+    x: str
+    account_id: int
+    country_code: int
+    enabled: bool
+    active_bindings: int
+
+
+class Binding(msgspec.Struct, frozen=True):
+    bind_id: str
+    account_id: int
+    x: str
+    a: str
+    b: str
+    extension: str
+    bind_type: int
+    customer_bind_id: str
+    business_id: str
+    flag: int
+    expire_second: int
+    expire_at: int
+    created_at: int
+
+    def active_at(self, now: int) -> bool:
+        return self.expire_at == 0 or self.expire_at > now
+
+    def parties(self) -> tuple[str, ...]:
+        return (self.a, self.b) if self.b else (self.a,)
+
+
+class Candidate(msgspec.Struct, frozen=True):
+    """A number of the pool on which neither party is bound, with its load."""
+
+    x: str
+    active_bindings: int
+
+
+class PoolStats(msgspec.Struct, frozen=True):
+    """Why an allocation failed: the pool in that country and how much of it A and B hold."""
+
+    numbers: int
+    held_by_a: int
+    held_by_b: int
+
+
+class CallRef(msgspec.Struct, frozen=True):
+    """What an answered query remembers so the call's record can be joined later."""
+
+    call_id: str
+    bind_id: str
+    account_id: int
+    x: str
+    caller: str
+    callee: str
+    customer_bind_id: str
+    business_id: str
+    bind_type: int
+    queried_at: int

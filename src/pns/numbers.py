@@ -1,0 +1,95 @@
+"""Phone number normalisation: the one place that decides what a number is.
+
+Numbers are stored and returned as digits with the country code and no ``+`` (``85211111114``),
+as NXCloud does. ``phonenumbers`` finds the country code and checks that the length is possible;
+a number is never refused only because it is unassigned in the real world.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import NamedTuple
+
+import phonenumbers
+
+from .errors import Code, PnsError
+
+_STRIP = str.maketrans("", "", "+ -()\t")
+
+
+class Number(NamedTuple):
+    digits: str
+    country_code: int
+
+
+def _clean(raw: str) -> str:
+    text = raw.strip()
+    cleaned = text.translate(_STRIP)
+    if cleaned.startswith("00"):
+        cleaned = cleaned[2:]
+    return cleaned
+
+
+@lru_cache(maxsize=65536)
+def parse_international(raw: str) -> Number | None:
+    """The number read as international (country code first), or None when that is impossible."""
+    digits = _clean(raw)
+    if not digits.isdigit() or not 4 <= len(digits) <= 17:
+        return None
+    try:
+        parsed = phonenumbers.parse("+" + digits, None)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_possible_number(parsed):
+        return None
+    return Number(_e164_digits(parsed), int(parsed.country_code or 0))
+
+
+def require_international(raw: str, field: str, missing: Code = Code.NUMBER_EMPTY) -> Number:
+    """A party or virtual number given by a customer: it must carry its country code."""
+    if not raw or not raw.strip():
+        raise PnsError(missing, f"{field} is empty")
+    number = parse_international(raw)
+    if number is None:
+        raise PnsError(Code.BAD_PARAMETER, f"{field} is not a possible international number")
+    return number
+
+
+@lru_cache(maxsize=262144)
+def normalise_caller(raw: str, country_code: int) -> str | None:
+    """The caller of a query, read against the dialled X's country.
+
+    Tried as international first (accepted when possible and of X's country); otherwise read as
+    a national number of X's region, trunk prefix dropped. None means no number of X's country
+    can be read from it: such a caller cannot be a party of any binding on X.
+    """
+    number = parse_international(raw)
+    if number is not None and number.country_code == country_code:
+        return number.digits
+    digits = _clean(raw)
+    if not digits.isdigit():
+        return None
+    region = phonenumbers.region_code_for_country_code(country_code)
+    if region == "ZZ":
+        return None
+    try:
+        parsed = phonenumbers.parse(digits, region)
+    except phonenumbers.NumberParseException:
+        return None
+    if parsed.country_code != country_code or not phonenumbers.is_possible_number(parsed):
+        return None
+    return _e164_digits(parsed)
+
+
+def _e164_digits(parsed: phonenumbers.PhoneNumber) -> str:
+    # E.164 keeps a national leading zero where the country needs one (Italy), unlike
+    # country_code + national_number.
+    return str(phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164))[1:]
+
+
+def country_of(digits: str) -> int:
+    """Country code of a stored (already normalised) number."""
+    number = parse_international(digits)
+    if number is None:
+        raise PnsError(Code.NO_COUNTRY_PREFIX, f"{digits} has no country prefix")
+    return number.country_code

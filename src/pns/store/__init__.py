@@ -1,0 +1,22 @@
+"""Stores: where bindings live. ``open_store`` picks one by URL scheme."""
+
+from __future__ import annotations
+
+from .base import BindConflict, ConflictKind, Store, StoreError
+
+DEFAULT_STORE_URL = "sqlite:///./pns.db"
+
+__all__ = ["DEFAULT_STORE_URL", "BindConflict", "ConflictKind", "Store", "StoreError", "open_store"]
+
+
+async def open_store(url: str, *, migrate: bool = True) -> Store:
+    """Open (and create or upgrade, unless ``migrate`` is False) the store at ``url``."""
+    if url.startswith("sqlite:"):
+        from .sqlite import SqliteStore
+
+        return SqliteStore.open(url, migrate=migrate)
+    if url.startswith(("postgresql:", "postgres:")):
+        from .postgres import PostgresStore
+
+        return await PostgresStore.open(url, migrate=migrate)
+    raise StoreError(f"unknown store URL {url!r}: use sqlite:///PATH or postgresql://...")

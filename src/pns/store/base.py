@@ -1,0 +1,126 @@
+"""The narrow interface every store implements, and the guarantees it must give.
+
+Every invariant is keyed by the virtual number X, so X is the shard key: each method either
+names one X or one account. Guarantees a store must keep (the conformance suite tests them):
+
+- ``insert_binding`` is atomic and enforces I1 (a number is a party of at most one active
+  binding on an X), I2 (an extension is used at most once among active bindings on an X) and I3
+  (a ``customerBindId`` belongs to at most one active binding of an account) with the store's own
+  unique keys, under any concurrency, across processes. Expired rows never block an insert.
+- Reads never return an expired binding, whether the sweeper has run or not.
+- ``claim_signature`` is atomic: of two concurrent claims of one signature, exactly one wins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from enum import Enum
+from typing import Protocol
+
+from ..model import (
+    Account,
+    AccountChanges,
+    Binding,
+    CallRef,
+    Candidate,
+    NumberUsage,
+    PoolStats,
+    Role,
+    VirtualNumber,
+)
+
+
+class ConflictKind(Enum):
+    PARTY = "party"
+    EXTENSION = "extension"
+    CUSTOMER_BIND_ID = "customerBindId"
+
+
+class BindConflict(Exception):
+    """An insert lost to an active binding holding one of its unique keys."""
+
+    def __init__(self, kind: ConflictKind):
+        self.kind = kind
+        super().__init__(kind.value)
+
+
+class StoreError(Exception):
+    """An operator-facing store failure with a clear one-line message (CLI, migrations)."""
+
+
+class Store(Protocol):
+    async def close(self) -> None: ...
+
+    async def ping(self) -> None:
+        """Raise when the store cannot answer (``/healthz``)."""
+
+    # --- accounts -------------------------------------------------------------------------
+    async def create_account(
+        self, name: str, role: Role, access_key: str, access_secret: str, now: int
+    ) -> Account: ...
+
+    async def get_account(self, access_key: str) -> Account | None: ...
+
+    async def get_account_by_id(self, account_id: int) -> Account | None: ...
+
+    async def list_accounts(self) -> list[Account]: ...
+
+    async def update_account(self, access_key: str, changes: AccountChanges) -> Account | None: ...
+
+    # --- the pool of virtual numbers ------------------------------------------------------
+    async def add_numbers(self, numbers: Sequence[VirtualNumber]) -> list[str]:
+        """Add numbers; returns those that already existed (left unchanged)."""
+
+    async def remove_numbers(self, xs: Sequence[str], force: bool, now: int) -> list[str]:
+        """Remove numbers; without ``force`` a number with active bindings is kept and returned.
+
+        With ``force`` its bindings end too. Returns the numbers that were kept.
+        """
+
+    async def get_number(self, x: str) -> VirtualNumber | None: ...
+
+    async def list_numbers(self, account_id: int | None, now: int) -> list[NumberUsage]: ...
+
+    async def free_numbers(
+        self, account_id: int, country_code: int, parties: Sequence[str], now: int, limit: int
+    ) -> list[Candidate]:
+        """Up to ``limit`` enabled numbers of the account in that country where no party is
+        bound, least loaded first."""
+
+    async def pool_stats(
+        self, account_id: int, country_code: int, a: str, b: str, now: int
+    ) -> PoolStats: ...
+
+    # --- bindings -------------------------------------------------------------------------
+    async def insert_binding(self, binding: Binding, now: int) -> None:
+        """Insert atomically or raise ``BindConflict``; expired holders of its keys are removed."""
+
+    async def find_by_customer_bind_id(
+        self, account_id: int, customer_bind_id: str, now: int
+    ) -> Binding | None: ...
+
+    async def get_binding(self, bind_id: str, now: int) -> Binding | None: ...
+
+    async def delete_binding(self, bind_id: str) -> bool:
+        """End a binding now; False when it was already gone."""
+
+    async def list_bindings(
+        self, account_id: int, limit: int, offset: int, now: int
+    ) -> tuple[list[Binding], int]: ...
+
+    async def find_by_party(self, x: str, number: str, now: int) -> Binding | None: ...
+
+    async def find_by_extension(self, x: str, extension: str, now: int) -> Binding | None: ...
+
+    async def has_extension_bindings(self, x: str, now: int) -> bool: ...
+
+    async def used_extensions(self, x: str, now: int) -> set[str]: ...
+
+    # --- calls, replay guard, housekeeping -------------------------------------------------
+    async def record_call(self, call: CallRef) -> None: ...
+
+    async def claim_signature(self, key: str, expires_at: int, now: int) -> bool:
+        """True the first time ``key`` is claimed while unexpired; False for a replay."""
+
+    async def sweep(self, now: int, limit: int) -> int:
+        """Remove up to ``limit`` expired bindings and stale signatures; returns bindings gone."""

@@ -1,0 +1,513 @@
+"""The embedded store: one SQLite file in WAL mode, zero set-up.
+
+Durability: WAL with ``synchronous=NORMAL``. A commit survives a crash of the process (the WAL
+is written before the answer); a power loss or kernel crash may lose the last commits. Several
+processes may share the file: writers take the lock with ``BEGIN IMMEDIATE`` and wait up to
+``busy_timeout``.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from ..model import (
+    Account,
+    AccountChanges,
+    Binding,
+    CallRef,
+    Candidate,
+    NumberUsage,
+    PoolStats,
+    Role,
+    VirtualNumber,
+)
+from .base import BindConflict, ConflictKind, StoreError
+
+SCHEMA_VERSION = 1
+
+_ACTIVE = "(b.expire_at = 0 OR b.expire_at > :now)"
+_BINDING_COLUMNS = (
+    "b.bind_id, b.account_id, b.x, b.a, b.b, b.extension, b.bind_type, b.customer_bind_id, "
+    "b.business_id, b.flag, b.expire_second, b.expire_at, b.created_at"
+)
+_ACCOUNT_COLUMNS = (
+    "id, name, access_key, access_secret, role, enabled, audio_when_call_fail, "
+    "audio_when_dtmf_need, audio_when_dtmf_err, callback_url, previous_secret, "
+    "previous_secret_until, created_at"
+)
+
+# Each entry upgrades the schema from version i to i + 1.
+_MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE accounts (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL,
+        access_key TEXT NOT NULL UNIQUE,
+        access_secret TEXT NOT NULL,
+        role TEXT NOT NULL,
+        enabled INTEGER NOT NULL DEFAULT 1,
+        audio_when_call_fail TEXT NOT NULL DEFAULT '',
+        audio_when_dtmf_need TEXT NOT NULL DEFAULT '',
+        audio_when_dtmf_err TEXT NOT NULL DEFAULT '',
+        callback_url TEXT NOT NULL DEFAULT '',
+        previous_secret TEXT NOT NULL DEFAULT '',
+        previous_secret_until INTEGER NOT NULL DEFAULT 0,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE numbers (
+        x TEXT PRIMARY KEY,
+        account_id INTEGER NOT NULL REFERENCES accounts(id),
+        country_code INTEGER NOT NULL,
+        enabled INTEGER NOT NULL DEFAULT 1,
+        active INTEGER NOT NULL DEFAULT 0
+    ) WITHOUT ROWID;
+    CREATE INDEX numbers_pool ON numbers(account_id, country_code, active);
+    CREATE TABLE bindings (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        bind_id TEXT NOT NULL UNIQUE,
+        account_id INTEGER NOT NULL,
+        x TEXT NOT NULL,
+        a TEXT NOT NULL,
+        b TEXT NOT NULL,
+        extension TEXT NOT NULL,
+        bind_type INTEGER NOT NULL,
+        customer_bind_id TEXT NOT NULL,
+        business_id TEXT NOT NULL,
+        flag INTEGER NOT NULL,
+        expire_second INTEGER NOT NULL,
+        expire_at INTEGER NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE UNIQUE INDEX bindings_customer_bind_id ON bindings(account_id, customer_bind_id)
+        WHERE customer_bind_id <> '';
+    CREATE UNIQUE INDEX bindings_extension ON bindings(x, extension) WHERE extension <> '';
+    CREATE INDEX bindings_account ON bindings(account_id, seq);
+    CREATE INDEX bindings_x ON bindings(x);
+    CREATE INDEX bindings_expiry ON bindings(expire_at) WHERE expire_at > 0;
+    CREATE TABLE parties (
+        x TEXT NOT NULL,
+        number TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        PRIMARY KEY (x, number)
+    ) WITHOUT ROWID;
+    CREATE TRIGGER bindings_count_insert AFTER INSERT ON bindings BEGIN
+        UPDATE numbers SET active = active + 1 WHERE x = NEW.x;
+    END;
+    CREATE TRIGGER bindings_cleanup_delete AFTER DELETE ON bindings BEGIN
+        DELETE FROM parties WHERE x = OLD.x AND number IN (OLD.a, OLD.b) AND seq = OLD.seq;
+        UPDATE numbers SET active = active - 1 WHERE x = OLD.x;
+    END;
+    CREATE TABLE calls (
+        call_id TEXT PRIMARY KEY,
+        bind_id TEXT NOT NULL,
+        account_id INTEGER NOT NULL,
+        x TEXT NOT NULL,
+        caller TEXT NOT NULL,
+        callee TEXT NOT NULL,
+        customer_bind_id TEXT NOT NULL,
+        business_id TEXT NOT NULL,
+        bind_type INTEGER NOT NULL,
+        queried_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE signatures (
+        key TEXT PRIMARY KEY,
+        expires_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    """,
+]
+
+
+def path_from_url(url: str) -> str:
+    """``sqlite:///./pns.db`` → ``./pns.db``; ``sqlite:////abs`` → ``/abs``; ``:memory:``."""
+    prefix = "sqlite://"
+    if not url.startswith(prefix):
+        raise StoreError(f"not a sqlite URL: {url!r}")
+    rest = url[len(prefix):]
+    if rest.startswith("/"):
+        rest = rest[1:]
+    if not rest:
+        raise StoreError("sqlite URL has no path: use sqlite:///./pns.db")
+    return rest
+
+
+class SqliteStore:
+    def __init__(self, conn: sqlite3.Connection):
+        self._conn = conn
+
+    @classmethod
+    def open(cls, url: str, *, migrate: bool = True) -> SqliteStore:
+        path = path_from_url(url)
+        if path != ":memory:":
+            parent = Path(path).parent
+            if not parent.exists():
+                raise StoreError(f"cannot create store {path}: folder {parent} does not exist")
+            _create_private(path)
+        try:
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA busy_timeout = 10000")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA foreign_keys = ON")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open store {path}: {exc}") from exc
+        store = cls(conn)
+        store._prepare_schema(migrate)
+        return store
+
+    # --- schema ----------------------------------------------------------------------------
+    def schema_version(self) -> int:
+        (version,) = self._conn.execute("PRAGMA user_version").fetchone()
+        return int(version)
+
+    def _prepare_schema(self, migrate: bool) -> None:
+        version = self.schema_version()
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"this store has schema version {version}, newer than this release of pns "
+                f"understands ({SCHEMA_VERSION}): upgrade pns"
+            )
+        if version == SCHEMA_VERSION:
+            return
+        if not migrate:
+            raise StoreError(
+                f"this store has schema version {version}; run `pns migrate` to upgrade it "
+                f"to {SCHEMA_VERSION}"
+            )
+        self.migrate()
+
+    def migrate(self) -> tuple[int, int]:
+        """Apply every migration the store lacks, each in its own transaction."""
+        start = self.schema_version()
+        for version in range(start, SCHEMA_VERSION):
+            with self._tx():
+                # executescript would commit our transaction; run statement by statement.
+                for statement in _split_statements(_MIGRATIONS[version]):
+                    self._conn.execute(statement)
+                self._conn.execute(f"PRAGMA user_version = {version + 1}")
+        return start, SCHEMA_VERSION
+
+    @contextmanager
+    def _tx(self) -> Iterator[None]:
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+    async def close(self) -> None:
+        self._conn.close()
+
+    async def ping(self) -> None:
+        self._conn.execute("SELECT 1").fetchone()
+
+    # --- accounts --------------------------------------------------------------------------
+    async def create_account(
+        self, name: str, role: Role, access_key: str, access_secret: str, now: int
+    ) -> Account:
+        with self._tx():
+            cur = self._conn.execute(
+                "INSERT INTO accounts (name, access_key, access_secret, role, created_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (name, access_key, access_secret, role.value, now),
+            )
+        account_id = cur.lastrowid
+        assert account_id is not None
+        account = await self.get_account_by_id(account_id)
+        assert account is not None
+        return account
+
+    def _account(self, where: str, value: Any) -> Account | None:
+        row = self._conn.execute(
+            f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE {where} = ?", (value,)
+        ).fetchone()
+        return _account_from_row(row) if row else None
+
+    async def get_account(self, access_key: str) -> Account | None:
+        return self._account("access_key", access_key)
+
+    async def get_account_by_id(self, account_id: int) -> Account | None:
+        return self._account("id", account_id)
+
+    async def list_accounts(self) -> list[Account]:
+        rows = self._conn.execute(f"SELECT {_ACCOUNT_COLUMNS} FROM accounts ORDER BY id")
+        return [_account_from_row(row) for row in rows]
+
+    async def update_account(self, access_key: str, changes: AccountChanges) -> Account | None:
+        fields = {k: v for k, v in _changes_as_columns(changes).items() if v is not None}
+        if fields:
+            assignments = ", ".join(f"{column} = :{column}" for column in fields)
+            with self._tx():
+                self._conn.execute(
+                    f"UPDATE accounts SET {assignments} WHERE access_key = :access_key",
+                    {**fields, "access_key": access_key},
+                )
+        return await self.get_account(access_key)
+
+    # --- numbers ---------------------------------------------------------------------------
+    async def add_numbers(self, numbers: Sequence[VirtualNumber]) -> list[str]:
+        existing: list[str] = []
+        with self._tx():
+            for number in numbers:
+                cur = self._conn.execute(
+                    "INSERT INTO numbers (x, account_id, country_code, enabled) "
+                    "VALUES (?, ?, ?, ?) ON CONFLICT (x) DO NOTHING",
+                    (number.x, number.account_id, number.country_code, int(number.enabled)),
+                )
+                if cur.rowcount == 0:
+                    existing.append(number.x)
+        return existing
+
+    async def remove_numbers(self, xs: Sequence[str], force: bool, now: int) -> list[str]:
+        kept: list[str] = []
+        with self._tx():
+            for x in xs:
+                active = self._conn.execute(
+                    f"SELECT count(*) FROM bindings b WHERE b.x = :x AND {_ACTIVE}",
+                    {"x": x, "now": now},
+                ).fetchone()[0]
+                if active and not force:
+                    kept.append(x)
+                    continue
+                self._conn.execute("DELETE FROM bindings WHERE x = ?", (x,))
+                self._conn.execute("DELETE FROM numbers WHERE x = ?", (x,))
+        return kept
+
+    async def get_number(self, x: str) -> VirtualNumber | None:
+        row = self._conn.execute(
+            "SELECT x, account_id, country_code, enabled FROM numbers WHERE x = ?", (x,)
+        ).fetchone()
+        return VirtualNumber(row[0], row[1], row[2], bool(row[3])) if row else None
+
+    async def list_numbers(self, account_id: int | None, now: int) -> list[NumberUsage]:
+        sql = (
+            "SELECT n.x, n.account_id, n.country_code, n.enabled, "
+            f"(SELECT count(*) FROM bindings b WHERE b.x = n.x AND {_ACTIVE}) "
+            "FROM numbers n"
+        )
+        params: dict[str, Any] = {"now": now}
+        if account_id is not None:
+            sql += " WHERE n.account_id = :account_id"
+            params["account_id"] = account_id
+        rows = self._conn.execute(sql + " ORDER BY n.account_id, n.x", params)
+        return [NumberUsage(r[0], r[1], r[2], bool(r[3]), r[4]) for r in rows]
+
+    async def free_numbers(
+        self, account_id: int, country_code: int, parties: Sequence[str], now: int, limit: int
+    ) -> list[Candidate]:
+        a, b = [*parties, ""][:2]
+        rows = self._conn.execute(
+            "SELECT n.x, n.active FROM numbers n "
+            "WHERE n.account_id = :account_id AND n.country_code = :cc AND n.enabled = 1 "
+            "AND NOT EXISTS (SELECT 1 FROM parties p JOIN bindings b ON b.seq = p.seq "
+            f"  WHERE p.x = n.x AND p.number IN (:a, :b) AND {_ACTIVE}) "
+            "ORDER BY n.active LIMIT :limit",
+            {"account_id": account_id, "cc": country_code, "a": a, "b": b, "now": now,
+             "limit": limit},
+        )
+        return [Candidate(r[0], r[1]) for r in rows]
+
+    async def pool_stats(
+        self, account_id: int, country_code: int, a: str, b: str, now: int
+    ) -> PoolStats:
+        held = (
+            "(SELECT count(*) FROM parties p JOIN bindings b ON b.seq = p.seq "
+            f"WHERE p.x = n.x AND p.number = :{{party}} AND {_ACTIVE})"
+        )
+        row = self._conn.execute(
+            f"SELECT count(*), coalesce(sum({held.format(party='a')}), 0), "
+            f"coalesce(sum({held.format(party='b')}), 0) FROM numbers n "
+            "WHERE n.account_id = :account_id AND n.country_code = :cc AND n.enabled = 1",
+            {"account_id": account_id, "cc": country_code, "a": a, "b": b, "now": now},
+        ).fetchone()
+        return PoolStats(int(row[0]), int(row[1]), int(row[2]))
+
+    # --- bindings --------------------------------------------------------------------------
+    async def insert_binding(self, binding: Binding, now: int) -> None:
+        keys = {
+            "x": binding.x, "a": binding.a, "b": binding.b, "ext": binding.extension,
+            "account_id": binding.account_id, "cbid": binding.customer_bind_id, "now": now,
+        }
+        try:
+            with self._tx():
+                # Expired rows still hold their unique keys until swept: release them first.
+                self._conn.execute(
+                    "DELETE FROM bindings WHERE expire_at BETWEEN 1 AND :now AND ("
+                    " seq IN (SELECT seq FROM parties WHERE x = :x AND number IN (:a, :b))"
+                    " OR (:ext <> '' AND x = :x AND extension = :ext)"
+                    " OR (:cbid <> '' AND account_id = :account_id AND customer_bind_id = :cbid))",
+                    keys,
+                )
+                cur = self._conn.execute(
+                    "INSERT INTO bindings (bind_id, account_id, x, a, b, extension, bind_type, "
+                    "customer_bind_id, business_id, flag, expire_second, expire_at, created_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (binding.bind_id, binding.account_id, binding.x, binding.a, binding.b,
+                     binding.extension, binding.bind_type, binding.customer_bind_id,
+                     binding.business_id, binding.flag, binding.expire_second,
+                     binding.expire_at, binding.created_at),
+                )
+                seq = cur.lastrowid
+                self._conn.executemany(
+                    "INSERT INTO parties (x, number, seq) VALUES (?, ?, ?)",
+                    [(binding.x, party, seq) for party in binding.parties()],
+                )
+        except sqlite3.IntegrityError as exc:
+            raise BindConflict(_conflict_kind(str(exc))) from exc
+
+    def _one_binding(self, where: str, params: dict[str, Any]) -> Binding | None:
+        row = self._conn.execute(
+            f"SELECT {_BINDING_COLUMNS} FROM bindings b WHERE {where} AND {_ACTIVE}", params
+        ).fetchone()
+        return Binding(*row) if row else None
+
+    async def find_by_customer_bind_id(
+        self, account_id: int, customer_bind_id: str, now: int
+    ) -> Binding | None:
+        return self._one_binding(
+            "b.account_id = :account_id AND b.customer_bind_id = :cbid",
+            {"account_id": account_id, "cbid": customer_bind_id, "now": now},
+        )
+
+    async def get_binding(self, bind_id: str, now: int) -> Binding | None:
+        return self._one_binding("b.bind_id = :bind_id", {"bind_id": bind_id, "now": now})
+
+    async def delete_binding(self, bind_id: str) -> bool:
+        with self._tx():
+            cur = self._conn.execute("DELETE FROM bindings WHERE bind_id = ?", (bind_id,))
+        return cur.rowcount > 0
+
+    async def list_bindings(
+        self, account_id: int, limit: int, offset: int, now: int
+    ) -> tuple[list[Binding], int]:
+        params = {"account_id": account_id, "now": now, "limit": limit, "offset": offset}
+        rows = self._conn.execute(
+            f"SELECT {_BINDING_COLUMNS} FROM bindings b WHERE b.account_id = :account_id "
+            f"AND {_ACTIVE} ORDER BY b.seq LIMIT :limit OFFSET :offset",
+            params,
+        ).fetchall()
+        (total,) = self._conn.execute(
+            f"SELECT count(*) FROM bindings b WHERE b.account_id = :account_id AND {_ACTIVE}",
+            params,
+        ).fetchone()
+        return [Binding(*row) for row in rows], int(total)
+
+    async def find_by_party(self, x: str, number: str, now: int) -> Binding | None:
+        row = self._conn.execute(
+            f"SELECT {_BINDING_COLUMNS} FROM parties p JOIN bindings b ON b.seq = p.seq "
+            f"WHERE p.x = :x AND p.number = :number AND {_ACTIVE}",
+            {"x": x, "number": number, "now": now},
+        ).fetchone()
+        return Binding(*row) if row else None
+
+    async def find_by_extension(self, x: str, extension: str, now: int) -> Binding | None:
+        return self._one_binding(
+            "b.x = :x AND b.extension = :ext", {"x": x, "ext": extension, "now": now}
+        )
+
+    async def has_extension_bindings(self, x: str, now: int) -> bool:
+        row = self._conn.execute(
+            f"SELECT 1 FROM bindings b WHERE b.x = :x AND b.extension <> '' AND {_ACTIVE} "
+            "LIMIT 1",
+            {"x": x, "now": now},
+        ).fetchone()
+        return row is not None
+
+    async def used_extensions(self, x: str, now: int) -> set[str]:
+        rows = self._conn.execute(
+            f"SELECT b.extension FROM bindings b WHERE b.x = :x AND b.extension <> '' "
+            f"AND {_ACTIVE}",
+            {"x": x, "now": now},
+        )
+        return {row[0] for row in rows}
+
+    # --- calls, replay guard, housekeeping -------------------------------------------------
+    async def record_call(self, call: CallRef) -> None:
+        self._conn.execute(
+            "INSERT INTO calls (call_id, bind_id, account_id, x, caller, callee, "
+            "customer_bind_id, business_id, bind_type, queried_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (call.call_id, call.bind_id, call.account_id, call.x, call.caller, call.callee,
+             call.customer_bind_id, call.business_id, call.bind_type, call.queried_at),
+        )
+
+    async def claim_signature(self, key: str, expires_at: int, now: int) -> bool:
+        cur = self._conn.execute(
+            "INSERT INTO signatures (key, expires_at) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at "
+            "WHERE signatures.expires_at <= ?",
+            (key, expires_at, now),
+        )
+        return cur.rowcount > 0
+
+    async def sweep(self, now: int, limit: int) -> int:
+        with self._tx():
+            cur = self._conn.execute(
+                "DELETE FROM bindings WHERE seq IN (SELECT seq FROM bindings "
+                "WHERE expire_at > 0 AND expire_at <= ? LIMIT ?)",
+                (now, limit),
+            )
+            self._conn.execute(
+                "DELETE FROM signatures WHERE key IN (SELECT key FROM signatures "
+                "WHERE expires_at <= ? LIMIT ?)",
+                (now, limit),
+            )
+        return cur.rowcount
+
+
+def _create_private(path: str) -> None:
+    """The store holds account secrets: create it readable by its owner only."""
+    if not os.path.exists(path):
+        fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+        os.close(fd)
+
+
+def _split_statements(script: str) -> list[str]:
+    statements: list[str] = []
+    buffer = ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            statements.append(buffer.strip())
+            buffer = ""
+    if buffer.strip():
+        statements.append(buffer.strip())
+    return statements
+
+
+def _conflict_kind(message: str) -> ConflictKind:
+    if "parties" in message:
+        return ConflictKind.PARTY
+    if "extension" in message:
+        return ConflictKind.EXTENSION
+    if "customer_bind_id" in message:
+        return ConflictKind.CUSTOMER_BIND_ID
+    raise StoreError(f"unexpected constraint failure: {message}")
+
+
+def _account_from_row(row: Sequence[Any]) -> Account:
+    return Account(
+        id=row[0], name=row[1], access_key=row[2], access_secret=row[3], role=Role(row[4]),
+        enabled=bool(row[5]), audio_when_call_fail=row[6], audio_when_dtmf_need=row[7],
+        audio_when_dtmf_err=row[8], callback_url=row[9], previous_secret=row[10],
+        previous_secret_until=row[11], created_at=row[12],
+    )
+
+
+def _changes_as_columns(changes: AccountChanges) -> dict[str, Any]:
+    return {
+        "enabled": None if changes.enabled is None else int(changes.enabled),
+        "audio_when_call_fail": changes.audio_when_call_fail,
+        "audio_when_dtmf_need": changes.audio_when_dtmf_need,
+        "audio_when_dtmf_err": changes.audio_when_dtmf_err,
+        "callback_url": changes.callback_url,
+        "access_secret": changes.access_secret,
+        "previous_secret": changes.previous_secret,
+        "previous_secret_until": changes.previous_secret_until,
+    }

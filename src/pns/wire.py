@@ -1,0 +1,101 @@
+"""The JSON shapes of the API: request bodies as typed structs, answers as plain dicts.
+
+Unknown fields are ignored (older NXCloud clients send extra prompt fields); a field of the
+wrong type is refused with 1002. ``flag``, ``expireSecond``, ``limit`` and ``offset`` also
+accept a string of digits, because NXCloud's older revision typed them as strings.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from .errors import Code, PnsError
+from .model import Binding
+
+IntField = int | str | None
+
+
+class BindAXBBody(msgspec.Struct):
+    phoneA: str = ""
+    phoneB: str = ""
+    expireSecond: IntField = None
+    customerBindId: str = ""
+    flag: IntField = 0
+    businessId: str = ""
+    phoneX: str = ""
+
+
+class BindExtensionBody(msgspec.Struct):
+    phoneA: str = ""
+    phoneX: str = ""
+    expireSecond: IntField = None
+    phoneB: str = ""
+    extension: str = ""
+    Extension: str = ""
+    customerBindId: str = ""
+    flag: IntField = 0
+    businessId: str = ""
+
+
+class UnbindBody(msgspec.Struct):
+    bindId: str = ""
+    customerBindId: str = ""
+
+
+class ListBody(msgspec.Struct):
+    limit: IntField = None
+    offset: IntField = None
+
+
+class QueryBody(msgspec.Struct):
+    caller: str = ""
+    did: str = ""
+    extension: str | None = None
+
+
+def decode(body: bytes, shape: type[msgspec.Struct]) -> Any:
+    """Decode a request body into its struct, or refuse with 1002 and what was wrong."""
+    if not body.strip():
+        raise PnsError(Code.BAD_PARAMETER, "the body must be a JSON object")
+    try:
+        return msgspec.json.decode(body, type=shape)
+    except msgspec.ValidationError as exc:
+        raise PnsError(Code.BAD_PARAMETER, f"invalid field: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise PnsError(Code.BAD_PARAMETER, f"malformed JSON: {exc}") from None
+
+
+def int_field(value: IntField, name: str, required: bool, code: Code = Code.BAD_PARAMETER,
+              default: int = 0) -> int:
+    """An integer field that may arrive as an int or a string of digits."""
+    if value is None:
+        if required:
+            raise PnsError(code, f"{name} is required")
+        return default
+    if isinstance(value, str):
+        text = value.strip()
+        if not (text.isascii() and text.lstrip("-").isdigit()) or len(text) > 18:
+            raise PnsError(code, f"{name} must be an integer")
+        return int(text)
+    return value
+
+
+def binding_item(binding: Binding) -> dict[str, Any]:
+    """A getAXBList item: NXCloud's list fields plus bindType."""
+    item: dict[str, Any] = {
+        "customerId": str(binding.account_id),
+        "businessId": binding.business_id,
+        "bindId": binding.bind_id,
+        "customerBindId": binding.customer_bind_id,
+        "phoneA": binding.a,
+        "phoneB": binding.b,
+        "did": binding.x,
+        "flag": binding.flag,
+        "expireAt": binding.expire_at,
+        "bindType": binding.bind_type,
+    }
+    if binding.extension:
+        item["extension"] = binding.extension
+    return item
