@@ -64,6 +64,13 @@ class PnsClient:
             else API_PATH
         self._timeout = timeout
         self._conn: http.client.HTTPConnection | None = None
+        self._last_ts = 0
+
+    def _next_ts(self) -> str:
+        """Now in milliseconds, never repeated by this client: a repeated request within one
+        millisecond would otherwise carry the same signature and be refused as a replay."""
+        self._last_ts = max(int(time.time() * 1000), self._last_ts + 1)
+        return str(self._last_ts)
 
     def call(self, action: str, body: dict[str, Any] | bytes | str) -> dict[str, Any]:
         """Sign and send one action; returns the envelope ``{code, msg, requestId, data?}``."""
@@ -76,8 +83,8 @@ class PnsClient:
     ) -> tuple[int, dict[str, Any]]:
         """Like ``call`` but also gives the HTTP status, and lets tests set ``ts``/headers."""
         raw = encode_body(body)
-        headers = signed_headers(self.access_key, self.access_secret, action, raw, ts,
-                                 self.algorithm)
+        headers = signed_headers(self.access_key, self.access_secret, action, raw,
+                                 ts if ts is not None else self._next_ts(), self.algorithm)
         if extra_headers:
             headers.update(extra_headers)
         status, payload = self.send(raw, headers)

@@ -239,7 +239,9 @@ class Service:
     ) -> Binding:
         now = int(time.time()) if now is None else now
         a = require_international(phone_a, "phoneA")
-        x = require_international(phone_x, "phoneX", missing=Code.BAD_PARAMETER)
+        if not phone_x.strip():
+            raise PnsError(Code.BAD_PARAMETER, "phoneX is required")
+        x = self._parse_x(phone_x)
         b = require_international(phone_b, "phoneB") if phone_b.strip() else None
         if a.country_code != x.country_code or (b and b.country_code != x.country_code):
             raise PnsError(Code.COUNTRY_MISMATCH, "phoneA/phoneB and phoneX differ in country code")
@@ -338,10 +340,13 @@ class Service:
         if not caller or not did:
             raise PnsError(Code.BAD_PARAMETER, "caller and did are required")
         x = parse_international(did)
-        number = await self.store.get_number(x.digits) if x is not None else None
+        if x is None:
+            raise PnsError(Code.NO_COUNTRY_PREFIX, "did must carry its country code",
+                           data=prompt_data(None))
+        number = await self.store.get_number(x.digits)
         if account.role is Role.CUSTOMER and (number is None or number.account_id != account.id):
             raise PnsError(Code.NO_PERMISSION, "did is not one of this account's numbers")
-        if number is None or x is None:
+        if number is None:
             raise PnsError(Code.BINDING_NOT_EXIST, data=prompt_data(None))
         owner = await self.accounts.by_id(number.account_id)
         caller_digits = normalise_caller(caller, x.country_code)
@@ -392,7 +397,10 @@ class Service:
 
     # --- helpers ---------------------------------------------------------------------------
     def _parse_x(self, phone_x: str) -> Number:
-        return require_international(phone_x, "phoneX", missing=Code.BAD_PARAMETER)
+        number = parse_international(phone_x)
+        if number is None:
+            raise PnsError(Code.NO_COUNTRY_PREFIX, "phoneX must carry its country code")
+        return number
 
     async def _require_own_number(self, account: Account, x: Number, country_code: int) -> None:
         number = await self.store.get_number(x.digits)
