@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import time
 
-from .api import Api, envelope
+from .api import ACTIONS, Api, envelope
 from .errors import Code
 from .http import Reply, Request
 from .ids import new_snowflake
+from .metrics import Metrics
 
 log = logging.getLogger("pns.access")
 
@@ -32,23 +34,36 @@ def error_reply(status: int) -> Reply:
 
 
 class App:
-    def __init__(self, api: Api):
+    def __init__(self, api: Api, metrics: Metrics | None = None):
         self.api = api
+        self.metrics = metrics or Metrics()
 
     async def __call__(self, request: Request) -> Reply:
         path = request.path
         if path in API_PATHS:
             if request.method != "POST":
                 return error_reply(405)
-            response = await self.api.handle(request.headers, request.body)
-            log.info("requestId=%s action=%s code=%d", response.request_id, response.action,
-                     response.code)
-            return Reply(response.status, response.body)
+            return await self._api(request)
         if path == "/healthz":
             if request.method != "GET":
                 return error_reply(405)
             return await self._health()
+        if path == "/metrics":
+            if request.method != "GET":
+                return error_reply(405)
+            return Reply(200, self.metrics.render(), "text/plain; version=0.0.4")
         return error_reply(404)
+
+    async def _api(self, request: Request) -> Reply:
+        started = time.perf_counter()
+        response = await self.api.handle(request.headers, request.body)
+        elapsed = time.perf_counter() - started
+        action = response.action if response.action in ACTIONS else "unknown"
+        self.metrics.observe(action, response.code, elapsed)
+        if log.isEnabledFor(logging.INFO):
+            log.info("requestId=%s action=%s code=%d ms=%.3f", response.request_id, action,
+                     response.code, elapsed * 1000)
+        return Reply(response.status, response.body)
 
     async def _health(self) -> Reply:
         try:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import os
 import secrets
 import signal
@@ -89,17 +88,20 @@ def main(ctx: click.Context, store_url: str | None) -> None:
 @click.option("--extension-length", default=3, show_default=True, type=click.Choice(["3", "4"]),
               envvar="PNS_EXTENSION_LENGTH", help="Digits of an extension.")
 @click.option("--log-level", default="info", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error"]), envvar="PNS_LOG_LEVEL")
+              type=click.Choice(["debug", "info", "warning", "error"]), envvar="PNS_LOG_LEVEL",
+              help="info logs one line per request; below debug, phone numbers are masked.")
+@click.option("--log-format", default="text", show_default=True,
+              type=click.Choice(["text", "json"]), envvar="PNS_LOG_FORMAT")
 @_store_option
 @click.pass_context
 def serve(ctx: click.Context, host: str, port: int, workers: int, extension_length: str,
-          log_level: str, store_url: str | None) -> None:
+          log_level: str, log_format: str, store_url: str | None) -> None:
     """Run the API server until SIGTERM/SIGINT (then finish in-flight requests)."""
+    from .logs import configure
     from .serve import install_event_loop, run_server
 
     url = _store_url(ctx, store_url)
-    logging.basicConfig(level=log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure(log_level, log_format)
     if workers > 1:
         _run_workers(workers)
         return

@@ -1,0 +1,68 @@
+"""What operators see: metrics, request logs with masked numbers, clean shutdown."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+import urllib.request
+
+from pns.client import PnsClient
+from pns.logs import mask_number
+from pns.model import Role
+
+from .conftest import create_tenant, free_port, pns_command, unique_hk
+
+
+def _get(url: str) -> tuple[int, str]:
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return resp.status, resp.read().decode()
+
+
+def test_mask_number() -> None:
+    assert mask_number("caller 85211111114 did 85235753351") == \
+        "caller 8521*****14 did 8523*****51"
+    assert mask_number("code 10013") == "code 10013"
+
+
+def test_metrics_and_json_request_log(tmp_path: object) -> None:
+    url = f"sqlite:///{tmp_path}/ops.db"
+    customer = create_tenant(url, Role.CUSTOMER, numbers=1)
+    switch = create_tenant(url, Role.SWITCH)
+    port = free_port()
+    proc = subprocess.Popen(
+        pns_command("serve", "--port", str(port), "--store", url, "--log-format", "json"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(100):
+            try:
+                if _get(base + "/healthz")[0] == 200:
+                    break
+            except OSError:
+                time.sleep(0.05)
+        c = PnsClient(base, customer.access_key, customer.access_secret)
+        a, b = unique_hk("1"), unique_hk("2")
+        did = c.bind_axb(a, b, 0)["data"]["did"]
+        s = PnsClient(base, switch.access_key, switch.access_secret)
+        assert s.query(a, did)["code"] == 0
+        assert s.query(unique_hk("9"), did)["code"] == 10013
+        status, text = _get(base + "/metrics")
+        assert status == 200
+        assert 'pns_requests_total{action="queryAXB",code="0"} 1.0' in text
+        assert 'pns_requests_total{action="queryAXB",code="10013"} 1.0' in text
+        assert 'pns_requests_total{action="bindAXB",code="0"} 1.0' in text
+        assert 'pns_request_seconds_count{action="queryAXB"} 2.0' in text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0
+    lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    requests = [entry for entry in lines if entry["logger"] == "pns.access"]
+    assert len(requests) == 3
+    assert all("requestId=" in e["msg"] and "ms=" in e["msg"] for e in requests)
+    assert any("code=10013" in e["msg"] for e in requests)
+    assert a not in err and b not in err and did not in err
+    assert customer.access_secret not in err and switch.access_secret not in err
+    assert any(e["msg"] == "stopped" for e in lines)
