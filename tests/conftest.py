@@ -14,6 +14,7 @@ import secrets
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -120,23 +121,34 @@ def create_tenant(url: str, role: Role = Role.CUSTOMER, numbers: int = 0,
 class Server:
     """A ``pns serve`` process on a free port."""
 
-    def __init__(self, store_url: str, *extra: str):
+    def __init__(self, store_url: str, *extra: str, env: dict[str, str] | None = None,
+                 port: int | None = None):
         self.store_url = store_url
-        self.port = free_port()
+        self.extra = extra
+        self.env = {**os.environ, **(env or {})}
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen(
-            pns_command("serve", "--port", str(self.port), "--store", store_url,
-                        "--log-level", "warning", *extra),
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )
+        self.start()
+
+    def start(self) -> None:
+        # A file, not a pipe: a pipe nobody reads would block a chatty server.
+        fd, self.log_path = tempfile.mkstemp(prefix="pns-serve-", suffix=".log")
+        with os.fdopen(fd, "wb") as log:
+            self.proc = subprocess.Popen(
+                pns_command("serve", "--port", str(self.port), "--store", self.store_url,
+                            "--log-level", "warning", *self.extra),
+                stdout=subprocess.DEVNULL, stderr=log, env=self.env,
+            )
         self.wait_healthy()
+
+    def log_text(self) -> str:
+        return Path(self.log_path).read_text(errors="replace")
 
     def wait_healthy(self, timeout: float = 15.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode() if self.proc.stderr else ""
-                raise RuntimeError(f"pns serve exited: {err}")
+                raise RuntimeError(f"pns serve exited: {self.log_text()}")
             try:
                 with urllib.request.urlopen(self.url + "/healthz", timeout=1) as resp:
                     if resp.status == 200:

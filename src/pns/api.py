@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 import msgspec
 
 from .auth import BIZ_TYPE_PNS, TS_WINDOW_MS, check_ts, verify_sign
+from .callbacks import CallReport, record_fields
 from .core import QueryAnswer, Service
 from .errors import DEFAULT_MSG, Code, PnsError
 from .ids import new_snowflake
@@ -21,8 +22,10 @@ from .model import Account, Role
 from .wire import (
     BindAXBBody,
     BindExtensionBody,
+    CallRecordsBody,
     ListBody,
     QueryBody,
+    RedeliverBody,
     UnbindBody,
     binding_item,
     decode,
@@ -177,7 +180,32 @@ def query_data(answer: QueryAnswer) -> dict[str, Any]:
     return data
 
 
+async def _report_call(api: Api, account: Account, body: bytes, now: int) -> dict[str, Any]:
+    report: CallReport = decode(body, CallReport)
+    record = await api.service.report_call(report, now)
+    return {"id": record.id, "callId": record.call_id}
+
+
+async def _call_records(api: Api, account: Account, body: bytes, now: int) -> dict[str, Any]:
+    req: CallRecordsBody = decode(body, CallRecordsBody)
+    records, total = await api.service.list_call_records(
+        account,
+        start_from=int_field(req.startTime, "startTime", required=False),
+        start_to=int_field(req.endTime, "endTime", required=False),
+        bind_id=req.bindId,
+        limit=int_field(req.limit, "limit", required=False, code=Code.LIMIT_OUT_OF_RANGE),
+        offset=int_field(req.offset, "offset", required=False, code=Code.OFFSET_OUT_OF_RANGE),
+    )
+    return {"records": [record_fields(r) for r in records], "total": total}
+
+
+async def _redeliver(api: Api, account: Account, body: bytes, now: int) -> dict[str, Any]:
+    req: RedeliverBody = decode(body, RedeliverBody)
+    return {"eventId": await api.service.redeliver(account, req.callId, now)}
+
+
 _CUSTOMER = frozenset({Role.CUSTOMER})
+_SWITCH = frozenset({Role.SWITCH})
 _ANYONE = frozenset({Role.CUSTOMER, Role.SWITCH})
 
 ACTIONS: dict[str, Action] = {
@@ -186,4 +214,7 @@ ACTIONS: dict[str, Action] = {
     "unbindAXB": Action(_unbind, _CUSTOMER, True),
     "getAXBList": Action(_list, _CUSTOMER, False),
     "queryAXB": Action(_query, _ANYONE, False),
+    "reportCall": Action(_report_call, _SWITCH, True),
+    "getCallRecords": Action(_call_records, _CUSTOMER, False),
+    "redeliverCallRecord": Action(_redeliver, _CUSTOMER, True),
 }

@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .core import Settings
-from .model import Account, AccountChanges, Role, VirtualNumber
+from .model import Account, AccountChanges, EventState, Role, VirtualNumber
 from .numbers import parse_international
 from .store import DEFAULT_STORE_URL, Store, StoreError, open_store
 
@@ -92,10 +92,12 @@ def main(ctx: click.Context, store_url: str | None) -> None:
               help="info logs one line per request; below debug, phone numbers are masked.")
 @click.option("--log-format", default="text", show_default=True,
               type=click.Choice(["text", "json"]), envvar="PNS_LOG_FORMAT")
+@click.option("--deliver/--no-deliver", default=True, show_default=True,
+              help="Run the callback delivery worker in this process.")
 @_store_option
 @click.pass_context
 def serve(ctx: click.Context, host: str, port: int, workers: int, extension_length: str,
-          log_level: str, log_format: str, store_url: str | None) -> None:
+          log_level: str, log_format: str, deliver: bool, store_url: str | None) -> None:
     """Run the API server until SIGTERM/SIGINT (then finish in-flight requests)."""
     from .logs import configure
     from .serve import install_event_loop, run_server
@@ -109,7 +111,8 @@ def serve(ctx: click.Context, host: str, port: int, workers: int, extension_leng
     settings = Settings(extension_length=int(extension_length))
     try:
         asyncio.run(run_server(url, host, port, settings,
-                               reuse_port=os.environ.get("PNS_REUSE_PORT") == "1"))
+                               reuse_port=os.environ.get("PNS_REUSE_PORT") == "1",
+                               deliver=deliver))
     except StoreError as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
@@ -137,6 +140,49 @@ def _run_workers(workers: int) -> None:
     codes = [child.wait() for child in children]
     if any(codes):
         raise SystemExit(max(codes))
+
+
+@main.command()
+@_store_option
+@click.pass_context
+def deliver(ctx: click.Context, store_url: str | None) -> None:
+    """Run only the callback delivery worker (pns serve runs one too)."""
+    from .logs import configure
+    from .serve import install_event_loop, run_deliverer
+
+    configure("info", "text")
+    install_event_loop()
+    try:
+        asyncio.run(run_deliverer(_store_url(ctx, store_url)))
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.command()
+@click.option("--state", type=click.Choice([s.value for s in EventState]), default=None)
+@click.option("--account", "access_key", default=None)
+@click.option("--limit", default=100, show_default=True, type=int)
+@_store_option
+@click.pass_context
+def deliveries(ctx: click.Context, state: str | None, access_key: str | None, limit: int,
+               store_url: str | None) -> None:
+    """Callbacks in the outbox: one JSON object each, oldest first."""
+
+    async def work(store: Store) -> list[Any]:
+        account_id = None
+        if access_key is not None:
+            owner = await store.get_account(access_key)
+            if owner is None:
+                raise click.ClickException(f"no account with accessKey {access_key}")
+            account_id = owner.id
+        return await store.list_events(account_id, EventState(state) if state else None, limit)
+
+    for event in _with_store(_store_url(ctx, store_url), work):
+        click.echo(json.dumps({"eventId": event.event_id, "kind": event.kind,
+                               "callId": event.call_id, "state": event.state.value,
+                               "attempts": event.attempts, "createdAt": event.created_at,
+                               "nextAttemptAt": event.next_attempt_at,
+                               "lastError": event.last_error}))
 
 
 @main.command()

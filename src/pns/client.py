@@ -14,6 +14,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .auth import BIZ_TYPE_PNS, sign
+from .callbacks import verify_callback
+
+__all__ = ["PnsClient", "encode_body", "signed_headers", "verify_callback"]
 
 API_PATH = "/api/pns/"
 
@@ -142,6 +145,12 @@ class PnsClient:
 
     def list_bindings(self, limit: int = 0, offset: int = 0) -> dict[str, Any]:
         return self.call("getAXBList", {"limit": limit, "offset": offset})
+
+    def report_call(self, call_id: str, **times: Any) -> dict[str, Any]:
+        return self.call("reportCall", {"callId": call_id, **times})
+
+    def call_records(self, **filters: Any) -> dict[str, Any]:
+        return self.call("getCallRecords", filters)
 
     def query(self, caller: str, did: str, extension: str | None = None) -> dict[str, Any]:
         body = {"caller": caller, "did": did}

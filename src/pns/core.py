@@ -12,6 +12,15 @@ from collections.abc import Callable
 
 import msgspec
 
+from .callbacks import (
+    KIND_BINDING_ERROR,
+    KIND_CALL_RECORD,
+    CallReport,
+    binding_error_body,
+    join_record,
+    new_event,
+    record_fields,
+)
 from .errors import Code, PnsError
 from .ids import new_bind_id, new_snowflake
 from .model import (
@@ -19,6 +28,7 @@ from .model import (
     BIND_TYPE_EXTENSION,
     Account,
     Binding,
+    CallRecord,
     CallRef,
     Candidate,
     Role,
@@ -141,6 +151,8 @@ class Service:
         self.store = store
         self.settings = settings or Settings()
         self.accounts = AccountDirectory(store, self.settings.account_cache_seconds)
+        # Called after an event enters the outbox, so a delivery worker can wake at once.
+        self.on_event: Callable[[], None] = lambda: None
 
     # --- bindAXB ---------------------------------------------------------------------------
     async def bind_axb(
@@ -368,6 +380,8 @@ class Service:
                         callee="", call_id=new_snowflake(), flag=0,
                         bind_type=BIND_TYPE_EXTENSION, prompts=owner, extension=None,
                     )
+                if account.role is Role.SWITCH:
+                    await self.notify_binding_error(owner, caller, x.digits, now)
                 raise PnsError(Code.BINDING_NOT_EXIST, data=prompt_data(owner))
             binding = found
         call_id = new_snowflake()
@@ -383,6 +397,69 @@ class Service:
             callee=callee, call_id=call_id, flag=binding.flag, bind_type=binding.bind_type,
             prompts=owner, extension=extension,
         )
+
+    async def notify_binding_error(self, owner: Account | None, caller: str, did: str,
+                                   now: int) -> None:
+        """A real call reached an X with no binding: NXCloud's error callback to X's owner."""
+        if owner is None or not owner.callback_url:
+            return
+        body = binding_error_body(new_snowflake(), caller, did, now)
+        await self.store.enqueue_event(new_event(owner.id, KIND_BINDING_ERROR, body, now))
+        self.on_event()
+
+    # --- call records ----------------------------------------------------------------------
+    async def report_call(self, report: CallReport, now: int | None = None) -> CallRecord:
+        """Store a finished call once per callId, and enqueue its delivery."""
+        now = int(time.time()) if now is None else now
+        if not report.callId:
+            raise PnsError(Code.BAD_PARAMETER, "callId is required")
+        times = (report.startAt, report.ringAt, report.answerAt, report.hangupAt)
+        if min(times) < 0 or max(times) > 2**40 or report.hangup not in (0, 1):
+            raise PnsError(Code.BAD_PARAMETER, "times must be epoch seconds; hangup 0 or 1")
+        if len(report.hangupCause) > 64 or len(report.recordFile) > 2048:
+            raise PnsError(Code.BAD_PARAMETER, "hangupCause or recordFile too long")
+        call = await self.store.get_call(report.callId)
+        if call is None:
+            raise PnsError(Code.BINDING_NOT_EXIST, "unknown callId")
+        record = msgspec.structs.replace(join_record(call, report, now),
+                                         id=int(new_snowflake()))
+        owner = await self.accounts.by_id(call.account_id)
+        event = None
+        if owner is not None and owner.callback_url:
+            event = new_event(owner.id, KIND_CALL_RECORD, record_fields(record), now,
+                              call_id=record.call_id)
+        if await self.store.save_call_record(record, event):
+            if event is not None:
+                self.on_event()
+            return record
+        existing = await self.store.get_call_record(call.account_id, report.callId)
+        assert existing is not None
+        return existing
+
+    async def list_call_records(
+        self, account: Account, start_from: int, start_to: int, bind_id: str, limit: int,
+        offset: int,
+    ) -> tuple[list[CallRecord], int]:
+        if not 0 <= limit <= LIST_MAX:
+            raise PnsError(Code.LIMIT_OUT_OF_RANGE, "limit must be an integer from 0 to 1000")
+        if offset < 0:
+            raise PnsError(Code.OFFSET_OUT_OF_RANGE, "offset must be an integer >= 0")
+        return await self.store.list_call_records(
+            account.id, start_from, start_to or 2**62, bind_id, limit or LIST_MAX, offset)
+
+    async def redeliver(self, account: Account, call_id: str, now: int | None = None) -> str:
+        """Queue one more delivery of a stored record; returns the new event id."""
+        now = int(time.time()) if now is None else now
+        record = await self.store.get_call_record(account.id, call_id) if call_id else None
+        if record is None:
+            raise PnsError(Code.BINDING_NOT_EXIST, "no call record with this callId")
+        if not account.callback_url:
+            raise PnsError(Code.BAD_PARAMETER, "the account has no callback URL")
+        event = new_event(account.id, KIND_CALL_RECORD, record_fields(record), now,
+                          call_id=call_id)
+        await self.store.enqueue_event(event)
+        self.on_event()
+        return event.event_id
 
     async def _by_extension(
         self, x: str, extension: str, owner: Account | None, now: int

@@ -33,6 +33,11 @@ class Metrics:
         self.pool_free = Gauge("pns_pool_free_numbers",
                                "Numbers with no active binding (room for any new pair)",
                                ["account", "country"], registry=self.registry)
+        self.delivery_backlog = Gauge("pns_delivery_backlog", "Callbacks not yet delivered",
+                                      registry=self.registry)
+        self.delivery_oldest_age = Gauge("pns_delivery_oldest_age_seconds",
+                                         "Age of the oldest undelivered callback",
+                                         registry=self.registry)
         self._children: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
 
     def observe(self, action: str, code: int, seconds: float) -> None:

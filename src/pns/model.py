@@ -116,3 +116,50 @@ class CallRef(msgspec.Struct, frozen=True):
     business_id: str
     bind_type: int
     queried_at: int
+
+
+class CallRecord(msgspec.Struct, frozen=True):
+    """A finished call, joined with its query and binding: NXCloud's CDR fields."""
+
+    call_id: str
+    account_id: int
+    bind_id: str
+    customer_bind_id: str
+    business_id: str
+    did: str
+    caller: str
+    callee: str
+    call_status: int
+    call_status_msg: str
+    duration: int
+    start_at: int
+    ring_at: int
+    answer_at: int
+    hangup_at: int
+    hangup_cause: str
+    hangup_code: int
+    hangup: int
+    record_file: str
+    reported_at: int
+    id: int = 0
+
+
+class EventState(StrEnum):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+class OutboxEvent(msgspec.Struct, frozen=True):
+    """A callback waiting in the durable outbox: the body is sent byte for byte as stored."""
+
+    event_id: str
+    account_id: int
+    kind: str
+    body: bytes
+    created_at: int
+    next_attempt_at: int
+    attempts: int = 0
+    state: EventState = EventState.PENDING
+    last_error: str = ""
+    call_id: str = ""

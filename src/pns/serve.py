@@ -11,7 +11,9 @@ import time
 from .api import Api
 from .app import App, error_reply
 from .core import Service, Settings
+from .delivery import Deliverer
 from .http import HttpServer, Limits
+from .metrics import Metrics
 from .store import Store, open_store
 
 log = logging.getLogger("pns.serve")
@@ -20,12 +22,18 @@ SWEEP_INTERVAL = 1.0
 SWEEP_BATCH = 1000
 
 
-async def sweep_forever(store: Store, interval: float = SWEEP_INTERVAL) -> None:
+async def sweep_forever(store: Store, interval: float = SWEEP_INTERVAL,
+                        metrics: Metrics | None = None) -> None:
     """Reclaim expired bindings in batches. Correctness never waits for this: reads check
     expiry themselves; sweeping only frees storage and rebalances the allocation counters."""
     while True:
         try:
-            while await store.sweep(int(time.time()), SWEEP_BATCH) == SWEEP_BATCH:
+            while True:
+                swept = await store.sweep(int(time.time()), SWEEP_BATCH)
+                if metrics is not None and swept:
+                    metrics.swept.inc(swept)
+                if swept < SWEEP_BATCH:
+                    break
                 await asyncio.sleep(0)
         except Exception:
             log.exception("sweep failed; will retry")
@@ -35,14 +43,19 @@ async def sweep_forever(store: Store, interval: float = SWEEP_INTERVAL) -> None:
 async def run_server(
     store_url: str, host: str, port: int, settings: Settings | None = None,
     limits: Limits | None = None, reuse_port: bool = False,
-    ready: asyncio.Event | None = None,
+    ready: asyncio.Event | None = None, deliver: bool = True,
 ) -> None:
     """Serve until SIGTERM or SIGINT, then finish in-flight requests and stop cleanly."""
     store = await open_store(store_url)
     service = Service(store, settings)
-    server = HttpServer(App(Api(service)), error_reply, limits)
+    app = App(Api(service))
+    server = HttpServer(app, error_reply, limits)
     await server.start(host, port, reuse_port=reuse_port)
-    sweeper = asyncio.create_task(sweep_forever(store))
+    background = [asyncio.create_task(sweep_forever(store, metrics=app.metrics))]
+    if deliver:
+        deliverer = Deliverer(store, service.accounts, metrics=app.metrics)
+        service.on_event = deliverer.wake
+        background.append(asyncio.create_task(deliverer.run()))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -55,9 +68,10 @@ async def run_server(
     finally:
         log.info("shutting down: finishing in-flight requests")
         await server.shutdown()
-        sweeper.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sweeper
+        for task in background:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await store.close()
         log.info("stopped")
 
@@ -79,3 +93,22 @@ def install_event_loop() -> None:
     except ImportError:
         return
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+async def run_deliverer(store_url: str) -> None:
+    """``pns deliver``: only the delivery worker, until SIGTERM or SIGINT."""
+    store = await open_store(store_url)
+    service = Service(store)
+    task = asyncio.create_task(Deliverer(store, service.accounts).run())
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    log.info("delivering callbacks from store=%s", _redact(store_url))
+    try:
+        await stop.wait()
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await store.close()

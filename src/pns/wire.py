@@ -99,3 +99,15 @@ def binding_item(binding: Binding) -> dict[str, Any]:
     if binding.extension:
         item["extension"] = binding.extension
     return item
+
+
+class CallRecordsBody(msgspec.Struct):
+    startTime: IntField = None
+    endTime: IntField = None
+    bindId: str = ""
+    limit: IntField = None
+    offset: IntField = None
+
+
+class RedeliverBody(msgspec.Struct):
+    callId: str = ""

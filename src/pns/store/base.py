@@ -9,6 +9,10 @@ names one X or one account. Guarantees a store must keep (the conformance suite 
   unique keys, under any concurrency, across processes. Expired rows never block an insert.
 - Reads never return an expired binding, whether the sweeper has run or not.
 - ``claim_signature`` is atomic: of two concurrent claims of one signature, exactly one wins.
+- ``save_call_record`` stores a record and its outbox event in one transaction, once per
+  ``callId``: a repeated report changes nothing and enqueues nothing.
+- ``lease_events`` hands a due event to one caller at a time, across processes, until the lease
+  runs out; an event is never lost once enqueued (it ends delivered or failed, and stays visible).
 """
 
 from __future__ import annotations
@@ -21,9 +25,12 @@ from ..model import (
     Account,
     AccountChanges,
     Binding,
+    CallRecord,
     CallRef,
     Candidate,
+    EventState,
     NumberUsage,
+    OutboxEvent,
     PoolStats,
     Role,
     VirtualNumber,
@@ -124,3 +131,35 @@ class Store(Protocol):
 
     async def sweep(self, now: int, limit: int) -> int:
         """Remove up to ``limit`` expired bindings and stale signatures; returns bindings gone."""
+
+    # --- call records and the outbox -------------------------------------------------------
+    async def get_call(self, call_id: str) -> CallRef | None: ...
+
+    async def save_call_record(self, record: CallRecord, event: OutboxEvent | None) -> bool:
+        """False when a record with this callId exists (nothing is written then)."""
+
+    async def list_call_records(
+        self, account_id: int, start_from: int, start_to: int, bind_id: str, limit: int,
+        offset: int,
+    ) -> tuple[list[CallRecord], int]:
+        """The account's records with ``start_from <= startAt < start_to`` (and the bindId,
+        when given), oldest first."""
+
+    async def get_call_record(self, account_id: int, call_id: str) -> CallRecord | None: ...
+
+    async def enqueue_event(self, event: OutboxEvent) -> None: ...
+
+    async def lease_events(self, now: int, limit: int, lease_seconds: int) -> list[OutboxEvent]:
+        """Claim up to ``limit`` pending events that are due and not leased."""
+
+    async def finish_event(
+        self, event_id: str, state: EventState, attempts: int, next_attempt_at: int, error: str,
+        now: int,
+    ) -> None:
+        """Record an attempt: delivered, failed for good, or pending until ``next_attempt_at``."""
+
+    async def list_events(self, account_id: int | None, state: EventState | None,
+                          limit: int) -> list[OutboxEvent]: ...
+
+    async def outbox_backlog(self, now: int) -> tuple[int, int]:
+        """(pending events, age in seconds of the oldest pending one)."""

@@ -19,21 +19,33 @@ from ..model import (
     Account,
     AccountChanges,
     Binding,
+    CallRecord,
     CallRef,
     Candidate,
+    EventState,
     NumberUsage,
+    OutboxEvent,
     PoolStats,
     Role,
     VirtualNumber,
 )
 from .base import BindConflict, ConflictKind, StoreError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _ACTIVE = "(b.expire_at = 0 OR b.expire_at > :now)"
 _BINDING_COLUMNS = (
     "b.bind_id, b.account_id, b.x, b.a, b.b, b.extension, b.bind_type, b.customer_bind_id, "
     "b.business_id, b.flag, b.expire_second, b.expire_at, b.created_at"
+)
+_RECORD_COLUMNS = (
+    "call_id, account_id, bind_id, customer_bind_id, business_id, did, caller, callee, "
+    "call_status, call_status_msg, duration, start_at, ring_at, answer_at, hangup_at, "
+    "hangup_cause, hangup_code, hangup, record_file, reported_at, id"
+)
+_EVENT_COLUMNS = (
+    "event_id, account_id, kind, body, created_at, next_attempt_at, attempts, state, "
+    "last_error, call_id"
 )
 _ACCOUNT_COLUMNS = (
     "id, name, access_key, access_secret, role, enabled, audio_when_call_fail, "
@@ -118,6 +130,48 @@ _MIGRATIONS: list[str] = [
         key TEXT PRIMARY KEY,
         expires_at INTEGER NOT NULL
     ) WITHOUT ROWID;
+    """,
+    # 2: call records and the durable outbox of callbacks.
+    """
+    CREATE TABLE call_records (
+        id INTEGER PRIMARY KEY,
+        call_id TEXT NOT NULL UNIQUE,
+        account_id INTEGER NOT NULL,
+        bind_id TEXT NOT NULL,
+        customer_bind_id TEXT NOT NULL,
+        business_id TEXT NOT NULL,
+        did TEXT NOT NULL,
+        caller TEXT NOT NULL,
+        callee TEXT NOT NULL,
+        call_status INTEGER NOT NULL,
+        call_status_msg TEXT NOT NULL,
+        duration INTEGER NOT NULL,
+        start_at INTEGER NOT NULL,
+        ring_at INTEGER NOT NULL,
+        answer_at INTEGER NOT NULL,
+        hangup_at INTEGER NOT NULL,
+        hangup_cause TEXT NOT NULL,
+        hangup_code INTEGER NOT NULL,
+        hangup INTEGER NOT NULL,
+        record_file TEXT NOT NULL,
+        reported_at INTEGER NOT NULL
+    );
+    CREATE INDEX call_records_account ON call_records(account_id, start_at);
+    CREATE INDEX call_records_bind ON call_records(bind_id);
+    CREATE TABLE outbox (
+        event_id TEXT PRIMARY KEY,
+        account_id INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        body BLOB NOT NULL,
+        call_id TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        next_attempt_at INTEGER NOT NULL,
+        lease_until INTEGER NOT NULL DEFAULT 0,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        state TEXT NOT NULL,
+        last_error TEXT NOT NULL DEFAULT ''
+    ) WITHOUT ROWID;
+    CREATE INDEX outbox_due ON outbox(state, next_attempt_at);
     """,
 ]
 
@@ -459,6 +513,121 @@ class SqliteStore:
                 (now, limit),
             )
         return cur.rowcount
+
+    # --- call records and the outbox -------------------------------------------------------
+    async def get_call(self, call_id: str) -> CallRef | None:
+        row = self._conn.execute(
+            "SELECT call_id, bind_id, account_id, x, caller, callee, customer_bind_id, "
+            "business_id, bind_type, queried_at FROM calls WHERE call_id = ?", (call_id,)
+        ).fetchone()
+        return CallRef(*row) if row else None
+
+    async def save_call_record(self, record: CallRecord, event: OutboxEvent | None) -> bool:
+        values = msgspec_tuple(record)
+        with self._tx():
+            cur = self._conn.execute(
+                f"INSERT INTO call_records ({_RECORD_COLUMNS}) VALUES "
+                f"({', '.join('?' * len(values))}) ON CONFLICT (call_id) DO NOTHING",
+                values,
+            )
+            if cur.rowcount == 0:
+                return False
+            if event is not None:
+                self._insert_event(event)
+        return True
+
+    def _insert_event(self, event: OutboxEvent) -> None:
+        self._conn.execute(
+            f"INSERT INTO outbox ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (event.event_id, event.account_id, event.kind, event.body, event.created_at,
+             event.next_attempt_at, event.attempts, event.state.value, event.last_error,
+             event.call_id),
+        )
+
+    async def list_call_records(
+        self, account_id: int, start_from: int, start_to: int, bind_id: str, limit: int,
+        offset: int,
+    ) -> tuple[list[CallRecord], int]:
+        where = "account_id = :account_id AND start_at >= :start_from AND start_at < :start_to"
+        if bind_id:
+            where += " AND bind_id = :bind_id"
+        params = {"account_id": account_id, "start_from": start_from, "start_to": start_to,
+                  "bind_id": bind_id, "limit": limit, "offset": offset}
+        rows = self._conn.execute(
+            f"SELECT {_RECORD_COLUMNS} FROM call_records WHERE {where} "
+            "ORDER BY start_at, id LIMIT :limit OFFSET :offset", params,
+        ).fetchall()
+        (total,) = self._conn.execute(
+            f"SELECT count(*) FROM call_records WHERE {where}", params).fetchone()
+        return [CallRecord(*row) for row in rows], int(total)
+
+    async def get_call_record(self, account_id: int, call_id: str) -> CallRecord | None:
+        row = self._conn.execute(
+            f"SELECT {_RECORD_COLUMNS} FROM call_records WHERE account_id = ? AND call_id = ?",
+            (account_id, call_id),
+        ).fetchone()
+        return CallRecord(*row) if row else None
+
+    async def enqueue_event(self, event: OutboxEvent) -> None:
+        with self._tx():
+            self._insert_event(event)
+
+    async def lease_events(self, now: int, limit: int, lease_seconds: int) -> list[OutboxEvent]:
+        with self._tx():
+            rows = self._conn.execute(
+                "UPDATE outbox SET lease_until = :lease WHERE event_id IN ("
+                " SELECT event_id FROM outbox WHERE state = 'pending' "
+                " AND next_attempt_at <= :now AND lease_until <= :now "
+                " ORDER BY next_attempt_at LIMIT :limit) "
+                f"RETURNING {_EVENT_COLUMNS}",
+                {"lease": now + lease_seconds, "now": now, "limit": limit},
+            ).fetchall()
+        return [_event_from_row(row) for row in rows]
+
+    async def finish_event(
+        self, event_id: str, state: EventState, attempts: int, next_attempt_at: int, error: str,
+        now: int,
+    ) -> None:
+        with self._tx():
+            self._conn.execute(
+                "UPDATE outbox SET state = ?, attempts = ?, next_attempt_at = ?, "
+                "last_error = ?, lease_until = 0 WHERE event_id = ?",
+                (state.value, attempts, next_attempt_at, error[:500], event_id),
+            )
+
+    async def list_events(self, account_id: int | None, state: EventState | None,
+                          limit: int) -> list[OutboxEvent]:
+        where = ["1 = 1"]
+        params: list[Any] = []
+        if account_id is not None:
+            where.append("account_id = ?")
+            params.append(account_id)
+        if state is not None:
+            where.append("state = ?")
+            params.append(state.value)
+        rows = self._conn.execute(
+            f"SELECT {_EVENT_COLUMNS} FROM outbox WHERE {' AND '.join(where)} "
+            "ORDER BY created_at LIMIT ?", [*params, limit],
+        ).fetchall()
+        return [_event_from_row(row) for row in rows]
+
+    async def outbox_backlog(self, now: int) -> tuple[int, int]:
+        count, oldest = self._conn.execute(
+            "SELECT count(*), min(created_at) FROM outbox WHERE state = 'pending'"
+        ).fetchone()
+        return int(count), (now - int(oldest)) if oldest is not None else 0
+
+
+def msgspec_tuple(record: CallRecord) -> tuple[Any, ...]:
+    return tuple(getattr(record, field) for field in record.__struct_fields__)
+
+
+def _event_from_row(row: Sequence[Any]) -> OutboxEvent:
+    return OutboxEvent(
+        event_id=row[0], account_id=row[1], kind=row[2], body=bytes(row[3]),
+        created_at=row[4], next_attempt_at=row[5], attempts=row[6], state=EventState(row[7]),
+        last_error=row[8], call_id=row[9],
+    )
 
 
 def _create_private(path: str) -> None:
