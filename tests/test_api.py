@@ -262,7 +262,7 @@ def test_extension_errors(server: Server, customer: Tenant) -> None:
     assert len(auto["data"]["extension"]) == 3 and auto["data"]["extension"].isdigit()
     taken = auto["data"]["extension"]
     assert_envelope(c.bind_extension(unique_hk("1"), x, 0, extension=taken), 10015)
-    for bad in ("12", "1234", "12a", "１２３"):
+    for bad in ("12", "1234", "12a", "\uff11\uff12\uff13"):  # fullwidth digits
         assert_envelope(c.bind_extension(unique_hk("1"), x, 0, extension=bad), 10016)
     assert_envelope(c.bind_extension(a, x, 0), 10017)
     other = create_tenant(server.store_url, numbers=1)

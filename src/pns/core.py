@@ -290,7 +290,9 @@ class Service:
                     if raced is not None:
                         return raced
                     continue
-                if conflict.kind is ConflictKind.PARTY:
+                if conflict.kind is ConflictKind.PARTY or await self._party_bound(binding, now):
+                    # Both keys may be taken; which one a store reports first is its own
+                    # business, so the party conflict is decided here, the same on every store.
                     raise PnsError(Code.PARTY_ALREADY_BOUND) from None
                 if requested_ext is not None:
                     raise PnsError(Code.EXTENSION_TAKEN) from None
@@ -473,6 +475,12 @@ class Service:
         return binding
 
     # --- helpers ---------------------------------------------------------------------------
+    async def _party_bound(self, binding: Binding, now: int) -> bool:
+        for party in binding.parties():
+            if await self.store.find_by_party(binding.x, party, now) is not None:
+                return True
+        return False
+
     def _parse_x(self, phone_x: str) -> Number:
         number = parse_international(phone_x)
         if number is None:

@@ -1,0 +1,204 @@
+"""Model-based tests: random sequences of binds, extension binds, unbinds, expiry (a
+controllable clock), queries and lists, run on the core and each store, checked against a
+plain in-memory model. The service must never disagree with the model."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from dataclasses import dataclass, field
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from pns.core import Service, Settings
+from pns.errors import Code, PnsError
+from pns.model import Account, Role, VirtualNumber
+from pns.store import open_store
+
+from .conftest import STORES
+
+PEOPLE = 5
+XS = 2
+_run = itertools.count()
+
+
+@dataclass
+class ModelBinding:
+    bind_id: str
+    x: str
+    a: str
+    b: str
+    extension: str
+    expire_at: int
+    cbid: str = ""
+
+    def active(self, now: int) -> bool:
+        return self.expire_at == 0 or self.expire_at > now
+
+
+@dataclass
+class Model:
+    bindings: dict[str, ModelBinding] = field(default_factory=dict)
+
+    def active(self, now: int) -> list[ModelBinding]:
+        return [b for b in self.bindings.values() if b.active(now)]
+
+    def holder(self, x: str, number: str, now: int) -> ModelBinding | None:
+        for b in self.active(now):
+            if b.x == x and number in (b.a, b.b):
+                return b
+        return None
+
+
+def machine_for(store_url: str) -> type[RuleBasedStateMachine]:
+    class ServiceMachine(RuleBasedStateMachine):
+        def __init__(self) -> None:
+            super().__init__()
+            self.loop = asyncio.new_event_loop()
+            self.store = self.loop.run_until_complete(open_store(store_url))
+            self.service = Service(self.store, Settings(account_cache_seconds=0))
+            run = next(_run)
+            prefix = f"{run % 100:02d}"
+            self.now = 1_700_000_000
+            self.account: Account = self.loop.run_until_complete(self.store.create_account(
+                f"model-{run}", Role.CUSTOMER, f"model{run}-{id(self)}", "s", self.now))
+            self.xs = [f"8523{prefix}{run // 100 % 100:02d}{i:02d}" for i in range(XS)]
+            self.people = [f"8521{prefix}{run // 100 % 100:02d}{i:02d}" for i in range(PEOPLE)]
+            self.loop.run_until_complete(self.store.add_numbers(
+                [VirtualNumber(x, self.account.id, 852) for x in self.xs]))
+            self.model = Model()
+
+        def teardown(self) -> None:
+            self.loop.run_until_complete(self.store.close())
+            self.loop.close()
+
+        def call(self, coro):  # type: ignore[no-untyped-def]
+            try:
+                return self.loop.run_until_complete(coro), None
+            except PnsError as exc:
+                return None, exc.code
+
+        @rule(a=st.integers(0, PEOPLE - 1), b=st.integers(0, PEOPLE - 1),
+              expire=st.sampled_from([0, 0, 5, 30]), want_x=st.none() | st.integers(0, XS - 1))
+        def bind(self, a: int, b: int, expire: int, want_x: int | None) -> None:
+            pa, pb = self.people[a], self.people[b]
+            x = self.xs[want_x] if want_x is not None else ""
+            binding, code = self.call(self.service.bind_axb(
+                self.account, pa, pb, expire, phone_x=x, now=self.now))
+            free = [cx for cx in self.xs if self.model.holder(cx, pa, self.now) is None
+                    and self.model.holder(cx, pb, self.now) is None]
+            if pa == pb:
+                assert code is Code.SAME_NUMBER
+                return
+            if want_x is not None:
+                if x in free:
+                    assert code is None, code
+                else:
+                    assert code is Code.PARTY_ALREADY_BOUND
+                    return
+            elif not free:
+                assert code is Code.NUMBERS_EXHAUSTED
+                return
+            assert binding is not None, code
+            assert binding.x in free
+            if want_x is None:
+                load = {cx: sum(1 for m in self.model.active(self.now) if m.x == cx)
+                        for cx in free}
+                # Fewest active bindings, counting expired-but-unswept ones as the store's
+                # counter does, so only check it never picks a strictly fuller X than all.
+                assert load[binding.x] <= max(load.values())
+            self.model.bindings[binding.bind_id] = ModelBinding(
+                binding.bind_id, binding.x, pa, pb, "", binding.expire_at)
+
+        @rule(a=st.integers(0, PEOPLE - 1), xi=st.integers(0, XS - 1),
+              ext=st.none() | st.sampled_from(["101", "102"]), expire=st.sampled_from([0, 5]))
+        def bind_extension(self, a: int, xi: int, ext: str | None, expire: int) -> None:
+            pa, x = self.people[a], self.xs[xi]
+            binding, code = self.call(self.service.bind_extension(
+                self.account, pa, x, expire, extension=ext or "", now=self.now))
+            if self.model.holder(x, pa, self.now) is not None:
+                assert code is Code.PARTY_ALREADY_BOUND
+                return
+            taken = {m.extension for m in self.model.active(self.now) if m.x == x}
+            if ext is not None and ext in taken:
+                assert code is Code.EXTENSION_TAKEN
+                return
+            assert binding is not None, code
+            assert binding.extension not in taken
+            self.model.bindings[binding.bind_id] = ModelBinding(
+                binding.bind_id, x, pa, "", binding.extension, binding.expire_at)
+
+        @precondition(lambda self: bool(self.model.bindings))
+        @rule(pick=st.integers(0, 1000))
+        def unbind(self, pick: int) -> None:
+            # An index into creation order: ids are random, so drawing them would not replay.
+            bind_id = list(self.model.bindings)[pick % len(self.model.bindings)]
+            _, code = self.call(self.service.unbind(self.account, bind_id, "", now=self.now))
+            if self.model.bindings[bind_id].active(self.now):
+                assert code is None
+            else:
+                assert code is Code.BINDING_NOT_EXIST
+            del self.model.bindings[bind_id]
+
+        @rule(seconds=st.sampled_from([1, 4, 10, 31]))
+        def advance_clock(self, seconds: int) -> None:
+            self.now += seconds
+
+        @rule(n=st.integers(1, 10))
+        def sweep(self, n: int) -> None:
+            self.loop.run_until_complete(self.store.sweep(self.now, n))
+
+        @rule(c=st.integers(0, PEOPLE), xi=st.integers(0, XS - 1),
+              ext=st.none() | st.sampled_from(["101", "102", "999"]))
+        def query(self, c: int, xi: int, ext: str | None) -> None:
+            caller = self.people[c] if c < PEOPLE else "85299999999"
+            x = self.xs[xi]
+            answer, code = self.call(self.service.query(self.account, caller, x, ext,
+                                                        now=self.now))
+            active = [m for m in self.model.active(self.now) if m.x == x]
+            if ext is not None:
+                m = next((m for m in active if m.extension == ext), None)
+                expected = None
+                if m is not None:
+                    if m.b:
+                        expected = m.b if caller == m.a else m.a if caller == m.b else None
+                    elif caller != m.a:
+                        expected = m.a
+            else:
+                m = self.model.holder(x, caller, self.now)
+                expected = None
+                if m is not None:
+                    expected = m.b if caller == m.a else m.a
+                    expected = expected or None
+                if m is None and any(mm.extension for mm in active):
+                    assert answer is not None and answer.callee == "" and answer.bind_type == 4
+                    return
+            if expected is None:
+                assert code is Code.BINDING_NOT_EXIST, (answer, code)
+            else:
+                assert answer is not None and answer.callee == expected, (answer, code)
+
+        @invariant()
+        def lists_agree(self) -> None:
+            listed, total = self.loop.run_until_complete(
+                self.store.list_bindings(self.account.id, 1000, 0, self.now))
+            expected = sorted(m.bind_id for m in self.model.active(self.now))
+            assert sorted(b.bind_id for b in listed) == expected
+            assert total == len(expected)
+
+    return ServiceMachine
+
+
+@pytest.mark.parametrize("kind", STORES)
+def test_service_agrees_with_model(kind: str, tmp_path: object,
+                                   request: pytest.FixtureRequest) -> None:
+    url = (f"sqlite:///{tmp_path}/model.db" if kind == "sqlite"
+           else str(request.getfixturevalue("pg_database")))
+    machine = machine_for(url)
+    machine.TestCase.settings = settings(
+        max_examples=100 if kind == "sqlite" else 25, stateful_step_count=30, deadline=None,
+        suppress_health_check=list(HealthCheck))
+    machine.TestCase().runTest()
