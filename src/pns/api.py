@@ -19,6 +19,7 @@ from .core import QueryAnswer, Service
 from .errors import DEFAULT_MSG, Code, PnsError
 from .ids import new_snowflake
 from .model import Account, Role
+from .ratelimit import FailureLimiter
 from .wire import (
     BindAXBBody,
     BindExtensionBody,
@@ -69,16 +70,18 @@ def error_response(status: int, code: Code, msg: str, action: str = "") -> Respo
 
 
 class Api:
-    def __init__(self, service: Service, clock: Callable[[], float] = time.time):
+    def __init__(self, service: Service, clock: Callable[[], float] = time.time,
+                 limiter: FailureLimiter | None = None):
         self.service = service
         self._clock = clock
+        self.limiter = limiter or FailureLimiter()
 
-    async def handle(self, headers: Mapping[str, str], body: bytes) -> Response:
+    async def handle(self, headers: Mapping[str, str], body: bytes, client: str = "") -> Response:
         """Answer one ``POST /api/pns/``; ``headers`` has lower-case names."""
         request_id = new_snowflake()
         action_name = headers.get("action", "")
         try:
-            data = await self._run(headers, body)
+            data = await self._run(headers, body, client)
             return Response(200, envelope(Code.OK, "success", request_id, data), request_id,
                             action_name, 0)
         except PnsError as exc:
@@ -89,7 +92,8 @@ class Api:
             return Response(500, envelope(Code.INTERNAL, DEFAULT_MSG[Code.INTERNAL], request_id),
                             request_id, action_name, int(Code.INTERNAL))
 
-    async def _run(self, headers: Mapping[str, str], body: bytes) -> dict[str, Any] | None:
+    async def _run(self, headers: Mapping[str, str], body: bytes,
+                   client: str) -> dict[str, Any] | None:
         for name in REQUIRED_HEADERS:
             if not headers.get(name):
                 raise PnsError(Code.MISSING_HEADER,
@@ -103,11 +107,21 @@ class Api:
         now = self._clock()
         check_ts(headers["ts"], int(now * 1000), TS_WINDOW_MS)
         access_key = headers["accesskey"]
+        limiter = self.limiter
+        if limiter.blocked(access_key) or limiter.blocked(client):
+            raise PnsError(Code.RATE_LIMITED)
         account = await self.service.accounts.by_access_key(access_key)
         if account is None or not account.enabled:
+            limiter.fail(client)
             raise PnsError(Code.NO_PERMISSION, "unknown or disabled accessKey")
-        verify_sign(headers["sign"], access_key, action_name, headers["biztype"], headers["ts"],
-                    body, account.secrets_at(now), headers.get("algorithm", "md5"))
+        try:
+            verify_sign(headers["sign"], access_key, action_name, headers["biztype"],
+                        headers["ts"], body, account.secrets_at(now),
+                        headers.get("algorithm", "md5"))
+        except PnsError:
+            limiter.fail(access_key)
+            limiter.fail(client)
+            raise
         if account.role not in action.roles:
             raise PnsError(Code.NO_PERMISSION, f"role {account.role.value} may not {action_name}")
         if action.changes_state:

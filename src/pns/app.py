@@ -10,10 +10,12 @@ from .errors import Code
 from .http import Reply, Request
 from .ids import new_snowflake
 from .metrics import Metrics
+from .openapi import OPENAPI_JSON
 
 log = logging.getLogger("pns.access")
 
 API_PATHS = frozenset({"/api/pns/", "/api/pns"})
+_ACTION_PREFIX = "/api/pns/"
 _ERROR_MSG = {
     400: "bad request",
     404: "not found",
@@ -52,11 +54,29 @@ class App:
             if request.method != "GET":
                 return error_reply(405)
             return Reply(200, self.metrics.render(), "text/plain; version=0.0.4")
+        if path == "/openapi.json":
+            if request.method != "GET":
+                return error_reply(405)
+            return Reply(200, OPENAPI_JSON)
+        if path.startswith(_ACTION_PREFIX) and path[len(_ACTION_PREFIX):] in ACTIONS:
+            return await self._action_alias(request, path[len(_ACTION_PREFIX):])
         return error_reply(404)
+
+    async def _action_alias(self, request: Request, action: str) -> Reply:
+        """``POST /api/pns/{action}``: the action may come from the path; a header that
+        names another action is a contradiction (1002)."""
+        if request.method != "POST":
+            return error_reply(405)
+        header = request.headers.get("action")
+        if header is not None and header != action:
+            return Reply(200, envelope(Code.BAD_PARAMETER, "action header and path disagree",
+                                       new_snowflake()))
+        headers = {**request.headers, "action": action}
+        return await self._api(request._replace(headers=headers))
 
     async def _api(self, request: Request) -> Reply:
         started = time.perf_counter()
-        response = await self.api.handle(request.headers, request.body)
+        response = await self.api.handle(request.headers, request.body, request.client)
         elapsed = time.perf_counter() - started
         action = response.action if response.action in ACTIONS else "unknown"
         self.metrics.observe(action, response.code, elapsed)

@@ -1,6 +1,6 @@
 """Result codes of the API, in one place, so every layer raises and answers the same numbers.
 
-NXCloud's codes 0, 1001-1005 and 10001-10013 keep their documented meaning; 1006 and
+NXCloud's codes 0, 1001-1005 and 10001-10013 keep their documented meaning; 1006, 1007 and
 10014-10018 are ours (see ``shared/spec/behaviour.md``).
 """
 
@@ -18,6 +18,7 @@ class Code(IntEnum):
     TS_EXPIRED = 1004
     NO_PERMISSION = 1005
     REPLAYED = 1006
+    RATE_LIMITED = 1007
     NUMBER_EMPTY = 10001
     SAME_NUMBER = 10002
     USER_NOT_EXIST = 10003
@@ -46,6 +47,7 @@ DEFAULT_MSG: dict[Code, str] = {
     Code.TS_EXPIRED: "Timestamp has expired",
     Code.NO_PERMISSION: "Insufficient permissions",
     Code.REPLAYED: "replayed request",
+    Code.RATE_LIMITED: "too many failed authentications; retry later",
     Code.NUMBER_EMPTY: "binding number empty",
     Code.SAME_NUMBER: "A and B are the same number",
     Code.USER_NOT_EXIST: "user does not exist",

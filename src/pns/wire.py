@@ -59,12 +59,17 @@ def decode(body: bytes, shape: type[msgspec.Struct]) -> Any:
     """Decode a request body into its struct, or refuse with 1002 and what was wrong."""
     if not body.strip():
         raise PnsError(Code.BAD_PARAMETER, "the body must be a JSON object")
+    if b"\\u0000" in body:
+        # Numbers and ids never hold NUL, and PostgreSQL text cannot: refuse it everywhere.
+        raise PnsError(Code.BAD_PARAMETER, "NUL characters are not allowed")
     try:
         return msgspec.json.decode(body, type=shape)
     except msgspec.ValidationError as exc:
         raise PnsError(Code.BAD_PARAMETER, f"invalid field: {exc}") from None
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise PnsError(Code.BAD_PARAMETER, f"malformed JSON: {exc}") from None
+    except RecursionError:
+        raise PnsError(Code.BAD_PARAMETER, "malformed JSON: nested too deeply") from None
 
 
 def int_field(value: IntField, name: str, required: bool, code: Code = Code.BAD_PARAMETER,

@@ -28,9 +28,12 @@ from ..model import (
     Account,
     AccountChanges,
     Binding,
+    CallRecord,
     CallRef,
     Candidate,
+    EventState,
     NumberUsage,
+    OutboxEvent,
     PoolStats,
     Role,
     VirtualNumber,
@@ -39,7 +42,7 @@ from .base import BindConflict, ConflictKind, StoreError
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 DEFAULT_POOL_MIN = 1
 DEFAULT_POOL_MAX = 10
@@ -56,6 +59,15 @@ _OPEN_ERRORS = (
 _BINDING_COLUMNS = (
     "b.bind_id, b.account_id, b.x, b.a, b.b, b.extension, b.bind_type, b.customer_bind_id, "
     "b.business_id, b.flag, b.expire_second, b.expire_at, b.created_at"
+)
+_RECORD_COLUMNS = (
+    "call_id, account_id, bind_id, customer_bind_id, business_id, did, caller, callee, "
+    "call_status, call_status_msg, duration, start_at, ring_at, answer_at, hangup_at, "
+    "hangup_cause, hangup_code, hangup, record_file, reported_at, id"
+)
+_EVENT_COLUMNS = (
+    "event_id, account_id, kind, body, created_at, next_attempt_at, attempts, state, "
+    "last_error, call_id"
 )
 _ACCOUNT_COLUMNS = (
     "id, name, access_key, access_secret, role, enabled, audio_when_call_fail, "
@@ -215,6 +227,50 @@ _MIGRATIONS: list[str] = [
         END IF;
         RETURN new_seq;
     END $$;
+    """,
+    # 2: call records and the durable outbox of callbacks.
+    """
+    CREATE TABLE call_records (
+        id BIGINT PRIMARY KEY,
+        call_id TEXT NOT NULL UNIQUE,
+        account_id BIGINT NOT NULL,
+        bind_id TEXT NOT NULL,
+        customer_bind_id TEXT NOT NULL,
+        business_id TEXT NOT NULL,
+        did TEXT NOT NULL,
+        caller TEXT NOT NULL,
+        callee TEXT NOT NULL,
+        call_status BIGINT NOT NULL,
+        call_status_msg TEXT NOT NULL,
+        duration BIGINT NOT NULL,
+        start_at BIGINT NOT NULL,
+        ring_at BIGINT NOT NULL,
+        answer_at BIGINT NOT NULL,
+        hangup_at BIGINT NOT NULL,
+        hangup_cause TEXT NOT NULL,
+        hangup_code BIGINT NOT NULL,
+        hangup BIGINT NOT NULL,
+        record_file TEXT NOT NULL,
+        reported_at BIGINT NOT NULL
+    );
+    CREATE INDEX call_records_account ON call_records (account_id, start_at);
+    CREATE INDEX call_records_bind ON call_records (bind_id);
+
+    CREATE TABLE outbox (
+        event_id TEXT PRIMARY KEY,
+        account_id BIGINT NOT NULL,
+        kind TEXT NOT NULL,
+        body BYTEA NOT NULL,
+        call_id TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        next_attempt_at BIGINT NOT NULL,
+        lease_until BIGINT NOT NULL DEFAULT 0,
+        attempts BIGINT NOT NULL DEFAULT 0,
+        state TEXT NOT NULL,
+        last_error TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX outbox_due ON outbox (next_attempt_at) WHERE state = 'pending';
+    CREATE INDEX outbox_created ON outbox (created_at);
     """,
 ]
 
@@ -640,6 +696,141 @@ class PostgresStore:
         gone = _rowcount(await self._retry(bindings))
         await self._retry(signatures)
         return gone
+
+
+    # --- call records and the outbox -------------------------------------------------------
+    async def get_call(self, call_id: str) -> CallRef | None:
+        row = await self._pool.fetchrow(
+            "SELECT call_id, bind_id, account_id, x, caller, callee, customer_bind_id, "
+            "business_id, bind_type, queried_at FROM calls WHERE call_id = $1", call_id,
+        )
+        return CallRef(*row) if row else None
+
+    async def save_call_record(self, record: CallRecord, event: OutboxEvent | None) -> bool:
+        values = [getattr(record, field) for field in record.__struct_fields__]
+        placeholders = ", ".join(f"${i}" for i in range(1, len(values) + 1))
+
+        async def work(conn: Any) -> bool:
+            async with conn.transaction():
+                saved = await conn.fetchval(
+                    f"INSERT INTO call_records ({_RECORD_COLUMNS}) VALUES ({placeholders}) "
+                    "ON CONFLICT (call_id) DO NOTHING RETURNING 1",
+                    *values,
+                )
+                if saved is None:
+                    return False
+                if event is not None:
+                    await _insert_event(conn, event)
+            return True
+
+        return await self._retry(work)
+
+    async def list_call_records(
+        self, account_id: int, start_from: int, start_to: int, bind_id: str, limit: int,
+        offset: int,
+    ) -> tuple[list[CallRecord], int]:
+        where = "account_id = $1 AND start_at >= $2 AND start_at < $3"
+        params: list[Any] = [account_id, start_from, start_to]
+        if bind_id:
+            where += " AND bind_id = $4"
+            params.append(bind_id)
+        page = len(params)
+        async with self._pool.acquire() as conn, conn.transaction(
+            isolation="repeatable_read", readonly=True
+        ):
+            rows = await conn.fetch(
+                f"SELECT {_RECORD_COLUMNS} FROM call_records WHERE {where} "
+                f"ORDER BY start_at, id LIMIT ${page + 1} OFFSET ${page + 2}",
+                *params, limit, offset,
+            )
+            total = await conn.fetchval(
+                f"SELECT count(*) FROM call_records WHERE {where}", *params
+            )
+        return [CallRecord(*row) for row in rows], int(total)
+
+    async def get_call_record(self, account_id: int, call_id: str) -> CallRecord | None:
+        row = await self._pool.fetchrow(
+            f"SELECT {_RECORD_COLUMNS} FROM call_records WHERE account_id = $1 AND call_id = $2",
+            account_id, call_id,
+        )
+        return CallRecord(*row) if row else None
+
+    async def enqueue_event(self, event: OutboxEvent) -> None:
+        async with self._pool.acquire() as conn:
+            await _insert_event(conn, event)
+
+    async def lease_events(self, now: int, limit: int, lease_seconds: int) -> list[OutboxEvent]:
+        """One leaser per event across processes: rows another leaser holds are skipped, and a
+        row leased meanwhile fails the re-check of ``lease_until``."""
+
+        async def work(conn: Any) -> list[Any]:
+            return list(await conn.fetch(
+                "UPDATE outbox SET lease_until = $1 WHERE event_id = ANY(ARRAY("
+                " SELECT event_id FROM outbox WHERE state = 'pending' "
+                " AND next_attempt_at <= $2 AND lease_until <= $2 "
+                " ORDER BY next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED)) "
+                "AND state = 'pending' AND lease_until <= $2 "
+                f"RETURNING {_EVENT_COLUMNS}",
+                now + lease_seconds, now, limit,
+            ))
+
+        events = [_event_from_row(row) for row in await self._retry(work)]
+        events.sort(key=lambda event: (event.next_attempt_at, event.created_at))
+        return events
+
+    async def finish_event(
+        self, event_id: str, state: EventState, attempts: int, next_attempt_at: int, error: str,
+        now: int,
+    ) -> None:
+        async def work(conn: Any) -> None:
+            await conn.execute(
+                "UPDATE outbox SET state = $1, attempts = $2, next_attempt_at = $3, "
+                "last_error = $4, lease_until = 0 WHERE event_id = $5",
+                state.value, attempts, next_attempt_at, error[:500], event_id,
+            )
+
+        await self._retry(work)
+
+    async def list_events(self, account_id: int | None, state: EventState | None,
+                          limit: int) -> list[OutboxEvent]:
+        where = ["TRUE"]
+        params: list[Any] = []
+        if account_id is not None:
+            params.append(account_id)
+            where.append(f"account_id = ${len(params)}")
+        if state is not None:
+            params.append(state.value)
+            where.append(f"state = ${len(params)}")
+        rows = await self._pool.fetch(
+            f"SELECT {_EVENT_COLUMNS} FROM outbox WHERE {' AND '.join(where)} "
+            f"ORDER BY created_at LIMIT ${len(params) + 1}",
+            *params, limit,
+        )
+        return [_event_from_row(row) for row in rows]
+
+    async def outbox_backlog(self, now: int) -> tuple[int, int]:
+        row = await self._pool.fetchrow(
+            "SELECT count(*), min(created_at) FROM outbox WHERE state = 'pending'"
+        )
+        count, oldest = row[0], row[1]
+        return int(count), (now - int(oldest)) if oldest is not None else 0
+
+
+async def _insert_event(conn: Any, event: OutboxEvent) -> None:
+    await conn.execute(
+        f"INSERT INTO outbox ({_EVENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        event.event_id, event.account_id, event.kind, event.body, event.created_at,
+        event.next_attempt_at, event.attempts, event.state.value, event.last_error,
+        event.call_id,
+    )
+
+
+def _event_from_row(row: Any) -> OutboxEvent:
+    return OutboxEvent(
+        event_id=row[0], account_id=row[1], kind=row[2], body=bytes(row[3]),
+        created_at=row[4], next_attempt_at=row[5], attempts=row[6], state=EventState(row[7]),
+        last_error=row[8], call_id=row[9],
+    )
 
 
 async def _read_version(conn: Any) -> int:

@@ -239,6 +239,10 @@ class SqliteStore:
         start = self.schema_version()
         for version in range(start, SCHEMA_VERSION):
             with self._tx():
+                # Another process starting at the same time may have applied it meanwhile:
+                # read the version again under the write lock.
+                if self.schema_version() > version:
+                    continue
                 # executescript would commit our transaction; run statement by statement.
                 for statement in _split_statements(_MIGRATIONS[version]):
                     self._conn.execute(statement)
