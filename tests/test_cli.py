@@ -111,3 +111,68 @@ def test_help_everywhere() -> None:
         out = subprocess.run([sys.executable, "-m", "pns.cli", *args, "--help"],
                              capture_output=True, text=True, check=True).stdout
         assert "Usage:" in out
+
+
+def test_stats_import_and_bindings(url: str, tmp_path: Path) -> None:
+    created = json.loads(cli("account", "create", "--name", "ops", "--store", url).stdout)
+    key = created["accessKey"]
+    xs = [unique_hk("3") for _ in range(3)]
+    listing = tmp_path / "pool.txt"
+    listing.write_text("\n".join(xs) + "\n")
+    imported = cli("numbers", "import", str(listing), "--account", key, "--store", url)
+    assert json.loads(imported.stdout) == {"added": 3, "alreadyPresent": 0}
+    bad = tmp_path / "bad.txt"
+    bad.write_text("12\n")
+    refused = cli("numbers", "import", str(bad), "--account", key, "--store", url, check=False)
+    assert refused.returncode == 1 and "nothing was imported" in refused.stderr
+    server = Server(url)
+    try:
+        c = PnsClient(server.url, key, created["accessSecret"])
+        a = unique_hk("1")
+        ids = [c.bind_axb(a, unique_hk("2"), 0)["data"]["bindId"] for _ in range(3)]
+        assert c.bind_axb(a, unique_hk("2"), 0)["code"] == 10010
+    finally:
+        server.stop()
+    pools = [json.loads(line) for line in cli("stats", "--json", "--store", url)
+             .stdout.splitlines()]
+    mine = next(p for p in pools if p["account"] == key)
+    assert mine["numbers"] == 3 and mine["activeBindings"] == 3
+    assert mine["busiestPartyBindings"] == 3 and mine["headroomBusiestParty"] == 0
+    assert mine["fullestXBindings"] == 1 and mine["freeNumbers"] == 0
+    assert "headroom" in cli("stats", "--store", url).stdout
+    listed = [json.loads(line) for line in cli("bindings", "list", "--account", key,
+                                              "--store", url).stdout.splitlines()]
+    assert [b["bindId"] for b in listed] == ids
+    on_x = cli("bindings", "list", "--account", key, "--number", listed[0]["did"],
+               "--store", url).stdout.splitlines()
+    assert len(on_x) == 1
+    shown = json.loads(cli("bindings", "show", ids[0], "--store", url).stdout)
+    assert shown["phoneA"] == a
+    assert json.loads(cli("bindings", "unbind", ids[0], "--store", url).stdout) == \
+        {"unbound": ids[0]}
+    gone = cli("bindings", "show", ids[0], "--store", url, check=False)
+    assert gone.returncode == 1 and "no active binding" in gone.stderr
+
+
+def test_config_file_precedence(tmp_path: Path) -> None:
+    config = tmp_path / "pns.toml"
+    from_file = f"sqlite:///{tmp_path}/from-file.db"
+    config.write_text(f'store = "{from_file}"\n')
+    env = {k: v for k, v in os.environ.items() if k != "PNS_STORE"}
+    run = subprocess.run(pns_command("--config", str(config), "account", "create", "--name",
+                                     "f"), env=env, capture_output=True, text=True, check=True)
+    assert json.loads(run.stdout)["name"] == "f" and (tmp_path / "from-file.db").exists()
+    # The environment wins over the file, and a flag over both.
+    env["PNS_STORE"] = f"sqlite:///{tmp_path}/from-env.db"
+    subprocess.run(pns_command("--config", str(config), "account", "list"), env=env,
+                   check=True, capture_output=True)
+    assert (tmp_path / "from-env.db").exists()
+    subprocess.run(pns_command("--config", str(config), "account", "list", "--store",
+                               f"sqlite:///{tmp_path}/from-flag.db"), env=env, check=True,
+                   capture_output=True)
+    assert (tmp_path / "from-flag.db").exists()
+    broken = tmp_path / "broken.toml"
+    broken.write_text("store = \n")
+    result = subprocess.run(pns_command("--config", str(broken), "account", "list"), env=env,
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "cannot read config" in result.stderr

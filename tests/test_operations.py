@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import time
@@ -33,7 +34,8 @@ def test_metrics_and_json_request_log(tmp_path: object) -> None:
     port = free_port()
     proc = subprocess.Popen(
         pns_command("serve", "--port", str(port), "--store", url, "--log-format", "json"),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PNS_POOL_METRICS_INTERVAL": "0.2"})
     try:
         base = f"http://127.0.0.1:{port}"
         for _ in range(100):
@@ -54,13 +56,23 @@ def test_metrics_and_json_request_log(tmp_path: object) -> None:
         assert 'pns_requests_total{action="queryAXB",code="10013"} 1.0' in text
         assert 'pns_requests_total{action="bindAXB",code="0"} 1.0' in text
         assert 'pns_request_seconds_count{action="queryAXB"} 2.0' in text
+        # A second pair with the same A on the only number: refused, and counted by reason.
+        assert c.bind_axb(a, unique_hk("2"), 0)["code"] == 10010
+        time.sleep(0.5)
+        text = _get(base + "/metrics")[1]
+        assert ('pns_allocation_failures_total{reason="parties_bound_on_every_number"} 1.0'
+                in text)
+        key = customer.access_key
+        assert f'pns_pool_numbers{{account="{key}",country="852"}} 1.0' in text
+        assert f'pns_pool_active_bindings{{account="{key}",country="852"}} 1.0' in text
+        assert f'pns_pool_headroom_busiest_party{{account="{key}",country="852"}} 0.0' in text
     finally:
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=10)
     assert proc.returncode == 0
     lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
     requests = [entry for entry in lines if entry["logger"] == "pns.access"]
-    assert len(requests) == 3
+    assert len(requests) == 4
     assert all("requestId=" in e["msg"] and "ms=" in e["msg"] for e in requests)
     assert any("code=10013" in e["msg"] for e in requests)
     assert a not in err and b not in err and did not in err

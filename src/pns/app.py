@@ -16,6 +16,13 @@ log = logging.getLogger("pns.access")
 
 API_PATHS = frozenset({"/api/pns/", "/api/pns"})
 _ACTION_PREFIX = "/api/pns/"
+# Why a bind found no number, by the code it got.
+ALLOCATION_FAILURES = {
+    int(Code.NO_VIRTUAL_NUMBER): "no_number_in_country",
+    int(Code.NUMBERS_EXHAUSTED): "parties_bound_on_every_number",
+    int(Code.PARTY_ALREADY_BOUND): "party_bound_on_requested_x",
+    int(Code.NO_FREE_EXTENSION): "no_free_extension",
+}
 _ERROR_MSG = {
     400: "bad request",
     404: "not found",
@@ -80,6 +87,9 @@ class App:
         elapsed = time.perf_counter() - started
         action = response.action if response.action in ACTIONS else "unknown"
         self.metrics.observe(action, response.code, elapsed)
+        reason = ALLOCATION_FAILURES.get(response.code)
+        if reason is not None and action.startswith("bind"):
+            self.metrics.allocation_failures.labels(reason).inc()
         if log.isEnabledFor(logging.INFO):
             log.info("requestId=%s action=%s code=%d ms=%.3f", response.request_id, action,
                      response.code, elapsed * 1000)

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -71,11 +72,46 @@ def new_access_secret() -> str:
     return secrets.token_urlsafe(24)
 
 
+def _load_config(ctx: click.Context, _param: click.Parameter, path: str | None) -> str | None:
+    """Read a TOML config file into click's default map: flags and environment variables
+    still win over it (click's order: command line, environment, config, built-in default)."""
+    if not path:
+        return None
+    try:
+        with open(path, "rb") as fh:
+            config = tomllib.load(fh)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise click.BadParameter(f"cannot read config {path}: {exc}") from None
+    ctx.default_map = _default_map(config)
+    return path
+
+
+def _default_map(config: dict[str, Any]) -> dict[str, Any]:
+    """``store = ...`` applies to every command; ``[serve]`` etc. to one command."""
+    mapped: dict[str, Any] = {}
+    store = config.get("store")
+    for key, value in config.items():
+        if isinstance(value, dict):
+            section = {k.replace("-", "_"): v for k, v in value.items()}
+            if store is not None:
+                section.setdefault("store_url", store)
+            mapped[key] = section
+    if store is not None:
+        mapped["store_url"] = store
+    return mapped
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", type=click.Path(dir_okay=False), envvar="PNS_CONFIG",
+              callback=_load_config, is_eager=True, expose_value=False,
+              help="TOML file of settings (flags and environment variables win over it).")
 @_store_option
 @click.pass_context
 def main(ctx: click.Context, store_url: str | None) -> None:
-    """pns: an open privacy number service (NXCloud PNS API compatible)."""
+    """pns: an open privacy number service (NXCloud PNS API compatible).
+
+    Every command takes --store URL (default sqlite:///./pns.db, or $PNS_STORE).
+    """
     ctx.obj = {"store_url": store_url}
 
 
@@ -327,6 +363,43 @@ def numbers_add(ctx: click.Context, access_key: str, file: Path | None, number: 
     click.echo(json.dumps({"added": added, "alreadyPresent": existing}))
 
 
+@numbers.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--account", "access_key", required=True, help="Owner's accessKey.")
+@click.option("--batch", default=1000, show_default=True, type=click.IntRange(1, 100_000))
+@_store_option
+@click.pass_context
+def numbers_import(ctx: click.Context, file: Path, access_key: str, batch: int,
+                   store_url: str | None) -> None:
+    """Import many numbers from FILE (one a line), with a progress bar."""
+    from rich.progress import Progress
+
+    raw = _read_numbers([], file)
+    parsed = [(text, parse_international(text)) for text in raw]
+    bad = [text for text, n in parsed if n is None]
+    if bad:
+        raise click.ClickException(
+            f"{len(bad)} line(s) are not possible international numbers, e.g. "
+            f"{', '.join(bad[:5])}; nothing was imported")
+
+    async def work(store: Store) -> tuple[int, int]:
+        owner = await store.get_account(access_key)
+        if owner is None or owner.role is not Role.CUSTOMER:
+            raise click.ClickException(f"no customer account with accessKey {access_key}")
+        records = [VirtualNumber(n.digits, owner.id, n.country_code) for _, n in parsed if n]
+        existing = 0
+        with Progress(console=Console(stderr=True), transient=False) as progress:
+            task = progress.add_task("importing", total=len(records))
+            for start in range(0, len(records), batch):
+                chunk = records[start:start + batch]
+                existing += len(await store.add_numbers(chunk))
+                progress.advance(task, len(chunk))
+        return len(records) - existing, existing
+
+    added, existing = _with_store(_store_url(ctx, store_url), work)
+    click.echo(json.dumps({"added": added, "alreadyPresent": existing}))
+
+
 @numbers.command("list")
 @click.option("--account", "access_key", default=None, help="Only this account's numbers.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per number.")
@@ -379,6 +452,109 @@ def numbers_remove(ctx: click.Context, number: tuple[str, ...], force: bool,
             f"{len(kept)} number(s) have active bindings and were kept: {', '.join(kept[:10])} "
             "(use --force to end their bindings)"
         )
+
+
+# --- operators' views ----------------------------------------------------------------------
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per pool.")
+@_store_option
+@click.pass_context
+def stats(ctx: click.Context, as_json: bool, store_url: str | None) -> None:
+    """Pool headroom per account and country: how full, and how close to 10010."""
+
+    async def work(store: Store) -> tuple[list[Any], dict[int, Account]]:
+        accounts = {a.id: a for a in await store.list_accounts()}
+        return await store.pool_usage(int(time.time())), accounts
+
+    usage, accounts = _with_store(_store_url(ctx, store_url), work)
+    rows = []
+    for u in usage:
+        owner = accounts.get(u.account_id)
+        rows.append({
+            "account": owner.access_key if owner else str(u.account_id),
+            "name": owner.name if owner else "", "countryCode": u.country_code,
+            "numbers": u.numbers, "enabled": u.enabled, "activeBindings": u.active_bindings,
+            "freeNumbers": u.free_numbers, "fullestX": u.fullest_x,
+            "fullestXBindings": u.fullest_x_bindings,
+            "busiestPartyBindings": u.busiest_party_bindings,
+            "headroomBusiestParty": u.headroom_busiest,
+        })
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps(row))
+        return
+    table = Table("account", "name", "country", "numbers", "active bindings", "free numbers",
+                  "fullest X", "busiest party", "headroom",
+                  caption="headroom: more bindings the busiest party can get before 10010; "
+                          "a fresh pair can use any enabled number")
+    for row in rows:
+        style = "red" if row["headroomBusiestParty"] == 0 else None
+        table.add_row(str(row["account"]), str(row["name"]), f"+{row['countryCode']}",
+                      f"{row['enabled']}/{row['numbers']}", str(row["activeBindings"]),
+                      str(row["freeNumbers"]),
+                      f"{row['fullestX']} ({row['fullestXBindings']})",
+                      str(row["busiestPartyBindings"]), str(row["headroomBusiestParty"]),
+                      style=style)
+    Console().print(table)
+
+
+@main.group()
+def bindings() -> None:
+    """Operators' view of bindings."""
+
+
+def _binding_json(b: Any) -> dict[str, Any]:
+    from .wire import binding_item
+
+    return binding_item(b)
+
+
+@bindings.command("list")
+@click.option("--account", "access_key", required=True)
+@click.option("--number", "x", default=None, help="Only bindings on this X.")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--offset", default=0, show_default=True, type=click.IntRange(0))
+@_store_option
+@click.pass_context
+def bindings_list(ctx: click.Context, access_key: str, x: str | None, limit: int, offset: int,
+                  store_url: str | None) -> None:
+    """An account's active bindings, one JSON object each, in creation order."""
+
+    async def work(store: Store) -> list[Any]:
+        owner = await store.get_account(access_key)
+        if owner is None:
+            raise click.ClickException(f"no account with accessKey {access_key}")
+        items, _ = await store.list_bindings(owner.id, limit, offset, int(time.time()))
+        return items
+
+    wanted = (parse_international(x) or None) if x else None
+    for b in _with_store(_store_url(ctx, store_url), work):
+        if wanted is None or b.x == wanted.digits:
+            click.echo(json.dumps(_binding_json(b)))
+
+
+@bindings.command("show")
+@click.argument("bind_id")
+@_store_option
+@click.pass_context
+def bindings_show(ctx: click.Context, bind_id: str, store_url: str | None) -> None:
+    """One active binding."""
+    b = _with_store(_store_url(ctx, store_url),
+                    lambda s: s.get_binding(bind_id, int(time.time())))
+    if b is None:
+        raise click.ClickException(f"no active binding {bind_id}")
+    click.echo(json.dumps(_binding_json(b)))
+
+
+@bindings.command("unbind")
+@click.argument("bind_id")
+@_store_option
+@click.pass_context
+def bindings_unbind(ctx: click.Context, bind_id: str, store_url: str | None) -> None:
+    """End a binding now, whoever owns it."""
+    if not _with_store(_store_url(ctx, store_url), lambda s: s.delete_binding(bind_id)):
+        raise click.ClickException(f"no binding {bind_id}")
+    click.echo(json.dumps({"unbound": bind_id}))
 
 
 if __name__ == "__main__":

@@ -23,10 +23,14 @@ class Metrics:
             ["reason"], registry=self.registry)
         self.swept = Counter("pns_bindings_swept", "Expired bindings reclaimed by the sweeper",
                              registry=self.registry)
-        self.active_bindings = Gauge("pns_active_bindings", "Active bindings per account",
-                                     ["account"], registry=self.registry)
         self.pool_numbers = Gauge("pns_pool_numbers", "Enabled virtual numbers",
                                   ["account", "country"], registry=self.registry)
+        self.pool_active = Gauge("pns_pool_active_bindings", "Active bindings in the pool",
+                                 ["account", "country"], registry=self.registry)
+        self.pool_headroom = Gauge(
+            "pns_pool_headroom_busiest_party",
+            "More bindings the busiest party can get before 10010 (0: exhausted for it)",
+            ["account", "country"], registry=self.registry)
         self.pool_fullest = Gauge("pns_pool_fullest_x_bindings",
                                   "Active bindings on the fullest X", ["account", "country"],
                                   registry=self.registry)

@@ -163,3 +163,26 @@ class OutboxEvent(msgspec.Struct, frozen=True):
     state: EventState = EventState.PENDING
     last_error: str = ""
     call_id: str = ""
+
+
+class PoolUsage(msgspec.Struct, frozen=True):
+    """How full one account's pool is in one country (``pns stats``, ``/metrics``).
+
+    A fresh pair can be bound on any enabled number where neither party is bound; the busiest
+    party is the one closest to exhausting the pool (10010 once it is bound on every number).
+    """
+
+    account_id: int
+    country_code: int
+    numbers: int
+    enabled: int
+    active_bindings: int
+    fullest_x: str
+    fullest_x_bindings: int
+    free_numbers: int
+    busiest_party_bindings: int
+
+    @property
+    def headroom_busiest(self) -> int:
+        """More bindings the busiest party can get in this pool."""
+        return max(self.enabled - self.busiest_party_bindings, 0)

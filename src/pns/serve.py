@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import time
 
@@ -40,6 +41,28 @@ async def sweep_forever(store: Store, interval: float = SWEEP_INTERVAL,
         await asyncio.sleep(interval)
 
 
+POOL_METRICS_INTERVAL = float(os.environ.get("PNS_POOL_METRICS_INTERVAL", "30"))
+
+
+async def refresh_pool_metrics(store: Store, metrics: Metrics,
+                               interval: float = POOL_METRICS_INTERVAL) -> None:
+    """Pool headroom gauges: computed in the background, so a scrape costs nothing."""
+    while True:
+        try:
+            accounts = {a.id: a.access_key for a in await store.list_accounts()}
+            for usage in await store.pool_usage(int(time.time())):
+                labels = (accounts.get(usage.account_id, str(usage.account_id)),
+                          str(usage.country_code))
+                metrics.pool_numbers.labels(*labels).set(usage.enabled)
+                metrics.pool_active.labels(*labels).set(usage.active_bindings)
+                metrics.pool_fullest.labels(*labels).set(usage.fullest_x_bindings)
+                metrics.pool_free.labels(*labels).set(usage.free_numbers)
+                metrics.pool_headroom.labels(*labels).set(usage.headroom_busiest)
+        except Exception:
+            log.exception("pool metrics failed; will retry")
+        await asyncio.sleep(interval)
+
+
 async def run_server(
     store_url: str, host: str, port: int, settings: Settings | None = None,
     limits: Limits | None = None, reuse_port: bool = False,
@@ -51,7 +74,8 @@ async def run_server(
     app = App(Api(service))
     server = HttpServer(app, error_reply, limits)
     await server.start(host, port, reuse_port=reuse_port)
-    background = [asyncio.create_task(sweep_forever(store, metrics=app.metrics))]
+    background = [asyncio.create_task(sweep_forever(store, metrics=app.metrics)),
+                  asyncio.create_task(refresh_pool_metrics(store, app.metrics))]
     if deliver:
         deliverer = Deliverer(store, service.accounts, metrics=app.metrics)
         service.on_event = deliverer.wake

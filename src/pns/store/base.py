@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from enum import Enum
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..model import (
     Account,
@@ -32,9 +32,29 @@ from ..model import (
     NumberUsage,
     OutboxEvent,
     PoolStats,
+    PoolUsage,
     Role,
     VirtualNumber,
 )
+
+
+def summarise_pools(per_x: Sequence[Sequence[Any]],
+                    busiest: dict[tuple[int, int], int]) -> list[PoolUsage]:
+    """Fold (account, country, x, enabled, active) rows into one PoolUsage per pool."""
+    pools: dict[tuple[int, int], list[Sequence[Any]]] = {}
+    for row in per_x:
+        pools.setdefault((int(row[0]), int(row[1])), []).append(row)
+    usage = []
+    for (account_id, country_code), rows in pools.items():
+        fullest = max(rows, key=lambda r: (int(r[4]), str(r[2])))
+        usage.append(PoolUsage(
+            account_id=account_id, country_code=country_code, numbers=len(rows),
+            enabled=sum(1 for r in rows if r[3]), active_bindings=sum(int(r[4]) for r in rows),
+            fullest_x=str(fullest[2]), fullest_x_bindings=int(fullest[4]),
+            free_numbers=sum(1 for r in rows if r[3] and not r[4]),
+            busiest_party_bindings=busiest.get((account_id, country_code), 0),
+        ))
+    return usage
 
 
 class ConflictKind(Enum):
@@ -97,6 +117,10 @@ class Store(Protocol):
     async def pool_stats(
         self, account_id: int, country_code: int, a: str, b: str, now: int
     ) -> PoolStats: ...
+
+    async def pool_usage(self, now: int) -> list[PoolUsage]:
+        """Per account and country: numbers, active bindings, the fullest X, free numbers and
+        the busiest party's bindings. Exact (expired bindings never count); O(bindings)."""
 
     # --- bindings -------------------------------------------------------------------------
     async def insert_binding(self, binding: Binding, now: int) -> None:

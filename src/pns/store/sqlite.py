@@ -26,10 +26,11 @@ from ..model import (
     NumberUsage,
     OutboxEvent,
     PoolStats,
+    PoolUsage,
     Role,
     VirtualNumber,
 )
-from .base import BindConflict, ConflictKind, StoreError
+from .base import BindConflict, ConflictKind, StoreError, summarise_pools
 
 SCHEMA_VERSION = 2
 
@@ -385,6 +386,25 @@ class SqliteStore:
             {"account_id": account_id, "cc": country_code, "a": a, "b": b, "now": now},
         ).fetchone()
         return PoolStats(int(row[0]), int(row[1]), int(row[2]))
+
+    async def pool_usage(self, now: int) -> list[PoolUsage]:
+        params = {"now": now}
+        per_x = self._conn.execute(
+            "SELECT n.account_id, n.country_code, n.x, n.enabled, "
+            f"(SELECT count(*) FROM bindings b WHERE b.x = n.x AND {_ACTIVE}) "
+            "FROM numbers n ORDER BY n.account_id, n.country_code, n.x", params,
+        ).fetchall()
+        busiest = {
+            (row[0], row[1]): int(row[2])
+            for row in self._conn.execute(
+                "SELECT account_id, country_code, max(c) FROM ("
+                " SELECT n.account_id, n.country_code, p.number, count(*) AS c "
+                " FROM parties p JOIN bindings b ON b.seq = p.seq JOIN numbers n ON n.x = p.x "
+                f" WHERE {_ACTIVE} GROUP BY n.account_id, n.country_code, p.number) "
+                "GROUP BY account_id, country_code", params,
+            )
+        }
+        return summarise_pools(per_x, busiest)
 
     # --- bindings --------------------------------------------------------------------------
     async def insert_binding(self, binding: Binding, now: int) -> None:
