@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -176,3 +177,22 @@ def test_config_file_precedence(tmp_path: Path) -> None:
     result = subprocess.run(pns_command("--config", str(broken), "account", "list"), env=env,
                             capture_output=True, text=True)
     assert result.returncode == 2 and "cannot read config" in result.stderr
+
+
+def test_secret_rotation_with_grace(url: str) -> None:
+    created = json.loads(cli("account", "create", "--name", "rot", "--store", url).stdout)
+    key, old = created["accessKey"], created["accessSecret"]
+    server = Server(url)
+    try:
+        rotated = json.loads(cli("account", "rotate-secret", key, "--grace", "3", "--store",
+                                 url).stdout)
+        new = rotated["accessSecret"]
+        assert new != old and rotated["previousSecretValidUntil"] > 0
+        time.sleep(1.1)  # past the account cache
+        assert PnsClient(server.url, key, new).list_bindings(1, 0)["code"] == 0
+        assert PnsClient(server.url, key, old).list_bindings(1, 0)["code"] == 0
+        time.sleep(3)
+        assert PnsClient(server.url, key, old).list_bindings(1, 0)["code"] == 1003
+        assert PnsClient(server.url, key, new).list_bindings(1, 0)["code"] == 0
+    finally:
+        server.stop()

@@ -309,6 +309,32 @@ def account_set(ctx: click.Context, access_key: str, audio_when_call_fail: str |
     click.echo(json.dumps(_account_json(acc, with_secret=False)))
 
 
+@account.command("rotate-secret")
+@click.argument("access_key")
+@click.option("--grace", default=3600, show_default=True, type=click.IntRange(0),
+              help="Seconds the previous secret keeps working, so clients can switch.")
+@_store_option
+@click.pass_context
+def account_rotate_secret(ctx: click.Context, access_key: str, grace: int,
+                          store_url: str | None) -> None:
+    """Give an account a new accessSecret; the old one works for --grace seconds more."""
+
+    async def work(store: Store) -> Account | None:
+        current = await store.get_account(access_key)
+        if current is None:
+            return None
+        return await store.update_account(access_key, AccountChanges(
+            access_secret=new_access_secret(), previous_secret=current.access_secret,
+            previous_secret_until=int(time.time()) + grace))
+
+    acc = _with_store(_store_url(ctx, store_url), work)
+    if acc is None:
+        raise click.ClickException(f"no account with accessKey {access_key}")
+    data = _account_json(acc, with_secret=True)
+    data["previousSecretValidUntil"] = acc.previous_secret_until
+    click.echo(json.dumps(data))
+
+
 # --- numbers ------------------------------------------------------------------------------
 @main.group()
 def numbers() -> None:
