@@ -78,3 +78,42 @@ def test_metrics_and_json_request_log(tmp_path: object) -> None:
     assert a not in err and b not in err and did not in err
     assert customer.access_secret not in err and switch.access_secret not in err
     assert any(e["msg"] == "stopped" for e in lines)
+
+
+def test_sigterm_finishes_in_flight_request(tmp_path: object) -> None:
+    """A bind waiting on the store when SIGTERM arrives still gets its answer."""
+    import sqlite3
+    import threading
+
+    from .conftest import Server
+
+    url = f"sqlite:///{tmp_path}/term.db"
+    customer = create_tenant(url, Role.CUSTOMER, numbers=1)
+    server = Server(url)
+    blocker = sqlite3.connect(f"{tmp_path}/term.db", isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # the server's bind now waits for this lock
+    answers: list[dict[str, object]] = []
+    client = PnsClient(server.url, customer.access_key, customer.access_secret)
+    worker = threading.Thread(
+        target=lambda: answers.append(client.bind_axb(unique_hk("1"), unique_hk("2"), 0)))
+    worker.start()
+    time.sleep(0.5)
+    server.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    assert server.proc.poll() is None, "must not exit with a request in flight"
+    blocker.execute("COMMIT")
+    worker.join(15)
+    assert answers and answers[0]["code"] == 0
+    assert server.proc.wait(15) == 0
+
+
+def test_config_example_names_real_options() -> None:
+    import tomllib
+    from pathlib import Path
+
+    from pns.cli import serve
+
+    example = Path(__file__).resolve().parent.parent / "deploy" / "pns.toml.example"
+    config = tomllib.loads(example.read_text())
+    names = {p.name for p in serve.params}
+    assert {k.replace("-", "_") for k in config["serve"]} <= names
