@@ -220,3 +220,18 @@ def test_error_callback_for_unbound_x(server: Server, receiver: Receiver) -> Non
     assert event["data"]["requestParams"] == {"caller": stranger, "did": x}
     assert len(event["data"]["occurrenceTime"]) == 19
     assert verify_callback(body, headers["X-PNS-Signature"], customer.access_secret)
+
+
+def test_report_joined_by_did_and_caller_when_call_id_unknown(server: Server,
+                                                              switch: Tenant) -> None:
+    """A callId lost with a crashed process (its reference is written within milliseconds)
+    can still be joined when the switch also reports did and caller."""
+    customer = create_tenant(server.store_url, numbers=1)
+    a, b = unique_hk("1"), unique_hk("2")
+    bound = server.client(customer).bind_axb(a, b, 0)["data"]
+    s = server.client(switch)
+    assert s.report_call("1999999999999999999", startAt=5)["code"] == 10013
+    answer = s.report_call("1999999999999999999", startAt=5, did=bound["did"], caller=a)
+    assert answer["code"] == 0
+    record = server.client(customer).call_records()["data"]["records"][0]
+    assert (record["caller"], record["callee"], record["bindId"]) == (a, b, bound["bindId"])

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import phonenumbers
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pns.errors import Code, PnsError
-from pns.numbers import normalise_caller, parse_international, require_international
+from pns.numbers import (
+    _parse_plain,
+    normalise_caller,
+    parse_international,
+    require_international,
+)
 
 
 @pytest.mark.parametrize(("raw", "digits", "cc"), [
@@ -46,3 +54,23 @@ def test_require_international_codes() -> None:
     with pytest.raises(PnsError) as err:
         require_international("12", "phoneA")
     assert err.value.code is Code.BAD_PARAMETER
+
+
+@settings(max_examples=3000, deadline=None)
+@given(cc=st.sampled_from(["1", "7", "33", "39", "44", "49", "52", "54", "55", "61", "81",
+                           "86", "91", "852", "853", "886", "971", "380"]),
+       rest=st.text("0123456789", min_size=1, max_size=13))
+def test_fast_path_agrees_with_phonenumbers(cc: str, rest: str) -> None:
+    """The cheap path must give exactly what the full parser gives."""
+    digits = cc + rest
+    try:
+        parsed = phonenumbers.parse("+" + digits, None)
+        possible = phonenumbers.is_possible_number(parsed)
+    except phonenumbers.NumberParseException:
+        possible = False
+    fast = _parse_plain(digits)
+    if fast is not None:
+        assert possible
+        assert fast.digits == phonenumbers.format_number(
+            parsed, phonenumbers.PhoneNumberFormat.E164)[1:]
+        assert fast.country_code == parsed.country_code

@@ -37,6 +37,10 @@ class CallReport(msgspec.Struct, frozen=True):
     hangupCode: int = 0
     hangup: int = 0
     recordFile: str = ""
+    # Ours, optional: let a report be joined even if its query's callId was never stored
+    # (the query's process crashed within milliseconds of answering).
+    did: str = ""
+    caller: str = ""
 
 
 def call_status(report: CallReport) -> tuple[int, str]:

@@ -422,6 +422,8 @@ class Service:
             raise PnsError(Code.BAD_PARAMETER, "hangupCause or recordFile too long")
         call = await self.store.get_call(report.callId)
         if call is None:
+            call = await self._call_from_binding(report, now)
+        if call is None:
             raise PnsError(Code.BINDING_NOT_EXIST, "unknown callId")
         record = msgspec.structs.replace(join_record(call, report, now),
                                          id=int(new_snowflake()))
@@ -437,6 +439,23 @@ class Service:
         existing = await self.store.get_call_record(call.account_id, report.callId)
         assert existing is not None
         return existing
+
+    async def _call_from_binding(self, report: CallReport, now: int) -> CallRef | None:
+        """Rebuild a call's reference from did and caller when its callId is unknown."""
+        x = parse_international(report.did) if report.did else None
+        caller = normalise_caller(report.caller, x.country_code) if x and report.caller else None
+        if x is None or caller is None:
+            return None
+        binding = await self.store.find_by_party(x.digits, caller, now)
+        callee = _party_callee(binding, caller) if binding is not None else None
+        if binding is None or callee is None:
+            return None
+        return CallRef(
+            call_id=report.callId, bind_id=binding.bind_id, account_id=binding.account_id,
+            x=binding.x, caller=caller, callee=callee,
+            customer_bind_id=binding.customer_bind_id, business_id=binding.business_id,
+            bind_type=binding.bind_type, queried_at=now,
+        )
 
     async def list_call_records(
         self, account: Account, start_from: int, start_to: int, bind_id: str, limit: int,

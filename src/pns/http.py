@@ -80,6 +80,9 @@ class _Connection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._closing = False
         self._client = ""
+        # Set while the transport's write buffer is above its high-water mark: a client that
+        # does not read its answers gets no more of them (nor are more of its requests read).
+        self._drained: asyncio.Future[None] | None = None
         self._reset_message()
 
     def _reset_message(self) -> None:
@@ -106,8 +109,19 @@ class _Connection(asyncio.Protocol):
         self._closing = True
         if self._timer is not None:
             self._timer.cancel()
+        self.resume_writing()
         if self._worker is None:
             self._notify_idle()
+
+    def pause_writing(self) -> None:
+        if self._drained is None:
+            self._drained = self._loop.create_future()
+
+    def resume_writing(self) -> None:
+        if self._drained is not None:
+            if not self._drained.done():
+                self._drained.set_result(None)
+            self._drained = None
 
     def data_received(self, data: bytes) -> None:
         if self._closing:
@@ -170,13 +184,15 @@ class _Connection(asyncio.Protocol):
     async def _answer_queue(self) -> None:
         try:
             while self._queue and not self._closing:
+                if self._drained is not None and not await self._wait_drained():
+                    return
                 request, keep_alive = self._queue.popleft()
                 try:
                     reply = await self._server.app(request)
                 except Exception:
                     log.exception("unhandled error answering %s %s", request.method, request.path)
                     reply = self._server.error_reply(500)
-                self._write(reply, close=not keep_alive)
+                self._write(reply, close=not keep_alive, head=request.method == "HEAD")
                 if not keep_alive:
                     return
                 if self._transport is not None and len(self._queue) <= 1:
@@ -187,12 +203,28 @@ class _Connection(asyncio.Protocol):
                 self._arm(self._limits.keepalive_timeout)
             self._notify_idle()
 
-    def _write(self, reply: Reply, close: bool) -> None:
+    async def _wait_drained(self) -> bool:
+        """Wait until the client has read enough of its answers; one that reads nothing for
+        ``keepalive_timeout`` is cut off, so it cannot hold memory or the connection forever."""
+        if self._drained is None:
+            return True
+        try:
+            await asyncio.wait_for(asyncio.shield(self._drained), self._limits.keepalive_timeout)
+        except TimeoutError:
+            self._closing = True
+            if self._transport is not None:
+                self._transport.abort()
+            return False
+        return not self._closing
+
+    def _write(self, reply: Reply, close: bool, head: bool = False) -> None:
         transport = self._transport
         if transport is None or transport.is_closing():
             return
+        # The answer to HEAD has no content (RFC 9110 9.3.2): bytes after its head would be
+        # read as the start of the next answer on a keep-alive connection.
         transport.write(_head(reply.status, reply.content_type, len(reply.body), close)
-                        + reply.body)
+                        + (b"" if head else reply.body))
         if close:
             self._closing = True
             transport.close()

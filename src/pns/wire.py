@@ -7,7 +7,8 @@ accept a string of digits, because NXCloud's older revision typed them as string
 
 from __future__ import annotations
 
-from typing import Any
+from functools import cache
+from typing import Annotated, Any
 
 import msgspec
 
@@ -15,6 +16,13 @@ from .errors import Code, PnsError
 from .model import Binding
 
 IntField = int | str | None
+# ``limit`` and ``offset`` take any JSON value, so that one that is not an integer (1.5, true, [])
+# is refused with the field's own code (10011, 10012: behaviour.md), like "abc" is, not 1002.
+PageField = Annotated[Any, msgspec.Meta(extra_json_schema={
+    "anyOf": [{"type": "integer"}, {"type": "string"}, {"type": "null"}]})]
+
+# Every store keeps integers in 64 bits: a larger one is refused here, not by the store (10009).
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 class BindAXBBody(msgspec.Struct):
@@ -45,8 +53,8 @@ class UnbindBody(msgspec.Struct):
 
 
 class ListBody(msgspec.Struct):
-    limit: IntField = None
-    offset: IntField = None
+    limit: PageField = None
+    offset: PageField = None
 
 
 class QueryBody(msgspec.Struct):
@@ -63,16 +71,28 @@ def decode(body: bytes, shape: type[msgspec.Struct]) -> Any:
         # Numbers and ids never hold NUL, and PostgreSQL text cannot: refuse it everywhere.
         raise PnsError(Code.BAD_PARAMETER, "NUL characters are not allowed")
     try:
-        return msgspec.json.decode(body, type=shape)
+        # JSON is UTF-8; msgspec checks only the strings it keeps, not unknown fields it skips.
+        body.decode()
+        decoded = msgspec.json.decode(body, type=shape)
     except msgspec.ValidationError as exc:
         raise PnsError(Code.BAD_PARAMETER, f"invalid field: {exc}") from None
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise PnsError(Code.BAD_PARAMETER, f"malformed JSON: {exc}") from None
     except RecursionError:
         raise PnsError(Code.BAD_PARAMETER, "malformed JSON: nested too deeply") from None
+    for name in _int_fields(shape):
+        if not INT64_MIN <= getattr(decoded, name) <= INT64_MAX:
+            raise PnsError(Code.BAD_PARAMETER, f"invalid field: {name} is out of range")
+    return decoded
 
 
-def int_field(value: IntField, name: str, required: bool, code: Code = Code.BAD_PARAMETER,
+@cache
+def _int_fields(shape: type[msgspec.Struct]) -> tuple[str, ...]:
+    """The fields typed plain ``int`` (``IntField`` ones are bounded by ``int_field``)."""
+    return tuple(f.name for f in msgspec.structs.fields(shape) if f.type is int)
+
+
+def int_field(value: object, name: str, required: bool, code: Code = Code.BAD_PARAMETER,
               default: int = 0) -> int:
     """An integer field that may arrive as an int or a string of digits."""
     if value is None:
@@ -84,6 +104,10 @@ def int_field(value: IntField, name: str, required: bool, code: Code = Code.BAD_
         if not (text.isascii() and text.lstrip("-").isdigit()) or len(text) > 18:
             raise PnsError(code, f"{name} must be an integer")
         return int(text)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise PnsError(code, f"{name} must be an integer")
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise PnsError(code, f"{name} is out of range")
     return value
 
 
@@ -110,8 +134,8 @@ class CallRecordsBody(msgspec.Struct):
     startTime: IntField = None
     endTime: IntField = None
     bindId: str = ""
-    limit: IntField = None
-    offset: IntField = None
+    limit: PageField = None
+    offset: PageField = None
 
 
 class RedeliverBody(msgspec.Struct):

@@ -35,10 +35,11 @@ from ..model import (
     NumberUsage,
     OutboxEvent,
     PoolStats,
+    PoolUsage,
     Role,
     VirtualNumber,
 )
-from .base import BindConflict, ConflictKind, StoreError
+from .base import BindConflict, ConflictKind, StoreError, summarise_pools
 
 T = TypeVar("T")
 
@@ -380,28 +381,34 @@ class PostgresStore:
     async def migrate(self) -> tuple[int, int]:
         """Apply every migration the store lacks, each in its own transaction.
 
-        Each step holds an advisory lock and reads the version again under it, so processes
-        starting together on one database apply each migration once.
+        Processes starting together on one database take turns on an advisory lock and read
+        the version again under it, so each migration is applied once. The lock is taken before
+        each transaction begins (not inside it): a transaction that began while another process
+        was migrating could still see the catalog as it was before.
         """
         start: int | None = None
         async with self._pool.acquire() as conn:
-            while True:
-                async with conn.transaction():
-                    await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
-                    version = await _read_version(conn)
-                    start = version if start is None else start
-                    if version > SCHEMA_VERSION:
-                        raise StoreError(_newer_message(version))
-                    if version == SCHEMA_VERSION:
-                        return start, version
-                    try:
-                        await conn.execute(_MIGRATIONS[version])
-                        await conn.execute("UPDATE pns_schema SET version = $1", version + 1)
-                    except asyncpg.PostgresError as exc:
-                        raise StoreError(
-                            f"cannot upgrade the store from schema version {version} to "
-                            f"{version + 1}: {_describe(exc)}"
-                        ) from exc
+            await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
+            try:
+                while True:
+                    async with conn.transaction():
+                        version = await _read_version(conn)
+                        start = version if start is None else start
+                        if version > SCHEMA_VERSION:
+                            raise StoreError(_newer_message(version))
+                        if version == SCHEMA_VERSION:
+                            return start, version
+                        try:
+                            await conn.execute(_MIGRATIONS[version])
+                            await conn.execute("UPDATE pns_schema SET version = $1", version + 1)
+                        except asyncpg.PostgresError as exc:
+                            raise StoreError(
+                                f"cannot upgrade the store from schema version {version} to "
+                                f"{version + 1}: {_describe(exc)}"
+                            ) from exc
+            finally:
+                if not conn.is_closed():
+                    await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
 
     async def close(self) -> None:
         try:
@@ -558,6 +565,26 @@ class PostgresStore:
         )
         return PoolStats(int(row[0]), int(row[1]), int(row[2]))
 
+    async def pool_usage(self, now: int) -> list[PoolUsage]:
+        async with self._pool.acquire() as conn, conn.transaction(
+            isolation="repeatable_read", readonly=True
+        ):
+            per_x = await conn.fetch(
+                "SELECT n.account_id, n.country_code, n.x, n.enabled, "
+                f"(SELECT count(*) FROM bindings b WHERE b.x = n.x AND {_active(1)}) "
+                "FROM numbers n ORDER BY n.account_id, n.country_code, n.x",
+                now,
+            )
+            busiest = await conn.fetch(
+                "SELECT account_id, country_code, max(c) FROM ("
+                " SELECT n.account_id, n.country_code, p.number, count(*) AS c "
+                " FROM parties p JOIN bindings b ON b.seq = p.seq JOIN numbers n ON n.x = p.x "
+                f" WHERE {_active(1)} GROUP BY n.account_id, n.country_code, p.number) AS held "
+                "GROUP BY account_id, country_code",
+                now,
+            )
+        return summarise_pools(per_x, {(row[0], row[1]): int(row[2]) for row in busiest})
+
     # --- bindings --------------------------------------------------------------------------
     async def insert_binding(self, binding: Binding, now: int) -> None:
         async def work(conn: Any) -> None:
@@ -696,7 +723,6 @@ class PostgresStore:
         gone = _rowcount(await self._retry(bindings))
         await self._retry(signatures)
         return gone
-
 
     # --- call records and the outbox -------------------------------------------------------
     async def get_call(self, call_id: str) -> CallRef | None:
