@@ -125,7 +125,9 @@ class Server:
                  port: int | None = None):
         self.store_url = store_url
         self.extra = extra
-        self.env = {**os.environ, **(env or {})}
+        # Callbacks retry after 1 s in tests: servers sharing a database (PostgreSQL runs share
+        # one) may take each other's events, and each must retry promptly.
+        self.env = {**os.environ, "PNS_CALLBACK_RETRY_FIRST": "1", **(env or {})}
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.start()

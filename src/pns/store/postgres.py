@@ -17,6 +17,8 @@ the session (``statement_timeout=5000``, ``application_name=...``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import random
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -42,6 +44,7 @@ from ..model import (
 from .base import BindConflict, ConflictKind, StoreError, summarise_pools
 
 T = TypeVar("T")
+_log = logging.getLogger("pns.store.postgres")
 
 SCHEMA_VERSION = 2
 
@@ -53,6 +56,10 @@ _MIGRATION_LOCK = 0x706E736D69677200
 # Deadlocks and serialisation failures are retried this many times in all.
 _ATTEMPTS = 6
 _RETRIED = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
+# Call references are written in groups, as in the SQLite store (see record_call).
+CALL_FLUSH_SECONDS = 0.005
+CALL_FLUSH_BATCH = 512
+CALL_RETRY_SECONDS = 1.0
 _OPEN_ERRORS = (
     OSError, TimeoutError, ValueError, asyncpg.PostgresError, asyncpg.InterfaceError,
 )
@@ -80,6 +87,15 @@ _ACCOUNT_COLUMNS = (
 def _active(param: int) -> str:
     """A binding is active while it never expires or expires after ``now`` (``$param``)."""
     return f"(b.expire_at = 0 OR b.expire_at > ${param})"
+
+
+def _active_on_x(param: int) -> str:
+    """Active bindings on X ``n.x``, counted through their A party row (every binding has
+    one), so bindings need no index on x of their own."""
+    return (
+        "SELECT count(*) FROM parties p JOIN bindings b ON b.seq = p.seq "
+        f"WHERE p.x = n.x AND p.number = b.a AND {_active(param)}"
+    )
 
 
 # Each entry upgrades the schema from version i to i + 1, in one transaction.
@@ -136,7 +152,6 @@ _MIGRATIONS: list[str] = [
         WHERE customer_bind_id <> '';
     CREATE UNIQUE INDEX bindings_extension ON bindings (x, extension) WHERE extension <> '';
     CREATE INDEX bindings_account ON bindings (account_id, seq);
-    CREATE INDEX bindings_x ON bindings (x);
     CREATE INDEX bindings_expiry ON bindings (expire_at) WHERE expire_at > 0;
 
     -- I1: one row per party of a binding, keyed by (X, number).
@@ -177,15 +192,18 @@ _MIGRATIONS: list[str] = [
 
     -- Once per statement, so a sweep of many rows locks each counter once and in the order
     -- of x: sweeps running in several processes at once cannot deadlock on the counters.
+    -- The counters are locked before the parties rows go: a bind on X holds X's counter while
+    -- it inserts its parties, so it must never have to wait for parties deleted by a
+    -- transaction that then waits for that counter (an unbind or a sweep on the same X).
     CREATE FUNCTION pns_bindings_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
     DECLARE
         gone RECORD;
     BEGIN
-        DELETE FROM parties p USING old_rows o
-            WHERE p.x = o.x AND p.number IN (o.a, o.b) AND p.seq = o.seq;
         FOR gone IN SELECT o.x, count(*) AS n FROM old_rows o GROUP BY o.x ORDER BY o.x LOOP
             UPDATE numbers SET active = active - gone.n WHERE x = gone.x;
         END LOOP;
+        DELETE FROM parties p USING old_rows o
+            WHERE p.x = o.x AND p.number IN (o.a, o.b) AND p.seq = o.seq;
         RETURN NULL;
     END $$;
     CREATE TRIGGER bindings_cleanup_delete AFTER DELETE ON bindings
@@ -341,6 +359,8 @@ def redact(url: str) -> str:
 class PostgresStore:
     def __init__(self, pool: Any):
         self._pool = pool
+        self._pending_calls: dict[str, CallRef] = {}
+        self._flusher: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(cls, url: str, *, migrate: bool = True) -> PostgresStore:
@@ -411,6 +431,16 @@ class PostgresStore:
                     await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
 
     async def close(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+            self._flusher = None
+        try:
+            await self.flush_calls()
+        except Exception:
+            _log.exception("could not write %d call references at close",
+                           len(self._pending_calls))
         try:
             await asyncio.wait_for(self._pool.close(), timeout=10)
         except TimeoutError:
@@ -505,13 +535,17 @@ class PostgresStore:
                     # Lock the number first: binds on it wait until it is gone.
                     await conn.execute("SELECT 1 FROM numbers WHERE x = $1 FOR UPDATE", x)
                     active = await conn.fetchval(
-                        f"SELECT count(*) FROM bindings b WHERE b.x = $1 AND {_active(2)}",
+                        "SELECT count(*) FROM parties p JOIN bindings b ON b.seq = p.seq "
+                        f"WHERE p.x = $1 AND p.number = b.a AND {_active(2)}",
                         x, now,
                     )
                     if active and not force:
                         kept.append(x)
                         continue
-                    await conn.execute("DELETE FROM bindings WHERE x = $1", x)
+                    await conn.execute(
+                        "DELETE FROM bindings WHERE seq IN (SELECT seq FROM parties WHERE x = $1)",
+                        x,
+                    )
                     await conn.execute("DELETE FROM numbers WHERE x = $1", x)
             return kept
 
@@ -526,7 +560,7 @@ class PostgresStore:
     async def list_numbers(self, account_id: int | None, now: int) -> list[NumberUsage]:
         sql = (
             "SELECT n.x, n.account_id, n.country_code, n.enabled, "
-            f"(SELECT count(*) FROM bindings b WHERE b.x = n.x AND {_active(1)}) "
+            f"({_active_on_x(1)}) "
             "FROM numbers n"
         )
         params: list[Any] = [now]
@@ -571,7 +605,7 @@ class PostgresStore:
         ):
             per_x = await conn.fetch(
                 "SELECT n.account_id, n.country_code, n.x, n.enabled, "
-                f"(SELECT count(*) FROM bindings b WHERE b.x = n.x AND {_active(1)}) "
+                f"({_active_on_x(1)}) "
                 "FROM numbers n ORDER BY n.account_id, n.country_code, n.x",
                 now,
             )
@@ -616,10 +650,10 @@ class PostgresStore:
     async def find_by_customer_bind_id(
         self, account_id: int, customer_bind_id: str, now: int
     ) -> Binding | None:
-        # The literal condition lets a generic plan use the partial unique index.
-        nonempty = " AND b.customer_bind_id <> ''" if customer_bind_id else ""
+        # An empty customerBindId is no key. The literal condition also lets a generic plan
+        # use the partial unique index.
         return await self._one_binding(
-            f"b.account_id = $1 AND b.customer_bind_id = $2{nonempty}",
+            "b.account_id = $1 AND b.customer_bind_id = $2 AND b.customer_bind_id <> ''",
             account_id, customer_bind_id, now,
         )
 
@@ -659,9 +693,8 @@ class PostgresStore:
         return Binding(*row) if row else None
 
     async def find_by_extension(self, x: str, extension: str, now: int) -> Binding | None:
-        nonempty = " AND b.extension <> ''" if extension else ""
         return await self._one_binding(
-            f"b.x = $1 AND b.extension = $2{nonempty}", x, extension, now
+            "b.x = $1 AND b.extension = $2 AND b.extension <> ''", x, extension, now
         )
 
     async def has_extension_bindings(self, x: str, now: int) -> bool:
@@ -682,13 +715,51 @@ class PostgresStore:
 
     # --- calls, replay guard, housekeeping -------------------------------------------------
     async def record_call(self, call: CallRef) -> None:
+        """Group commit: call references are written in one statement every few
+        milliseconds, not one commit per query (the hot path). A crash of this process loses
+        at most the last ``CALL_FLUSH_SECONDS`` of them; ``reportCall`` then joins by did and
+        caller instead. Until written, ``get_call`` of this process still finds them."""
+        self._pending_calls[call.call_id] = call
+        if len(self._pending_calls) >= CALL_FLUSH_BATCH:
+            await self.flush_calls()
+        elif self._flusher is None:
+            self._flusher = asyncio.get_running_loop().create_task(
+                self._flush_after(CALL_FLUSH_SECONDS)
+            )
+
+    async def _flush_after(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        self._flusher = None  # calls recorded from now on schedule the next flush
+        try:
+            await self.flush_calls()
+        except Exception:
+            _log.exception("could not write %d call references; will retry",
+                           len(self._pending_calls))
+            if self._flusher is None:
+                self._flusher = asyncio.get_running_loop().create_task(
+                    self._flush_after(CALL_RETRY_SECONDS)
+                )
+
+    async def flush_calls(self) -> None:
+        """Write the pending call references now (raises when the database cannot)."""
+        calls = list(self._pending_calls.values())
+        if not calls:
+            return
         await self._pool.execute(
             "INSERT INTO calls (call_id, bind_id, account_id, x, caller, callee, "
             "customer_bind_id, business_id, bind_type, queried_at) "
-            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-            call.call_id, call.bind_id, call.account_id, call.x, call.caller, call.callee,
-            call.customer_bind_id, call.business_id, call.bind_type, call.queried_at,
+            "SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], "
+            "$6::text[], $7::text[], $8::text[], $9::integer[], $10::bigint[]) "
+            "ON CONFLICT (call_id) DO NOTHING",
+            [c.call_id for c in calls], [c.bind_id for c in calls],
+            [c.account_id for c in calls], [c.x for c in calls], [c.caller for c in calls],
+            [c.callee for c in calls], [c.customer_bind_id for c in calls],
+            [c.business_id for c in calls], [c.bind_type for c in calls],
+            [c.queried_at for c in calls],
         )
+        for call in calls:
+            if self._pending_calls.get(call.call_id) is call:
+                del self._pending_calls[call.call_id]
 
     async def claim_signature(self, key: str, expires_at: int, now: int) -> bool:
         async def work(conn: Any) -> Any:
@@ -726,6 +797,9 @@ class PostgresStore:
 
     # --- call records and the outbox -------------------------------------------------------
     async def get_call(self, call_id: str) -> CallRef | None:
+        pending = self._pending_calls.get(call_id)
+        if pending is not None:
+            return pending
         row = await self._pool.fetchrow(
             "SELECT call_id, bind_id, account_id, x, caller, callee, customer_bind_id, "
             "business_id, bind_type, queried_at FROM calls WHERE call_id = $1", call_id,

@@ -13,10 +13,10 @@ import contextlib
 import logging
 import os
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ..model import (
     Account,
@@ -37,6 +37,7 @@ from .base import BindConflict, ConflictKind, StoreError, summarise_pools
 
 SCHEMA_VERSION = 2
 _log = logging.getLogger("pns.store.sqlite")
+T = TypeVar("T")
 
 # Written so SQLite does not consider the expiry index here: the OR form costs 4x on the hot path.
 _ACTIVE = "NOT (b.expire_at BETWEEN 1 AND :now)"
@@ -212,6 +213,7 @@ class SqliteStore:
         self._conn = conn
         self._pending_calls: dict[str, CallRef] = {}
         self._flush_handle: asyncio.TimerHandle | None = None
+        self._batch: asyncio.Future[None] | None = None
 
     @classmethod
     def open(cls, url: str, *, migrate: bool = True) -> SqliteStore:
@@ -272,6 +274,10 @@ class SqliteStore:
 
     @contextmanager
     def _tx(self) -> Iterator[None]:
+        """A transaction of its own (operator commands, migrations); an open batch commits
+        first."""
+        if self._batch is not None:
+            self._commit_batch()
         self._conn.execute("BEGIN IMMEDIATE")
         try:
             yield
@@ -280,7 +286,45 @@ class SqliteStore:
             raise
         self._conn.execute("COMMIT")
 
+    async def _batched(self, work: Callable[[], T]) -> T:
+        """Group commit: run ``work`` under its own savepoint inside the batch transaction
+        that every write of this loop iteration shares, and return once that batch is
+        committed. One commit (one WAL append) then serves many requests; each request still
+        answers only after its write is durable, and a failed piece rolls back alone."""
+        if self._batch is None:
+            loop = asyncio.get_running_loop()
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._batch = loop.create_future()
+            loop.call_soon(self._commit_batch)
+        batch = self._batch
+        self._conn.execute("SAVEPOINT pns_write")
+        try:
+            result = work()
+        except BaseException:
+            self._conn.execute("ROLLBACK TO pns_write")
+            self._conn.execute("RELEASE pns_write")
+            raise
+        self._conn.execute("RELEASE pns_write")
+        await asyncio.shield(batch)
+        return result
+
+    def _commit_batch(self) -> None:
+        batch, self._batch = self._batch, None
+        if batch is None:
+            return
+        try:
+            self._conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute("ROLLBACK")
+            if not batch.done():
+                batch.set_exception(exc)
+            return
+        if not batch.done():
+            batch.set_result(None)
+
     async def close(self) -> None:
+        self._commit_batch()
         self.flush_calls()
         self._conn.close()
 
@@ -435,39 +479,42 @@ class SqliteStore:
             "x": binding.x, "a": binding.a, "b": binding.b, "ext": binding.extension,
             "account_id": binding.account_id, "cbid": binding.customer_bind_id, "now": now,
         }
-        try:
-            with self._tx():
-                # Expired rows still hold their unique keys until swept: release them first,
-                # each key by its own index.
+
+        def work() -> None:
+            # Expired rows still hold their unique keys until swept: release them first,
+            # each key by its own index.
+            self._conn.execute(
+                "DELETE FROM bindings WHERE seq IN (SELECT p.seq FROM parties p "
+                "JOIN bindings b ON b.seq = p.seq WHERE p.x = :x AND p.number IN (:a, :b) "
+                "AND b.expire_at BETWEEN 1 AND :now)",
+                keys,
+            )
+            if binding.extension:
                 self._conn.execute(
-                    "DELETE FROM bindings WHERE seq IN (SELECT p.seq FROM parties p "
-                    "JOIN bindings b ON b.seq = p.seq WHERE p.x = :x AND p.number IN (:a, :b) "
-                    "AND b.expire_at BETWEEN 1 AND :now)",
-                    keys,
-                )
-                if binding.extension:
-                    self._conn.execute(
-                        "DELETE FROM bindings WHERE x = :x AND extension = :ext "
-                        "AND extension <> '' AND expire_at BETWEEN 1 AND :now", keys)
-                if binding.customer_bind_id:
-                    self._conn.execute(
-                        "DELETE FROM bindings WHERE account_id = :account_id "
-                        "AND customer_bind_id = :cbid AND customer_bind_id <> '' "
-                        "AND expire_at BETWEEN 1 AND :now", keys)
-                cur = self._conn.execute(
-                    "INSERT INTO bindings (bind_id, account_id, x, a, b, extension, bind_type, "
-                    "customer_bind_id, business_id, flag, expire_second, expire_at, created_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (binding.bind_id, binding.account_id, binding.x, binding.a, binding.b,
-                     binding.extension, binding.bind_type, binding.customer_bind_id,
-                     binding.business_id, binding.flag, binding.expire_second,
-                     binding.expire_at, binding.created_at),
-                )
-                seq = cur.lastrowid
-                self._conn.executemany(
-                    "INSERT INTO parties (x, number, seq) VALUES (?, ?, ?)",
-                    [(binding.x, party, seq) for party in binding.parties()],
-                )
+                    "DELETE FROM bindings WHERE x = :x AND extension = :ext "
+                    "AND extension <> '' AND expire_at BETWEEN 1 AND :now", keys)
+            if binding.customer_bind_id:
+                self._conn.execute(
+                    "DELETE FROM bindings WHERE account_id = :account_id "
+                    "AND customer_bind_id = :cbid AND customer_bind_id <> '' "
+                    "AND expire_at BETWEEN 1 AND :now", keys)
+            cur = self._conn.execute(
+                "INSERT INTO bindings (bind_id, account_id, x, a, b, extension, bind_type, "
+                "customer_bind_id, business_id, flag, expire_second, expire_at, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (binding.bind_id, binding.account_id, binding.x, binding.a, binding.b,
+                 binding.extension, binding.bind_type, binding.customer_bind_id,
+                 binding.business_id, binding.flag, binding.expire_second,
+                 binding.expire_at, binding.created_at),
+            )
+            seq = cur.lastrowid
+            self._conn.executemany(
+                "INSERT INTO parties (x, number, seq) VALUES (?, ?, ?)",
+                [(binding.x, party, seq) for party in binding.parties()],
+            )
+
+        try:
+            await self._batched(work)
         except sqlite3.IntegrityError as exc:
             raise BindConflict(_conflict_kind(str(exc))) from exc
 
@@ -490,9 +537,11 @@ class SqliteStore:
         return self._one_binding("b.bind_id = :bind_id", {"bind_id": bind_id, "now": now})
 
     async def delete_binding(self, bind_id: str) -> bool:
-        with self._tx():
+        def work() -> bool:
             cur = self._conn.execute("DELETE FROM bindings WHERE bind_id = ?", (bind_id,))
-        return cur.rowcount > 0
+            return cur.rowcount > 0
+
+        return await self._batched(work)
 
     async def list_bindings(
         self, account_id: int, limit: int, offset: int, now: int
@@ -579,16 +628,19 @@ class SqliteStore:
             self._pending_calls.pop(call.call_id, None)
 
     async def claim_signature(self, key: str, expires_at: int, now: int) -> bool:
-        cur = self._conn.execute(
-            "INSERT INTO signatures (key, expires_at) VALUES (?, ?) "
-            "ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at "
-            "WHERE signatures.expires_at <= ?",
-            (key, expires_at, now),
-        )
-        return cur.rowcount > 0
+        def work() -> bool:
+            cur = self._conn.execute(
+                "INSERT INTO signatures (key, expires_at) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at "
+                "WHERE signatures.expires_at <= ?",
+                (key, expires_at, now),
+            )
+            return cur.rowcount > 0
+
+        return await self._batched(work)
 
     async def sweep(self, now: int, limit: int) -> int:
-        with self._tx():
+        def work() -> int:
             cur = self._conn.execute(
                 "DELETE FROM bindings WHERE seq IN (SELECT seq FROM bindings "
                 "WHERE expire_at > 0 AND expire_at <= ? LIMIT ?)",
@@ -599,7 +651,9 @@ class SqliteStore:
                 "WHERE expires_at <= ? LIMIT ?)",
                 (now, limit),
             )
-        return cur.rowcount
+            return cur.rowcount
+
+        return await self._batched(work)
 
     # --- call records and the outbox -------------------------------------------------------
     async def get_call(self, call_id: str) -> CallRef | None:
@@ -614,7 +668,8 @@ class SqliteStore:
 
     async def save_call_record(self, record: CallRecord, event: OutboxEvent | None) -> bool:
         values = msgspec_tuple(record)
-        with self._tx():
+
+        def work() -> bool:
             cur = self._conn.execute(
                 f"INSERT INTO call_records ({_RECORD_COLUMNS}) VALUES "
                 f"({', '.join('?' * len(values))}) ON CONFLICT (call_id) DO NOTHING",
@@ -624,7 +679,9 @@ class SqliteStore:
                 return False
             if event is not None:
                 self._insert_event(event)
-        return True
+            return True
+
+        return await self._batched(work)
 
     def _insert_event(self, event: OutboxEvent) -> None:
         self._conn.execute(
@@ -659,12 +716,11 @@ class SqliteStore:
         return CallRecord(*row) if row else None
 
     async def enqueue_event(self, event: OutboxEvent) -> None:
-        with self._tx():
-            self._insert_event(event)
+        await self._batched(lambda: self._insert_event(event))
 
     async def lease_events(self, now: int, limit: int, lease_seconds: int) -> list[OutboxEvent]:
-        with self._tx():
-            rows = self._conn.execute(
+        def work() -> list[Any]:
+            return self._conn.execute(
                 "UPDATE outbox SET lease_until = :lease WHERE event_id IN ("
                 " SELECT event_id FROM outbox WHERE state = 'pending' "
                 " AND next_attempt_at <= :now AND lease_until <= :now "
@@ -672,18 +728,18 @@ class SqliteStore:
                 f"RETURNING {_EVENT_COLUMNS}",
                 {"lease": now + lease_seconds, "now": now, "limit": limit},
             ).fetchall()
-        return [_event_from_row(row) for row in rows]
+
+        return [_event_from_row(row) for row in await self._batched(work)]
 
     async def finish_event(
         self, event_id: str, state: EventState, attempts: int, next_attempt_at: int, error: str,
         now: int,
     ) -> None:
-        with self._tx():
-            self._conn.execute(
-                "UPDATE outbox SET state = ?, attempts = ?, next_attempt_at = ?, "
-                "last_error = ?, lease_until = 0 WHERE event_id = ?",
-                (state.value, attempts, next_attempt_at, error[:500], event_id),
-            )
+        await self._batched(lambda: self._conn.execute(
+            "UPDATE outbox SET state = ?, attempts = ?, next_attempt_at = ?, "
+            "last_error = ?, lease_until = 0 WHERE event_id = ?",
+            (state.value, attempts, next_attempt_at, error[:500], event_id),
+        ))
 
     async def list_events(self, account_id: int | None, state: EventState | None,
                           limit: int) -> list[OutboxEvent]:

@@ -1,0 +1,908 @@
+"""The Store conformance suite: every guarantee of ``pns.store.base``, on every store.
+
+Store-level tests pass ``now`` explicitly, on a clock (``T0``) in the far future: servers of
+other tests sweeping the same database with the real clock never see those rows expire, and
+never lease those events. Tests that count everything in a store (sweeps, the outbox) get a store
+of their own. Then THE RACE: many concurrent writers
+binding and unbinding pairs from a small set of numbers, through one server and through two
+server processes on one database; what the clients were told (code 0) must be exactly what the
+store holds, and I1 must hold throughout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import secrets
+import threading
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import pytest
+
+from pns.model import (
+    BIND_TYPE_AXB,
+    BIND_TYPE_EXTENSION,
+    Account,
+    AccountChanges,
+    Binding,
+    CallRecord,
+    CallRef,
+    EventState,
+    OutboxEvent,
+    PoolStats,
+    PoolUsage,
+    Role,
+    VirtualNumber,
+)
+from pns.store import BindConflict, ConflictKind, Store, StoreError, open_store
+
+from .conftest import PG_ADMIN_URL, STORES, Server, Tenant, _pg_admin, create_tenant, unique_hk
+
+T0 = 4_000_000_000  # 2096-10-02: the store-level tests' clock
+PARTY, EXTENSION, CBID = ConflictKind.PARTY, ConflictKind.EXTENSION, ConflictKind.CUSTOMER_BIND_ID
+
+
+# --- harness ----------------------------------------------------------------------------------
+class SyncStore:
+    """A store whose coroutine methods are called like plain functions (one event loop)."""
+
+    def __init__(self, store: Store, runner: asyncio.Runner):
+        self.store = store
+        self._runner = runner
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        method = getattr(self.store, name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return self._runner.run(method(*args, **kwargs))
+
+        return call
+
+
+@contextlib.contextmanager
+def _sync_store(url: str) -> Iterator[SyncStore]:
+    with asyncio.Runner() as runner:
+        store = runner.run(open_store(url))
+        try:
+            yield SyncStore(store, runner)
+        finally:
+            runner.run(store.close())
+
+
+@pytest.fixture
+def s(store_url: str) -> Iterator[SyncStore]:
+    """The run's shared store (every test uses its own accounts and numbers)."""
+    with _sync_store(store_url) as st:
+        yield st
+
+
+@pytest.fixture(params=STORES)
+def fresh_store_url(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[str]:
+    """A store of its own (a new database), for tests that count everything in it."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/fresh.db"
+        return
+    name = f"pns_fresh_{os.getpid()}_{secrets.token_hex(4)}"
+    _pg_admin(f"CREATE DATABASE {name}")
+    try:
+        yield f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
+    finally:
+        _pg_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def fresh(fresh_store_url: str) -> Iterator[SyncStore]:
+    with _sync_store(fresh_store_url) as st:
+        yield st
+
+
+def in_threads(url: str, n: int, work: Callable[[Store, int], Awaitable[Any]]) -> list[Any]:
+    """Run ``work(store, i)`` in ``n`` threads at once, each with its own store (its own
+    connections) and event loop; returns each result or the exception it raised."""
+    barrier = threading.Barrier(n)
+    results: list[Any] = [None] * n
+
+    def run(i: int) -> None:
+        async def go() -> Any:
+            store = await open_store(url)
+            try:
+                barrier.wait(timeout=30)
+                return await work(store, i)
+            finally:
+                await store.close()
+
+        try:
+            results[i] = asyncio.run(go())
+        except BaseException as exc:
+            results[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    return results
+
+
+def phone() -> str:
+    return unique_hk("6")
+
+
+def new_account(s: SyncStore, role: Role = Role.CUSTOMER) -> Account:
+    account: Account = s.create_account(f"conformance-{secrets.token_hex(3)}", role,
+                                        secrets.token_hex(8), secrets.token_urlsafe(16), T0)
+    return account
+
+
+def new_numbers(s: SyncStore, account: Account, n: int, country_code: int = 852,
+                enabled: bool = True) -> list[str]:
+    xs = [unique_hk("3") if country_code == 852 else f"{country_code}7700{unique_hk()[-6:]}"
+          for _ in range(n)]
+    assert s.add_numbers([VirtualNumber(x, account.id, country_code, enabled) for x in xs]) == []
+    return xs
+
+
+def binding(account: Account, x: str, a: str, b: str = "", *, ext: str = "", cbid: str = "",
+            expire_at: int = 0, created_at: int = T0, flag: int = 0,
+            business_id: str = "") -> Binding:
+    return Binding(
+        bind_id=secrets.token_hex(16), account_id=account.id, x=x, a=a, b=b, extension=ext,
+        bind_type=BIND_TYPE_EXTENSION if ext else BIND_TYPE_AXB, customer_bind_id=cbid,
+        business_id=business_id, flag=flag,
+        expire_second=expire_at - created_at if expire_at else 0, expire_at=expire_at,
+        created_at=created_at,
+    )
+
+
+def conflict(s: SyncStore, new: Binding, now: int = T0) -> ConflictKind:
+    with pytest.raises(BindConflict) as info:
+        s.insert_binding(new, now)
+    return info.value.kind
+
+
+def counters(s: SyncStore, account: Account, country_code: int = 852) -> dict[str, int]:
+    """The allocation counter (``numbers.active``) of each enabled number, as free_numbers
+    reports it for a party bound nowhere."""
+    return {c.x: c.active_bindings
+            for c in s.free_numbers(account.id, country_code, [phone()], T0, 1000)}
+
+
+def active_counts(s: SyncStore, account: Account, now: int) -> dict[str, int]:
+    return {u.x: u.active_bindings for u in s.list_numbers(account.id, now)}
+
+
+def ids(bindings: list[Binding]) -> list[str]:
+    return [b.bind_id for b in bindings]
+
+
+# --- inserting and reading ----------------------------------------------------------------------
+def test_insert_then_read_every_way(s: SyncStore) -> None:
+    acc, other = new_account(s), new_account(s)
+    x, x2 = new_numbers(s, acc, 2)
+    a, b = phone(), phone()
+    bd = binding(acc, x, a, b, cbid="order-1", expire_at=T0 + 100 * 365 * 86400,
+                 flag=2**31 - 1, business_id="biz-\u4e2d")
+    s.insert_binding(bd, T0)
+    assert s.get_binding(bd.bind_id, T0) == bd
+    assert s.find_by_party(x, a, T0) == bd
+    assert s.find_by_party(x, b, T0) == bd
+    assert s.find_by_party(x, phone(), T0) is None
+    assert s.find_by_party(x2, a, T0) is None
+    assert s.find_by_customer_bind_id(acc.id, "order-1", T0) == bd
+    assert s.find_by_customer_bind_id(other.id, "order-1", T0) is None
+    assert s.find_by_customer_bind_id(acc.id, "order-2", T0) is None
+    assert s.list_bindings(acc.id, 10, 0, T0) == ([bd], 1)
+    assert s.list_bindings(other.id, 10, 0, T0) == ([], 0)
+    s.insert_binding(binding(acc, x2, phone(), phone()), T0)
+    assert s.find_by_customer_bind_id(acc.id, "", T0) is None  # empty is no key
+    assert s.find_by_extension(x2, "", T0) is None
+    assert not s.has_extension_bindings(x, T0)
+    assert s.used_extensions(x, T0) == set()
+    assert s.get_binding("0" * 32, T0) is None
+
+
+def test_extension_bindings(s: SyncStore) -> None:
+    acc = new_account(s)
+    (x,) = new_numbers(s, acc, 1)
+    a, c, d = phone(), phone(), phone()
+    without_b = binding(acc, x, a, ext="123")
+    with_b = binding(acc, x, c, d, ext="456")
+    s.insert_binding(without_b, T0)
+    s.insert_binding(with_b, T0)
+    assert s.find_by_extension(x, "123", T0) == without_b
+    assert s.find_by_extension(x, "456", T0) == with_b
+    assert s.find_by_extension(x, "124", T0) is None
+    assert s.find_by_party(x, a, T0) == without_b
+    assert s.find_by_party(x, "", T0) is None  # no B is no party
+    assert s.find_by_party(x, d, T0) == with_b
+    assert s.has_extension_bindings(x, T0)
+    assert s.used_extensions(x, T0) == {"123", "456"}
+
+
+# --- the invariants -----------------------------------------------------------------------------
+def test_i1_a_number_is_a_party_of_one_binding_per_x(s: SyncStore) -> None:
+    acc = new_account(s)
+    x1, x2 = new_numbers(s, acc, 2)
+    a, b, c = phone(), phone(), phone()
+    s.insert_binding(binding(acc, x1, a, b), T0)
+    assert conflict(s, binding(acc, x1, a, c)) is PARTY  # A again as A
+    assert conflict(s, binding(acc, x1, c, a)) is PARTY  # A again as B
+    assert conflict(s, binding(acc, x1, b, c)) is PARTY  # B as A
+    assert conflict(s, binding(acc, x1, a, ext="100")) is PARTY  # an extension binding too
+    assert conflict(s, binding(acc, x1, c, c)) is PARTY  # twice in one binding
+    s.insert_binding(binding(acc, x2, a, b), T0)  # another X is another namespace
+    s.insert_binding(binding(acc, x1, c, phone()), T0)  # c was left free by the failures
+
+
+def test_i2_an_extension_is_used_once_per_x(s: SyncStore) -> None:
+    acc = new_account(s)
+    x1, x2 = new_numbers(s, acc, 2)
+    s.insert_binding(binding(acc, x1, phone(), ext="100"), T0)
+    assert conflict(s, binding(acc, x1, phone(), phone(), ext="100")) is EXTENSION
+    s.insert_binding(binding(acc, x2, phone(), ext="100"), T0)
+    s.insert_binding(binding(acc, x1, phone(), ext="101"), T0)
+    assert s.used_extensions(x1, T0) == {"100", "101"}
+
+
+def test_i3_a_customer_bind_id_is_used_once_per_account(s: SyncStore) -> None:
+    acc, other = new_account(s), new_account(s)
+    x1, x2 = new_numbers(s, acc, 2)
+    (y,) = new_numbers(s, other, 1)
+    s.insert_binding(binding(acc, x1, phone(), phone(), cbid="order-7"), T0)
+    assert conflict(s, binding(acc, x2, phone(), phone(), cbid="order-7")) is CBID
+    assert conflict(s, binding(acc, x1, phone(), ext="200", cbid="order-7")) is CBID
+    s.insert_binding(binding(other, y, phone(), phone(), cbid="order-7"), T0)
+    for x in (x1, x2, x1):  # an empty customerBindId is no key
+        s.insert_binding(binding(acc, x, phone(), phone()), T0)
+
+
+def test_a_failed_insert_changes_nothing(s: SyncStore) -> None:
+    acc = new_account(s)
+    (x,) = new_numbers(s, acc, 1)
+    a, b, c = phone(), phone(), phone()
+    first = binding(acc, x, a, b, ext="300", cbid="k")
+    s.insert_binding(first, T0)
+    before = counters(s, acc)
+    for loser in (binding(acc, x, c, b), binding(acc, x, c, phone(), ext="300"),
+                  binding(acc, x, c, phone(), cbid="k")):
+        conflict(s, loser)
+        assert s.get_binding(loser.bind_id, T0) is None
+        assert s.find_by_party(x, c, T0) is None
+    assert counters(s, acc) == before == {x: 1}
+    assert s.list_bindings(acc.id, 10, 0, T0) == ([first], 1)
+    s.insert_binding(binding(acc, x, c, phone()), T0)
+
+
+def test_a_repeated_bind_id_is_an_error_not_a_conflict(s: SyncStore) -> None:
+    acc = new_account(s)
+    x1, x2 = new_numbers(s, acc, 2)
+    first = binding(acc, x1, phone(), phone())
+    s.insert_binding(first, T0)
+    twin = Binding(**{**{f: getattr(first, f) for f in first.__struct_fields__},
+                      "x": x2, "a": phone(), "b": phone()})
+    with pytest.raises(StoreError):
+        s.insert_binding(twin, T0)
+
+
+# --- expiry -------------------------------------------------------------------------------------
+def test_reads_never_return_an_expired_binding(s: SyncStore) -> None:
+    acc = new_account(s)
+    x1, x2 = new_numbers(s, acc, 2)
+    a, b, c, d, e = (phone() for _ in range(5))
+    axb = binding(acc, x1, a, b, cbid="soon", expire_at=T0 + 10)
+    ext = binding(acc, x2, e, ext="321", expire_at=T0 + 10)
+    forever = binding(acc, x1, c, d)
+    for bd in (axb, ext, forever):
+        s.insert_binding(bd, T0)
+    for now in (T0, T0 + 9):
+        assert s.get_binding(axb.bind_id, now) == axb
+        assert s.find_by_party(x1, a, now) == axb
+        assert s.find_by_customer_bind_id(acc.id, "soon", now) == axb
+        assert s.find_by_extension(x2, "321", now) == ext
+        assert s.has_extension_bindings(x2, now)
+        assert s.list_bindings(acc.id, 10, 0, now) == ([axb, ext, forever], 3)
+        assert s.pool_stats(acc.id, 852, a, e, now) == PoolStats(2, 1, 1)
+    now = T0 + 10  # expireAt is the first second it is no longer active
+    assert s.get_binding(axb.bind_id, now) is None
+    assert s.find_by_party(x1, a, now) is None
+    assert s.find_by_party(x1, b, now) is None
+    assert s.find_by_customer_bind_id(acc.id, "soon", now) is None
+    assert s.find_by_extension(x2, "321", now) is None
+    assert not s.has_extension_bindings(x2, now)
+    assert s.used_extensions(x2, now) == set()
+    assert s.list_bindings(acc.id, 10, 0, now) == ([forever], 1)
+    assert s.pool_stats(acc.id, 852, a, e, now) == PoolStats(2, 0, 0)
+    assert {cand.x for cand in s.free_numbers(acc.id, 852, [a, e], now, 10)} == {x1, x2}
+    assert active_counts(s, acc, now) == {x1: 1, x2: 0}
+    far = T0 + 10**9
+    assert s.get_binding(forever.bind_id, far) == forever  # expireAt 0 is never
+    assert s.find_by_party(x1, c, far) == forever
+
+
+@pytest.mark.parametrize("key", ["party", "extension", "customerBindId", "all"])
+def test_an_expired_binding_never_blocks_an_insert(s: SyncStore, key: str) -> None:
+    acc = new_account(s)
+    x, x2 = new_numbers(s, acc, 2)
+    a, b = phone(), phone()
+    old = binding(acc, x, a, b, ext="555", cbid="again", expire_at=T0 + 10)
+    s.insert_binding(old, T0)
+    now = T0 + 10
+    new = {
+        "party": binding(acc, x, a, phone(), created_at=now),
+        "extension": binding(acc, x, phone(), ext="555", created_at=now),
+        "customerBindId": binding(acc, x2, phone(), phone(), cbid="again", created_at=now),
+        "all": binding(acc, x, a, b, ext="555", cbid="again", created_at=now),
+    }[key]
+    s.insert_binding(new, now)
+    assert s.get_binding(new.bind_id, now) == new
+    # The expired holder is removed, not hidden: gone even at a time it was active.
+    assert s.get_binding(old.bind_id, T0) is None
+    assert s.find_by_party(x, b, T0) in (None, new)
+    assert s.list_bindings(acc.id, 10, 0, now) == ([new], 1)
+    assert counters(s, acc) == active_counts(s, acc, now)
+
+
+# --- unbinding and listing ----------------------------------------------------------------------
+def test_delete_binding_frees_its_keys_at_once(s: SyncStore) -> None:
+    acc = new_account(s)
+    (x,) = new_numbers(s, acc, 1)
+    a, b = phone(), phone()
+    bd = binding(acc, x, a, b, ext="777", cbid="del")
+    s.insert_binding(bd, T0)
+    assert counters(s, acc) == {x: 1}
+    assert s.delete_binding(bd.bind_id) is True
+    assert s.delete_binding(bd.bind_id) is False
+    assert s.delete_binding("f" * 32) is False
+    assert s.get_binding(bd.bind_id, T0) is None
+    assert s.find_by_party(x, a, T0) is None
+    assert counters(s, acc) == {x: 0}
+    assert s.list_bindings(acc.id, 10, 0, T0) == ([], 0)
+    s.insert_binding(binding(acc, x, a, b, ext="777", cbid="del"), T0)
+
+
+def test_list_bindings_in_creation_order_with_the_total(s: SyncStore) -> None:
+    acc = new_account(s)
+    xs = new_numbers(s, acc, 3)
+    made = [binding(acc, xs[i % 3], phone(), phone(), expire_at=T0 + 5 if i == 2 else 0)
+            for i in range(7)]
+    for bd in made:
+        s.insert_binding(bd, T0)
+    now = T0 + 5
+    active = [bd for bd in made if bd.expire_at == 0]
+    assert s.list_bindings(acc.id, 1000, 0, now) == (active, 6)
+    assert s.list_bindings(acc.id, 2, 1, now) == (active[1:3], 6)
+    assert s.list_bindings(acc.id, 4, 4, now) == (active[4:], 6)
+    assert s.list_bindings(acc.id, 10, 6, now) == ([], 6)
+    assert s.list_bindings(acc.id, 10, 100, now) == ([], 6)
+    assert s.list_bindings(acc.id, 3, 0, T0) == (made[:3], 7)
+
+
+# --- the pool -----------------------------------------------------------------------------------
+def test_free_numbers_least_loaded_first_without_the_parties(s: SyncStore) -> None:
+    acc, other = new_account(s), new_account(s)
+    x0, x1, x2, x3 = new_numbers(s, acc, 4)
+    new_numbers(s, acc, 1, enabled=False)
+    (uk,) = new_numbers(s, acc, 1, country_code=44)
+    new_numbers(s, other, 2)
+    a, b = phone(), phone()
+    for x, parties in ((x0, [phone(), phone()]), (x0, [phone(), phone()]),
+                       (x2, [a, phone()]),
+                       (x3, [phone(), phone()]), (x3, [phone(), phone()]), (x3, [b, phone()])):
+        s.insert_binding(binding(acc, x, *parties), T0)
+    free = s.free_numbers(acc.id, 852, [a, b], T0, 10)
+    assert [(c.x, c.active_bindings) for c in free] == [(x1, 0), (x0, 2)]
+    assert [c.x for c in s.free_numbers(acc.id, 852, [a, b], T0, 1)] == [x1]
+    assert [(c.x, c.active_bindings) for c in s.free_numbers(acc.id, 852, [a], T0, 10)] == \
+        [(x1, 0), (x0, 2), (x3, 3)]
+    assert [c.x for c in s.free_numbers(acc.id, 44, [a, b], T0, 10)] == [uk]
+    assert s.free_numbers(acc.id, 1, [a, b], T0, 10) == []
+
+
+def test_pool_stats_counts_the_pool_and_what_a_and_b_hold(s: SyncStore) -> None:
+    acc = new_account(s)
+    x0, x1, x2, _x3 = new_numbers(s, acc, 4)
+    new_numbers(s, acc, 1, enabled=False)
+    new_numbers(s, acc, 2, country_code=44)
+    a, b = phone(), phone()
+    s.insert_binding(binding(acc, x0, a, phone()), T0)
+    s.insert_binding(binding(acc, x1, a, b), T0)
+    s.insert_binding(binding(acc, x2, b, phone(), expire_at=T0 + 1), T0)
+    assert s.pool_stats(acc.id, 852, a, b, T0) == PoolStats(4, 2, 2)
+    assert s.pool_stats(acc.id, 852, a, b, T0 + 1) == PoolStats(4, 2, 1)
+    assert s.pool_stats(acc.id, 44, a, b, T0) == PoolStats(2, 0, 0)
+    assert s.pool_stats(new_account(s).id, 852, a, b, T0) == PoolStats(0, 0, 0)
+
+
+def test_pool_usage_is_exact(s: SyncStore) -> None:
+    acc = new_account(s)
+    x0, x1, x3 = new_numbers(s, acc, 3)
+    (x2,) = new_numbers(s, acc, 1, enabled=False)
+    (uk,) = new_numbers(s, acc, 1, country_code=44)
+    p = phone()
+    for x, a, b in ((x0, p, phone()), (x0, phone(), phone()), (x1, p, phone())):
+        s.insert_binding(binding(acc, x, a, b), T0)
+    s.insert_binding(binding(acc, x3, phone(), phone(), expire_at=T0 + 1), T0)
+    usage = sorted((u for u in s.pool_usage(T0 + 1) if u.account_id == acc.id),
+                   key=lambda u: u.country_code)
+    assert usage == [
+        PoolUsage(account_id=acc.id, country_code=44, numbers=1, enabled=1, active_bindings=0,
+                  fullest_x=uk, fullest_x_bindings=0, free_numbers=1, busiest_party_bindings=0),
+        PoolUsage(account_id=acc.id, country_code=852, numbers=4, enabled=3, active_bindings=3,
+                  fullest_x=x0, fullest_x_bindings=2, free_numbers=1, busiest_party_bindings=2),
+    ]
+    assert x2 not in (u.fullest_x for u in usage)
+
+
+# --- numbers and accounts -----------------------------------------------------------------------
+def test_numbers_add_list_remove(s: SyncStore) -> None:
+    acc = new_account(s)
+    x0, x1, x2, x3 = (unique_hk("3") for _ in range(4))
+    vn = [VirtualNumber(x, acc.id, 852) for x in (x0, x1, x2)]
+    assert s.add_numbers([vn[0], vn[1], vn[0]]) == [x0]  # repeated within one call
+    assert s.add_numbers([vn[0], vn[2], VirtualNumber(x3, acc.id, 852, False)]) == [x0]
+    assert s.add_numbers([]) == []
+    assert s.get_number(x0) == VirtualNumber(x0, acc.id, 852, True)
+    assert s.get_number(x3) == VirtualNumber(x3, acc.id, 852, False)
+    assert s.get_number(unique_hk("3")) is None
+    kept = binding(acc, x0, phone(), phone())
+    s.insert_binding(kept, T0)
+    s.insert_binding(binding(acc, x1, phone(), phone(), expire_at=T0 + 5), T0)
+    usage = s.list_numbers(acc.id, T0)
+    assert [(u.x, u.account_id, u.country_code, u.enabled, u.active_bindings) for u in usage] \
+        == sorted([(x0, acc.id, 852, True, 1), (x1, acc.id, 852, True, 1),
+                   (x2, acc.id, 852, True, 0), (x3, acc.id, 852, False, 0)])
+    now = T0 + 5
+    # Without force a number with active bindings stays; expired ones do not count.
+    assert s.remove_numbers([x0, x1, x2, unique_hk("3")], False, now) == [x0]
+    assert s.get_number(x1) is None and s.get_number(x2) is None
+    assert s.get_binding(kept.bind_id, now) == kept
+    assert s.remove_numbers([x0], True, now) == []
+    assert s.get_number(x0) is None
+    assert s.get_binding(kept.bind_id, now) is None
+    assert s.find_by_party(x0, kept.a, now) is None
+    assert [u.x for u in s.list_numbers(acc.id, now)] == [x3]
+    everyone = s.list_numbers(None, now)
+    assert any(u.x == x3 for u in everyone)
+    keys = [(u.account_id, u.x) for u in everyone]
+    assert keys == sorted(keys)
+
+
+def test_accounts_create_get_list_update(s: SyncStore) -> None:
+    key, secret = secrets.token_hex(8), secrets.token_urlsafe(16)
+    acc = s.create_account("Acme \u4e2d\u6587", Role.CUSTOMER, key, secret, T0)
+    assert (acc.name, acc.role, acc.access_key, acc.access_secret, acc.created_at) == \
+        ("Acme \u4e2d\u6587", Role.CUSTOMER, key, secret, T0)
+    assert acc.enabled and acc.callback_url == "" and acc.previous_secret_until == 0
+    assert s.get_account(key) == acc
+    assert s.get_account_by_id(acc.id) == acc
+    assert s.get_account(secrets.token_hex(8)) is None
+    assert s.get_account_by_id(-1) is None
+    sw = s.create_account("switch", Role.SWITCH, secrets.token_hex(8), "x", T0)
+    assert sw.role is Role.SWITCH and sw.id > acc.id
+    listed = s.list_accounts()
+    assert [a.id for a in listed] == sorted(a.id for a in listed)
+    assert [a for a in listed if a.id in (acc.id, sw.id)] == [acc, sw]
+    with pytest.raises(Exception):  # noqa: B017 - each store raises its own integrity error
+        s.create_account("dup", Role.CUSTOMER, key, "y", T0)
+    changes = AccountChanges(
+        enabled=False, audio_when_call_fail="f.wav", audio_when_dtmf_need="n.wav",
+        audio_when_dtmf_err="e.wav", callback_url="https://cb.example/pns",
+        access_secret="new-secret", previous_secret=secret,
+        previous_secret_until=T0 + 50 * 365 * 86400,
+    )
+    updated = s.update_account(key, changes)
+    assert updated == Account(
+        id=acc.id, name=acc.name, access_key=key, access_secret="new-secret",
+        role=Role.CUSTOMER, enabled=False, audio_when_call_fail="f.wav",
+        audio_when_dtmf_need="n.wav", audio_when_dtmf_err="e.wav",
+        callback_url="https://cb.example/pns", previous_secret=secret,
+        previous_secret_until=T0 + 50 * 365 * 86400, created_at=T0,
+    )
+    assert s.get_account(key) == updated
+    assert s.update_account(key, AccountChanges()) == updated
+    reenabled = s.update_account(key, AccountChanges(enabled=True, callback_url=""))
+    assert reenabled.enabled and reenabled.callback_url == ""
+    assert reenabled.audio_when_call_fail == "f.wav"
+    assert s.update_account(secrets.token_hex(8), AccountChanges(enabled=False)) is None
+
+
+# --- calls, signatures, housekeeping ------------------------------------------------------------
+def test_ping_and_call_references(store_url: str) -> None:
+    with _sync_store(store_url) as s:
+        s.ping()
+        acc = new_account(s)
+        ref = CallRef(call_id=str(random.randrange(10**18, 10**19)), bind_id="b" * 32,
+                      account_id=acc.id, x=unique_hk("3"), caller=phone(), callee=phone(),
+                      customer_bind_id="", business_id="", bind_type=0, queried_at=T0)
+        s.record_call(ref)
+        assert s.get_call(ref.call_id) == ref  # at once, even if written in groups
+        s.record_call(ref)  # a repeat changes nothing
+    with _sync_store(store_url) as s:  # written by the time the store closed
+        assert s.get_call(ref.call_id) == ref
+
+
+def test_claim_signature(s: SyncStore) -> None:
+    key = f"conformance:{secrets.token_hex(16)}"
+    assert s.claim_signature(key, T0 + 121, T0) is True
+    assert s.claim_signature(key, T0 + 122, T0 + 1) is False
+    assert s.claim_signature(key, T0 + 240, T0 + 120) is False
+    assert s.claim_signature(key, T0 + 242, T0 + 121) is True  # expired: claimable again
+    assert s.claim_signature(key, T0 + 243, T0 + 122) is False
+    assert s.claim_signature(key + "x", T0 + 121, T0) is True
+
+
+def test_sweep_removes_expired_bindings_and_frees_the_counters(fresh: SyncStore) -> None:
+    s = fresh
+    acc = new_account(s)
+    x1, x2 = new_numbers(s, acc, 2)
+    gone = [binding(acc, x1, phone(), phone(), expire_at=T0 + 10),
+            binding(acc, x1, phone(), phone(), ext="001", expire_at=T0 + 10),
+            binding(acc, x2, phone(), phone(), expire_at=T0 + 10)]
+    stay = [binding(acc, x1, phone(), phone()), binding(acc, x2, phone(), expire_at=T0 + 100)]
+    for bd in gone + stay:
+        s.insert_binding(bd, T0)
+    assert counters(s, acc) == {x1: 3, x2: 2}
+    assert s.sweep(T0 + 9, 100) == 0
+    assert [s.sweep(T0 + 10, 2) for _ in range(3)] == [2, 1, 0]
+    assert counters(s, acc) == active_counts(s, acc, T0 + 10) == {x1: 1, x2: 1}
+    for bd in gone:  # rows and keys are gone: reusable even at a time they were active
+        assert s.get_binding(bd.bind_id, T0) is None
+        s.insert_binding(binding(acc, bd.x, bd.a, bd.b, ext=bd.extension), T0)
+    assert s.list_bindings(acc.id, 10, 0, T0 + 10)[1] == 5
+    # Stale signatures go too: once swept, a claim with a clock behind its expiry wins again.
+    assert s.claim_signature("sig", T0 + 10, T0)
+    assert not s.claim_signature("sig", T0 + 20, T0 + 5)
+    s.sweep(T0 + 10, 100)
+    assert s.claim_signature("sig", T0 + 20, T0 + 5)
+
+
+def call_record(account: Account, call_id: str, start_at: int, bind_id: str = "b" * 32
+                ) -> CallRecord:
+    return CallRecord(
+        call_id=call_id, account_id=account.id, bind_id=bind_id, customer_bind_id="order-1",
+        business_id="ride", did=unique_hk("3"), caller=phone(), callee=phone(), call_status=1,
+        call_status_msg="NORMAL_CLEARING", duration=25, start_at=start_at, ring_at=start_at + 2,
+        answer_at=start_at + 5, hangup_at=start_at + 30, hangup_cause="NORMAL_CLEARING",
+        hangup_code=16, hangup=1, record_file="https://rec.example/1.mp3", reported_at=T0,
+        id=random.randrange(10**18, 2**63),
+    )
+
+
+def event(account: Account, due: int, call_id: str = "", created_at: int = T0) -> OutboxEvent:
+    return OutboxEvent(event_id=secrets.token_hex(16), account_id=account.id, kind="callRecord",
+                       body=b'{"callId":"1"}\xff', created_at=created_at, next_attempt_at=due,
+                       call_id=call_id)
+
+
+def test_call_records_are_saved_once_with_their_event(fresh: SyncStore) -> None:
+    s = fresh
+    acc, other = new_account(s), new_account(s)
+    ref = CallRef(call_id="1234567890123456789", bind_id="b" * 32, account_id=acc.id,
+                  x=unique_hk("3"), caller=phone(), callee=phone(), customer_bind_id="order-1",
+                  business_id="ride", bind_type=BIND_TYPE_AXB, queried_at=T0)
+    s.record_call(ref)
+    assert s.get_call(ref.call_id) == ref
+    assert s.get_call("9" * 19) is None
+    first = call_record(acc, ref.call_id, T0)
+    ev = event(acc, T0, call_id=ref.call_id)
+    assert s.save_call_record(first, ev) is True
+    # A repeated report: nothing written, nothing enqueued.
+    assert s.save_call_record(call_record(acc, ref.call_id, T0 + 9), event(acc, T0)) is False
+    assert s.get_call_record(acc.id, ref.call_id) == first
+    assert s.get_call_record(other.id, ref.call_id) is None
+    assert s.list_events(None, None, 100) == [ev]
+    earlier = call_record(acc, "2" * 19, T0 - 100, bind_id="c" * 32)
+    later = call_record(acc, "3" * 19, T0 + 50)
+    theirs = call_record(other, "4" * 19, T0)
+    for record in (earlier, later, theirs):
+        assert s.save_call_record(record, None) is True
+    assert s.list_events(None, None, 100) == [ev]
+    assert s.list_call_records(acc.id, 0, 2**62, "", 10, 0) == ([earlier, first, later], 3)
+    assert s.list_call_records(acc.id, T0, T0 + 50, "", 10, 0) == ([first], 1)
+    assert s.list_call_records(acc.id, 0, 2**62, "b" * 32, 10, 0) == ([first, later], 2)
+    assert s.list_call_records(acc.id, 0, 2**62, "", 1, 1) == ([first], 3)
+    assert s.list_call_records(other.id, 0, 2**62, "", 10, 0) == ([theirs], 1)
+
+
+def test_outbox_leases_and_attempts(fresh: SyncStore) -> None:
+    s = fresh
+    acc, other = new_account(s), new_account(s)
+    e1, e2 = event(acc, T0), event(acc, T0 + 10, created_at=T0 + 1)
+    e3 = event(other, T0, created_at=T0 + 2)
+    for ev in (e1, e2, e3):
+        s.enqueue_event(ev)
+    assert s.outbox_backlog(T0 + 5) == (3, 5)
+    leased = s.lease_events(T0, 10, 30)
+    assert sorted(leased, key=lambda ev: ev.created_at) == [e1, e3]  # due, as stored
+    assert s.lease_events(T0, 10, 30) == []  # not handed out again while leased
+    assert s.lease_events(T0 + 5, 10, 30) == []
+    assert s.lease_events(T0 + 10, 10, 30) == [e2]
+    s.finish_event(e1.event_id, EventState.PENDING, 1, T0 + 100, "HTTP 503", T0 + 1)
+    # e3's lease ran out (its holder died): handed out again; e1 waits for its next attempt.
+    assert [ev.event_id for ev in s.lease_events(T0 + 31, 10, 30)] == [e3.event_id]
+    s.finish_event(e3.event_id, EventState.DELIVERED, 1, T0 + 31, "", T0 + 31)
+    due = s.lease_events(T0 + 100, 1, 30)
+    assert [ev.event_id for ev in due] == [e2.event_id]  # the longest due first
+    assert [ev.event_id for ev in s.lease_events(T0 + 100, 10, 30)] == [e1.event_id]
+    s.finish_event(e2.event_id, EventState.FAILED, 9, T0 + 100, "x" * 600, T0 + 100)
+    listed = s.list_events(None, None, 10)
+    assert [ev.event_id for ev in listed] == [e1.event_id, e2.event_id, e3.event_id]
+    assert (listed[0].state, listed[0].attempts, listed[0].next_attempt_at,
+            listed[0].last_error) == (EventState.PENDING, 1, T0 + 100, "HTTP 503")
+    assert (listed[1].state, listed[1].attempts, listed[1].last_error) == \
+        (EventState.FAILED, 9, "x" * 500)
+    assert listed[2].state is EventState.DELIVERED and listed[2].body == e3.body
+    assert [ev.event_id for ev in s.list_events(acc.id, None, 10)] == [e1.event_id, e2.event_id]
+    assert [ev.event_id for ev in s.list_events(acc.id, EventState.PENDING, 10)] == [e1.event_id]
+    assert [ev.event_id for ev in s.list_events(None, EventState.DELIVERED, 10)] == \
+        [e3.event_id]
+    assert len(s.list_events(None, None, 2)) == 2
+    assert s.outbox_backlog(T0 + 200) == (1, 200)
+    s.finish_event(e1.event_id, EventState.DELIVERED, 2, T0 + 200, "", T0 + 200)
+    assert s.outbox_backlog(T0 + 200) == (0, 0)
+
+
+# --- concurrency at the store level -------------------------------------------------------------
+def test_concurrent_inserts_of_one_key_have_one_winner(s: SyncStore, store_url: str) -> None:
+    acc = new_account(s)
+    (x,) = new_numbers(s, acc, 1)
+    n = 8
+    a = phone()
+    cases = {
+        PARTY: [binding(acc, x, a, phone()) for _ in range(n)],
+        EXTENSION: [binding(acc, x, phone(), ext="999") for _ in range(n)],
+        CBID: [binding(acc, x, phone(), phone(), cbid="same") for _ in range(n)],
+    }
+    for kind, contenders in cases.items():
+        async def insert(store: Store, i: int, contenders: list[Binding] = contenders) -> str:
+            await store.insert_binding(contenders[i], T0)
+            return contenders[i].bind_id
+
+        results = in_threads(store_url, n, insert)
+        winners = [r for r in results if isinstance(r, str)]
+        losers = [r for r in results if not isinstance(r, str)]
+        assert len(winners) == 1, results
+        assert all(isinstance(r, BindConflict) and r.kind is kind for r in losers), results
+        assert s.get_binding(winners[0], T0) is not None
+    assert s.list_bindings(acc.id, 100, 0, T0)[1] == 3
+    assert counters(s, acc) == {x: 3}
+
+
+def test_concurrent_claims_of_one_signature_have_one_winner(s: SyncStore,
+                                                             store_url: str) -> None:
+    key = f"race:{secrets.token_hex(16)}"
+
+    async def claim(store: Store, i: int) -> bool:
+        return await store.claim_signature(key, T0 + 121, T0)
+
+    results = in_threads(store_url, 8, claim)
+    assert sorted(results) == [False] * 7 + [True]
+
+
+def test_concurrent_leases_hand_each_event_out_once(fresh_store_url: str) -> None:
+    with _sync_store(fresh_store_url) as s:
+        acc = new_account(s)
+        events = [event(acc, T0 + i % 3) for i in range(60)]
+        for ev in events:
+            s.enqueue_event(ev)
+
+    async def lease_all(store: Store, i: int) -> list[str]:
+        got: list[str] = []
+        while batch := await store.lease_events(T0 + 5, 7, 60):
+            got += [ev.event_id for ev in batch]
+        return got
+
+    results = in_threads(fresh_store_url, 4, lease_all)
+    assert all(isinstance(r, list) for r in results), results
+    leased = [event_id for r in results for event_id in r]
+    assert sorted(leased) == sorted(ev.event_id for ev in events)
+
+
+def test_sweepers_in_many_processes_at_once(fresh_store_url: str) -> None:
+    with asyncio.Runner() as runner:
+        store = runner.run(open_store(fresh_store_url))
+        s = SyncStore(store, runner)
+        acc = new_account(s)
+        xs = new_numbers(s, acc, 6)
+        expiring = 300
+        for i in range(expiring):
+            s.insert_binding(binding(acc, xs[i % 6], phone(), phone(), expire_at=T0 + 1), T0)
+        for x in xs:
+            s.insert_binding(binding(acc, x, phone(), phone()), T0)
+        runner.run(store.close())
+
+    async def sweep_all(store: Store, i: int) -> int:
+        total = 0
+        while swept := await store.sweep(T0 + 1, 25):
+            total += swept
+        return total
+
+    results = in_threads(fresh_store_url, 4, sweep_all)
+    assert all(isinstance(r, int) for r in results), results
+    assert sum(results) == expiring
+    with _sync_store(fresh_store_url) as s:
+        assert counters(s, acc) == active_counts(s, acc, T0 + 1) == dict.fromkeys(xs, 1)
+        assert s.list_bindings(acc.id, 1000, 0, T0)[1] == 6
+
+
+# --- THE RACE: concurrent writers through the API -------------------------------------------------
+def check_i1(items: list[dict[str, Any]]) -> None:
+    """On each X, a number is a party of at most one listed binding."""
+    seen: Counter[tuple[str, str]] = Counter()
+    for item in items:
+        for party in (item["phoneA"], item["phoneB"]):
+            if party:
+                seen[(item["did"], party)] += 1
+    doubled = [key for key, count in seen.items() if count > 1]
+    assert not doubled, f"I1 broken: {doubled}"
+
+
+class Race:
+    """Writers bind random pairs of six numbers over a few X and unbind acknowledged bindings
+    (also each other's), while a monitor checks I1 on live listings."""
+
+    def __init__(self, servers: list[Server], tenant: Tenant, writers: int, ops: int):
+        self.servers, self.tenant, self.writers, self.ops = servers, tenant, writers, ops
+        self.phones = [phone() for _ in range(6)]
+        self.lock = threading.Lock()
+        self.acked: dict[str, tuple[str, str, str]] = {}  # bindId -> (did, A, B)
+        self.unbound: set[str] = set()
+        self.refused_unbinds: set[str] = set()  # 10013: must have been unbound by someone
+        self.live: list[str] = []
+        self.codes: Counter[tuple[str, int]] = Counter()
+        self.failures: list[Any] = []
+        self.snapshots = 0
+        self.done = threading.Event()
+
+    def writer(self, i: int) -> None:
+        rnd = random.Random(i)
+        with self.servers[i % len(self.servers)].client(self.tenant) as client:
+            for k in range(self.ops):
+                with self.lock:
+                    victim = rnd.choice(self.live) if self.live and rnd.random() < 0.45 else None
+                if victim is not None:
+                    # A nonce keeps concurrent unbinds of one binding from being replays.
+                    env = client.call("unbindAXB", {"bindId": victim, "nonce": f"{i}.{k}"})
+                    self.codes["unbind", env["code"]] += 1
+                    with self.lock:
+                        if env["code"] == 0:
+                            if victim in self.unbound:
+                                self.failures.append(("unbound twice", victim))
+                            self.unbound.add(victim)
+                            if victim in self.live:
+                                self.live.remove(victim)
+                        elif env["code"] == 10013:
+                            self.refused_unbinds.add(victim)
+                        else:
+                            self.failures.append(env)
+                else:
+                    a, b = rnd.sample(self.phones, 2)
+                    env = client.bind_axb(a, b, 0, businessId=f"race-{i}-{k}")
+                    self.codes["bind", env["code"]] += 1
+                    with self.lock:
+                        if env["code"] == 0:
+                            bind_id = env["data"]["bindId"]
+                            if bind_id in self.acked:
+                                self.failures.append(("bindId twice", bind_id))
+                            self.acked[bind_id] = (env["data"]["did"], a, b)
+                            self.live.append(bind_id)
+                        elif env["code"] != 10010:
+                            self.failures.append(env)
+
+    def monitor(self) -> None:
+        with self.servers[-1].client(self.tenant) as client:
+            while not self.done.is_set():
+                env = client.list_bindings(1000, 0)
+                if env["code"] != 0:
+                    self.failures.append(env)
+                    return
+                try:
+                    check_i1(env["data"]["bindList"])
+                except AssertionError as exc:
+                    self.failures.append(str(exc))
+                    return
+                self.snapshots += 1
+                time.sleep(0.02)
+
+    def run(self) -> None:
+        monitor = threading.Thread(target=self.monitor)
+        writers = [threading.Thread(target=self.writer, args=(i,)) for i in range(self.writers)]
+        monitor.start()
+        for thread in writers:
+            thread.start()
+        for thread in writers:
+            thread.join(120)
+        self.done.set()
+        monitor.join(30)
+
+    def check(self, store_url: str) -> None:
+        assert not self.failures, self.failures[:5]
+        # Enough happened for the race to mean something.
+        assert self.codes["bind", 0] >= 20 and self.codes["unbind", 0] >= 10, self.codes
+        assert self.codes["bind", 10010] > 0, self.codes
+        assert self.snapshots > 0
+        assert self.refused_unbinds <= self.unbound
+        expected = set(self.acked) - self.unbound
+        for server in self.servers:  # every process sees the same committed state
+            with server.client(self.tenant) as client:
+                data = client.list_bindings(1000, 0)["data"]
+            items = data["bindList"]
+            assert {item["bindId"] for item in items} == expected
+            assert data["total"] == len(items)
+            check_i1(items)
+            for item in items:
+                assert (item["did"], item["phoneA"], item["phoneB"]) == self.acked[item["bindId"]]
+                assert item["did"] in self.tenant.numbers
+        # And the store itself agrees, counters included.
+        with _sync_store(store_url) as st:
+            now = int(time.time())
+            listed, total = st.list_bindings(self.tenant.account_id, 1000, 0, now)
+            assert {b.bind_id for b in listed} == expected and total == len(expected)
+            per_x = Counter(b.x for b in listed)
+            usage = {u.x: u.active_bindings for u in st.list_numbers(self.tenant.account_id, now)}
+            assert usage == {x: per_x.get(x, 0) for x in self.tenant.numbers}
+            free = st.free_numbers(self.tenant.account_id, 852, [phone()], now, 100)
+            assert {c.x: c.active_bindings for c in free} == usage
+            for b in listed:
+                for party in b.parties():
+                    assert st.find_by_party(b.x, party, now) == b
+
+
+def bind_all_at_once(servers: list[Server], tenant: Tenant, n: int,
+                     customer_bind_id: str) -> list[dict[str, Any]]:
+    """``n`` clients spread over ``servers`` send one bind (same A, B, customerBindId) at once."""
+    a, b = phone(), phone()
+    answers: list[dict[str, Any]] = [{} for _ in range(n)]
+    barrier = threading.Barrier(n)
+
+    def bind(i: int) -> None:
+        with servers[i % len(servers)].client(tenant) as client:
+            barrier.wait(10)
+            # The nonce keeps the bodies apart: identical ones would be refused as replays.
+            answers[i] = client.bind_axb(a, b, 0, customerBindId=customer_bind_id,
+                                         nonce=str(i))
+
+    threads = [threading.Thread(target=bind, args=(i,)) for i in range(n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    return answers
+
+
+def test_race_one_server_many_clients(store_url: str) -> None:
+    tenant = create_tenant(store_url, Role.CUSTOMER, numbers=3)
+    server = Server(store_url)
+    try:
+        race = Race([server], tenant, writers=8, ops=60)
+        race.run()
+        race.check(store_url)
+    finally:
+        server.stop()
+
+
+def test_race_two_servers_one_database(store_url: str) -> None:
+    tenant = create_tenant(store_url, Role.CUSTOMER, numbers=3)
+    servers = [Server(store_url), Server(store_url)]
+    try:
+        race = Race(servers, tenant, writers=8, ops=60)
+        race.run()
+        race.check(store_url)
+        # I3 across processes: one customerBindId sent by every writer at once, through both
+        # servers, makes one binding, and every writer is told that one.
+        for round_ in range(3):
+            answers = bind_all_at_once(servers, tenant, 8, f"same-{round_}")
+            assert {env["code"] for env in answers} == {0}, answers
+            assert len({env["data"]["bindId"] for env in answers}) == 1, answers
+        with servers[0].client(tenant) as client:
+            data = client.list_bindings(1000, 0)["data"]
+        assert data["total"] == len(set(race.acked) - race.unbound) + 3
+        check_i1(data["bindList"])
+    finally:
+        for server in servers:
+            server.stop()
