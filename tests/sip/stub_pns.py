@@ -1,0 +1,116 @@
+"""A stand-in PNS API for the failure paths of the Kamailio config.
+
+It checks each queryAXB exactly as the real service does (headers, `bizType`, the MD5 signature
+over the raw body, the `ts` window) and answers per `did` from a table the test fills in: a
+delay, an HTTP status, a raw body, or an envelope. It records every request so a test can look at
+what Kamailio sent. Runs in a thread of the test process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass
+class Answer:
+    envelope: dict[str, Any] | None = None  # JSON envelope to send (HTTP 200)
+    status: int = 200  # HTTP status
+    raw: bytes | None = None  # raw body instead of the envelope
+    delay: float = 0.0  # seconds to wait before answering
+
+
+@dataclass
+class Recorded:
+    headers: dict[str, str]
+    body: bytes
+    sign_ok: bool
+    ts_skew_ms: int
+
+
+@dataclass
+class StubPns:
+    access_key: str
+    access_secret: str
+    answers: dict[str, Answer] = field(default_factory=dict)
+    requests: list[Recorded] = field(default_factory=list)
+    _server: ThreadingHTTPServer | None = None
+
+    def sign(self, ts: str, body: bytes) -> str:
+        text = (
+            f"accessKey={self.access_key}&action=queryAXB&bizType=5&ts={ts}&body=".encode()
+            + body
+            + f"&accessSecret={self.access_secret}".encode()
+        )
+        return hashlib.md5(text).hexdigest()
+
+    def handle(self, headers: dict[str, str], body: bytes) -> tuple[int, bytes, float]:
+        h = {k.lower(): v for k, v in headers.items()}
+        ts = h.get("ts", "")
+        sign_ok = h.get("sign") == self.sign(ts, body)
+        skew = int(time.time() * 1000) - int(ts) if ts.isdigit() else 1 << 40
+        self.requests.append(Recorded(headers=h, body=body, sign_ok=sign_ok, ts_skew_ms=skew))
+
+        def env(code: int, msg: str, data: dict[str, Any] | None = None) -> bytes:
+            e: dict[str, Any] = {"code": code, "msg": msg, "requestId": "1" * 19}
+            if data is not None:
+                e["data"] = data
+            return json.dumps(e).encode()
+
+        if h.get("content-type", "").split(";")[0].strip() != "application/json":
+            return 200, env(1002, "content type"), 0.0
+        if h.get("accesskey") != self.access_key or h.get("action") != "queryAXB":
+            return 200, env(1005, "account"), 0.0
+        if h.get("biztype") != "5":
+            return 200, env(1002, "bizType"), 0.0
+        if not sign_ok:
+            return 200, env(1003, "sign"), 0.0
+        if abs(skew) > 60_000:
+            return 200, env(1004, "ts"), 0.0
+        try:
+            req = json.loads(body)
+        except ValueError:
+            return 200, env(1002, "json"), 0.0
+        ans = self.answers.get(str(req.get("did")))
+        if ans is None:
+            return 200, env(10013, "binding not exist", {"audioWhenCallFail": "stub-fail.wav"}), 0.0
+        payload = ans.raw if ans.raw is not None else json.dumps(ans.envelope or {}).encode()
+        return ans.status, payload, ans.delay
+
+    def start(self, port: int) -> None:
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                n = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(n)
+                status, payload, delay = stub.handle(dict(self.headers.items()), body)
+                if delay:
+                    time.sleep(delay)
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                except OSError:
+                    pass  # the client gave up (timeout test)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
