@@ -32,6 +32,7 @@ from .model import (
     CallRef,
     Candidate,
     Role,
+    VirtualNumber,
 )
 from .numbers import Number, normalise_caller, parse_international, require_international
 from .store.base import BindConflict, ConflictKind, Store
@@ -60,10 +61,12 @@ class QueryAnswer(msgspec.Struct, frozen=True):
 
 
 class AccountDirectory:
-    """Accounts by accessKey and by id, cached for ``ttl`` seconds per process.
+    """Accounts by accessKey and by id, and numbers' owners, cached for ``ttl`` seconds per
+    process.
 
     The cache is what keeps the hot path off the store for every request; its price is that a
-    disabled account or a rotated secret takes effect in every process within ``ttl`` seconds.
+    disabled account, a rotated secret, new prompts or a number given to another account take
+    effect in every process within ``ttl`` seconds. Bindings are never cached.
     """
 
     def __init__(self, store: Store, ttl: float, clock: Callable[[], float] = time.monotonic):
@@ -72,6 +75,7 @@ class AccountDirectory:
         self._clock = clock
         self._by_key: dict[str, tuple[float, Account | None]] = {}
         self._by_id: dict[int, tuple[float, Account | None]] = {}
+        self._numbers: dict[str, tuple[float, VirtualNumber | None]] = {}
 
     async def by_access_key(self, access_key: str) -> Account | None:
         now = self._clock()
@@ -83,6 +87,19 @@ class AccountDirectory:
             self._by_key.clear()
         self._by_key[access_key] = (now + self._ttl, account)
         return account
+
+    async def number(self, x: str) -> VirtualNumber | None:
+        """A virtual number's owner, cached like accounts: the query path then makes one
+        store round trip, for the binding itself (never cached)."""
+        now = self._clock()
+        hit = self._numbers.get(x)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        number = await self._store.get_number(x)
+        if len(self._numbers) > 1_000_000:
+            self._numbers.clear()
+        self._numbers[x] = (now + self._ttl, number)
+        return number
 
     async def by_id(self, account_id: int) -> Account | None:
         now = self._clock()
@@ -357,7 +374,7 @@ class Service:
         if x is None:
             raise PnsError(Code.NO_COUNTRY_PREFIX, "did must carry its country code",
                            data=prompt_data(None))
-        number = await self.store.get_number(x.digits)
+        number = await self.accounts.number(x.digits)
         if account.role is Role.CUSTOMER and (number is None or number.account_id != account.id):
             raise PnsError(Code.NO_PERMISSION, "did is not one of this account's numbers")
         if number is None:
