@@ -156,10 +156,11 @@ def test_string_typed_integers_accepted(server: Server, customer: Tenant) -> Non
 def test_expiry(server: Server, customer: Tenant, switch: Tenant) -> None:
     c = server.client(customer)
     a, b = fresh_pair()
-    bound = c.bind_axb(a, b, 1, phoneX=customer.numbers[2])
+    # expireAt is whole seconds: 2 s leave at least one for the query before expiry.
+    bound = c.bind_axb(a, b, 2, phoneX=customer.numbers[2])
     did = bound["data"]["did"]
     assert server.client(switch).query(a, did)["data"]["callee"] == b
-    time.sleep(2.1)
+    time.sleep(3.1)
     expired = server.client(switch).query(a, did)
     assert_envelope(expired, 10013)
     assert expired["data"]["audioWhenCallFail"] == "fail.wav"

@@ -108,7 +108,10 @@ class Api:
         check_ts(headers["ts"], int(now * 1000), TS_WINDOW_MS)
         access_key = headers["accesskey"]
         limiter = self.limiter
-        if limiter.blocked(access_key) or limiter.blocked(client):
+        # Counted per (accessKey, address) and per address, never per accessKey alone: the key
+        # travels in clear, and a per-key block would let anyone lock its owner out.
+        key_at_client = f"{access_key}@{client}"
+        if limiter.blocked(key_at_client) or limiter.blocked(client):
             raise PnsError(Code.RATE_LIMITED)
         account = await self.service.accounts.by_access_key(access_key)
         if account is None or not account.enabled:
@@ -119,7 +122,7 @@ class Api:
                         headers["ts"], body, account.secrets_at(now),
                         headers.get("algorithm", "md5"))
         except PnsError:
-            limiter.fail(access_key)
+            limiter.fail(key_at_client)
             limiter.fail(client)
             raise
         if account.role not in action.roles:

@@ -83,6 +83,9 @@ class _Connection(asyncio.Protocol):
         # Set while the transport's write buffer is above its high-water mark: a client that
         # does not read its answers gets no more of them (nor are more of its requests read).
         self._drained: asyncio.Future[None] | None = None
+        # A transport error seen while earlier requests are still being answered: it is
+        # answered after them, and nothing more is read.
+        self._error: int | None = None
         self._reset_message()
 
     def _reset_message(self) -> None:
@@ -102,7 +105,9 @@ class _Connection(asyncio.Protocol):
             self._fail(503)
             return
         self._server.connections.add(self)
-        self._arm(self._limits.keepalive_timeout)
+        # The first request must come within the request timeout: an idle new connection
+        # would otherwise hold a connection slot for the whole keep-alive time.
+        self._arm(self._limits.request_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._server.connections.discard(self)
@@ -124,11 +129,15 @@ class _Connection(asyncio.Protocol):
             self._drained = None
 
     def data_received(self, data: bytes) -> None:
-        if self._closing:
+        if self._closing or self._error is not None:
             return
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
+            # Refused: the request that asked to switch protocols (the last one parsed) is not
+            # answered, and what follows it is not HTTP/1.1.
+            if self._queue:
+                self._queue.pop()
             self._fail(400)
         except httptools.HttpParserError:
             if not self._closing:
@@ -197,10 +206,15 @@ class _Connection(asyncio.Protocol):
                     return
                 if self._transport is not None and len(self._queue) <= 1:
                     self._transport.resume_reading()
+            if self._error is not None:
+                self._write(self._server.error_reply(self._error), close=True)
         finally:
             self._worker = None
             if not self._closing:
-                self._arm(self._limits.keepalive_timeout)
+                # A request begun meanwhile keeps the request timeout, not the keep-alive one.
+                started = self._url or self._header_bytes or self._body_size
+                self._arm(self._limits.request_timeout if started
+                          else self._limits.keepalive_timeout)
             self._notify_idle()
 
     async def _wait_drained(self) -> bool:
@@ -230,8 +244,15 @@ class _Connection(asyncio.Protocol):
             transport.close()
 
     def _fail(self, status: int) -> None:
-        """Answer a transport-level error and close: the stream cannot be trusted after it."""
-        if self._closing:
+        """Answer a transport-level error and close: the stream cannot be trusted after it.
+        Requests complete before the bad bytes are answered first, in order (and after one
+        that asked to close, the error is not answered at all)."""
+        if self._closing or self._error is not None:
+            return
+        if self._worker is not None:
+            self._error = status
+            if self._transport is not None:
+                self._transport.pause_reading()
             return
         self._queue.clear()
         self._write(self._server.error_reply(status), close=True)
