@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -112,7 +113,8 @@ def pns_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PnsServer]:
         proc = subprocess.Popen(
             [sys.executable, "-m", "pns.cli", "serve", "--host", HOST, "--port", str(port),
              "--store", store, "--log-level", "warning"],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env={**os.environ, "PNS_CALLBACK_RETRY_FIRST": "1"})  # call records: retry soon
     base = f"http://{HOST}:{port}"
     deadline = time.monotonic() + 20
     while True:
