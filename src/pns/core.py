@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
 
 import msgspec
 
@@ -32,10 +33,12 @@ from .model import (
     CallRef,
     Candidate,
     Role,
-    VirtualNumber,
 )
 from .numbers import Number, normalise_caller, parse_international, require_international
 from .store.base import BindConflict, ConflictKind, Store
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 MAX_CUSTOMER_BIND_ID = 64
 MAX_BUSINESS_ID = 128
@@ -60,57 +63,43 @@ class QueryAnswer(msgspec.Struct, frozen=True):
     extension: str | None
 
 
+class _TtlCache(Generic[K, V]):
+    """Values loaded from the store, each kept for ``ttl`` seconds (absent ones too)."""
+
+    def __init__(self, load: Callable[[K], Awaitable[V]], ttl: float,
+                 clock: Callable[[], float], max_entries: int):
+        self._load = load
+        self._ttl = ttl
+        self._clock = clock
+        self._max = max_entries
+        self._entries: dict[K, tuple[float, V]] = {}
+
+    async def get(self, key: K) -> V:
+        now = self._clock()
+        hit = self._entries.get(key)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        value = await self._load(key)
+        if len(self._entries) >= self._max:
+            self._entries.clear()
+        self._entries[key] = (now + self._ttl, value)
+        return value
+
+
 class AccountDirectory:
     """Accounts by accessKey and by id, and numbers' owners, cached for ``ttl`` seconds per
     process.
 
     The cache is what keeps the hot path off the store for every request; its price is that a
     disabled account, a rotated secret, new prompts or a number given to another account take
-    effect in every process within ``ttl`` seconds. Bindings are never cached.
+    effect in every process within ``ttl`` seconds. Bindings are never cached: the query path
+    makes one store round trip, for the binding itself.
     """
 
     def __init__(self, store: Store, ttl: float, clock: Callable[[], float] = time.monotonic):
-        self._store = store
-        self._ttl = ttl
-        self._clock = clock
-        self._by_key: dict[str, tuple[float, Account | None]] = {}
-        self._by_id: dict[int, tuple[float, Account | None]] = {}
-        self._numbers: dict[str, tuple[float, VirtualNumber | None]] = {}
-
-    async def by_access_key(self, access_key: str) -> Account | None:
-        now = self._clock()
-        hit = self._by_key.get(access_key)
-        if hit is not None and hit[0] > now:
-            return hit[1]
-        account = await self._store.get_account(access_key)
-        if len(self._by_key) > 100_000:
-            self._by_key.clear()
-        self._by_key[access_key] = (now + self._ttl, account)
-        return account
-
-    async def number(self, x: str) -> VirtualNumber | None:
-        """A virtual number's owner, cached like accounts: the query path then makes one
-        store round trip, for the binding itself (never cached)."""
-        now = self._clock()
-        hit = self._numbers.get(x)
-        if hit is not None and hit[0] > now:
-            return hit[1]
-        number = await self._store.get_number(x)
-        if len(self._numbers) > 1_000_000:
-            self._numbers.clear()
-        self._numbers[x] = (now + self._ttl, number)
-        return number
-
-    async def by_id(self, account_id: int) -> Account | None:
-        now = self._clock()
-        hit = self._by_id.get(account_id)
-        if hit is not None and hit[0] > now:
-            return hit[1]
-        account = await self._store.get_account_by_id(account_id)
-        if len(self._by_id) > 100_000:
-            self._by_id.clear()
-        self._by_id[account_id] = (now + self._ttl, account)
-        return account
+        self.by_access_key = _TtlCache(store.get_account, ttl, clock, 100_000).get
+        self.by_id = _TtlCache(store.get_account_by_id, ttl, clock, 100_000).get
+        self.number = _TtlCache(store.get_number, ttl, clock, 1_000_000).get
 
 
 def expire_at_for(expire_second: int, now: int) -> int:

@@ -16,6 +16,7 @@ from .delivery import Deliverer
 from .http import HttpServer, Limits
 from .metrics import Metrics
 from .store import Store, open_store
+from .store.rows import redact
 
 log = logging.getLogger("pns.serve")
 
@@ -84,7 +85,7 @@ async def run_server(
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    log.info("pns listening on http://%s:%d store=%s", host, server.port, _redact(store_url))
+    log.info("pns listening on http://%s:%d store=%s", host, server.port, redact(store_url))
     if ready is not None:
         ready.set()
     try:
@@ -98,16 +99,6 @@ async def run_server(
                 await task
         await store.close()
         log.info("stopped")
-
-
-def _redact(url: str) -> str:
-    """A store URL for the log, without a password."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        credentials, host = rest.rsplit("@", 1)
-        user = credentials.split(":", 1)[0]
-        return f"{scheme}://{user}@{host}"
-    return url
 
 
 def install_event_loop() -> None:
@@ -128,7 +119,7 @@ async def run_deliverer(store_url: str) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    log.info("delivering callbacks from store=%s", _redact(store_url))
+    log.info("delivering callbacks from store=%s", redact(store_url))
     try:
         await stop.wait()
     finally:

@@ -42,6 +42,15 @@ from ..model import (
     VirtualNumber,
 )
 from .base import BindConflict, ConflictKind, StoreError, summarise_pools
+from .rows import (
+    ACCOUNT_COLUMNS,
+    EVENT_COLUMNS,
+    RECORD_COLUMNS,
+    account_from_row,
+    changes_as_columns,
+    event_from_row,
+    redact,
+)
 
 T = TypeVar("T")
 _log = logging.getLogger("pns.store.postgres")
@@ -67,20 +76,6 @@ _OPEN_ERRORS = (
 _BINDING_COLUMNS = (
     "b.bind_id, b.account_id, b.x, b.a, b.b, b.extension, b.bind_type, b.customer_bind_id, "
     "b.business_id, b.flag, b.expire_second, b.expire_at, b.created_at"
-)
-_RECORD_COLUMNS = (
-    "call_id, account_id, bind_id, customer_bind_id, business_id, did, caller, callee, "
-    "call_status, call_status_msg, duration, start_at, ring_at, answer_at, hangup_at, "
-    "hangup_cause, hangup_code, hangup, record_file, reported_at, id"
-)
-_EVENT_COLUMNS = (
-    "event_id, account_id, kind, body, created_at, next_attempt_at, attempts, state, "
-    "last_error, call_id"
-)
-_ACCOUNT_COLUMNS = (
-    "id, name, access_key, access_secret, role, enabled, audio_when_call_fail, "
-    "audio_when_dtmf_need, audio_when_dtmf_err, callback_url, previous_secret, "
-    "previous_secret_until, created_at"
 )
 
 
@@ -346,14 +341,6 @@ def _int_option(values: dict[str, str], key: str, default: int, minimum: int) ->
     return value
 
 
-def redact(url: str) -> str:
-    """The URL without its password, for messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)
-    user = netloc[0].split(":", 1)[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[1]}"))
 
 
 class PostgresStore:
@@ -468,16 +455,16 @@ class PostgresStore:
     ) -> Account:
         row = await self._pool.fetchrow(
             "INSERT INTO accounts (name, access_key, access_secret, role, created_at) "
-            f"VALUES ($1, $2, $3, $4, $5) RETURNING {_ACCOUNT_COLUMNS}",
+            f"VALUES ($1, $2, $3, $4, $5) RETURNING {ACCOUNT_COLUMNS}",
             name, access_key, access_secret, role.value, now,
         )
-        return _account_from_row(row)
+        return account_from_row(row)
 
     async def _account(self, where: str, value: Any) -> Account | None:
         row = await self._pool.fetchrow(
-            f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE {where} = $1", value
+            f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE {where} = $1", value
         )
-        return _account_from_row(row) if row else None
+        return account_from_row(row) if row else None
 
     async def get_account(self, access_key: str) -> Account | None:
         return await self._account("access_key", access_key)
@@ -486,11 +473,11 @@ class PostgresStore:
         return await self._account("id", account_id)
 
     async def list_accounts(self) -> list[Account]:
-        rows = await self._pool.fetch(f"SELECT {_ACCOUNT_COLUMNS} FROM accounts ORDER BY id")
-        return [_account_from_row(row) for row in rows]
+        rows = await self._pool.fetch(f"SELECT {ACCOUNT_COLUMNS} FROM accounts ORDER BY id")
+        return [account_from_row(row) for row in rows]
 
     async def update_account(self, access_key: str, changes: AccountChanges) -> Account | None:
-        fields = {k: v for k, v in _changes_as_columns(changes).items() if v is not None}
+        fields = changes_as_columns(changes, bool_as_int=False)
         if not fields:
             return await self.get_account(access_key)
         assignments = ", ".join(
@@ -500,12 +487,12 @@ class PostgresStore:
         async def work(conn: Any) -> Any:
             return await conn.fetchrow(
                 f"UPDATE accounts SET {assignments} WHERE access_key = $1 "
-                f"RETURNING {_ACCOUNT_COLUMNS}",
+                f"RETURNING {ACCOUNT_COLUMNS}",
                 access_key, *fields.values(),
             )
 
         row = await self._retry(work)
-        return _account_from_row(row) if row else None
+        return account_from_row(row) if row else None
 
     # --- numbers ---------------------------------------------------------------------------
     async def add_numbers(self, numbers: Sequence[VirtualNumber]) -> list[str]:
@@ -813,7 +800,7 @@ class PostgresStore:
         async def work(conn: Any) -> bool:
             async with conn.transaction():
                 saved = await conn.fetchval(
-                    f"INSERT INTO call_records ({_RECORD_COLUMNS}) VALUES ({placeholders}) "
+                    f"INSERT INTO call_records ({RECORD_COLUMNS}) VALUES ({placeholders}) "
                     "ON CONFLICT (call_id) DO NOTHING RETURNING 1",
                     *values,
                 )
@@ -839,7 +826,7 @@ class PostgresStore:
             isolation="repeatable_read", readonly=True
         ):
             rows = await conn.fetch(
-                f"SELECT {_RECORD_COLUMNS} FROM call_records WHERE {where} "
+                f"SELECT {RECORD_COLUMNS} FROM call_records WHERE {where} "
                 f"ORDER BY start_at, id LIMIT ${page + 1} OFFSET ${page + 2}",
                 *params, limit, offset,
             )
@@ -850,7 +837,7 @@ class PostgresStore:
 
     async def get_call_record(self, account_id: int, call_id: str) -> CallRecord | None:
         row = await self._pool.fetchrow(
-            f"SELECT {_RECORD_COLUMNS} FROM call_records WHERE account_id = $1 AND call_id = $2",
+            f"SELECT {RECORD_COLUMNS} FROM call_records WHERE account_id = $1 AND call_id = $2",
             account_id, call_id,
         )
         return CallRecord(*row) if row else None
@@ -870,11 +857,11 @@ class PostgresStore:
                 " AND next_attempt_at <= $2 AND lease_until <= $2 "
                 " ORDER BY next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED)) "
                 "AND state = 'pending' AND lease_until <= $2 "
-                f"RETURNING {_EVENT_COLUMNS}",
+                f"RETURNING {EVENT_COLUMNS}",
                 now + lease_seconds, now, limit,
             ))
 
-        events = [_event_from_row(row) for row in await self._retry(work)]
+        events = [event_from_row(row) for row in await self._retry(work)]
         events.sort(key=lambda event: (event.next_attempt_at, event.created_at))
         return events
 
@@ -902,11 +889,11 @@ class PostgresStore:
             params.append(state.value)
             where.append(f"state = ${len(params)}")
         rows = await self._pool.fetch(
-            f"SELECT {_EVENT_COLUMNS} FROM outbox WHERE {' AND '.join(where)} "
+            f"SELECT {EVENT_COLUMNS} FROM outbox WHERE {' AND '.join(where)} "
             f"ORDER BY created_at LIMIT ${len(params) + 1}",
             *params, limit,
         )
-        return [_event_from_row(row) for row in rows]
+        return [event_from_row(row) for row in rows]
 
     async def outbox_backlog(self, now: int) -> tuple[int, int]:
         row = await self._pool.fetchrow(
@@ -918,19 +905,13 @@ class PostgresStore:
 
 async def _insert_event(conn: Any, event: OutboxEvent) -> None:
     await conn.execute(
-        f"INSERT INTO outbox ({_EVENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        f"INSERT INTO outbox ({EVENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         event.event_id, event.account_id, event.kind, event.body, event.created_at,
         event.next_attempt_at, event.attempts, event.state.value, event.last_error,
         event.call_id,
     )
 
 
-def _event_from_row(row: Any) -> OutboxEvent:
-    return OutboxEvent(
-        event_id=row[0], account_id=row[1], kind=row[2], body=bytes(row[3]),
-        created_at=row[4], next_attempt_at=row[5], attempts=row[6], state=EventState(row[7]),
-        last_error=row[8], call_id=row[9],
-    )
 
 
 async def _read_version(conn: Any) -> int:
@@ -960,23 +941,5 @@ def _rowcount(status: str) -> int:
         return 0
 
 
-def _account_from_row(row: Any) -> Account:
-    return Account(
-        id=row[0], name=row[1], access_key=row[2], access_secret=row[3], role=Role(row[4]),
-        enabled=bool(row[5]), audio_when_call_fail=row[6], audio_when_dtmf_need=row[7],
-        audio_when_dtmf_err=row[8], callback_url=row[9], previous_secret=row[10],
-        previous_secret_until=row[11], created_at=row[12],
-    )
 
 
-def _changes_as_columns(changes: AccountChanges) -> dict[str, Any]:
-    return {
-        "enabled": changes.enabled,
-        "audio_when_call_fail": changes.audio_when_call_fail,
-        "audio_when_dtmf_need": changes.audio_when_dtmf_need,
-        "audio_when_dtmf_err": changes.audio_when_dtmf_err,
-        "callback_url": changes.callback_url,
-        "access_secret": changes.access_secret,
-        "previous_secret": changes.previous_secret,
-        "previous_secret_until": changes.previous_secret_until,
-    }

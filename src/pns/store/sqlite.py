@@ -34,6 +34,15 @@ from ..model import (
     VirtualNumber,
 )
 from .base import BindConflict, ConflictKind, StoreError, summarise_pools
+from .rows import (
+    ACCOUNT_COLUMNS,
+    EVENT_COLUMNS,
+    RECORD_COLUMNS,
+    account_from_row,
+    changes_as_columns,
+    event_from_row,
+    record_values,
+)
 
 SCHEMA_VERSION = 2
 _log = logging.getLogger("pns.store.sqlite")
@@ -58,20 +67,6 @@ _FIND_BY_PARTY = (
 )
 CALL_FLUSH_SECONDS = 0.005
 CALL_FLUSH_BATCH = 512
-_RECORD_COLUMNS = (
-    "call_id, account_id, bind_id, customer_bind_id, business_id, did, caller, callee, "
-    "call_status, call_status_msg, duration, start_at, ring_at, answer_at, hangup_at, "
-    "hangup_cause, hangup_code, hangup, record_file, reported_at, id"
-)
-_EVENT_COLUMNS = (
-    "event_id, account_id, kind, body, created_at, next_attempt_at, attempts, state, "
-    "last_error, call_id"
-)
-_ACCOUNT_COLUMNS = (
-    "id, name, access_key, access_secret, role, enabled, audio_when_call_fail, "
-    "audio_when_dtmf_need, audio_when_dtmf_err, callback_url, previous_secret, "
-    "previous_secret_until, created_at"
-)
 
 # Each entry upgrades the schema from version i to i + 1.
 _MIGRATIONS: list[str] = [
@@ -349,9 +344,9 @@ class SqliteStore:
 
     def _account(self, where: str, value: Any) -> Account | None:
         row = self._conn.execute(
-            f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE {where} = ?", (value,)
+            f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE {where} = ?", (value,)
         ).fetchone()
-        return _account_from_row(row) if row else None
+        return account_from_row(row) if row else None
 
     async def get_account(self, access_key: str) -> Account | None:
         return self._account("access_key", access_key)
@@ -360,11 +355,11 @@ class SqliteStore:
         return self._account("id", account_id)
 
     async def list_accounts(self) -> list[Account]:
-        rows = self._conn.execute(f"SELECT {_ACCOUNT_COLUMNS} FROM accounts ORDER BY id")
-        return [_account_from_row(row) for row in rows]
+        rows = self._conn.execute(f"SELECT {ACCOUNT_COLUMNS} FROM accounts ORDER BY id")
+        return [account_from_row(row) for row in rows]
 
     async def update_account(self, access_key: str, changes: AccountChanges) -> Account | None:
-        fields = {k: v for k, v in _changes_as_columns(changes).items() if v is not None}
+        fields = changes_as_columns(changes, bool_as_int=True)
         if fields:
             assignments = ", ".join(f"{column} = :{column}" for column in fields)
             with self._tx():
@@ -667,11 +662,11 @@ class SqliteStore:
         return CallRef(*row) if row else None
 
     async def save_call_record(self, record: CallRecord, event: OutboxEvent | None) -> bool:
-        values = msgspec_tuple(record)
+        values = record_values(record)
 
         def work() -> bool:
             cur = self._conn.execute(
-                f"INSERT INTO call_records ({_RECORD_COLUMNS}) VALUES "
+                f"INSERT INTO call_records ({RECORD_COLUMNS}) VALUES "
                 f"({', '.join('?' * len(values))}) ON CONFLICT (call_id) DO NOTHING",
                 values,
             )
@@ -685,7 +680,7 @@ class SqliteStore:
 
     def _insert_event(self, event: OutboxEvent) -> None:
         self._conn.execute(
-            f"INSERT INTO outbox ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO outbox ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (event.event_id, event.account_id, event.kind, event.body, event.created_at,
              event.next_attempt_at, event.attempts, event.state.value, event.last_error,
              event.call_id),
@@ -701,7 +696,7 @@ class SqliteStore:
         params = {"account_id": account_id, "start_from": start_from, "start_to": start_to,
                   "bind_id": bind_id, "limit": limit, "offset": offset}
         rows = self._conn.execute(
-            f"SELECT {_RECORD_COLUMNS} FROM call_records WHERE {where} "
+            f"SELECT {RECORD_COLUMNS} FROM call_records WHERE {where} "
             "ORDER BY start_at, id LIMIT :limit OFFSET :offset", params,
         ).fetchall()
         (total,) = self._conn.execute(
@@ -710,7 +705,7 @@ class SqliteStore:
 
     async def get_call_record(self, account_id: int, call_id: str) -> CallRecord | None:
         row = self._conn.execute(
-            f"SELECT {_RECORD_COLUMNS} FROM call_records WHERE account_id = ? AND call_id = ?",
+            f"SELECT {RECORD_COLUMNS} FROM call_records WHERE account_id = ? AND call_id = ?",
             (account_id, call_id),
         ).fetchone()
         return CallRecord(*row) if row else None
@@ -725,11 +720,11 @@ class SqliteStore:
                 " SELECT event_id FROM outbox WHERE state = 'pending' "
                 " AND next_attempt_at <= :now AND lease_until <= :now "
                 " ORDER BY next_attempt_at LIMIT :limit) "
-                f"RETURNING {_EVENT_COLUMNS}",
+                f"RETURNING {EVENT_COLUMNS}",
                 {"lease": now + lease_seconds, "now": now, "limit": limit},
             ).fetchall()
 
-        return [_event_from_row(row) for row in await self._batched(work)]
+        return [event_from_row(row) for row in await self._batched(work)]
 
     async def finish_event(
         self, event_id: str, state: EventState, attempts: int, next_attempt_at: int, error: str,
@@ -752,10 +747,10 @@ class SqliteStore:
             where.append("state = ?")
             params.append(state.value)
         rows = self._conn.execute(
-            f"SELECT {_EVENT_COLUMNS} FROM outbox WHERE {' AND '.join(where)} "
+            f"SELECT {EVENT_COLUMNS} FROM outbox WHERE {' AND '.join(where)} "
             "ORDER BY created_at LIMIT ?", [*params, limit],
         ).fetchall()
-        return [_event_from_row(row) for row in rows]
+        return [event_from_row(row) for row in rows]
 
     async def outbox_backlog(self, now: int) -> tuple[int, int]:
         count, oldest = self._conn.execute(
@@ -764,16 +759,8 @@ class SqliteStore:
         return int(count), (now - int(oldest)) if oldest is not None else 0
 
 
-def msgspec_tuple(record: CallRecord) -> tuple[Any, ...]:
-    return tuple(getattr(record, field) for field in record.__struct_fields__)
 
 
-def _event_from_row(row: Sequence[Any]) -> OutboxEvent:
-    return OutboxEvent(
-        event_id=row[0], account_id=row[1], kind=row[2], body=bytes(row[3]),
-        created_at=row[4], next_attempt_at=row[5], attempts=row[6], state=EventState(row[7]),
-        last_error=row[8], call_id=row[9],
-    )
 
 
 def _create_private(path: str) -> None:
@@ -806,23 +793,5 @@ def _conflict_kind(message: str) -> ConflictKind:
     raise StoreError(f"unexpected constraint failure: {message}")
 
 
-def _account_from_row(row: Sequence[Any]) -> Account:
-    return Account(
-        id=row[0], name=row[1], access_key=row[2], access_secret=row[3], role=Role(row[4]),
-        enabled=bool(row[5]), audio_when_call_fail=row[6], audio_when_dtmf_need=row[7],
-        audio_when_dtmf_err=row[8], callback_url=row[9], previous_secret=row[10],
-        previous_secret_until=row[11], created_at=row[12],
-    )
 
 
-def _changes_as_columns(changes: AccountChanges) -> dict[str, Any]:
-    return {
-        "enabled": None if changes.enabled is None else int(changes.enabled),
-        "audio_when_call_fail": changes.audio_when_call_fail,
-        "audio_when_dtmf_need": changes.audio_when_dtmf_need,
-        "audio_when_dtmf_err": changes.audio_when_dtmf_err,
-        "callback_url": changes.callback_url,
-        "access_secret": changes.access_secret,
-        "previous_secret": changes.previous_secret,
-        "previous_secret_until": changes.previous_secret_until,
-    }
