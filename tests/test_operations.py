@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -25,6 +26,7 @@ def test_mask_number() -> None:
     assert mask_number("caller 85211111114 did 85235753351") == \
         "caller 8521*****14 did 8523*****51"
     assert mask_number("code 10013") == "code 10013"
+    assert mask_number("requestId=2125974078581899264") == "requestId=2125974078581899264"
 
 
 def test_metrics_and_json_request_log(tmp_path: object) -> None:
@@ -73,7 +75,7 @@ def test_metrics_and_json_request_log(tmp_path: object) -> None:
     lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
     requests = [entry for entry in lines if entry["logger"] == "pns.access"]
     assert len(requests) == 4
-    assert all("requestId=" in e["msg"] and "ms=" in e["msg"] for e in requests)
+    assert all(re.search(r"requestId=\d{19} ", e["msg"]) and "ms=" in e["msg"] for e in requests)
     assert any("code=10013" in e["msg"] for e in requests)
     assert a not in err and b not in err and did not in err
     assert customer.access_secret not in err and switch.access_secret not in err

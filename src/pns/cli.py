@@ -509,8 +509,8 @@ def stats(ctx: click.Context, as_json: bool, store_url: str | None) -> None:
         for row in rows:
             click.echo(json.dumps(row))
         return
-    table = Table("account", "name", "country", "numbers", "active bindings", "free numbers",
-                  "fullest X", "busiest party", "headroom",
+    table = Table("account", "name", "cc", "numbers", "bindings", "free", "fullest X",
+                  "busiest", "headroom",
                   caption="headroom: more bindings the busiest party can get before 10010; "
                           "a fresh pair can use any enabled number")
     for row in rows:

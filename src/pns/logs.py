@@ -11,11 +11,13 @@ import logging
 import re
 import time
 
-_NUMBER = re.compile(r"\d{7,}")
+# Phone numbers have at most 15 digits (E.164); longer runs are ids (requestId has 19), which
+# must stay whole to correlate logs.
+_NUMBER = re.compile(r"(?<!\d)\d{7,15}(?!\d)")
 
 
 def mask_number(text: str) -> str:
-    """Keep the first 4 and last 2 digits of every long digit run: 852****14."""
+    """Keep the first 4 and last 2 digits of every phone-number-like run: 8521*****14."""
     return _NUMBER.sub(lambda m: m.group()[:4] + "*" * (len(m.group()) - 6) + m.group()[-2:],
                        text)
 
