@@ -515,14 +515,22 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -
 
 
 def post(
-    port: int, body: str, *, ts: str | None = None, sig: str | None = None, close: bool = False
+    port: int,
+    body: str,
+    *,
+    ts: str | None = None,
+    sig: str | None = None,
+    close: bool = False,
+    access_key: str = ACCESS_KEY,
+    secret: str = ACCESS_SECRET,
+    action: str = "queryAXB",
 ) -> tuple[int, dict[str, Any]]:
     ts = ts or str(int(time.time() * 1000))
-    sig = sig or sign(ACCESS_KEY, ACCESS_SECRET, ts, body)
+    sig = sig or sign(access_key, secret, ts, body, action)
     headers = {
         "Content-Type": "application/json",
-        "accessKey": ACCESS_KEY,
-        "action": "queryAXB",
+        "accessKey": access_key,
+        "action": action,
         "bizType": "5",
         "ts": ts,
         "sign": sig,
@@ -573,7 +581,13 @@ def run_wrk(
     signs: str,
     close: bool,
     check: bool,
+    script: Path = LUA,
+    access_key: str = ACCESS_KEY,
+    extra: Sequence[str] = (),
 ) -> dict[str, Any]:
+    """One wrk run (-t1) pinned to ``client_cpu``; returns the script's WRK_JSON summary plus
+    wrk's own CPU use (``wrk_cpu_pct``). ``script`` must print a WRK_JSON line as
+    bench/wrk_signed.lua does; ``extra`` are more script args (key=value)."""
     cmd = [
         "taskset",
         "-c",
@@ -585,11 +599,12 @@ def run_wrk(
         "--timeout",
         "5s",
         "-s",
-        str(LUA),
+        str(script),
         f"http://127.0.0.1:{port}{PATH}",
         "--",
         f"signs={signs}",
-        f"key={ACCESS_KEY}",
+        f"key={access_key}",
+        *extra,
     ]
     if close:
         cmd.append("close=1")
