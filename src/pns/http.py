@@ -47,6 +47,9 @@ class Reply(NamedTuple):
 App = Callable[[Request], Awaitable[Reply]]
 ErrorReply = Callable[[int], Reply]
 
+_NEVER = float("inf")
+_TICK = 1.0
+
 _REASONS = {status.value: status.phrase for status in HTTPStatus}
 
 
@@ -65,6 +68,7 @@ class _Server:
         self.error_reply = error_reply
         self.limits = limits
         self.connections: set[_Connection] = set()
+        self.ticker: asyncio.TimerHandle | None = None
         self.idle_waiters: list[asyncio.Future[None]] = []
 
 
@@ -77,7 +81,9 @@ class _Connection(asyncio.Protocol):
         self._parser = httptools.HttpRequestParser(self)
         self._queue: deque[tuple[Request, bool]] = deque()
         self._worker: asyncio.Task[None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        # When this connection times out (loop time); checked by the server's 1 s ticker, so
+        # arming costs a float store, not a TimerHandle per request.
+        self._deadline = _NEVER
         self._closing = False
         self._client = ""
         # Set while the transport's write buffer is above its high-water mark: a client that
@@ -112,8 +118,7 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._server.connections.discard(self)
         self._closing = True
-        if self._timer is not None:
-            self._timer.cancel()
+        self._deadline = _NEVER
         self.resume_writing()
         if self._worker is None:
             self._notify_idle()
@@ -181,9 +186,7 @@ class _Connection(asyncio.Protocol):
         request = Request(method, path, self._headers, b"".join(self._body), self._client)
         self._queue.append((request, bool(self._parser.should_keep_alive())))
         self._reset_message()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._deadline = _NEVER
         if len(self._queue) > self._limits.max_pipelined and self._transport is not None:
             self._transport.pause_reading()
         if self._worker is None:
@@ -258,12 +261,9 @@ class _Connection(asyncio.Protocol):
         self._write(self._server.error_reply(status), close=True)
 
     def _arm(self, seconds: float) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = self._loop.call_later(seconds, self._timed_out)
+        self._deadline = self._loop.time() + seconds
 
     def _timed_out(self) -> None:
-        self._timer = None
         if self._worker is not None or self._transport is None:
             return
         if self._header_bytes or self._body_size or self._url:
@@ -302,6 +302,17 @@ class HttpServer:
             lambda: _Connection(self._state), host, port, reuse_port=reuse_port or None,
             backlog=4096,
         )
+        self._state.ticker = loop.call_later(_TICK, self._tick)
+
+    def _tick(self) -> None:
+        """Time out the connections whose deadline has passed (at most ``_TICK`` late)."""
+        state = self._state
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for connection in [c for c in state.connections if c._deadline <= now]:
+            connection._deadline = _NEVER
+            connection._timed_out()
+        state.ticker = loop.call_later(_TICK, self._tick)
 
     @property
     def port(self) -> int:
@@ -314,6 +325,9 @@ class HttpServer:
             return
         self._server.close()
         state = self._state
+        if state.ticker is not None:
+            state.ticker.cancel()
+            state.ticker = None
         if any(c.busy for c in state.connections):
             waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             state.idle_waiters.append(waiter)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import threading
 import time
 
 _TWITTER_EPOCH_MS = 1288834974657
@@ -18,23 +17,21 @@ _TWITTER_EPOCH_MS = 1288834974657
 
 class _Snowflake:
     def __init__(self) -> None:
-        self._lock = threading.Lock()
         self._worker = (os.getpid() ^ secrets.randbits(10)) & 0x3FF
         self._last_ms = 0
         self._seq = 0
 
     def next(self) -> int:
-        with self._lock:
-            now = int(time.time() * 1000)
-            if now <= self._last_ms:
-                self._seq = (self._seq + 1) & 0xFFF
-                if self._seq == 0:
-                    self._last_ms += 1
-                now = self._last_ms
-            else:
-                self._seq = 0
-                self._last_ms = now
-            return ((now - _TWITTER_EPOCH_MS) << 22) | (self._worker << 12) | self._seq
+        now = int(time.time() * 1000)
+        if now <= self._last_ms:
+            self._seq = (self._seq + 1) & 0xFFF
+            if self._seq == 0:
+                self._last_ms += 1
+            now = self._last_ms
+        else:
+            self._seq = 0
+            self._last_ms = now
+        return ((now - _TWITTER_EPOCH_MS) << 22) | (self._worker << 12) | self._seq
 
 
 _snowflake = _Snowflake()
@@ -43,6 +40,12 @@ _snowflake = _Snowflake()
 def new_snowflake() -> str:
     """A fresh 19-digit id as a string (requestId, callId)."""
     return str(_snowflake.next())
+
+
+def snowflake_floor(epoch_seconds: float) -> str:
+    """The smallest id made at ``epoch_seconds``: ids below it are older (they sort by time,
+    as strings too while they have 19 digits, until about 2080)."""
+    return str((int(epoch_seconds * 1000) - _TWITTER_EPOCH_MS) << 22)
 
 
 def new_bind_id() -> str:

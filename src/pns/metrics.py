@@ -6,7 +6,12 @@ increments per request.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from bisect import bisect_left
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
@@ -14,10 +19,6 @@ _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter("pns_requests", "API requests by action and code",
-                                ["action", "code"], registry=self.registry)
-        self.latency = Histogram("pns_request_seconds", "API request latency by action",
-                                 ["action"], buckets=_LATENCY_BUCKETS, registry=self.registry)
         self.allocation_failures = Counter(
             "pns_allocation_failures", "Binds refused for want of a number, by reason",
             ["reason"], registry=self.registry)
@@ -42,18 +43,45 @@ class Metrics:
         self.delivery_oldest_age = Gauge("pns_delivery_oldest_age_seconds",
                                          "Age of the oldest undelivered callback",
                                          registry=self.registry)
-        self._children: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
+        # Per (action, code): [count, sum of seconds, per-bucket counts]; plain Python on the
+        # hot path, turned into Prometheus families only when scraped.
+        self._stats: dict[tuple[str, int], list[Any]] = {}
+        self.registry.register(_RequestCollector(self._stats))
 
     def observe(self, action: str, code: int, seconds: float) -> None:
-        key = (action, code)
-        children = self._children.get(key)
-        if children is None:
-            if len(self._children) > 1000:  # unknown actions must not grow this without end
+        s = self._stats.get((action, code))
+        if s is None:
+            if len(self._stats) > 1000:  # unknown actions must not grow this without end
                 action = "other"
-            children = (self.requests.labels(action, str(code)), self.latency.labels(action))
-            self._children[(action, code)] = children
-        children[0].inc()
-        children[1].observe(seconds)
+            s = self._stats.setdefault((action, code), [0, 0.0, [0] * (len(_LATENCY_BUCKETS) + 1)])
+        s[0] += 1
+        s[1] += seconds
+        s[2][bisect_left(_LATENCY_BUCKETS, seconds)] += 1
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _RequestCollector:
+    def __init__(self, stats: dict[tuple[str, int], list[Any]]):
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily("pns_requests", "API requests by action and code",
+                                       labels=["action", "code"])
+        latency = HistogramMetricFamily("pns_request_seconds", "API request latency by action",
+                                        labels=["action"])
+        per_action: dict[str, list[Any]] = {}
+        for (action, code), (count, total, buckets) in list(self._stats.items()):
+            requests.add_metric([action, str(code)], count)
+            agg = per_action.setdefault(action, [0.0, [0] * len(buckets)])
+            agg[0] += total
+            agg[1] = [a + b for a, b in zip(agg[1], buckets, strict=True)]
+        for action, (total, buckets) in per_action.items():
+            cumulative, running = [], 0
+            for bound, n in zip([*map(str, _LATENCY_BUCKETS), "+Inf"], buckets, strict=True):
+                running += n
+                cumulative.append((bound, running))
+            latency.add_metric([action], cumulative, total)
+        yield requests
+        yield latency

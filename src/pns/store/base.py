@@ -71,6 +71,10 @@ class BindConflict(Exception):
         super().__init__(kind.value)
 
 
+# How long an answered query's callId stays joinable to its binding.
+CALL_RETENTION = 2 * 86400
+
+
 class StoreError(Exception):
     """An operator-facing store failure with a clear one-line message (CLI, migrations)."""
 
@@ -154,7 +158,9 @@ class Store(Protocol):
         """True the first time ``key`` is claimed while unexpired; False for a replay."""
 
     async def sweep(self, now: int, limit: int) -> int:
-        """Remove up to ``limit`` expired bindings and stale signatures; returns bindings gone."""
+        """Remove up to ``limit`` expired bindings, stale signatures and call references older
+        than ``CALL_RETENTION`` (a later report is joined by did and caller); returns bindings
+        gone."""
 
     # --- call records and the outbox -------------------------------------------------------
     async def get_call(self, call_id: str) -> CallRef | None: ...

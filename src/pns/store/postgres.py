@@ -26,6 +26,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
+from ..ids import snowflake_floor
 from ..model import (
     Account,
     AccountChanges,
@@ -41,7 +42,7 @@ from ..model import (
     Role,
     VirtualNumber,
 )
-from .base import BindConflict, ConflictKind, StoreError, summarise_pools
+from .base import CALL_RETENTION, BindConflict, ConflictKind, StoreError, summarise_pools
 from .rows import (
     ACCOUNT_COLUMNS,
     EVENT_COLUMNS,
@@ -295,6 +296,13 @@ _CONFLICTS = {
 }
 
 
+async def _keep_session(conn: Any) -> None:
+    """Released connections are not reset (asyncpg's default sends RESET ALL, UNLISTEN *,
+    CLOSE ALL and pg_advisory_unlock_all() on every release: a round trip per store call).
+    pns sets no session state, LISTENs to nothing and takes only transaction-scoped advisory
+    locks; an open transaction is still rolled back by asyncpg before this is called."""
+
+
 class PoolOptions:
     """What pns itself reads from the URL's query, and the DSN left for asyncpg."""
 
@@ -355,7 +363,7 @@ class PostgresStore:
         try:
             pool = await asyncpg.create_pool(
                 options.dsn, min_size=options.pool_min, max_size=options.pool_max,
-                timeout=options.connect_timeout,
+                timeout=options.connect_timeout, reset=_keep_session,
             )
         except _OPEN_ERRORS as exc:
             raise StoreError(f"cannot open store {redact(url)}: {_describe(exc)}") from exc
@@ -566,8 +574,10 @@ class PostgresStore:
             "WHERE n.account_id = $1 AND n.country_code = $2 AND n.enabled "
             "AND NOT EXISTS (SELECT 1 FROM parties p JOIN bindings b ON b.seq = p.seq "
             f"  WHERE p.x = n.x AND p.number IN ($3, $4) AND {_active(5)}) "
-            "ORDER BY n.active LIMIT $6",
-            account_id, country_code, a, b, now, limit,
+            # A literal LIMIT: with "LIMIT $6" PostgreSQL re-plans this query on every call
+            # (its generic plan looks dearer than the custom ones).
+            f"ORDER BY n.active LIMIT {int(limit)}",
+            account_id, country_code, a, b, now,
         )
         return [Candidate(r[0], r[1]) for r in rows]
 
@@ -778,8 +788,17 @@ class PostgresStore:
                 now, limit,
             ))
 
+        async def calls(conn: Any) -> str:
+            return str(await conn.execute(
+                "DELETE FROM calls WHERE call_id = ANY(ARRAY("
+                "SELECT call_id FROM calls WHERE call_id < $1 "
+                "LIMIT $2 FOR UPDATE SKIP LOCKED))",
+                snowflake_floor(now - CALL_RETENTION), limit,
+            ))
+
         gone = _rowcount(await self._retry(bindings))
         await self._retry(signatures)
+        await self._retry(calls)
         return gone
 
     # --- call records and the outbox -------------------------------------------------------

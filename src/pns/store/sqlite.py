@@ -13,11 +13,13 @@ import contextlib
 import logging
 import os
 import sqlite3
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ..ids import snowflake_floor
 from ..model import (
     Account,
     AccountChanges,
@@ -33,7 +35,7 @@ from ..model import (
     Role,
     VirtualNumber,
 )
-from .base import BindConflict, ConflictKind, StoreError, summarise_pools
+from .base import CALL_RETENTION, BindConflict, ConflictKind, StoreError, summarise_pools
 from .rows import (
     ACCOUNT_COLUMNS,
     EVENT_COLUMNS,
@@ -204,9 +206,11 @@ def path_from_url(url: str) -> str:
 
 
 class SqliteStore:
-    def __init__(self, conn: sqlite3.Connection):
+    def __init__(self, conn: sqlite3.Connection, path: str = ":memory:"):
         self._conn = conn
+        self._path = path
         self._pending_calls: dict[str, CallRef] = {}
+        self._checkpoints: _Checkpointer | None = None
         self._flush_handle: asyncio.TimerHandle | None = None
         self._batch: asyncio.Future[None] | None = None
 
@@ -227,8 +231,12 @@ class SqliteStore:
             conn.execute("PRAGMA cache_size = -65536")  # 64 MiB: a million bindings stay hot
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open store {path}: {exc}") from exc
-        store = cls(conn)
+        store = cls(conn, path)
         store._prepare_schema(migrate)
+        if path != ":memory:":
+            # Checkpoints (which fsync) run in a thread of their own, never in the event loop.
+            conn.execute("PRAGMA wal_autocheckpoint = 0")
+            store._checkpoints = _Checkpointer(path)
         return store
 
     # --- schema ----------------------------------------------------------------------------
@@ -321,6 +329,8 @@ class SqliteStore:
     async def close(self) -> None:
         self._commit_batch()
         self.flush_calls()
+        if self._checkpoints is not None:
+            await asyncio.to_thread(self._checkpoints.stop)
         self._conn.close()
 
     async def ping(self) -> None:
@@ -450,23 +460,20 @@ class SqliteStore:
         return PoolStats(int(row[0]), int(row[1]), int(row[2]))
 
     async def pool_usage(self, now: int) -> list[PoolUsage]:
-        params = {"now": now}
-        per_x = self._conn.execute(
-            "SELECT n.account_id, n.country_code, n.x, n.enabled, "
-            f"({_ACTIVE_ON_X}) "
-            "FROM numbers n ORDER BY n.account_id, n.country_code, n.x", params,
-        ).fetchall()
-        busiest = {
-            (row[0], row[1]): int(row[2])
-            for row in self._conn.execute(
-                "SELECT account_id, country_code, max(c) FROM ("
-                " SELECT n.account_id, n.country_code, p.number, count(*) AS c "
-                " FROM parties p JOIN bindings b ON b.seq = p.seq JOIN numbers n ON n.x = p.x "
-                f" WHERE {_ACTIVE} GROUP BY n.account_id, n.country_code, p.number) "
-                "GROUP BY account_id, country_code", params,
-            )
-        }
-        return summarise_pools(per_x, busiest)
+        """O(bindings): seconds at a million. Run in a thread on a connection of its own, so
+        the event loop keeps serving meanwhile (sqlite3 releases the GIL while it works)."""
+        if self._path == ":memory:":
+            return _pool_usage(self._conn, now)
+
+        def work() -> list[PoolUsage]:
+            conn = sqlite3.connect(self._path, isolation_level=None)
+            try:
+                conn.execute("PRAGMA busy_timeout = 10000")
+                return _pool_usage(conn, now)
+            finally:
+                conn.close()
+
+        return await asyncio.to_thread(work)
 
     # --- bindings --------------------------------------------------------------------------
     async def insert_binding(self, binding: Binding, now: int) -> None:
@@ -646,6 +653,12 @@ class SqliteStore:
                 "WHERE expires_at <= ? LIMIT ?)",
                 (now, limit),
             )
+            # callIds sort by time: the primary key finds the old ones.
+            self._conn.execute(
+                "DELETE FROM calls WHERE call_id IN (SELECT call_id FROM calls "
+                "WHERE call_id < ? LIMIT ?)",
+                (snowflake_floor(now - CALL_RETENTION), limit),
+            )
             return cur.rowcount
 
         return await self._batched(work)
@@ -763,6 +776,26 @@ class SqliteStore:
 
 
 
+def _pool_usage(conn: sqlite3.Connection, now: int) -> list[PoolUsage]:
+    params = {"now": now}
+    per_x = conn.execute(
+        "SELECT n.account_id, n.country_code, n.x, n.enabled, "
+        f"({_ACTIVE_ON_X}) "
+        "FROM numbers n ORDER BY n.account_id, n.country_code, n.x", params,
+    ).fetchall()
+    busiest = {
+        (row[0], row[1]): int(row[2])
+        for row in conn.execute(
+            "SELECT account_id, country_code, max(c) FROM ("
+            " SELECT n.account_id, n.country_code, p.number, count(*) AS c "
+            " FROM parties p JOIN bindings b ON b.seq = p.seq JOIN numbers n ON n.x = p.x "
+            f" WHERE {_ACTIVE} GROUP BY n.account_id, n.country_code, p.number) "
+            "GROUP BY account_id, country_code", params,
+        )
+    }
+    return summarise_pools(per_x, busiest)
+
+
 def _create_private(path: str) -> None:
     """The store holds account secrets: create it readable by its owner only."""
     if not os.path.exists(path):
@@ -795,3 +828,35 @@ def _conflict_kind(message: str) -> ConflictKind:
 
 
 
+
+
+class _Checkpointer:
+    """WAL checkpoints in a thread of their own, with a connection of its own: the serving
+    connection never checkpoints (``wal_autocheckpoint = 0``), so the event loop never waits
+    for the fsyncs a checkpoint makes. Every ``interval`` s, a PASSIVE checkpoint once the WAL
+    holds ``pages`` pages or more; a last one (TRUNCATE) when the store closes."""
+
+    def __init__(self, path: str, interval: float = 0.05, pages: int = 1000):
+        self._path, self._interval, self._pages = path, interval, pages
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="pns-checkpoint", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute("PRAGMA busy_timeout = 10000")
+            while not self._stop.wait(self._interval):
+                try:
+                    if os.path.getsize(self._path + "-wal") >= self._pages * 4096:
+                        conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                except (OSError, sqlite3.Error):
+                    _log.exception("WAL checkpoint failed; will retry")
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        finally:
+            conn.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
