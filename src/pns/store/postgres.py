@@ -299,8 +299,8 @@ _CONFLICTS = {
 async def _keep_session(conn: Any) -> None:
     """Released connections are not reset (asyncpg's default sends RESET ALL, UNLISTEN *,
     CLOSE ALL and pg_advisory_unlock_all() on every release: a round trip per store call).
-    pns sets no session state, LISTENs to nothing and takes only transaction-scoped advisory
-    locks; an open transaction is still rolled back by asyncpg before this is called."""
+    pns sets no session state, LISTENs to nothing, and unlocks its one session advisory lock
+    (migrations) itself; an open transaction is still rolled back by asyncpg before this."""
 
 
 class PoolOptions:
@@ -574,10 +574,8 @@ class PostgresStore:
             "WHERE n.account_id = $1 AND n.country_code = $2 AND n.enabled "
             "AND NOT EXISTS (SELECT 1 FROM parties p JOIN bindings b ON b.seq = p.seq "
             f"  WHERE p.x = n.x AND p.number IN ($3, $4) AND {_active(5)}) "
-            # A literal LIMIT: with "LIMIT $6" PostgreSQL re-plans this query on every call
-            # (its generic plan looks dearer than the custom ones).
-            f"ORDER BY n.active LIMIT {int(limit)}",
-            account_id, country_code, a, b, now,
+            "ORDER BY n.active LIMIT $6",
+            account_id, country_code, a, b, now, limit,
         )
         return [Candidate(r[0], r[1]) for r in rows]
 
