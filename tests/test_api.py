@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -502,3 +503,13 @@ def test_graceful_stop(server: Server) -> None:
     other.proc.terminate()
     assert other.proc.wait(10) == 0
     assert subprocess.call(["true"]) == 0
+
+
+def test_client_survives_a_connection_the_server_closed(server: Server, customer: Tenant) -> None:
+    """State-changing requests are never resent by the client (they may have been carried
+    out), so a kept-alive connection the server closed meanwhile must be noticed first."""
+    c = server.client(customer)
+    assert code(c.list_bindings(1, 0)) == 0
+    assert c._conn is not None and c._conn.sock is not None
+    c._conn.sock.shutdown(socket.SHUT_RD)  # as if the server had closed it: reads see EOF
+    assert code(c.bind_axb(*fresh_pair(), 0)) == 0

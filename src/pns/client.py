@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import time
 from typing import Any
 from urllib.parse import urlsplit
@@ -19,6 +20,8 @@ from .callbacks import verify_callback
 __all__ = ["PnsClient", "encode_body", "signed_headers", "verify_callback"]
 
 API_PATH = "/api/pns/"
+# Actions that change nothing: safe to send again when a connection drops mid-request.
+READ_ONLY_ACTIONS = frozenset({"queryAXB", "getAXBList", "getCallRecords"})
 
 
 def signed_headers(
@@ -90,13 +93,17 @@ class PnsClient:
                                  ts if ts is not None else self._next_ts(), self.algorithm)
         if extra_headers:
             headers.update(extra_headers)
-        status, payload = self.send(raw, headers)
+        status, payload = self.send(raw, headers, resend=action in READ_ONLY_ACTIONS)
         return status, json.loads(payload)
 
     def send(self, raw: bytes, headers: dict[str, str], path: str | None = None,
-             method: str = "POST") -> tuple[int, bytes]:
-        """Send bytes as they are (no signing): one retry on a connection the server closed."""
-        for attempt in (1, 2):
+             method: str = "POST", resend: bool = True) -> tuple[int, bytes]:
+        """Send bytes as they are (no signing). When the connection drops, a ``resend``-able
+        request is sent once more on a new one; a state-changing one is not (it may have been
+        carried out: the error goes to the caller, who repeats it with the same
+        customerBindId, which is idempotent, or checks getAXBList)."""
+        for attempt in (1, 2) if resend else (2,):
+            self._drop_if_closed_by_server()
             conn = self._connection()
             try:
                 conn.request(method, path or self._path, body=raw, headers=headers)
@@ -110,6 +117,24 @@ class PnsClient:
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
+
+    def _drop_if_closed_by_server(self) -> None:
+        """A kept-alive connection the server has closed meanwhile (idle timeout) is dropped
+        before use, so even a request that is never resent does not fail on it."""
+        sock = self._conn.sock if self._conn is not None else None
+        if sock is None:
+            return
+        try:
+            sock.setblocking(False)
+            if sock.recv(1, socket.MSG_PEEK) == b"":
+                self.close()
+        except BlockingIOError:
+            pass
+        except OSError:
+            self.close()
+        finally:
+            if self._conn is not None and self._conn.sock is not None:
+                self._conn.sock.settimeout(self._timeout)
 
     def _connection(self) -> http.client.HTTPConnection:
         if self._conn is None:

@@ -770,33 +770,21 @@ class PostgresStore:
     async def sweep(self, now: int, limit: int) -> int:
         """Safe in every process at once: each sweep takes rows no other holds (SKIP LOCKED)."""
 
-        async def bindings(conn: Any) -> str:
-            return str(await conn.execute(
-                "DELETE FROM bindings WHERE seq = ANY(ARRAY("
-                "SELECT seq FROM bindings WHERE expire_at > 0 AND expire_at <= $1 "
-                "LIMIT $2 FOR UPDATE SKIP LOCKED))",
-                now, limit,
-            ))
+        def batch(table: str, key: str, stale: str, bound: Any) -> Callable[[Any], Any]:
+            async def work(conn: Any) -> str:
+                return str(await conn.execute(
+                    f"DELETE FROM {table} WHERE {key} = ANY(ARRAY(SELECT {key} FROM {table} "
+                    f"WHERE {stale} LIMIT $2 FOR UPDATE SKIP LOCKED))",
+                    bound, limit,
+                ))
+            return work
 
-        async def signatures(conn: Any) -> str:
-            return str(await conn.execute(
-                "DELETE FROM signatures WHERE key = ANY(ARRAY("
-                "SELECT key FROM signatures WHERE expires_at <= $1 "
-                "LIMIT $2 FOR UPDATE SKIP LOCKED))",
-                now, limit,
-            ))
-
-        async def calls(conn: Any) -> str:
-            return str(await conn.execute(
-                "DELETE FROM calls WHERE call_id = ANY(ARRAY("
-                "SELECT call_id FROM calls WHERE call_id < $1 "
-                "LIMIT $2 FOR UPDATE SKIP LOCKED))",
-                snowflake_floor(now - CALL_RETENTION), limit,
-            ))
-
-        gone = _rowcount(await self._retry(bindings))
-        await self._retry(signatures)
-        await self._retry(calls)
+        gone = _rowcount(await self._retry(
+            batch("bindings", "seq", "expire_at > 0 AND expire_at <= $1", now)))
+        await self._retry(batch("signatures", "key", "expires_at <= $1", now))
+        # callIds sort by time: the primary key finds the old ones.
+        await self._retry(batch("calls", "call_id", "call_id < $1",
+                                snowflake_floor(now - CALL_RETENTION)))
         return gone
 
     # --- call records and the outbox -------------------------------------------------------
