@@ -35,15 +35,18 @@ from .wire import (
 
 log = logging.getLogger("pns.api")
 
-MAX_BODY = 64 * 1024
 REQUIRED_HEADERS = ("accesskey", "action", "biztype", "ts", "sign")
 _HEADER_NAMES = {"accesskey": "accessKey", "biztype": "bizType"}
 _encode = msgspec.json.Encoder().encode
 
-Handler = Callable[["Api", Account, bytes, int], Awaitable[dict[str, Any] | None]]
+Handler = Callable[["Api", Account, Any, int], Awaitable[dict[str, Any] | None]]
 
 
 class Action(NamedTuple):
+    """An action: the body it takes (decoded before the handler runs; also what /openapi.json
+    describes), its handler, who may call it, and whether it changes state (replay guard)."""
+
+    body: type[msgspec.Struct]
     handler: Handler
     roles: frozenset[Role]
     changes_state: bool
@@ -133,12 +136,11 @@ class Api:
             expires_at = int(now) + 2 * TS_WINDOW_MS // 1000 + 1
             if not await self.service.store.claim_signature(key, expires_at, int(now)):
                 raise PnsError(Code.REPLAYED)
-        return await action.handler(self, account, body, int(now))
+        return await action.handler(self, account, decode(body, action.body), int(now))
 
 
 # --- actions --------------------------------------------------------------------------------
-async def _bind_axb(api: Api, account: Account, body: bytes, now: int) -> dict[str, Any]:
-    req: BindAXBBody = decode(body, BindAXBBody)
+async def _bind_axb(api: Api, account: Account, req: BindAXBBody, now: int) -> dict[str, Any]:
     binding = await api.service.bind_axb(
         account, req.phoneA, req.phoneB,
         expire_second=int_field(req.expireSecond, "expireSecond", required=True),
@@ -148,8 +150,8 @@ async def _bind_axb(api: Api, account: Account, body: bytes, now: int) -> dict[s
     return {"bindId": binding.bind_id, "did": binding.x, "expireAt": binding.expire_at}
 
 
-async def _bind_extension(api: Api, account: Account, body: bytes, now: int) -> dict[str, Any]:
-    req: BindExtensionBody = decode(body, BindExtensionBody)
+async def _bind_extension(api: Api, account: Account, req: BindExtensionBody,
+                          now: int) -> dict[str, Any]:
     binding = await api.service.bind_extension(
         account, req.phoneA, req.phoneX,
         expire_second=int_field(req.expireSecond, "expireSecond", required=True),
@@ -161,22 +163,19 @@ async def _bind_extension(api: Api, account: Account, body: bytes, now: int) -> 
             "expireAt": binding.expire_at}
 
 
-async def _unbind(api: Api, account: Account, body: bytes, now: int) -> None:
-    req: UnbindBody = decode(body, UnbindBody)
+async def _unbind(api: Api, account: Account, req: UnbindBody, now: int) -> None:
     await api.service.unbind(account, req.bindId, req.customerBindId, now)
     return None
 
 
-async def _list(api: Api, account: Account, body: bytes, now: int) -> dict[str, Any]:
-    req: ListBody = decode(body, ListBody)
+async def _list(api: Api, account: Account, req: ListBody, now: int) -> dict[str, Any]:
     limit = int_field(req.limit, "limit", required=False, code=Code.LIMIT_OUT_OF_RANGE)
     offset = int_field(req.offset, "offset", required=False, code=Code.OFFSET_OUT_OF_RANGE)
     bindings, total = await api.service.list_bindings(account, limit, offset, now)
     return {"bindList": [binding_item(b) for b in bindings], "total": total}
 
 
-async def _query(api: Api, account: Account, body: bytes, now: int) -> dict[str, Any]:
-    req: QueryBody = decode(body, QueryBody)
+async def _query(api: Api, account: Account, req: QueryBody, now: int) -> dict[str, Any]:
     answer = await api.service.query(account, req.caller, req.did, req.extension or None, now)
     return query_data(answer)
 
@@ -197,14 +196,13 @@ def query_data(answer: QueryAnswer) -> dict[str, Any]:
     return data
 
 
-async def _report_call(api: Api, account: Account, body: bytes, now: int) -> dict[str, Any]:
-    report: CallReport = decode(body, CallReport)
+async def _report_call(api: Api, account: Account, report: CallReport, now: int) -> dict[str, Any]:
     record = await api.service.report_call(report, now)
     return {"id": record.id, "callId": record.call_id}
 
 
-async def _call_records(api: Api, account: Account, body: bytes, now: int) -> dict[str, Any]:
-    req: CallRecordsBody = decode(body, CallRecordsBody)
+async def _call_records(api: Api, account: Account, req: CallRecordsBody,
+                        now: int) -> dict[str, Any]:
     records, total = await api.service.list_call_records(
         account,
         start_from=int_field(req.startTime, "startTime", required=False),
@@ -216,8 +214,7 @@ async def _call_records(api: Api, account: Account, body: bytes, now: int) -> di
     return {"records": [record_fields(r) for r in records], "total": total}
 
 
-async def _redeliver(api: Api, account: Account, body: bytes, now: int) -> dict[str, Any]:
-    req: RedeliverBody = decode(body, RedeliverBody)
+async def _redeliver(api: Api, account: Account, req: RedeliverBody, now: int) -> dict[str, Any]:
     return {"eventId": await api.service.redeliver(account, req.callId, now)}
 
 
@@ -226,12 +223,12 @@ _SWITCH = frozenset({Role.SWITCH})
 _ANYONE = frozenset({Role.CUSTOMER, Role.SWITCH})
 
 ACTIONS: dict[str, Action] = {
-    "bindAXB": Action(_bind_axb, _CUSTOMER, True),
-    "bindAXBExtension": Action(_bind_extension, _CUSTOMER, True),
-    "unbindAXB": Action(_unbind, _CUSTOMER, True),
-    "getAXBList": Action(_list, _CUSTOMER, False),
-    "queryAXB": Action(_query, _ANYONE, False),
-    "reportCall": Action(_report_call, _SWITCH, True),
-    "getCallRecords": Action(_call_records, _CUSTOMER, False),
-    "redeliverCallRecord": Action(_redeliver, _CUSTOMER, True),
+    "bindAXB": Action(BindAXBBody, _bind_axb, _CUSTOMER, True),
+    "bindAXBExtension": Action(BindExtensionBody, _bind_extension, _CUSTOMER, True),
+    "unbindAXB": Action(UnbindBody, _unbind, _CUSTOMER, True),
+    "getAXBList": Action(ListBody, _list, _CUSTOMER, False),
+    "queryAXB": Action(QueryBody, _query, _ANYONE, False),
+    "reportCall": Action(CallReport, _report_call, _SWITCH, True),
+    "getCallRecords": Action(CallRecordsBody, _call_records, _CUSTOMER, False),
+    "redeliverCallRecord": Action(RedeliverBody, _redeliver, _CUSTOMER, True),
 }

@@ -12,28 +12,8 @@ from typing import Any
 import msgspec
 
 from . import __version__
-from .callbacks import CallReport
+from .api import ACTIONS
 from .errors import DEFAULT_MSG
-from .wire import (
-    BindAXBBody,
-    BindExtensionBody,
-    CallRecordsBody,
-    ListBody,
-    QueryBody,
-    RedeliverBody,
-    UnbindBody,
-)
-
-_BODIES: dict[str, type[msgspec.Struct]] = {
-    "bindAXB": BindAXBBody,
-    "bindAXBExtension": BindExtensionBody,
-    "unbindAXB": UnbindBody,
-    "getAXBList": ListBody,
-    "queryAXB": QueryBody,
-    "reportCall": CallReport,
-    "getCallRecords": CallRecordsBody,
-    "redeliverCallRecord": RedeliverBody,
-}
 
 _SUMMARIES = {
     "bindAXB": "Bind A and B to a virtual number X chosen from the account's pool",
@@ -69,7 +49,7 @@ def _envelope_schema() -> dict[str, Any]:
 
 def build_openapi() -> dict[str, Any]:
     (schemas, components) = msgspec.json.schema_components(
-        list(_BODIES.values()), ref_template="#/components/schemas/{name}")
+        list(a.body for a in ACTIONS.values()), ref_template="#/components/schemas/{name}")
     envelope = {"$ref": "#/components/schemas/Envelope"}
     parameters = [
         {"name": name, "in": "header", "required": True, "description": text,
@@ -77,7 +57,7 @@ def build_openapi() -> dict[str, Any]:
         for name, text in _HEADERS
     ]
     paths: dict[str, Any] = {}
-    for (action, _), schema in zip(_BODIES.items(), schemas, strict=True):
+    for (action, _), schema in zip(ACTIONS.items(), schemas, strict=True):
         paths[f"/api/pns/{action}"] = {"post": {
             "operationId": action,
             "summary": _SUMMARIES[action],
