@@ -81,6 +81,7 @@ class Route(NamedTuple):
     writes: bool
     summary: str
     body: type[msgspec.Struct] | None = None
+    query: tuple[str, ...] = ()
 
 
 def _decode(body: bytes, shape: type[msgspec.Struct]) -> Any:
@@ -259,11 +260,12 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "accounts/{accessKey}/rotate-secret", _rotate_secret, True,
           "A new accessSecret; the old one works for graceSeconds more", RotateSecretBody),
     Route("GET", "numbers", _numbers, False,
-          "Virtual numbers with owner and active bindings (?account=)"),
+          "Virtual numbers with owner and active bindings (?account=)", query=("account",)),
     Route("POST", "numbers", _add_numbers, True, "Give numbers to a customer account",
           AddNumbersBody),
     Route("POST", "numbers/import", _import_numbers, True,
-          "Import a text file, one number a line (?account=); all or nothing"),
+          "Import a text file, one number a line (?account=); all or nothing",
+          query=("account",)),
     Route("POST", "numbers/disable", _numbers_change(False), True,
           "Disable numbers: no new bindings on them", NumbersBody),
     Route("POST", "numbers/enable", _numbers_change(True), True, "Enable numbers again",
@@ -273,21 +275,25 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "numbers/remove", _remove_numbers, True,
           "Remove numbers (force ends their bindings)", NumbersBody),
     Route("GET", "bindings", _bindings, False,
-          "Active bindings by number (X or party), bindId or customerBindId; parties masked"),
+          "Active bindings by number (X or party), bindId or customerBindId; parties masked",
+          query=("number", "bindId", "customerBindId", "account")),
     Route("DELETE", "bindings/{bindId}", _unbind, True, "End a binding now"),
     Route("POST", "bindings/{bindId}/reveal", _reveal_binding, True,
           "The binding with its parties' real numbers (admins only; audited)"),
     Route("GET", "records", _records, False,
-          "An account's call records by time (?account=&from=&to=), with delivery state"),
+          "An account's call records by time (?account=&from=&to=), with delivery state",
+          query=("account", "from", "to", "limit", "offset")),
     Route("POST", "records/{callId}/redeliver", _redeliver, True,
           "Queue one more delivery of a call record", RecordBody),
     Route("POST", "records/{callId}/reveal", _reveal_record, True,
           "The record with the parties' real numbers (admins only; audited)", RecordBody),
     Route("GET", "deliveries", _deliveries, False,
-          "Callback events by state (?state=failed|pending|delivered&account=)"),
+          "Callback events by state (?state=failed|pending|delivered&account=)",
+          query=("state", "account", "limit")),
     Route("POST", "deliveries/{eventId}/retry", _retry, True,
           "Deliver an undelivered event again, from now"),
-    Route("GET", "audit", _audit, False, "What operators changed or revealed, newest first"),
+    Route("GET", "audit", _audit, False, "What operators changed or revealed, newest first",
+          query=("limit",)),
 )
 
 
