@@ -1,0 +1,303 @@
+"""The console in a real browser: Debian's Chromium, headless, driven by Selenium through the
+system chromedriver (no browser download). Each page is screenshotted into a temporary folder;
+with ``PNS_SCREENSHOTS=DIR`` the overview and the bindings search are also copied there (that is
+how ``docs/img/`` is made).
+
+Without Chromium the tests are skipped on a developer's machine and fail in CI (``CI=true``):
+``scripts/system-deps`` installs it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from pns.model import Role
+
+from ..conftest import Server, Tenant, cli_json, create_tenant, unique_hk
+from ..test_callrecords import Receiver
+
+CHROMIUM = os.environ.get("PNS_CHROMIUM", "/usr/bin/chromium")
+CHROMEDRIVER = os.environ.get("PNS_CHROMEDRIVER", "/usr/bin/chromedriver")
+
+
+def _require_browser() -> None:
+    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not os.access(p, os.X_OK)]
+    if not missing:
+        return
+    message = f"{', '.join(missing)} missing: run scripts/system-deps"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+class Scene:
+    """A server with two customers, a switch, bindings, a delivered call record, and an admin
+    and a viewer operator."""
+
+    def __init__(self, server: Server, receiver: Receiver):
+        self.server = server
+        self.receiver = receiver
+        url = server.store_url
+        self.admin_token = str(cli_json("operator", "create", "--name", "alice",
+                                        "--store", url)["token"])
+        self.viewer_token = str(cli_json("operator", "create", "--name", "victor", "--role",
+                                         "viewer", "--store", url)["token"])
+        self.rides = create_tenant(url, Role.CUSTOMER, numbers=5, callback_url=receiver.url)
+        self.shop = create_tenant(url, Role.CUSTOMER, numbers=3)
+        self.switch = create_tenant(url, Role.SWITCH)
+        self.rename(self.rides, "acme-rides")
+        self.rename(self.shop, "shopfast")
+        rides = server.client(self.rides)
+        self.driver_a = unique_hk("1")
+        self.riders = [unique_hk("2") for _ in range(4)]
+        self.bindings = [rides.bind_axb(self.driver_a, rider, expire_second=3600,
+                                        customerBindId=f"trip-{i}")["data"]
+                         for i, rider in enumerate(self.riders)]
+        shop = server.client(self.shop)
+        for _ in range(2):
+            assert shop.bind_axb(unique_hk("1"), unique_hk("2"))["code"] == 0
+        assert shop.bind_axb("", "")["code"] != 0  # an error, for the chart
+        first = self.bindings[0]
+        switch = server.client(self.switch)
+        self.call_id = switch.query(self.riders[0], first["did"])["data"]["callId"]
+        now = int(time.time())
+        assert switch.report_call(self.call_id, startAt=now - 95, ringAt=now - 93,
+                                  answerAt=now - 88, hangupAt=now - 20,
+                                  hangupCause="NORMAL_CLEARING")["code"] == 0
+        receiver.wait_for(1)
+
+    def rename(self, tenant: Tenant, name: str) -> None:
+        import asyncio
+
+        from pns.store import open_store
+
+        async def run() -> None:
+            store = await open_store(self.server.store_url)
+            try:
+                assert hasattr(store, "_conn")
+                store._conn.execute("UPDATE accounts SET name = ? WHERE id = ?",
+                                    (name, tenant.account_id))
+            finally:
+                await store.close()
+
+        asyncio.run(run())
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scene]:
+    _require_browser()
+    receiver = Receiver()
+    server = Server(f"sqlite:///{tmp_path_factory.mktemp('console')}/pns.db")
+    try:
+        yield Scene(server, receiver)
+    finally:
+        server.stop()
+        receiver.stop()
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("screenshots")
+
+
+@pytest.fixture(scope="module")
+def browser(scene: Scene) -> Iterator[Any]:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
+                     "--disable-gpu", "--window-size=1440,1000", "--lang=en-US"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    driver.implicitly_wait(3)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def shoot(driver: Any, shots: Path, name: str, keep: bool = False) -> Path:
+    """Screenshot the whole page: the viewport is made as tall as the page first."""
+    height = driver.execute_script("return document.documentElement.scrollHeight")
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+        "width": 1440, "height": max(600, min(int(height), 3000)), "deviceScaleFactor": 1,
+        "mobile": False})
+    path = shots / f"{name}.png"
+    try:
+        assert driver.save_screenshot(str(path))
+    finally:
+        driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+    assert path.stat().st_size > 5000
+    target = os.environ.get("PNS_SCREENSHOTS")
+    if keep and target:
+        Path(target).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, Path(target) / f"console-{name}.png")
+    return path
+
+
+def css(driver: Any, selector: str) -> list[Any]:
+    from selenium.webdriver.common.by import By
+
+    return list(driver.find_elements(By.CSS_SELECTOR, selector))
+
+
+def log_in(driver: Any, scene: Scene, token: str) -> None:
+    driver.delete_all_cookies()
+    driver.get(scene.server.url + "/console/login")
+    css(driver, "#token")[0].send_keys(token)
+    css(driver, "#login")[0].click()
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, 10).until(lambda d: css(d, "#operator") or css(d, "#login-error"))
+
+
+def accept_confirm(driver: Any) -> None:
+    """console.js asks before destructive actions: proof that it loaded under the CSP."""
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, 5).until(expected_conditions.alert_is_present())
+    driver.switch_to.alert.accept()
+
+
+def test_a_wrong_token_is_refused(browser: Any, scene: Scene, shots: Path) -> None:
+    log_in(browser, scene, "pnsop_not-a-real-token")
+    assert browser.current_url.endswith("/console/login")
+    assert "not valid" in css(browser, "#login-error")[0].text
+    assert not css(browser, "#operator")
+    assert browser.get_cookie("pns_session") is None
+    shoot(browser, shots, "login-refused")
+
+
+def test_log_in_and_the_overview_shows_the_pools(browser: Any, scene: Scene,
+                                                 shots: Path) -> None:
+    log_in(browser, scene, scene.admin_token)
+    assert browser.current_url.endswith("/console/")
+    assert "alice" in css(browser, "#operator")[0].text
+    cookie = browser.get_cookie("pns_session")
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    rows = css(browser, "#pools tr.pool")
+    text = " ".join(row.text for row in rows)
+    assert "acme-rides" in text and "shopfast" in text
+    rides = next(row for row in rows if "acme-rides" in row.text)
+    assert "4/5" in rides.text  # four numbers in use out of five
+    assert len(css(browser, "#pools svg.bar")) == 2 * len(rows)
+    # The rates chart fills in as the background sampler sees the requests.
+    deadline = time.monotonic() + 15
+    while int(css(browser, "#requests-hour")[0].text) == 0:
+        assert time.monotonic() < deadline, "the rate chart never saw a request"
+        time.sleep(1)
+        browser.refresh()
+    assert css(browser, "svg#rates rect[fill='#2e86de']")
+    assert css(browser, "svg#rates rect[fill='#c0392b']")  # the refused bind
+    shoot(browser, shots, "overview", keep=True)
+
+
+def test_find_a_binding_and_unbind_it(browser: Any, scene: Scene, shots: Path) -> None:
+    log_in(browser, scene, scene.admin_token)
+    browser.get(scene.server.url + "/console/bindings")
+    css(browser, "#search-number")[0].send_keys(scene.driver_a)
+    css(browser, "#search-button")[0].click()
+    assert f"number={scene.driver_a}" in browser.current_url
+    rows = css(browser, "#bindings tr.binding")
+    assert len(rows) == 4
+    # The number searched for is the operator's own input; the other parties stay masked.
+    assert all(rider not in browser.page_source for rider in scene.riders)
+    assert scene.driver_a[-4:] in rows[0].text
+    shoot(browser, shots, "bindings", keep=True)
+
+    target = scene.bindings[3]["bindId"]
+    row = next(r for r in rows if r.get_attribute("data-bind-id") == target)
+    row.find_element("css selector", "button.unbind").click()
+    accept_confirm(browser)
+    assert "The binding was ended." in css(browser, "#notice")[0].text
+    assert len(css(browser, "#bindings tr.binding")) == 3
+    listed = scene.server.client(scene.rides).list_bindings()["data"]["bindList"]
+    assert target not in {b["bindId"] for b in listed}
+
+    # The console's own path to a number's bindings.
+    browser.get(scene.server.url + f"/console/bindings?number={scene.bindings[0]['did']}")
+    assert scene.bindings[0]["bindId"] in browser.page_source
+
+
+def test_reveal_a_party_is_logged(browser: Any, scene: Scene, shots: Path) -> None:
+    log_in(browser, scene, scene.admin_token)
+    first = scene.bindings[0]
+    browser.get(scene.server.url + f"/console/bindings?bindId={first['bindId']}")
+    css(browser, "#bindings button.reveal")[0].click()
+    assert css(browser, "#revealed-a")[0].text == scene.driver_a
+    assert css(browser, "#revealed-b")[0].text == scene.riders[0]
+    browser.get(scene.server.url + "/console/audit")
+    assert any("binding.reveal" in row.text and first["bindId"] in row.text
+               for row in css(browser, "#audit tr"))
+    assert "operator=alice action=binding.reveal" not in scene.server.log_text() or \
+        scene.driver_a not in scene.server.log_text()
+    shoot(browser, shots, "audit")
+
+
+def test_redeliver_a_record(browser: Any, scene: Scene, shots: Path) -> None:
+    log_in(browser, scene, scene.admin_token)
+    browser.get(scene.server.url + f"/console/records?account={scene.rides.access_key}")
+    rows = css(browser, "#records tr.record")
+    assert [r.get_attribute("data-call-id") for r in rows] == [scene.call_id]
+    assert "delivered" in rows[0].find_element("css selector", "td.delivery").text
+    assert scene.riders[0] not in browser.page_source  # the caller is masked
+    shoot(browser, shots, "records")
+    rows[0].find_element("css selector", "button.redeliver").click()
+    assert "queued" in css(browser, "#notice")[0].text
+    scene.receiver.wait_for(2)
+    assert [b["callId"] for b in scene.receiver.bodies()] == [scene.call_id] * 2
+
+
+def test_the_other_pages(browser: Any, scene: Scene, shots: Path) -> None:
+    log_in(browser, scene, scene.admin_token)
+    browser.get(scene.server.url + "/console/accounts")
+    css(browser, "#new-account-name")[0].send_keys("console-made")
+    css(browser, "#create-account")[0].click()
+    key = css(browser, "#secret-key")[0].text
+    assert re.fullmatch(r"[a-z0-9]{16}", key) and css(browser, "#secret-value")[0].text
+    assert "console-made" in css(browser, "#accounts")[0].text
+    shoot(browser, shots, "accounts")
+
+    browser.get(scene.server.url + f"/console/numbers?account={scene.shop.access_key}")
+    x = unique_hk("5")
+    css(browser, "#numbers-text")[0].send_keys(x)
+    css(browser, "button[value='add']")[0].click()
+    assert "added" in css(browser, "#notice")[0].text
+    assert x in css(browser, "#numbers")[0].text
+    shoot(browser, shots, "numbers")
+
+    browser.get(scene.server.url + "/console/deliveries?state=delivered")
+    assert css(browser, "#deliveries tr.event")
+    shoot(browser, shots, "deliveries")
+
+
+def test_a_viewer_cannot_write(browser: Any, scene: Scene, shots: Path) -> None:
+    log_in(browser, scene, scene.viewer_token)
+    assert "victor" in css(browser, "#operator")[0].text
+    first = scene.bindings[0]
+    browser.get(scene.server.url + f"/console/bindings?number={scene.driver_a}")
+    assert css(browser, "#bindings tr.binding")
+    assert not css(browser, "button.unbind") and not css(browser, "button.reveal")
+    browser.get(scene.server.url + "/console/accounts")
+    assert not css(browser, "#create-account")
+    shoot(browser, shots, "viewer-accounts")
+    # Posting anyway, with the viewer's own session and CSRF token, is refused.
+    csrf = css(browser, "form.who input[name='csrf']")[0].get_attribute("value")
+    session = browser.get_cookie("pns_session")["value"]
+    answer = httpx.post(scene.server.url + f"/console/bindings/{first['bindId']}/unbind",
+                        data={"csrf": csrf}, cookies={"pns_session": session})
+    assert answer.status_code == 403 and "viewer" in answer.text
+    listed = scene.server.client(scene.rides).list_bindings()["data"]["bindList"]
+    assert first["bindId"] in {b["bindId"] for b in listed}
