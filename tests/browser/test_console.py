@@ -129,16 +129,17 @@ def browser(scene: Scene) -> Iterator[Any]:
 
 def shoot(driver: Any, shots: Path, name: str, keep: bool = False) -> Path:
     """Screenshot the whole page: the viewport is made as tall as the page first."""
-    height = driver.execute_script("return document.documentElement.scrollHeight")
+    height = driver.execute_script(
+        "return Math.ceil(document.querySelector('main').getBoundingClientRect().bottom)")
     driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
-        "width": 1440, "height": max(600, min(int(height), 3000)), "deviceScaleFactor": 1,
+        "width": 1440, "height": max(360, min(int(height) + 16, 3000)), "deviceScaleFactor": 1,
         "mobile": False})
     path = shots / f"{name}.png"
     try:
         assert driver.save_screenshot(str(path))
     finally:
         driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
-    assert path.stat().st_size > 5000
+    assert path.stat().st_size > 4000
     target = os.environ.get("PNS_SCREENSHOTS")
     if keep and target:
         Path(target).mkdir(parents=True, exist_ok=True)
