@@ -548,6 +548,20 @@ def test_every_form_is_refused_without_its_csrf_token(admin_server: Server, admi
     assert client.list_bindings()["data"]["total"] == 0
 
 
+def test_the_redirect_after_a_form_stays_on_the_console(admin_server: Server, admin: Admin,
+                                                        tenant: Tenant) -> None:
+    browser = Browser(admin_server)
+    assert browser.login(admin.token).status_code == 303
+    hostile = ["https://evil.example/", "//evil.example/console/", "/console/\r\nSet-Cookie: x=1",
+               "/console/x y", "/console/\u00e9", "/elsewhere"]
+    for target in hostile:
+        answer = browser.http.post(f"/console/accounts/{tenant.access_key}/enable",
+                                   data={"csrf": browser.csrf(), "next": target})
+        assert answer.status_code == 303
+        assert answer.headers["location"] == "/console/?notice=account-updated"
+        assert "x=1" not in answer.headers.get("set-cookie", "")
+
+
 def test_a_viewer_session_cannot_post(admin_server: Server, viewer: Admin,
                                       tenant: Tenant) -> None:
     client = admin_server.client(tenant)

@@ -83,8 +83,10 @@ def _load_static() -> dict[str, tuple[bytes, str]]:
 
 
 def _safe_next(target: str, default: str) -> str:
-    """Only back to a console page of this site: never an open redirect."""
-    if target.startswith("/console/") and "//" not in target and "\\" not in target:
+    """Only back to a console page of this site: never an open redirect, and nothing that
+    could end the Location header (no controls, spaces or non-ASCII)."""
+    if (target.startswith("/console/") and "//" not in target and "\\" not in target
+            and target.isascii() and target.isprintable() and " " not in target):
         return target
     return default
 
