@@ -261,27 +261,134 @@ def test_redeliver_a_record(browser: Any, scene: Scene, shots: Path) -> None:
     assert [b["callId"] for b in scene.receiver.bodies()] == [scene.call_id] * 2
 
 
-def test_the_other_pages(browser: Any, scene: Scene, shots: Path) -> None:
+def row_with(driver: Any, table: str, text: str) -> Any:
+    rows = [row for row in css(driver, f"#{table} tbody tr") if text in row.text
+            or text in row.get_attribute("innerHTML")]
+    assert len(rows) == 1, f"{len(rows)} rows of #{table} hold {text!r}"
+    return rows[0]
+
+
+def test_accounts_create_settings_rotate_disable(browser: Any, scene: Scene,
+                                                  shots: Path) -> None:
     log_in(browser, scene, scene.admin_token)
     browser.get(scene.server.url + "/console/accounts")
     css(browser, "#new-account-name")[0].send_keys("console-made")
     css(browser, "#create-account")[0].click()
     key = css(browser, "#secret-key")[0].text
-    assert re.fullmatch(r"[a-z0-9]{16}", key) and css(browser, "#secret-value")[0].text
-    assert "console-made" in css(browser, "#accounts")[0].text
+    secret = css(browser, "#secret-value")[0].text
+    assert re.fullmatch(r"[a-z0-9]{16}", key) and secret
+    made = Tenant(key, secret, 0, [])
+    assert scene.server.client(made).list_bindings()["code"] == 0
     shoot(browser, shots, "accounts")
 
+    row = row_with(browser, "accounts", key)
+    row.find_element("css selector", "input[name='callbackUrl']").send_keys(
+        "https://hooks.example/cdr")
+    row.find_element("css selector", "input[name='audioWhenCallFail']").send_keys("sorry.wav")
+    row.find_element("css selector", "form.settings button").click()
+    assert "updated" in css(browser, "#notice")[0].text
+    row = row_with(browser, "accounts", key)
+    assert row.find_element("css selector", "input[name='callbackUrl']").get_attribute(
+        "value") == "https://hooks.example/cdr"
+
+    row.find_element("xpath", ".//button[text()='Rotate secret']").click()
+    accept_confirm(browser)
+    rotated = css(browser, "#secret-value")[0].text
+    assert rotated and rotated != secret
+    assert scene.server.client(Tenant(key, rotated, 0, [])).list_bindings()["code"] == 0
+
+    row_with(browser, "accounts", key).find_element(
+        "xpath", ".//button[text()='Disable']").click()
+    accept_confirm(browser)
+    assert "disabled" in row_with(browser, "accounts", key).text
+    deadline = time.monotonic() + 10
+    while scene.server.client(Tenant(key, rotated, 0, [])).list_bindings()["code"] != 1005:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+
+
+def test_numbers_import_disable_move_remove(browser: Any, scene: Scene, shots: Path,
+                                            tmp_path: Path) -> None:
+    log_in(browser, scene, scene.admin_token)
     browser.get(scene.server.url + f"/console/numbers?account={scene.shop.access_key}")
-    x = unique_hk("5")
-    css(browser, "#numbers-text")[0].send_keys(x)
+    x, y = unique_hk("5"), unique_hk("5")
+    numbers_file = tmp_path / "numbers.txt"
+    numbers_file.write_text(f"{x}\n{y}\n")
+    css(browser, "#numbers-file")[0].send_keys(str(numbers_file))  # console.js reads it in
+    deadline = time.monotonic() + 5
+    while x not in css(browser, "#numbers-text")[0].get_attribute("value"):
+        assert time.monotonic() < deadline, "the file was not read into the box"
+        time.sleep(0.1)
     css(browser, "button[value='add']")[0].click()
     assert "added" in css(browser, "#notice")[0].text
-    assert x in css(browser, "#numbers")[0].text
+    assert x in css(browser, "#numbers")[0].text and y in css(browser, "#numbers")[0].text
     shoot(browser, shots, "numbers")
 
-    browser.get(scene.server.url + "/console/deliveries?state=delivered")
-    assert css(browser, "#deliveries tr.event")
+    def act(op: str, number: str, confirm: bool = False) -> None:
+        box = css(browser, "#numbers-text")[0]
+        box.clear()
+        box.send_keys(number)
+        css(browser, f"button[value='{op}']")[0].click()
+        if confirm:
+            accept_confirm(browser)
+
+    act("disable", x)
+    assert "disabled" in row_with(browser, "numbers", x).text
+    from selenium.webdriver.support.ui import Select
+
+    Select(css(browser, "#numbers-account")[0]).select_by_value(scene.rides.access_key)
+    act("move", y)
+    assert "moved" in css(browser, "#notice")[0].text
+    browser.get(scene.server.url + f"/console/numbers?account={scene.rides.access_key}")
+    assert y in css(browser, "#numbers")[0].text
+    act("remove", x, confirm=True)
+    assert "removed" in css(browser, "#notice")[0].text
+    browser.get(scene.server.url + "/console/numbers")
+    assert x not in css(browser, "#numbers")[0].text
+
+
+def test_find_by_customer_bind_id_and_filter_records(browser: Any, scene: Scene) -> None:
+    log_in(browser, scene, scene.admin_token)
+    browser.get(scene.server.url + "/console/bindings?customerBindId=trip-1")
+    rows = css(browser, "#bindings tr.binding")
+    assert [r.get_attribute("data-bind-id") for r in rows] == [scene.bindings[1]["bindId"]]
+    browser.get(scene.server.url + f"/console/records?account={scene.rides.access_key}"
+                "&from=2099-01-01T00:00")
+    assert not css(browser, "#records tr.record")
+    assert "No records in this range" in css(browser, "#records")[0].text
+
+
+def test_retry_a_failed_delivery(browser: Any, scene: Scene, shots: Path) -> None:
+    import asyncio
+
+    from pns.model import EventState, OutboxEvent
+    from pns.store import open_store
+
+    event_id = f"failed-{time.time_ns()}"
+
+    async def fail_one() -> None:
+        store = await open_store(scene.server.store_url)
+        try:
+            now = int(time.time())
+            await store.enqueue_event(OutboxEvent(
+                event_id=event_id, account_id=scene.rides.account_id, kind="callRecord",
+                body=b'{"callId":"0"}', created_at=now - 90000, next_attempt_at=now + 10**6,
+                call_id="0"))
+            await store.finish_event(event_id, EventState.FAILED, 14, now, "HTTP 503", now)
+        finally:
+            await store.close()
+
+    asyncio.run(fail_one())
+    before = len(scene.receiver.received)
+    log_in(browser, scene, scene.admin_token)
+    browser.get(scene.server.url + "/console/deliveries?state=failed")
+    row = row_with(browser, "deliveries", event_id)
+    assert "HTTP 503" in row.text
     shoot(browser, shots, "deliveries")
+    row.find_element("css selector", "button.retry").click()
+    assert "delivered again" in css(browser, "#notice")[0].text
+    scene.receiver.wait_for(before + 1)
+    assert scene.receiver.received[-1][0]["X-PNS-Event-Id"] == event_id
 
 
 def test_a_viewer_cannot_write(browser: Any, scene: Scene, shots: Path) -> None:
