@@ -51,11 +51,9 @@ class Scene:
                                         "--store", url)["token"])
         self.viewer_token = str(cli_json("operator", "create", "--name", "victor", "--role",
                                          "viewer", "--store", url)["token"])
-        self.rides = create_tenant(url, Role.CUSTOMER, numbers=5, callback_url=receiver.url)
-        self.shop = create_tenant(url, Role.CUSTOMER, numbers=3)
+        self.rides = self.customer("acme-rides", 5, callback_url=receiver.url)
+        self.shop = self.customer("shopfast", 3)
         self.switch = create_tenant(url, Role.SWITCH)
-        self.rename(self.rides, "acme-rides")
-        self.rename(self.shop, "shopfast")
         rides = server.client(self.rides)
         self.driver_a = unique_hk("1")
         self.riders = [unique_hk("2") for _ in range(4)]
@@ -75,21 +73,18 @@ class Scene:
                                   hangupCause="NORMAL_CLEARING")["code"] == 0
         receiver.wait_for(1)
 
-    def rename(self, tenant: Tenant, name: str) -> None:
-        import asyncio
-
-        from pns.store import open_store
-
-        async def run() -> None:
-            store = await open_store(self.server.store_url)
-            try:
-                assert hasattr(store, "_conn")
-                store._conn.execute("UPDATE accounts SET name = ? WHERE id = ?",
-                                    (name, tenant.account_id))
-            finally:
-                await store.close()
-
-        asyncio.run(run())
+    def customer(self, name: str, numbers: int, callback_url: str = "") -> Tenant:
+        """An account made as an operator would: through the admin API."""
+        api = httpx.Client(base_url=self.server.url + "/admin/api/",
+                           headers={"Authorization": f"Bearer {self.admin_token}"})
+        made = api.post("accounts", json={"name": name}).json()
+        xs = [unique_hk("3") for _ in range(numbers)]
+        assert api.post("numbers", json={"account": made["accessKey"], "numbers": xs}
+                        ).json()["added"] == numbers
+        if callback_url:
+            assert api.patch(f"accounts/{made['accessKey']}", json={
+                "callbackUrl": callback_url}).status_code == 200
+        return Tenant(made["accessKey"], made["accessSecret"], made["id"], xs)
 
 
 @pytest.fixture(scope="module")
@@ -163,6 +158,19 @@ def log_in(driver: Any, scene: Scene, token: str) -> None:
     WebDriverWait(driver, 10).until(lambda d: css(d, "#operator") or css(d, "#login-error"))
 
 
+def submit(driver: Any, button: Any, confirm: bool = False) -> None:
+    """Click a button that loads a new page, and wait until the old page is gone (else a
+    lookup may still find the old page's elements)."""
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    old = css(driver, "html")[0]
+    button.click()
+    if confirm:
+        accept_confirm(driver)
+    WebDriverWait(driver, 10).until(expected_conditions.staleness_of(old))
+
+
 def accept_confirm(driver: Any) -> None:
     """console.js asks before destructive actions: proof that it loaded under the CSP."""
     from selenium.webdriver.support import expected_conditions
@@ -209,7 +217,7 @@ def test_find_a_binding_and_unbind_it(browser: Any, scene: Scene, shots: Path) -
     log_in(browser, scene, scene.admin_token)
     browser.get(scene.server.url + "/console/bindings")
     css(browser, "#search-number")[0].send_keys(scene.driver_a)
-    css(browser, "#search-button")[0].click()
+    submit(browser, css(browser, "#search-button")[0])
     assert f"number={scene.driver_a}" in browser.current_url
     rows = css(browser, "#bindings tr.binding")
     assert len(rows) == 4
@@ -220,8 +228,7 @@ def test_find_a_binding_and_unbind_it(browser: Any, scene: Scene, shots: Path) -
 
     target = scene.bindings[3]["bindId"]
     row = next(r for r in rows if r.get_attribute("data-bind-id") == target)
-    row.find_element("css selector", "button.unbind").click()
-    accept_confirm(browser)
+    submit(browser, row.find_element("css selector", "button.unbind"), confirm=True)
     assert "The binding was ended." in css(browser, "#notice")[0].text
     assert len(css(browser, "#bindings tr.binding")) == 3
     listed = scene.server.client(scene.rides).list_bindings()["data"]["bindList"]
@@ -236,7 +243,7 @@ def test_reveal_a_party_is_logged(browser: Any, scene: Scene, shots: Path) -> No
     log_in(browser, scene, scene.admin_token)
     first = scene.bindings[0]
     browser.get(scene.server.url + f"/console/bindings?bindId={first['bindId']}")
-    css(browser, "#bindings button.reveal")[0].click()
+    submit(browser, css(browser, "#bindings button.reveal")[0])
     assert css(browser, "#revealed-a")[0].text == scene.driver_a
     assert css(browser, "#revealed-b")[0].text == scene.riders[0]
     browser.get(scene.server.url + "/console/audit")
@@ -255,7 +262,7 @@ def test_redeliver_a_record(browser: Any, scene: Scene, shots: Path) -> None:
     assert "delivered" in rows[0].find_element("css selector", "td.delivery").text
     assert scene.riders[0] not in browser.page_source  # the caller is masked
     shoot(browser, shots, "records")
-    rows[0].find_element("css selector", "button.redeliver").click()
+    submit(browser, rows[0].find_element("css selector", "button.redeliver"))
     assert "queued" in css(browser, "#notice")[0].text
     scene.receiver.wait_for(2)
     assert [b["callId"] for b in scene.receiver.bodies()] == [scene.call_id] * 2
@@ -273,7 +280,7 @@ def test_accounts_create_settings_rotate_disable(browser: Any, scene: Scene,
     log_in(browser, scene, scene.admin_token)
     browser.get(scene.server.url + "/console/accounts")
     css(browser, "#new-account-name")[0].send_keys("console-made")
-    css(browser, "#create-account")[0].click()
+    submit(browser, css(browser, "#create-account")[0])
     key = css(browser, "#secret-key")[0].text
     secret = css(browser, "#secret-value")[0].text
     assert re.fullmatch(r"[a-z0-9]{16}", key) and secret
@@ -285,21 +292,20 @@ def test_accounts_create_settings_rotate_disable(browser: Any, scene: Scene,
     row.find_element("css selector", "input[name='callbackUrl']").send_keys(
         "https://hooks.example/cdr")
     row.find_element("css selector", "input[name='audioWhenCallFail']").send_keys("sorry.wav")
-    row.find_element("css selector", "form.settings button").click()
+    submit(browser, row.find_element("css selector", "form.settings button"))
     assert "updated" in css(browser, "#notice")[0].text
     row = row_with(browser, "accounts", key)
     assert row.find_element("css selector", "input[name='callbackUrl']").get_attribute(
         "value") == "https://hooks.example/cdr"
 
-    row.find_element("xpath", ".//button[text()='Rotate secret']").click()
-    accept_confirm(browser)
+    submit(browser, row.find_element("xpath", ".//button[text()='Rotate secret']"),
+           confirm=True)
     rotated = css(browser, "#secret-value")[0].text
     assert rotated and rotated != secret
     assert scene.server.client(Tenant(key, rotated, 0, [])).list_bindings()["code"] == 0
 
-    row_with(browser, "accounts", key).find_element(
-        "xpath", ".//button[text()='Disable']").click()
-    accept_confirm(browser)
+    submit(browser, row_with(browser, "accounts", key).find_element(
+        "xpath", ".//button[text()='Disable']"), confirm=True)
     assert "disabled" in row_with(browser, "accounts", key).text
     deadline = time.monotonic() + 10
     while scene.server.client(Tenant(key, rotated, 0, [])).list_bindings()["code"] != 1005:
@@ -319,7 +325,7 @@ def test_numbers_import_disable_move_remove(browser: Any, scene: Scene, shots: P
     while x not in css(browser, "#numbers-text")[0].get_attribute("value"):
         assert time.monotonic() < deadline, "the file was not read into the box"
         time.sleep(0.1)
-    css(browser, "button[value='add']")[0].click()
+    submit(browser, css(browser, "button[value='add']")[0])
     assert "added" in css(browser, "#notice")[0].text
     assert x in css(browser, "#numbers")[0].text and y in css(browser, "#numbers")[0].text
     shoot(browser, shots, "numbers")
@@ -328,9 +334,7 @@ def test_numbers_import_disable_move_remove(browser: Any, scene: Scene, shots: P
         box = css(browser, "#numbers-text")[0]
         box.clear()
         box.send_keys(number)
-        css(browser, f"button[value='{op}']")[0].click()
-        if confirm:
-            accept_confirm(browser)
+        submit(browser, css(browser, f"button[value='{op}']")[0], confirm)
 
     act("disable", x)
     assert "disabled" in row_with(browser, "numbers", x).text
@@ -385,7 +389,7 @@ def test_retry_a_failed_delivery(browser: Any, scene: Scene, shots: Path) -> Non
     row = row_with(browser, "deliveries", event_id)
     assert "HTTP 503" in row.text
     shoot(browser, shots, "deliveries")
-    row.find_element("css selector", "button.retry").click()
+    submit(browser, row.find_element("css selector", "button.retry"))
     assert "delivered again" in css(browser, "#notice")[0].text
     scene.receiver.wait_for(before + 1)
     assert scene.receiver.received[-1][0]["X-PNS-Event-Id"] == event_id
