@@ -350,6 +350,23 @@ def test_bindings_find_reveal_unbind(admin_server: Server, admin: Admin, viewer:
     assert admin.post(f"bindings/{bind_id}/reveal").status_code == 404
 
 
+def test_each_reveal_is_logged_without_the_number(tmp_path: Any) -> None:
+    server = Server(f"sqlite:///{tmp_path}/pns.db", "--log-level", "info")
+    try:
+        admin = Admin(server, make_operator(server))
+        tenant = create_tenant(server.store_url, Role.CUSTOMER, numbers=1)
+        a, b = unique_hk("1"), unique_hk("2")
+        bind_id = server.client(tenant).bind_axb(a, b)["data"]["bindId"]
+        assert admin.post(f"bindings/{bind_id}/reveal").json()["phoneA"] == a
+        name = admin.get("me").json()["name"]
+        wait_until(lambda: f"action=binding.reveal target={bind_id}" in server.log_text())
+        line = next(line for line in server.log_text().splitlines()
+                    if "action=binding.reveal" in line)
+        assert f"operator={name}" in line and a not in line and b not in line
+    finally:
+        server.stop()
+
+
 # --- call records and deliveries -----------------------------------------------------------------
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
