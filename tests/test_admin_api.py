@@ -622,6 +622,20 @@ def test_csp_and_security_headers_on_every_console_page(admin_server: Server,
     assert browser.http.get("/console/static/nothing.js").status_code == 404
 
 
+def test_hostile_names_are_escaped_on_the_page(admin_server: Server, admin: Admin) -> None:
+    hostile = '<script>alert(1)</script>"><img src=x onerror=alert(2)>'
+    made = admin.post("accounts", {"name": hostile})
+    assert made.status_code == 201
+    admin.patch(f"accounts/{made.json()['accessKey']}",
+                {"audioWhenCallFail": '"><b>bold</b>'})
+    browser = Browser(admin_server)
+    assert browser.login(admin.token).status_code == 303
+    for path in ("/console/accounts", "/console/numbers", "/console/records"):
+        page = browser.http.get(path).text
+        assert "<script>alert" not in page and "<img src=x" not in page and "<b>bold" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in browser.http.get("/console/accounts").text
+
+
 def test_login_attempts_are_rate_limited(admin_server: Server, admin: Admin) -> None:
     browser = Browser(admin_server)
     for _ in range(LOGIN_FAILURES):
