@@ -60,7 +60,7 @@ def _head(status: int, content_type: str, length: int, close: bool,
           extra: tuple[tuple[str, str], ...] = ()) -> bytes:
     reason = _REASONS.get(status, "Unknown")
     connection = "Connection: close\r\n" if close else ""
-    more = "".join(f"{name}: {value}\r\n" for name, value in extra)
+    more = "".join(f"{name}: {value}\r\n" for name, value in extra) if extra else ""
     return (
         f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n"
         f"Content-Length: {length}\r\n{more}{connection}\r\n"
