@@ -130,14 +130,32 @@ def main(ctx: click.Context, store_url: str | None) -> None:
               type=click.Choice(["text", "json"]), envvar="PNS_LOG_FORMAT")
 @click.option("--deliver/--no-deliver", default=True, show_default=True,
               help="Run the callback delivery worker in this process.")
+@click.option("--admin/--no-admin", "admin", default=True, show_default=True,
+              help="Serve the admin API (/admin/api/) and the console (/console/).")
+@click.option("--admin-listen", default=None, metavar="HOST:PORT", envvar="PNS_ADMIN_LISTEN",
+              help="Serve the admin API and console on this address only (not on --port).")
+@click.option("--trusted-proxy", "trusted_proxies", multiple=True, metavar="ADDRESS",
+              envvar="PNS_TRUSTED_PROXIES",
+              help="A reverse proxy whose X-Forwarded-Proto/-For the console believes.")
+@click.option("--admin-secure-cookies", is_flag=True, default=False,
+              help="Mark console cookies Secure even without X-Forwarded-Proto (TLS ahead).")
 @_store_option
 @click.pass_context
 def serve(ctx: click.Context, host: str, port: int, workers: int, extension_length: str,
-          log_level: str, log_format: str, deliver: bool, store_url: str | None) -> None:
+          log_level: str, log_format: str, deliver: bool, admin: bool,
+          admin_listen: str | None, trusted_proxies: tuple[str, ...],
+          admin_secure_cookies: bool, store_url: str | None) -> None:
     """Run the API server until SIGTERM/SIGINT (then finish in-flight requests)."""
+    from .admin.front import AdminOptions
     from .logs import configure
     from .serve import install_event_loop, run_server
 
+    admin_options = None
+    if admin:
+        admin_options = AdminOptions(
+            listen=_host_port(admin_listen) if admin_listen else None,
+            trusted_proxies=frozenset(p for each in trusted_proxies for p in each.split()),
+            secure_cookies=admin_secure_cookies)
     url = _store_url(ctx, store_url)
     configure(log_level, log_format)
     if workers > 1:
@@ -148,11 +166,18 @@ def serve(ctx: click.Context, host: str, port: int, workers: int, extension_leng
     try:
         asyncio.run(run_server(url, host, port, settings,
                                reuse_port=os.environ.get("PNS_REUSE_PORT") == "1",
-                               deliver=deliver))
+                               deliver=deliver, admin=admin_options))
     except StoreError as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
         raise click.ClickException(f"cannot serve on {host}:{port}: {exc}") from None
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise click.BadParameter(f"expected HOST:PORT, not {text!r}", param_hint="--admin-listen")
+    return host.strip("[]"), int(port)
 
 
 def _run_workers(workers: int) -> None:
@@ -581,6 +606,58 @@ def bindings_unbind(ctx: click.Context, bind_id: str, store_url: str | None) -> 
     if not _with_store(_store_url(ctx, store_url), lambda s: s.delete_binding(bind_id)):
         raise click.ClickException(f"no binding {bind_id}")
     click.echo(json.dumps({"unbound": bind_id}))
+
+
+# --- operators of the admin API and console ------------------------------------------------------
+@main.group()
+def operator() -> None:
+    """People (and tools) on the admin API and console: admins change, viewers read."""
+
+
+def _operator_json(op: Any) -> dict[str, Any]:
+    return {"name": op.name, "role": op.role.value, "disabled": op.disabled,
+            "createdAt": op.created_at}
+
+
+@operator.command("create")
+@click.option("--name", required=True, help="Letters, digits, _ and -; at most 64.")
+@click.option("--role", type=click.Choice(["admin", "viewer"]), default="admin",
+              show_default=True)
+@_store_option
+@click.pass_context
+def operator_create(ctx: click.Context, name: str, role: str, store_url: str | None) -> None:
+    """Create an operator; prints its token (shown only here, stored hashed)."""
+    from .admin.operators import new_operator, valid_name
+    from .model import OperatorRole
+
+    if not valid_name(name):
+        raise click.BadParameter("use 1 to 64 letters, digits, _ or -", param_hint="--name")
+    op, token = new_operator(name, OperatorRole(role))
+    if not _with_store(_store_url(ctx, store_url), lambda s: s.create_operator(op)):
+        raise click.ClickException(f"an operator named {name} exists already")
+    click.echo(json.dumps({**_operator_json(op), "token": token}))
+
+
+@operator.command("list")
+@_store_option
+@click.pass_context
+def operator_list(ctx: click.Context, store_url: str | None) -> None:
+    """One JSON object per operator (tokens are never shown again)."""
+    for op in _with_store(_store_url(ctx, store_url), lambda s: s.list_operators()):
+        click.echo(json.dumps(_operator_json(op)))
+
+
+@operator.command("disable")
+@click.argument("name")
+@click.option("--enable", is_flag=True, help="Enable the operator again instead.")
+@_store_option
+@click.pass_context
+def operator_disable(ctx: click.Context, name: str, enable: bool, store_url: str | None) -> None:
+    """Disable an operator: its token and its console sessions stop working at once."""
+    if not _with_store(_store_url(ctx, store_url),
+                       lambda s: s.set_operator_disabled(name, not enable)):
+        raise click.ClickException(f"no operator named {name}")
+    click.echo(json.dumps({"name": name, "disabled": not enable}))
 
 
 if __name__ == "__main__":

@@ -58,6 +58,16 @@ class Metrics:
         s[1] += seconds
         s[2][bisect_left(_LATENCY_BUCKETS, seconds)] += 1
 
+    def totals(self) -> tuple[int, int]:
+        """(API requests, those answered with a code other than 0) since the process began:
+        the console samples these into per-minute rates, off the hot path."""
+        requests = errors = 0
+        for (_, code), stats in list(self._stats.items()):
+            requests += stats[0]
+            if code != 0:
+                errors += stats[0]
+        return requests, errors
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
