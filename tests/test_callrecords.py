@@ -2,20 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import signal
+import socket
+import subprocess
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 
+from pns.callbacks import KIND_BINDING_ERROR, new_event
 from pns.client import verify_callback
 from pns.model import Role
+from pns.store import open_store
 
-from .conftest import Server, Tenant, cli, create_tenant, free_port, unique_hk
+from .conftest import Server, Tenant, cli, create_tenant, free_port, pns_command, unique_hk
+from .test_store_conformance import fresh_store_url
+
+__all__ = ["fresh_store_url"]  # the fixture, shared with the conformance suite
 
 FAST_RETRY = {"PNS_CALLBACK_RETRY_FIRST": "1"}
 
@@ -235,3 +245,156 @@ def test_report_joined_by_did_and_caller_when_call_id_unknown(server: Server,
     assert answer["code"] == 0
     record = server.client(customer).call_records()["data"]["records"][0]
     assert (record["caller"], record["callee"], record["bindId"]) == (a, b, bound["bindId"])
+
+
+# --- delivery under load: leases held, one deadline per attempt, a cap per receiver ----------
+class SlowReceiver:
+    """Answers every POST 200 after ``delay`` seconds, counting each event id on arrival."""
+
+    def __init__(self, delay: float):
+        self.arrivals: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                with receiver._lock:
+                    receiver.arrivals[self.headers["X-PNS-Event-Id"]] += 1
+                time.sleep(delay)
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/cdr"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+class DeadReceiver:
+    """Accepts connections and never answers: the worst receiver there is."""
+
+    def __init__(self) -> None:
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(1024)
+        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}/cdr"
+        self.connections: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            self.connections.append(conn)
+
+    def stop(self) -> None:
+        self._sock.close()
+        for conn in self.connections:
+            conn.close()
+
+
+def _enqueue(url: str, account_id: int, n: int, due: int) -> list[str]:
+    async def go() -> list[str]:
+        store = await open_store(url)
+        try:
+            ids = []
+            for i in range(n):
+                event = new_event(account_id, KIND_BINDING_ERROR, {"n": i}, due)
+                await store.enqueue_event(event)
+                ids.append(event.event_id)
+            return ids
+        finally:
+            await store.close()
+
+    return asyncio.run(go())
+
+
+def _states(url: str) -> Counter[str]:
+    async def go() -> Counter[str]:
+        store = await open_store(url)
+        try:
+            return Counter(str(e.state) for e in await store.list_events(None, None, 10_000))
+        finally:
+            await store.close()
+
+    return asyncio.run(go())
+
+
+def _deliverers(url: str, n: int, env: dict[str, str]) -> list[subprocess.Popen[bytes]]:
+    return [subprocess.Popen(pns_command("deliver", "--store", url),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             env={**os.environ, **env}) for _ in range(n)]
+
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_slow_receiver_and_several_deliverers_post_each_event_once(
+        fresh_store_url: str) -> None:
+    """Two ``pns deliver`` processes on one store and a receiver that takes 4.5 s to answer
+    200: every event is POSTed exactly once. (Before: a process leased 100 events, started 32
+    at a time and let the leases of the last ones run out while they waited, so the other
+    process POSTed them again.)"""
+    receiver = SlowReceiver(4.5)
+    tenant = create_tenant(fresh_store_url, callback_url=receiver.url)
+    events = _enqueue(fresh_store_url, tenant.account_id, 120, int(time.time()) - 1)
+    procs = _deliverers(fresh_store_url, 2, {"PNS_CALLBACK_TIMEOUT": "10",
+                                             "PNS_CALLBACK_PER_RECEIVER": "32"})
+    try:
+        deadline = time.monotonic() + 90
+        while _states(fresh_store_url)["delivered"] < len(events):
+            assert time.monotonic() < deadline, _states(fresh_store_url)
+            time.sleep(0.5)
+    finally:
+        _stop(procs)
+        receiver.stop()
+    twice = {event_id: n for event_id, n in receiver.arrivals.items() if n > 1}
+    assert twice == {}, f"{len(twice)} of {len(events)} events were POSTed more than once"
+    assert sorted(receiver.arrivals) == sorted(events)
+
+
+def test_a_dead_receiver_does_not_delay_another_account(fresh_store_url: str) -> None:
+    """Account 1's receiver never answers and has 100 events due first; account 2's one event
+    reaches its healthy receiver while the dead one holds no more than its cap of attempts.
+    (Before: the dead receiver's 100 events held every slot for 4 rounds of 5 s.)"""
+    dead, healthy = DeadReceiver(), SlowReceiver(0)
+    first = create_tenant(fresh_store_url, callback_url=dead.url)
+    second = create_tenant(fresh_store_url, callback_url=healthy.url)
+    now = int(time.time())
+    _enqueue(fresh_store_url, first.account_id, 100, now - 10)
+    (wanted,) = _enqueue(fresh_store_url, second.account_id, 1, now)
+    procs = _deliverers(fresh_store_url, 1, {"PNS_CALLBACK_TIMEOUT": "10",
+                                             "PNS_CALLBACK_PER_RECEIVER": "4"})
+    try:
+        deadline = time.monotonic() + 60
+        while not healthy.arrivals:
+            assert time.monotonic() < deadline, "the healthy receiver never got its event"
+            time.sleep(0.02)
+        attempts_on_dead = len(dead.connections)
+    finally:
+        _stop(procs)
+        dead.stop()
+        healthy.stop()
+    assert list(healthy.arrivals) == [wanted]
+    assert 1 <= attempts_on_dead <= 4, attempts_on_dead

@@ -42,7 +42,14 @@ from ..model import (
     Role,
     VirtualNumber,
 )
-from .base import CALL_RETENTION, BindConflict, ConflictKind, StoreError, summarise_pools
+from .base import (
+    CALL_RETENTION,
+    BindConflict,
+    ConflictKind,
+    Retention,
+    StoreError,
+    summarise_pools,
+)
 from .rows import (
     ACCOUNT_COLUMNS,
     EVENT_COLUMNS,
@@ -56,7 +63,7 @@ from .rows import (
 T = TypeVar("T")
 _log = logging.getLogger("pns.store.postgres")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 DEFAULT_POOL_MIN = 1
 DEFAULT_POOL_MAX = 10
@@ -286,6 +293,20 @@ _MIGRATIONS: list[str] = [
     );
     CREATE INDEX outbox_due ON outbox (next_attempt_at) WHERE state = 'pending';
     CREATE INDEX outbox_created ON outbox (created_at);
+    """,
+    # 3: the lease holder of each outbox event (only it may finish the event); call-record ids
+    # from a sequence, exact in JavaScript (existing records renumbered in their order);
+    # indexes for retention; account secrets sealed (by _seal_plaintext_secrets, in Python).
+    """
+    ALTER TABLE outbox ADD COLUMN lease_owner TEXT NOT NULL DEFAULT '';
+    UPDATE call_records c SET id = n.rn
+        FROM (SELECT id, row_number() OVER (ORDER BY id) AS rn FROM call_records) n
+        WHERE c.id = n.id;
+    CREATE SEQUENCE call_record_ids;
+    SELECT setval('call_record_ids', (SELECT coalesce(max(id), 0) + 1 FROM call_records),
+                  false);
+    CREATE INDEX call_records_reported ON call_records (reported_at);
+    CREATE INDEX outbox_done ON outbox (next_attempt_at) WHERE state <> 'pending';
     """,
 ]
 
@@ -798,6 +819,9 @@ class PostgresStore:
         )
         return CallRef(*row) if row else None
 
+    async def next_call_record_id(self) -> int:
+        return int(await self._pool.fetchval("SELECT nextval('call_record_ids')"))
+
     async def save_call_record(self, record: CallRecord, event: OutboxEvent | None) -> bool:
         values = [getattr(record, field) for field in record.__struct_fields__]
         placeholders = ", ".join(f"${i}" for i in range(1, len(values) + 1))
@@ -851,19 +875,21 @@ class PostgresStore:
         async with self._pool.acquire() as conn:
             await _insert_event(conn, event)
 
-    async def lease_events(self, now: int, limit: int, lease_seconds: int) -> list[OutboxEvent]:
+    async def lease_events(self, now: int, limit: int, lease_seconds: int, *, holder: str,
+                           skip_accounts: Sequence[int] = ()) -> list[OutboxEvent]:
         """One leaser per event across processes: rows another leaser holds are skipped, and a
         row leased meanwhile fails the re-check of ``lease_until``."""
 
         async def work(conn: Any) -> list[Any]:
             return list(await conn.fetch(
-                "UPDATE outbox SET lease_until = $1 WHERE event_id = ANY(ARRAY("
+                "UPDATE outbox SET lease_until = $1, lease_owner = $4 WHERE event_id = ANY(ARRAY("
                 " SELECT event_id FROM outbox WHERE state = 'pending' "
                 " AND next_attempt_at <= $2 AND lease_until <= $2 "
+                " AND NOT (account_id = ANY($5::bigint[])) "
                 " ORDER BY next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED)) "
                 "AND state = 'pending' AND lease_until <= $2 "
                 f"RETURNING {EVENT_COLUMNS}",
-                now + lease_seconds, now, limit,
+                now + lease_seconds, now, limit, holder, list(skip_accounts),
             ))
 
         events = [event_from_row(row) for row in await self._retry(work)]
@@ -872,13 +898,24 @@ class PostgresStore:
 
     async def finish_event(
         self, event_id: str, state: EventState, attempts: int, next_attempt_at: int, error: str,
-        now: int,
-    ) -> None:
+        now: int, *, holder: str,
+    ) -> bool:
+        async def work(conn: Any) -> str:
+            return str(await conn.execute(
+                "UPDATE outbox SET state = $1, attempts = $2, next_attempt_at = $3, "
+                "last_error = $4, lease_until = 0, lease_owner = '' "
+                "WHERE event_id = $5 AND lease_owner = $6 AND state = 'pending'",
+                state.value, attempts, next_attempt_at, error[:500], event_id, holder,
+            ))
+
+        return _rowcount(await self._retry(work)) > 0
+
+    async def release_event(self, event_id: str, *, holder: str) -> None:
         async def work(conn: Any) -> None:
             await conn.execute(
-                "UPDATE outbox SET state = $1, attempts = $2, next_attempt_at = $3, "
-                "last_error = $4, lease_until = 0 WHERE event_id = $5",
-                state.value, attempts, next_attempt_at, error[:500], event_id,
+                "UPDATE outbox SET lease_until = 0, lease_owner = '' "
+                "WHERE event_id = $1 AND lease_owner = $2 AND state = 'pending'",
+                event_id, holder,
             )
 
         await self._retry(work)
@@ -906,6 +943,25 @@ class PostgresStore:
         )
         count, oldest = row[0], row[1]
         return int(count), (now - int(oldest)) if oldest is not None else 0
+
+    async def purge_history(self, now: int, retention: Retention, limit: int) -> int:
+        """Safe in every process at once, as ``sweep`` (SKIP LOCKED)."""
+
+        async def work(conn: Any) -> int:
+            records = await conn.execute(
+                "DELETE FROM call_records WHERE id = ANY(ARRAY(SELECT id FROM call_records "
+                "WHERE reported_at < $1 LIMIT $2 FOR UPDATE SKIP LOCKED))",
+                now - retention.call_records, limit,
+            )
+            events = await conn.execute(
+                "DELETE FROM outbox WHERE event_id = ANY(ARRAY(SELECT event_id FROM outbox "
+                "WHERE state <> 'pending' AND next_attempt_at < $1 LIMIT $2 "
+                "FOR UPDATE SKIP LOCKED))",
+                now - retention.events, limit,
+            )
+            return _rowcount(str(records)) + _rowcount(str(events))
+
+        return await self._retry(work)
 
 
 async def _insert_event(conn: Any, event: OutboxEvent) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import sqlite3
@@ -35,7 +36,14 @@ from ..model import (
     Role,
     VirtualNumber,
 )
-from .base import CALL_RETENTION, BindConflict, ConflictKind, StoreError, summarise_pools
+from .base import (
+    CALL_RETENTION,
+    BindConflict,
+    ConflictKind,
+    Retention,
+    StoreError,
+    summarise_pools,
+)
 from .rows import (
     ACCOUNT_COLUMNS,
     EVENT_COLUMNS,
@@ -46,7 +54,7 @@ from .rows import (
     record_values,
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _log = logging.getLogger("pns.store.sqlite")
 T = TypeVar("T")
 
@@ -188,6 +196,55 @@ _MIGRATIONS: list[str] = [
         last_error TEXT NOT NULL DEFAULT ''
     ) WITHOUT ROWID;
     CREATE INDEX outbox_due ON outbox(state, next_attempt_at);
+    """,
+    # 3: the lease holder of each outbox event (only it may finish the event); call-record ids
+    # from a sequence, exact in JavaScript (existing records renumbered in their order); an
+    # index for retention; account secrets sealed (by _seal_plaintext_secrets, in Python).
+    """
+    ALTER TABLE outbox ADD COLUMN lease_owner TEXT NOT NULL DEFAULT '';
+    CREATE TABLE call_records_v3 (
+        id INTEGER PRIMARY KEY,
+        call_id TEXT NOT NULL UNIQUE,
+        account_id INTEGER NOT NULL,
+        bind_id TEXT NOT NULL,
+        customer_bind_id TEXT NOT NULL,
+        business_id TEXT NOT NULL,
+        did TEXT NOT NULL,
+        caller TEXT NOT NULL,
+        callee TEXT NOT NULL,
+        call_status INTEGER NOT NULL,
+        call_status_msg TEXT NOT NULL,
+        duration INTEGER NOT NULL,
+        start_at INTEGER NOT NULL,
+        ring_at INTEGER NOT NULL,
+        answer_at INTEGER NOT NULL,
+        hangup_at INTEGER NOT NULL,
+        hangup_cause TEXT NOT NULL,
+        hangup_code INTEGER NOT NULL,
+        hangup INTEGER NOT NULL,
+        record_file TEXT NOT NULL,
+        reported_at INTEGER NOT NULL
+    );
+    INSERT INTO call_records_v3 (id, call_id, account_id, bind_id, customer_bind_id,
+        business_id, did, caller, callee, call_status, call_status_msg, duration, start_at,
+        ring_at, answer_at, hangup_at, hangup_cause, hangup_code, hangup, record_file,
+        reported_at)
+        SELECT row_number() OVER (ORDER BY id), call_id, account_id, bind_id,
+            customer_bind_id, business_id, did, caller, callee, call_status, call_status_msg,
+            duration, start_at, ring_at, answer_at, hangup_at, hangup_cause, hangup_code,
+            hangup, record_file, reported_at
+        FROM call_records;
+    DROP TABLE call_records;
+    ALTER TABLE call_records_v3 RENAME TO call_records;
+    CREATE INDEX call_records_account ON call_records(account_id, start_at);
+    CREATE INDEX call_records_bind ON call_records(bind_id);
+    CREATE INDEX call_records_reported ON call_records(reported_at);
+    CREATE TABLE counters (
+        name TEXT PRIMARY KEY,
+        value INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    INSERT INTO counters (name, value)
+        SELECT 'call_record', coalesce(max(id), 0) FROM call_records;
     """,
 ]
 
@@ -674,6 +731,15 @@ class SqliteStore:
         ).fetchone()
         return CallRef(*row) if row else None
 
+    async def next_call_record_id(self) -> int:
+        def work() -> int:
+            (value,) = self._conn.execute(
+                "UPDATE counters SET value = value + 1 WHERE name = 'call_record' "
+                "RETURNING value").fetchone()
+            return int(value)
+
+        return await self._batched(work)
+
     async def save_call_record(self, record: CallRecord, event: OutboxEvent | None) -> bool:
         values = record_values(record)
 
@@ -726,27 +792,43 @@ class SqliteStore:
     async def enqueue_event(self, event: OutboxEvent) -> None:
         await self._batched(lambda: self._insert_event(event))
 
-    async def lease_events(self, now: int, limit: int, lease_seconds: int) -> list[OutboxEvent]:
+    async def lease_events(self, now: int, limit: int, lease_seconds: int, *, holder: str,
+                           skip_accounts: Sequence[int] = ()) -> list[OutboxEvent]:
         def work() -> list[Any]:
             return self._conn.execute(
-                "UPDATE outbox SET lease_until = :lease WHERE event_id IN ("
+                "UPDATE outbox SET lease_until = :lease, lease_owner = :holder "
+                "WHERE event_id IN ("
                 " SELECT event_id FROM outbox WHERE state = 'pending' "
                 " AND next_attempt_at <= :now AND lease_until <= :now "
+                " AND account_id NOT IN (SELECT value FROM json_each(:skip)) "
                 " ORDER BY next_attempt_at LIMIT :limit) "
                 f"RETURNING {EVENT_COLUMNS}",
-                {"lease": now + lease_seconds, "now": now, "limit": limit},
+                {"lease": now + lease_seconds, "now": now, "limit": limit, "holder": holder,
+                 "skip": json.dumps(list(skip_accounts))},
             ).fetchall()
 
         return [event_from_row(row) for row in await self._batched(work)]
 
     async def finish_event(
         self, event_id: str, state: EventState, attempts: int, next_attempt_at: int, error: str,
-        now: int,
-    ) -> None:
+        now: int, *, holder: str,
+    ) -> bool:
+        def work() -> bool:
+            cur = self._conn.execute(
+                "UPDATE outbox SET state = ?, attempts = ?, next_attempt_at = ?, "
+                "last_error = ?, lease_until = 0, lease_owner = '' "
+                "WHERE event_id = ? AND lease_owner = ? AND state = 'pending'",
+                (state.value, attempts, next_attempt_at, error[:500], event_id, holder),
+            )
+            return cur.rowcount > 0
+
+        return await self._batched(work)
+
+    async def release_event(self, event_id: str, *, holder: str) -> None:
         await self._batched(lambda: self._conn.execute(
-            "UPDATE outbox SET state = ?, attempts = ?, next_attempt_at = ?, "
-            "last_error = ?, lease_until = 0 WHERE event_id = ?",
-            (state.value, attempts, next_attempt_at, error[:500], event_id),
+            "UPDATE outbox SET lease_until = 0, lease_owner = '' "
+            "WHERE event_id = ? AND lease_owner = ? AND state = 'pending'",
+            (event_id, holder),
         ))
 
     async def list_events(self, account_id: int | None, state: EventState | None,
@@ -770,6 +852,22 @@ class SqliteStore:
             "SELECT count(*), min(created_at) FROM outbox WHERE state = 'pending'"
         ).fetchone()
         return int(count), (now - int(oldest)) if oldest is not None else 0
+
+    async def purge_history(self, now: int, retention: Retention, limit: int) -> int:
+        def work() -> int:
+            records = self._conn.execute(
+                "DELETE FROM call_records WHERE id IN (SELECT id FROM call_records "
+                "WHERE reported_at < ? LIMIT ?)",
+                (now - retention.call_records, limit),
+            ).rowcount
+            events = self._conn.execute(
+                "DELETE FROM outbox WHERE event_id IN (SELECT event_id FROM outbox "
+                "WHERE state IN ('delivered', 'failed') AND next_attempt_at < ? LIMIT ?)",
+                (now - retention.events, limit),
+            ).rowcount
+            return int(records) + int(events)
+
+        return await self._batched(work)
 
 
 
