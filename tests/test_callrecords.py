@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -19,7 +20,7 @@ import pytest
 
 from pns.callbacks import KIND_BINDING_ERROR, new_event
 from pns.client import verify_callback
-from pns.model import Role
+from pns.model import EventState, Role
 from pns.store import open_store
 
 from .conftest import Server, Tenant, cli, create_tenant, free_port, pns_command, unique_hk
@@ -271,8 +272,11 @@ class SlowReceiver:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+            request_queue_size = 1024  # 64 connections at once: none waits for a SYN retry
+
+        self._server = Server(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}/cdr"
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
 
@@ -398,3 +402,69 @@ def test_a_dead_receiver_does_not_delay_another_account(fresh_store_url: str) ->
         healthy.stop()
     assert list(healthy.arrivals) == [wanted]
     assert 1 <= attempts_on_dead <= 4, attempts_on_dead
+
+
+def test_only_the_lease_holder_finishes_an_event(fresh_store_url: str) -> None:
+    """A holder whose lease ran out (a slow attempt) changes nothing once another holds the
+    event; a released event can be leased again at once; busy accounts are skipped."""
+    t0 = 1_800_000_000
+
+    async def go() -> None:
+        store = await open_store(fresh_store_url)
+        try:
+            acc = await store.create_account("a", Role.CUSTOMER, "k" + secrets.token_hex(4),
+                                             "s", t0)
+            other = await store.create_account("b", Role.CUSTOMER, "k" + secrets.token_hex(4),
+                                               "s", t0)
+            event = new_event(acc.id, KIND_BINDING_ERROR, {"n": 1}, t0)
+            theirs = new_event(other.id, KIND_BINDING_ERROR, {"n": 2}, t0 + 1)
+            await store.enqueue_event(event)
+            await store.enqueue_event(theirs)
+            first = await store.lease_events(t0 + 1, 1, 10, holder="first")
+            assert [e.event_id for e in first] == [event.event_id]
+            # The first holder's lease runs out while it still waits for the receiver.
+            second = await store.lease_events(t0 + 11, 1, 10, holder="second")
+            assert [e.event_id for e in second] == [event.event_id]
+            assert not await store.finish_event(event.event_id, EventState.PENDING, 1,
+                                                t0 + 100, "timeout", t0 + 12, holder="first")
+            assert await store.lease_events(t0 + 12, 1, 10, holder="third") == [theirs]
+            (stored,) = await store.list_events(acc.id, None, 10)
+            assert (stored.state, stored.attempts) == (EventState.PENDING, 0)
+            assert await store.finish_event(event.event_id, EventState.DELIVERED, 1, t0 + 12,
+                                            "", t0 + 12, holder="second")
+            assert not await store.finish_event(event.event_id, EventState.PENDING, 2,
+                                                t0 + 100, "late", t0 + 13, holder="second")
+            (stored,) = await store.list_events(acc.id, None, 10)
+            assert (stored.state, stored.attempts) == (EventState.DELIVERED, 1)
+            # Given back unattempted: leasable at once, but only by its holder's release.
+            await store.release_event(theirs.event_id, holder="someone else")
+            assert await store.lease_events(t0 + 13, 5, 10, holder="fourth") == []
+            await store.release_event(theirs.event_id, holder="third")
+            assert await store.lease_events(t0 + 13, 5, 10, holder="fifth",
+                                            skip_accounts=[other.id]) == []
+            assert await store.lease_events(t0 + 13, 5, 10, holder="fifth",
+                                            skip_accounts=[acc.id]) == [theirs]
+        finally:
+            await store.close()
+
+    asyncio.run(go())
+
+
+def test_call_record_ids_are_exact_in_javascript_and_increase(fast_server: Server,
+                                                               receiver: Receiver) -> None:
+    """JavaScript's JSON.parse keeps integers exact up to 2^53: record ids stay below it, in
+    getCallRecords and in callbacks, and each is larger than the one before."""
+    customer = create_tenant(fast_server.store_url, numbers=2, callback_url=receiver.url)
+    switch = create_tenant(fast_server.store_url, Role.SWITCH)
+    reported = []
+    for i in range(3):
+        call_id, *_ = _call(fast_server, customer, switch)
+        answer = fast_server.client(switch).report_call(call_id, startAt=1000 + i)
+        assert answer["code"] == 0
+        reported.append(answer["data"]["id"])
+    listed = [r["id"] for r in fast_server.client(customer).call_records()["data"]["records"]]
+    receiver.wait_for(3)
+    delivered = sorted(body["id"] for body in receiver.bodies())
+    assert listed == reported == delivered
+    assert all(isinstance(i, int) and 0 < i <= 2**53 for i in listed)
+    assert listed == sorted(set(listed))
