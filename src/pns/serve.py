@@ -16,6 +16,7 @@ from .delivery import Deliverer
 from .http import HttpServer, Limits
 from .metrics import Metrics
 from .store import Store, open_store
+from .store.base import Retention
 from .store.rows import redact
 
 log = logging.getLogger("pns.serve")
@@ -39,6 +40,33 @@ async def sweep_forever(store: Store, interval: float = SWEEP_INTERVAL,
                 await asyncio.sleep(0)
         except Exception:
             log.exception("sweep failed; will retry")
+        await asyncio.sleep(interval)
+
+
+PURGE_INTERVAL = 60.0
+
+
+async def purge_history(store: Store, now: int, retention: Retention,
+                        batch: int = SWEEP_BATCH) -> int:
+    """Remove every call record and finished callback older than its retention, ``batch``
+    rows of a table per transaction; returns how many rows went."""
+    total = 0
+    while True:
+        purged = await store.purge_history(now, retention, batch)
+        total += purged
+        if purged == 0:
+            return total
+        await asyncio.sleep(0)
+
+
+async def purge_forever(store: Store, retention: Retention,
+                        interval: float = PURGE_INTERVAL) -> None:
+    """The privacy guarantee of retention: history older than it is gone within a minute."""
+    while True:
+        try:
+            await purge_history(store, int(time.time()), retention)
+        except Exception:
+            log.exception("purging old history failed; will retry")
         await asyncio.sleep(interval)
 
 
@@ -70,13 +98,15 @@ async def run_server(
     ready: asyncio.Event | None = None, deliver: bool = True,
 ) -> None:
     """Serve until SIGTERM or SIGINT, then finish in-flight requests and stop cleanly."""
+    retention = Retention.from_env()
     store = await open_store(store_url)
     service = Service(store, settings)
     app = App(Api(service))
     server = HttpServer(app, error_reply, limits)
     await server.start(host, port, reuse_port=reuse_port)
     background = [asyncio.create_task(sweep_forever(store, metrics=app.metrics)),
-                  asyncio.create_task(refresh_pool_metrics(store, app.metrics))]
+                  asyncio.create_task(refresh_pool_metrics(store, app.metrics)),
+                  asyncio.create_task(purge_forever(store, retention))]
     if deliver:
         deliverer = Deliverer(store, service.accounts, metrics=app.metrics)
         service.on_event = deliverer.wake
