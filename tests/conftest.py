@@ -7,6 +7,7 @@ Every store test runs on every store (``STORES``). PostgreSQL tests use the real
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 import json
 import os
@@ -211,3 +212,8 @@ def cli_json(*args: str) -> dict[str, object]:
 
 __all__ = ["Server", "Tenant", "cli", "cli_json", "create_tenant", "parse_international",
            "unique_hk"]
+
+
+# Account secrets are sealed at rest; a PostgreSQL store needs its key from the environment
+# (tests of the key file beside a SQLite store remove it).
+os.environ.setdefault("PNS_SECRET_KEY", base64.urlsafe_b64encode(os.urandom(32)).decode())

@@ -26,7 +26,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..model import (
     Account,
@@ -43,6 +43,9 @@ from ..model import (
     Role,
     VirtualNumber,
 )
+
+if TYPE_CHECKING:
+    from ..vault import Keyring
 
 
 def summarise_pools(per_x: Sequence[Sequence[Any]],
@@ -120,6 +123,15 @@ class Store(Protocol):
 
     async def ping(self) -> None:
         """Raise when the store cannot answer (``/healthz``)."""
+
+    # --- secrets at rest (pns.vault) -------------------------------------------------------
+    @property
+    def keyring(self) -> Keyring:
+        """The keys that seal this store's account secrets (they are never stored plain)."""
+
+    async def reseal_secrets(self, keyring: Keyring) -> int:
+        """Seal every secret again with ``keyring``'s first key, in one transaction, and use
+        ``keyring`` from now on; returns how many accounts changed."""
 
     # --- accounts -------------------------------------------------------------------------
     async def create_account(

@@ -42,6 +42,7 @@ from ..model import (
     Role,
     VirtualNumber,
 )
+from ..vault import Keyring, is_sealed, load_keyring
 from .base import (
     CALL_RETENTION,
     BindConflict,
@@ -54,16 +55,21 @@ from .rows import (
     ACCOUNT_COLUMNS,
     EVENT_COLUMNS,
     RECORD_COLUMNS,
+    SECRET_COLUMNS,
     account_from_row,
     changes_as_columns,
     event_from_row,
     redact,
+    seal_secret_columns,
+    secret_context,
 )
 
 T = TypeVar("T")
 _log = logging.getLogger("pns.store.postgres")
 
 SCHEMA_VERSION = 3
+# The migration to this version seals the secrets older releases stored in plain text.
+SEALED_SECRETS_VERSION = 3
 
 DEFAULT_POOL_MIN = 1
 DEFAULT_POOL_MAX = 10
@@ -332,7 +338,7 @@ class PoolOptions:
         kept: list[tuple[str, str]] = []
         values: dict[str, str] = {}
         for key, value in parse_qsl(parts.query, keep_blank_values=True):
-            if key in ("pool_min", "pool_max", "connect_timeout"):
+            if key in ("pool_min", "pool_max", "connect_timeout", "secret_key_file"):
                 values[key] = value
             else:
                 kept.append((key, value))
@@ -356,6 +362,7 @@ class PoolOptions:
             ) from None
         if self.connect_timeout <= 0:
             raise StoreError("connect_timeout must be more than 0 seconds")
+        self.secret_key_file = values.get("secret_key_file") or None
 
 
 def _int_option(values: dict[str, str], key: str, default: int, minimum: int) -> int:
@@ -373,8 +380,9 @@ def _int_option(values: dict[str, str], key: str, default: int, minimum: int) ->
 
 
 class PostgresStore:
-    def __init__(self, pool: Any):
+    def __init__(self, pool: Any, keyring: Keyring):
         self._pool = pool
+        self._keyring = keyring
         self._pending_calls: dict[str, CallRef] = {}
         self._flusher: asyncio.Task[None] | None = None
 
@@ -388,8 +396,11 @@ class PostgresStore:
             )
         except _OPEN_ERRORS as exc:
             raise StoreError(f"cannot open store {redact(url)}: {_describe(exc)}") from exc
-        store = cls(pool)
         try:
+            async with pool.acquire() as conn:
+                sealed = await _has_sealed_secrets(conn)
+            store = cls(pool, load_keyring(None, may_create=not sealed,
+                                           key_file=options.secret_key_file))
             await store._prepare_schema(migrate)
         except BaseException:
             pool.terminate()
@@ -436,6 +447,8 @@ class PostgresStore:
                             return start, version
                         try:
                             await conn.execute(_MIGRATIONS[version])
+                            if version + 1 == SEALED_SECRETS_VERSION:
+                                await self._seal_plaintext_secrets(conn)
                             await conn.execute("UPDATE pns_schema SET version = $1", version + 1)
                         except asyncpg.PostgresError as exc:
                             raise StoreError(
@@ -445,6 +458,45 @@ class PostgresStore:
             finally:
                 if not conn.is_closed():
                     await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
+
+    async def _seal_plaintext_secrets(self, conn: Any) -> None:
+        """Seal the secrets an older release stored in plain text (their old row versions
+        stay in the table's files until VACUUM; a dump never shows them)."""
+        rows = await conn.fetch(
+            "SELECT id, access_key, access_secret, previous_secret FROM accounts FOR UPDATE")
+        for account_id, access_key, *values in rows:
+            sealed = [value if is_sealed(value) else
+                      self._keyring.seal(value, secret_context(column, access_key))
+                      for column, value in zip(SECRET_COLUMNS, values, strict=True)]
+            if sealed != values:
+                await conn.execute(
+                    "UPDATE accounts SET access_secret = $1, previous_secret = $2 WHERE id = $3",
+                    *sealed, account_id)
+
+    @property
+    def keyring(self) -> Keyring:
+        return self._keyring
+
+    async def reseal_secrets(self, keyring: Keyring) -> int:
+        """Seal every secret again with ``keyring``'s first key (which must hold the keys
+        they are sealed with now); returns how many accounts changed."""
+        changed = 0
+        async with self._pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                "SELECT id, access_key, access_secret, previous_secret FROM accounts "
+                "FOR UPDATE")
+            for account_id, access_key, *values in rows:
+                if all(keyring.is_current(value) for value in values):
+                    continue
+                resealed = [keyring.seal(keyring.unseal(value, secret_context(column, access_key)),
+                                         secret_context(column, access_key))
+                            for column, value in zip(SECRET_COLUMNS, values, strict=True)]
+                await conn.execute(
+                    "UPDATE accounts SET access_secret = $1, previous_secret = $2 WHERE id = $3",
+                    *resealed, account_id)
+                changed += 1
+        self._keyring = keyring
+        return changed
 
     async def close(self) -> None:
         if self._flusher is not None:
@@ -485,15 +537,17 @@ class PostgresStore:
         row = await self._pool.fetchrow(
             "INSERT INTO accounts (name, access_key, access_secret, role, created_at) "
             f"VALUES ($1, $2, $3, $4, $5) RETURNING {ACCOUNT_COLUMNS}",
-            name, access_key, access_secret, role.value, now,
+            name, access_key,
+            self._keyring.seal(access_secret, secret_context("access_secret", access_key)),
+            role.value, now,
         )
-        return account_from_row(row)
+        return account_from_row(row, self._keyring)
 
     async def _account(self, where: str, value: Any) -> Account | None:
         row = await self._pool.fetchrow(
             f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE {where} = $1", value
         )
-        return account_from_row(row) if row else None
+        return account_from_row(row, self._keyring) if row else None
 
     async def get_account(self, access_key: str) -> Account | None:
         return await self._account("access_key", access_key)
@@ -503,10 +557,11 @@ class PostgresStore:
 
     async def list_accounts(self) -> list[Account]:
         rows = await self._pool.fetch(f"SELECT {ACCOUNT_COLUMNS} FROM accounts ORDER BY id")
-        return [account_from_row(row) for row in rows]
+        return [account_from_row(row, self._keyring) for row in rows]
 
     async def update_account(self, access_key: str, changes: AccountChanges) -> Account | None:
-        fields = changes_as_columns(changes, bool_as_int=False)
+        fields = seal_secret_columns(changes_as_columns(changes, bool_as_int=False),
+                                     self._keyring, access_key)
         if not fields:
             return await self.get_account(access_key)
         assignments = ", ".join(
@@ -521,7 +576,7 @@ class PostgresStore:
             )
 
         row = await self._retry(work)
-        return account_from_row(row) if row else None
+        return account_from_row(row, self._keyring) if row else None
 
     # --- numbers ---------------------------------------------------------------------------
     async def add_numbers(self, numbers: Sequence[VirtualNumber]) -> list[str]:
@@ -973,6 +1028,14 @@ async def _insert_event(conn: Any, event: OutboxEvent) -> None:
     )
 
 
+
+
+async def _has_sealed_secrets(conn: Any) -> bool:
+    """Whether the store already needs its key (so a missing key file is an error)."""
+    if not await conn.fetchval("SELECT to_regclass('accounts') IS NOT NULL"):
+        return False
+    return bool(await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM accounts WHERE access_secret LIKE 'pns-aesgcm:%')"))
 
 
 async def _read_version(conn: Any) -> int:

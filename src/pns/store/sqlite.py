@@ -36,6 +36,7 @@ from ..model import (
     Role,
     VirtualNumber,
 )
+from ..vault import Keyring, is_sealed, load_keyring
 from .base import (
     CALL_RETENTION,
     BindConflict,
@@ -48,13 +49,18 @@ from .rows import (
     ACCOUNT_COLUMNS,
     EVENT_COLUMNS,
     RECORD_COLUMNS,
+    SECRET_COLUMNS,
     account_from_row,
     changes_as_columns,
     event_from_row,
     record_values,
+    seal_secret_columns,
+    secret_context,
 )
 
 SCHEMA_VERSION = 3
+# The migration to this version seals the secrets older releases stored in plain text.
+SEALED_SECRETS_VERSION = 3
 _log = logging.getLogger("pns.store.sqlite")
 T = TypeVar("T")
 
@@ -263,9 +269,11 @@ def path_from_url(url: str) -> str:
 
 
 class SqliteStore:
-    def __init__(self, conn: sqlite3.Connection, path: str = ":memory:"):
+    def __init__(self, conn: sqlite3.Connection, path: str = ":memory:",
+                 keyring: Keyring | None = None):
         self._conn = conn
         self._path = path
+        self._keyring = keyring or Keyring.ephemeral()
         self._pending_calls: dict[str, CallRef] = {}
         self._checkpoints: _Checkpointer | None = None
         self._flush_handle: asyncio.TimerHandle | None = None
@@ -288,7 +296,9 @@ class SqliteStore:
             conn.execute("PRAGMA cache_size = -65536")  # 64 MiB: a million bindings stay hot
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open store {path}: {exc}") from exc
-        store = cls(conn, path)
+        keyring = (Keyring.ephemeral() if path == ":memory:" else
+                   load_keyring(path + ".key", may_create=not _has_sealed_secrets(conn)))
+        store = cls(conn, path, keyring)
         store._prepare_schema(migrate)
         if path != ":memory:":
             # Checkpoints (which fsync) run in a thread of their own, never in the event loop.
@@ -329,8 +339,56 @@ class SqliteStore:
                 # executescript would commit our transaction; run statement by statement.
                 for statement in _split_statements(_MIGRATIONS[version]):
                     self._conn.execute(statement)
+                if version + 1 == SEALED_SECRETS_VERSION:
+                    self._seal_plaintext_secrets()
                 self._conn.execute(f"PRAGMA user_version = {version + 1}")
+        if start < SEALED_SECRETS_VERSION <= SCHEMA_VERSION and self._path != ":memory:":
+            # The plaintext the sealing replaced may linger in older WAL frames: drop them.
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         return start, SCHEMA_VERSION
+
+    def _seal_plaintext_secrets(self) -> None:
+        """Seal the secrets an older release stored in plain text. secure_delete zeroes the
+        space the plaintext leaves, so the file keeps no copy of it."""
+        self._conn.execute("PRAGMA secure_delete = ON")
+        try:
+            rows = self._conn.execute(
+                "SELECT id, access_key, access_secret, previous_secret FROM accounts").fetchall()
+            for account_id, access_key, *values in rows:
+                sealed = [value if is_sealed(value) else
+                          self._keyring.seal(value, secret_context(column, access_key))
+                          for column, value in zip(SECRET_COLUMNS, values, strict=True)]
+                if sealed != values:
+                    self._conn.execute(
+                        "UPDATE accounts SET access_secret = ?, previous_secret = ? WHERE id = ?",
+                        (*sealed, account_id))
+        finally:
+            self._conn.execute("PRAGMA secure_delete = OFF")
+
+    @property
+    def keyring(self) -> Keyring:
+        return self._keyring
+
+    async def reseal_secrets(self, keyring: Keyring) -> int:
+        """Seal every secret again with ``keyring``'s first key (which must hold the keys
+        they are sealed with now); returns how many accounts changed."""
+        changed = 0
+        with self._tx():
+            rows = self._conn.execute(
+                "SELECT id, access_key, access_secret, previous_secret FROM accounts").fetchall()
+            for account_id, access_key, *values in rows:
+                if all(keyring.is_current(value) for value in values):
+                    continue
+                resealed = [keyring.seal(keyring.unseal(value, context), context)
+                            for value, context in ((v, secret_context(c, access_key))
+                                                   for c, v in zip(SECRET_COLUMNS, values,
+                                                                   strict=True))]
+                self._conn.execute(
+                    "UPDATE accounts SET access_secret = ?, previous_secret = ? WHERE id = ?",
+                    (*resealed, account_id))
+                changed += 1
+        self._keyring = keyring
+        return changed
 
     @contextmanager
     def _tx(self) -> Iterator[None]:
@@ -401,7 +459,9 @@ class SqliteStore:
             cur = self._conn.execute(
                 "INSERT INTO accounts (name, access_key, access_secret, role, created_at) "
                 "VALUES (?, ?, ?, ?, ?)",
-                (name, access_key, access_secret, role.value, now),
+                (name, access_key,
+                 self._keyring.seal(access_secret, secret_context("access_secret", access_key)),
+                 role.value, now),
             )
         account_id = cur.lastrowid
         assert account_id is not None
@@ -413,7 +473,7 @@ class SqliteStore:
         row = self._conn.execute(
             f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE {where} = ?", (value,)
         ).fetchone()
-        return account_from_row(row) if row else None
+        return account_from_row(row, self._keyring) if row else None
 
     async def get_account(self, access_key: str) -> Account | None:
         return self._account("access_key", access_key)
@@ -423,10 +483,11 @@ class SqliteStore:
 
     async def list_accounts(self) -> list[Account]:
         rows = self._conn.execute(f"SELECT {ACCOUNT_COLUMNS} FROM accounts ORDER BY id")
-        return [account_from_row(row) for row in rows]
+        return [account_from_row(row, self._keyring) for row in rows]
 
     async def update_account(self, access_key: str, changes: AccountChanges) -> Account | None:
-        fields = changes_as_columns(changes, bool_as_int=True)
+        fields = seal_secret_columns(changes_as_columns(changes, bool_as_int=True),
+                                     self._keyring, access_key)
         if fields:
             assignments = ", ".join(f"{column} = :{column}" for column in fields)
             with self._tx():
@@ -892,6 +953,16 @@ def _pool_usage(conn: sqlite3.Connection, now: int) -> list[PoolUsage]:
         )
     }
     return summarise_pools(per_x, busiest)
+
+
+def _has_sealed_secrets(conn: sqlite3.Connection) -> bool:
+    """Whether the store already needs its key (so a missing key file is an error)."""
+    try:
+        row = conn.execute("SELECT 1 FROM accounts WHERE access_secret LIKE 'pns-aesgcm:%' "
+                           "LIMIT 1").fetchone()
+    except sqlite3.OperationalError:  # a new store: no accounts table yet
+        return False
+    return row is not None
 
 
 def _create_private(path: str) -> None:
