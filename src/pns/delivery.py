@@ -32,6 +32,7 @@ import secrets
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import httpx
@@ -40,7 +41,7 @@ from .callbacks import signature_header
 from .core import AccountDirectory
 from .metrics import Metrics
 from .model import Account, EventState, OutboxEvent
-from .store import Store
+from .store import Store, StoreError
 
 log = logging.getLogger("pns.delivery")
 
@@ -59,10 +60,32 @@ def _number_from_env(name: str, default: float, minimum: float) -> float:
     try:
         number = float(value) if value else default
     except ValueError:
-        raise ValueError(f"{name} must be a number, not {value!r}") from None
-    if number < minimum:
-        raise ValueError(f"{name} must be at least {minimum}, not {number}")
+        raise StoreError(f"{name} must be a number, not {value!r}") from None
+    if not minimum <= number < math.inf:
+        raise StoreError(f"{name} must be at least {minimum:g}, not {value}")
     return number
+
+
+@dataclass(frozen=True)
+class DeliverySettings:
+    """``timeout``: one deadline per attempt (connect, send, read), in seconds;
+    ``concurrency``: attempts at once per process; ``per_receiver``: attempts at once per
+    receiver (scheme, host and port) per process."""
+
+    timeout: float = 5.0
+    concurrency: int = 32
+    per_receiver: int = 8
+
+    @classmethod
+    def from_env(cls) -> DeliverySettings:
+        """From ``PNS_CALLBACK_TIMEOUT``, ``PNS_CALLBACK_CONCURRENCY`` and
+        ``PNS_CALLBACK_PER_RECEIVER``; a bad value is a clear error, before anything starts."""
+        return cls(
+            timeout=_number_from_env("PNS_CALLBACK_TIMEOUT", cls.timeout, 0.1),
+            concurrency=int(_number_from_env("PNS_CALLBACK_CONCURRENCY", cls.concurrency, 1)),
+            per_receiver=int(_number_from_env("PNS_CALLBACK_PER_RECEIVER", cls.per_receiver,
+                                              1)),
+        )
 
 
 def next_delay(attempts: int, first: float, rng: random.Random | None = None) -> int:
@@ -87,19 +110,16 @@ def receiver_of(account: Account | None) -> str:
 class Deliverer:
     def __init__(
         self, store: Store, accounts: AccountDirectory, *, first_delay: float | None = None,
-        timeout: float | None = None, concurrency: int | None = None,
-        per_receiver: int | None = None, poll: float = 0.5, horizon: int = HORIZON,
+        settings: DeliverySettings | None = None, poll: float = 0.5, horizon: int = HORIZON,
         metrics: Metrics | None = None, clock: Callable[[], float] = time.time,
     ):
+        settings = settings or DeliverySettings()
         self._store = store
         self._accounts = accounts
         self._first = first_delay if first_delay is not None else first_delay_from_env()
-        self._timeout = (timeout if timeout is not None
-                         else _number_from_env("PNS_CALLBACK_TIMEOUT", 5.0, 0.1))
-        self._concurrency = (concurrency if concurrency is not None
-                             else int(_number_from_env("PNS_CALLBACK_CONCURRENCY", 32, 1)))
-        self._per_receiver = (per_receiver if per_receiver is not None
-                              else int(_number_from_env("PNS_CALLBACK_PER_RECEIVER", 8, 1)))
+        self._timeout = settings.timeout
+        self._concurrency = settings.concurrency
+        self._per_receiver = settings.per_receiver
         self._lease = math.ceil(self._timeout) + LEASE_MARGIN
         self._poll = poll
         self._horizon = horizon

@@ -12,7 +12,7 @@ import time
 from .api import Api
 from .app import App, error_reply
 from .core import Service, Settings
-from .delivery import Deliverer
+from .delivery import Deliverer, DeliverySettings
 from .http import HttpServer, Limits
 from .metrics import Metrics
 from .store import Store, open_store
@@ -99,6 +99,7 @@ async def run_server(
 ) -> None:
     """Serve until SIGTERM or SIGINT, then finish in-flight requests and stop cleanly."""
     retention = Retention.from_env()
+    delivery = DeliverySettings.from_env()
     store = await open_store(store_url)
     service = Service(store, settings)
     app = App(Api(service))
@@ -108,7 +109,7 @@ async def run_server(
                   asyncio.create_task(refresh_pool_metrics(store, app.metrics)),
                   asyncio.create_task(purge_forever(store, retention))]
     if deliver:
-        deliverer = Deliverer(store, service.accounts, metrics=app.metrics)
+        deliverer = Deliverer(store, service.accounts, settings=delivery, metrics=app.metrics)
         service.on_event = deliverer.wake
         background.append(asyncio.create_task(deliverer.run()))
     stop = asyncio.Event()
@@ -142,9 +143,10 @@ def install_event_loop() -> None:
 
 async def run_deliverer(store_url: str) -> None:
     """``pns deliver``: only the delivery worker, until SIGTERM or SIGINT."""
+    settings = DeliverySettings.from_env()
     store = await open_store(store_url)
     service = Service(store)
-    task = asyncio.create_task(Deliverer(store, service.accounts).run())
+    task = asyncio.create_task(Deliverer(store, service.accounts, settings=settings).run())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -92,8 +92,8 @@ def _days_from_env(name: str, default: float) -> int:
         days = float(value) if value else default
     except ValueError:
         raise StoreError(f"{name} must be a number of days, not {value!r}") from None
-    if days <= 0:
-        raise StoreError(f"{name} must be more than 0 days")
+    if not 0 < days < 1e6:
+        raise StoreError(f"{name} must be more than 0 days (and fewer than a million)")
     return int(days * DAY)
 
 
