@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -20,7 +21,9 @@ import pytest
 
 from pns.callbacks import KIND_BINDING_ERROR, new_event
 from pns.client import verify_callback
-from pns.model import EventState, Role
+from pns.core import AccountDirectory
+from pns.delivery import Deliverer, DeliverySettings
+from pns.model import EventState, OutboxEvent, Role
 from pns.store import open_store
 
 from .conftest import Server, Tenant, cli, create_tenant, free_port, pns_command, unique_hk
@@ -343,9 +346,12 @@ def _deliverers(url: str, n: int, env: dict[str, str]) -> list[subprocess.Popen[
                              env={**os.environ, **env}) for _ in range(n)]
 
 
-def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+def _stop(procs: list[subprocess.Popen[bytes]], kill: bool = False) -> None:
     for proc in procs:
-        proc.terminate()
+        if kill:
+            proc.kill()
+        else:
+            proc.terminate()
     for proc in procs:
         try:
             proc.wait(15)
@@ -397,7 +403,7 @@ def test_a_dead_receiver_does_not_delay_another_account(fresh_store_url: str) ->
             time.sleep(0.02)
         attempts_on_dead = len(dead.connections)
     finally:
-        _stop(procs)
+        _stop(procs, kill=True)  # a graceful stop would wait for the dead receiver's attempts
         dead.stop()
         healthy.stop()
     assert list(healthy.arrivals) == [wanted]
@@ -468,3 +474,75 @@ def test_call_record_ids_are_exact_in_javascript_and_increase(fast_server: Serve
     assert listed == reported == delivered
     assert all(isinstance(i, int) and 0 < i <= 2**53 for i in listed)
     assert listed == sorted(set(listed))
+
+
+class TrickleReceiver:
+    """Answers one byte every 0.2 s, for ever: every read gets data within a per-phase
+    timeout, so only a deadline for the whole attempt ends it."""
+
+    def __init__(self) -> None:
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(16)
+        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}/cdr"
+        self.sent = 0
+        self._stop = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._trickle, args=(conn,), daemon=True).start()
+
+    def _trickle(self, conn: socket.socket) -> None:
+        with conn:
+            conn.recv(65536)
+            for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 10_000:
+                if self._stop.wait(0.2):
+                    return
+                try:
+                    conn.sendall(bytes([byte]))
+                except OSError:
+                    return
+                self.sent += 1
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._sock.close()
+
+
+def test_one_deadline_for_the_whole_attempt(fresh_store_url: str) -> None:
+    """A receiver that trickles its answer is cut off at the attempt's deadline (1 s here),
+    however steadily the bytes come; the event waits for its next attempt."""
+    trickle = TrickleReceiver()
+    tenant = create_tenant(fresh_store_url, callback_url=trickle.url)
+    (event_id,) = _enqueue(fresh_store_url, tenant.account_id, 1, int(time.time()) - 1)
+
+    async def go() -> OutboxEvent:
+        store = await open_store(fresh_store_url)
+        deliverer = Deliverer(store, AccountDirectory(store, ttl=1), first_delay=600,
+                              settings=DeliverySettings(timeout=1))
+        task = asyncio.create_task(deliverer.run())
+        try:
+            async with asyncio.timeout(20):  # the deadline is 1 s: 20 is a hang
+                while True:
+                    (event,) = await store.list_events(tenant.account_id, None, 10)
+                    if event.attempts:
+                        return event
+                    await asyncio.sleep(0.1)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await store.close()
+
+    try:
+        event = asyncio.run(go())
+    finally:
+        trickle.stop()
+    assert event.event_id == event_id and event.state is EventState.PENDING
+    assert event.last_error == "no answer within 1 s"
+    assert trickle.sent >= 3, "the receiver kept sending while the attempt ran"
