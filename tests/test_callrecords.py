@@ -198,9 +198,11 @@ def test_receiver_down_then_up(fast_server: Server) -> None:
         receiver.stop()
 
 
-def test_sigkill_before_first_attempt(store_url: str) -> None:
+def test_sigkill_before_first_attempt(fresh_store_url: str) -> None:
     """Records enqueued while the receiver is reachable but the server dies at once are
-    delivered by the restarted server."""
+    delivered by the restarted server. (A store of its own: another test's server on a shared
+    database would deliver the record first.)"""
+    store_url = fresh_store_url
     receiver = Receiver()
     customer = create_tenant(store_url, numbers=1, callback_url=receiver.url)
     switch = create_tenant(store_url, Role.SWITCH)
