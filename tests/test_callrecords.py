@@ -24,10 +24,10 @@ from pns.client import verify_callback
 from pns.core import AccountDirectory
 from pns.delivery import Deliverer, DeliverySettings
 from pns.model import EventState, OutboxEvent, Role
-from pns.store import open_store
+from pns.store import Store, open_store
 
 from .conftest import Server, Tenant, cli, create_tenant, free_port, pns_command, unique_hk
-from .test_store_conformance import fresh_store_url
+from .test_store_conformance import fresh_store_url, in_threads
 
 __all__ = ["fresh_store_url"]  # the fixture, shared with the conformance suite
 
@@ -548,3 +548,17 @@ def test_one_deadline_for_the_whole_attempt(fresh_store_url: str) -> None:
     assert event.event_id == event_id and event.state is EventState.PENDING
     assert event.last_error == "no answer within 1 s"
     assert trickle.sent >= 3, "the receiver kept sending while the attempt ran"
+
+
+def test_call_record_ids_are_unique_across_processes(fresh_store_url: str) -> None:
+    """Four connections of their own draw ids at once: none twice, each draw increasing."""
+    assert create_tenant(fresh_store_url).account_id > 0  # the store exists, migrated
+
+    async def draw(store: Store, i: int) -> list[int]:
+        return [await store.next_call_record_id() for _ in range(50)]
+
+    results = in_threads(fresh_store_url, 4, draw)
+    assert all(isinstance(r, list) for r in results), results
+    assert all(r == sorted(r) for r in results)
+    drawn = [i for r in results for i in r]
+    assert len(set(drawn)) == 200 and max(drawn) <= 2**53
