@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import hashlib
 import http.client
@@ -76,6 +77,9 @@ sys.path.insert(0, str(HERE))
 import load as bl  # noqa: E402  (bench/load.py)
 import stack_choice as sc  # noqa: E402  (helpers: sign files, wrk runs, ports, CPU accounting)
 
+# The run's stores are throwaway (PostgreSQL's a database of its own): so is the key that seals
+# their account secrets (pns.vault; a PostgreSQL store needs one).
+os.environ.setdefault("PNS_SECRET_KEY", base64.urlsafe_b64encode(os.urandom(32)).decode())
 FLOOR = HERE / "floor.py"
 QUERY_LUA = HERE / "wrk_signed.lua"
 BIND_LUA = HERE / "wrk_bind.lua"

@@ -658,6 +658,30 @@ def operator_disable(ctx: click.Context, name: str, enable: bool, store_url: str
                        lambda s: s.set_operator_disabled(name, not enable)):
         raise click.ClickException(f"no operator named {name}")
     click.echo(json.dumps({"name": name, "disabled": not enable}))
+# --- secrets at rest ------------------------------------------------------------------------
+@main.group("secrets")
+def secrets_group() -> None:
+    """The key that seals account secrets at rest (see pns.vault)."""
+
+
+@secrets_group.command("new-key")
+def secrets_new_key() -> None:
+    """Print a fresh key for PNS_SECRET_KEY (a PostgreSQL store needs one)."""
+    from .vault import key_text, new_key
+
+    click.echo(key_text(new_key()))
+
+
+@secrets_group.command("rotate-key")
+@_store_option
+@click.pass_context
+def secrets_rotate_key(ctx: click.Context, store_url: str | None) -> None:
+    """Seal every account secret with a new key (a key file) or with the first key of
+    PNS_SECRET_KEY."""
+    from .vault import rotate_key
+
+    changed = _with_store(_store_url(ctx, store_url), rotate_key)
+    click.echo(json.dumps({"resealedAccounts": changed}))
 
 
 if __name__ == "__main__":
