@@ -252,10 +252,11 @@ def main() -> int:
 
         gateway = free_port()
         kam = Kamailio(work / "kamailio", {
-            "PNS_URL": f'"{base}/api/pns/"',
-            "PNS_ACCESS_KEY": f'"{switch["accessKey"]}"',
-            "PNS_ACCESS_SECRET": f'"{switch["accessSecret"]}"',
-            "SIP_GATEWAY": f'"sip:{HOST}:{gateway}"',
+            "PNS_URL": f"{base}/api/pns/",
+            "PNS_ACCESS_KEY": switch["accessKey"],
+            "PNS_ACCESS_SECRET": switch["accessSecret"],
+            "SIP_GATEWAY": f"sip:{HOST}:{gateway}",
+            "SIP_TRUSTED": HOST,
             "PNS_TIMEOUT": "2",
             "LOG_LEVEL": "1",
         }, port=free_port(), shm_mb=args.shm_mb)

@@ -3,7 +3,8 @@
 It checks each queryAXB exactly as the real service does (headers, `bizType`, the MD5 signature
 over the raw body, the `ts` window) and answers per `did` from a table the test fills in: a
 delay, an HTTP status, a raw body, or an envelope. It records every request so a test can look at
-what Kamailio sent. Runs in a thread of the test process.
+what Kamailio sent. A `reportCall` is taken (code 0) unless `report_answers` holds answers for
+its callId: those are given first, one per attempt. Runs in a thread of the test process.
 """
 
 from __future__ import annotations
@@ -38,12 +39,13 @@ class StubPns:
     access_key: str
     access_secret: str
     answers: dict[str, Answer] = field(default_factory=dict)
+    report_answers: dict[str, list[Answer]] = field(default_factory=dict)
     requests: list[Recorded] = field(default_factory=list)
     _server: ThreadingHTTPServer | None = None
 
-    def sign(self, ts: str, body: bytes) -> str:
+    def sign(self, ts: str, body: bytes, action: str = "queryAXB") -> str:
         text = (
-            f"accessKey={self.access_key}&action=queryAXB&bizType=5&ts={ts}&body=".encode()
+            f"accessKey={self.access_key}&action={action}&bizType=5&ts={ts}&body=".encode()
             + body
             + f"&accessSecret={self.access_secret}".encode()
         )
@@ -52,7 +54,8 @@ class StubPns:
     def handle(self, headers: dict[str, str], body: bytes) -> tuple[int, bytes, float]:
         h = {k.lower(): v for k, v in headers.items()}
         ts = h.get("ts", "")
-        sign_ok = h.get("sign") == self.sign(ts, body)
+        action = h.get("action", "")
+        sign_ok = h.get("sign") == self.sign(ts, body, action)
         skew = int(time.time() * 1000) - int(ts) if ts.isdigit() else 1 << 40
         self.requests.append(Recorded(headers=h, body=body, sign_ok=sign_ok, ts_skew_ms=skew))
 
@@ -64,7 +67,7 @@ class StubPns:
 
         if h.get("content-type", "").split(";")[0].strip() != "application/json":
             return 200, env(1002, "content type"), 0.0
-        if h.get("accesskey") != self.access_key or h.get("action") != "queryAXB":
+        if h.get("accesskey") != self.access_key or action not in ("queryAXB", "reportCall"):
             return 200, env(1005, "account"), 0.0
         if h.get("biztype") != "5":
             return 200, env(1002, "bizType"), 0.0
@@ -76,6 +79,13 @@ class StubPns:
             req = json.loads(body)
         except ValueError:
             return 200, env(1002, "json"), 0.0
+        if action == "reportCall":
+            queued = self.report_answers.get(str(req.get("callId")))
+            if not queued:
+                return 200, env(0, "success", {"id": 1, "callId": req.get("callId")}), 0.0
+            ans = queued.pop(0)
+            payload = ans.raw if ans.raw is not None else json.dumps(ans.envelope or {}).encode()
+            return ans.status, payload, ans.delay
         ans = self.answers.get(str(req.get("did")))
         if ans is None:
             return 200, env(10013, "binding not exist", {"audioWhenCallFail": "stub-fail.wav"}), 0.0
