@@ -57,6 +57,9 @@ _handed_out: set[int] = set()
 
 def port_is_free(port: int, kind: int = socket.SOCK_DGRAM) -> bool:
     with socket.socket(socket.AF_INET, kind) as sock:
+        if kind == socket.SOCK_STREAM:
+            # as a server binds: a listener conflicts, a closed connection's TIME_WAIT does not
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((HOST, port))
         except OSError:
