@@ -177,7 +177,8 @@ class Kamailio:
     port: int
     shm_mb: int = 128
     proc: subprocess.Popen[bytes] | None = None
-    extra_args: tuple[str, ...] = ()
+    extra_args: tuple[str, ...] = ()  # more kamailio options (e.g. the bench's -x tlsf)
+    config: Path = KAMAILIO_CFG
 
     @property
     def log(self) -> Path:
@@ -185,7 +186,7 @@ class Kamailio:
 
     def command(self) -> list[str]:
         binary = require_binaries("kamailio")["kamailio"]
-        return [binary, "-DD", "-E", "-Y", str(self.workdir / "run"), "-f", str(KAMAILIO_CFG),
+        return [binary, "-DD", "-E", "-Y", str(self.workdir / "run"), "-f", str(self.config),
                 "-m", str(self.shm_mb), *self.extra_args]
 
     def environment(self) -> dict[str, str]:
