@@ -22,6 +22,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 SCENARIOS = HERE / "scenarios"
 KAMAILIO_CFG = REPO / "deploy" / "kamailio" / "kamailio.cfg"
+KAMAILIO_HTTP_JS = REPO / "deploy" / "kamailio" / "kamailio-http.js"
 HOST = "127.0.0.1"
 
 MISSING_HINT = "run `scripts/system-deps` (as root) to install Kamailio and sipp"
@@ -192,7 +193,8 @@ class Kamailio:
     def environment(self) -> dict[str, str]:
         """Only PATH and the settings: nothing of the test's own environment leaks in."""
         return {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
-                **self.settings, "SIP_LISTEN": f"udp:{HOST}:{self.port}"}
+                "PNS_HTTP_JS": str(KAMAILIO_HTTP_JS), **self.settings,
+                "SIP_LISTEN": f"udp:{HOST}:{self.port}"}
 
     def pids(self) -> list[int]:
         """The main process and all its descendants (from /proc)."""

@@ -32,6 +32,7 @@ class Recorded:
     body: bytes
     sign_ok: bool
     ts_skew_ms: int
+    peer: tuple[str, int] = ("", 0)  # the client's address: one per TCP connection
 
 
 @dataclass
@@ -51,13 +52,15 @@ class StubPns:
         )
         return hashlib.md5(text).hexdigest()
 
-    def handle(self, headers: dict[str, str], body: bytes) -> tuple[int, bytes, float]:
+    def handle(self, headers: dict[str, str], body: bytes,
+               peer: tuple[str, int] = ("", 0)) -> tuple[int, bytes, float]:
         h = {k.lower(): v for k, v in headers.items()}
         ts = h.get("ts", "")
         action = h.get("action", "")
         sign_ok = h.get("sign") == self.sign(ts, body, action)
         skew = int(time.time() * 1000) - int(ts) if ts.isdigit() else 1 << 40
-        self.requests.append(Recorded(headers=h, body=body, sign_ok=sign_ok, ts_skew_ms=skew))
+        self.requests.append(Recorded(headers=h, body=body, sign_ok=sign_ok, ts_skew_ms=skew,
+                                      peer=peer))
 
         def env(code: int, msg: str, data: dict[str, Any] | None = None) -> bytes:
             e: dict[str, Any] = {"code": code, "msg": msg, "requestId": "1" * 19}
@@ -101,7 +104,8 @@ class StubPns:
             def do_POST(self) -> None:
                 n = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(n)
-                status, payload, delay = stub.handle(dict(self.headers.items()), body)
+                status, payload, delay = stub.handle(dict(self.headers.items()), body,
+                                                     self.client_address[:2])
                 if delay:
                     time.sleep(delay)
                 try:

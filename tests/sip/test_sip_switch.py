@@ -26,6 +26,7 @@ from .conftest import AXB_PROMPTS, EXT_NUMBER, EXT_PROMPTS, PnsServer, Switch
 from .sipkit import (
     HOST,
     KAMAILIO_CFG,
+    KAMAILIO_HTTP_JS,
     Message,
     SippRun,
     display_of,
@@ -107,7 +108,7 @@ def test_config_is_valid_with_all_modules() -> None:
                          PNS_ACCESS_SECRET="s", SIP_GATEWAY="sip:127.0.0.1:5070",
                          SIP_LISTEN="udp:127.0.0.1:5060", SIP_IVR="sip:127.0.0.1:5080",
                          PNS_TIMEOUT="3", SIP_TRUSTED="127.0.0.1,10.0.0.0/8",
-                         TOPOH_MASK_KEY="k2")
+                         TOPOH_MASK_KEY="k2", PNS_HTTP_JS=str(KAMAILIO_HTTP_JS))
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0 and "config file ok" in out, out[-3000:]
 
@@ -427,6 +428,50 @@ def test_queries_are_signed_and_carry_the_extension(stub_switch: Switch) -> None
     assert req.headers["action"] == "queryAXB" and req.headers["biztype"] == "5"
     assert req.headers["content-type"] == "application/json"
     assert json.loads(req.body) == {"caller": "+85251114201", "did": did, "extension": "123"}
+
+
+def test_requests_to_pns_reuse_connections(stub_switch: Switch) -> None:
+    """Queries and reports go over connections kept open (one per Kamailio process), not a new
+    TCP connection per request; each request is still signed afresh."""
+    stub = stub_switch.stub
+    assert stub is not None
+    rows = []
+    for i in range(12):
+        did = f"8523555430{i:02d}"
+        stub.answers[did] = Answer(envelope=_envelope(0, {
+            "callee": f"8526222430{i:02d}", "callId": f"{i + 1:019d}", "flag": 0,
+            "bindType": 0}))
+        rows.append((f"8525111430{i:02d}", did))
+    before = len(stub.requests)
+    caller, callee = stub_switch.calls(rows, uac="uac_load.xml", uas="uas_load.xml",
+                                       arriving=len(rows), rate=20, limit=4, pause_ms=100)
+    assert_ok(caller)
+    assert_ok(callee)
+    deadline = time.monotonic() + 10
+    while len(stub.requests) - before < 2 * len(rows) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    sent = stub.requests[before:]
+    assert len(sent) == 2 * len(rows), "a query and a report per call"
+    assert all(r.sign_ok for r in sent)
+    connections = {r.peer for r in sent}
+    # PNS_WORKERS 4 async workers (+ the retry timer): at most one connection each
+    assert len(connections) <= 5, f"{len(connections)} connections for {len(sent)} requests"
+
+
+def test_a_caller_with_json_characters_is_escaped(stub_switch: Switch) -> None:
+    """A From user that is not plain digits and letters goes into the query through jansson,
+    escaped: pns gets valid JSON with the caller as sent."""
+    stub = stub_switch.stub
+    assert stub is not None
+    did = "85235554401"
+    stub.answers[did] = Answer(envelope=_envelope(10013))
+    before = len(stub.requests)
+    caller, _ = stub_switch.calls([("it's&me$1", did)], uac="uac_reject.xml")
+    assert_ok(caller)
+    assert [m.status for m in finals(caller)] == [404]
+    [req] = stub.requests[before:]
+    assert req.sign_ok
+    assert json.loads(req.body) == {"caller": "it's&me$1", "did": did}
 
 
 def test_cancel_while_querying_ends_with_487(stub_switch: Switch) -> None:
