@@ -86,9 +86,10 @@ class StubPns:
             queued = self.report_answers.get(str(req.get("callId")))
             if not queued:
                 return 200, env(0, "success", {"id": 1, "callId": req.get("callId")}), 0.0
-            ans = queued.pop(0)
-            payload = ans.raw if ans.raw is not None else json.dumps(ans.envelope or {}).encode()
-            return ans.status, payload, ans.delay
+            report = queued.pop(0)
+            payload = (report.raw if report.raw is not None
+                       else json.dumps(report.envelope or {}).encode())
+            return report.status, payload, report.delay
         ans = self.answers.get(str(req.get("did")))
         if ans is None:
             return 200, env(10013, "binding not exist", {"audioWhenCallFail": "stub-fail.wav"}), 0.0

@@ -14,6 +14,7 @@ import socket
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from pns.client import PnsClient, verify_callback
@@ -33,9 +34,9 @@ def _answered(base_url: str, action: str) -> int:
         rf'^pns_requests_total\{{action="{action}",code="[^"]*"\}} (\S+)$', text, re.M)))
 
 
-def _wait(what: str, check: object, timeout: float, log: Path) -> None:
+def _wait(what: str, check: Callable[[], bool], timeout: float, log: Path) -> None:
     deadline = time.monotonic() + timeout
-    while not check():  # type: ignore[operator]
+    while not check():
         assert time.monotonic() < deadline, f"{what} not within {timeout} s:\n{tail(log)}"
         time.sleep(0.1)
 
@@ -66,7 +67,7 @@ def test_a_call_that_ends_while_pns_is_down_is_reported_once_pns_is_back(
         x = str(bound["data"]["did"])
 
         runs: list[tuple[SippRun, SippRun | None]] = []
-        call = threading.Thread(target=lambda: runs.append(sw.calls(  # type: ignore[union-attr]
+        call = threading.Thread(target=lambda: runs.append(sw.calls(
             [("85251117001", x)], uac="uac_load.xml", uas="uas_load.xml", arriving=1,
             pause_ms=4000)))
         call.start()
@@ -83,14 +84,14 @@ def test_a_call_that_ends_while_pns_is_down_is_reported_once_pns_is_back(
         assert re.fullmatch(r"\d{19}", call_id), inv.text
 
         kept = f"PNS report of call {call_id} not taken"
-        _wait("the report kept", lambda: kept in sw.kamailio.log.read_text(errors="replace"),  # type: ignore[union-attr]
+        _wait("the report kept", lambda: kept in sw.kamailio.log.read_text(errors="replace"),
               10, sw.kamailio.log)
         time.sleep(2.5)  # retries meanwhile fail too (pns is still down)
         assert receiver.records_of(call_id) == []
 
         server = start_pns(store, port, pns_log)  # the same port and store
         taken = f"PNS report of call {call_id} taken after"
-        _wait("the report taken", lambda: taken in sw.kamailio.log.read_text(errors="replace"),  # type: ignore[union-attr]
+        _wait("the report taken", lambda: taken in sw.kamailio.log.read_text(errors="replace"),
               20, sw.kamailio.log)
         headers, body = receiver.wait_for(call_id)
         time.sleep(3)  # any second report or callback would arrive meanwhile
