@@ -21,13 +21,14 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from pns.client import PnsClient, verify_callback
 
-from .conftest import PnsServer, Switch, _account, _pns
+from .conftest import PnsServer, Switch, _account, _pns, _start_switch
 from .sipkit import HOST, free_port, tail
 from .stub_pns import Answer, Recorded
 from .test_sip_switch import assert_ok, finals, invites
@@ -419,6 +420,35 @@ def test_a_report_refused_until_the_deadline_is_lost_and_logged(stub_switch: Swi
     assert len(_reports_of(stub_switch, call_id)) == attempts, "nothing sent after it was lost"
     log = stub_switch.kamailio.log.read_text(errors="replace")
     assert caller_no not in log and callee_no not in log
+
+
+def test_the_retry_queue_is_bounded(stub_switch: Switch, tmp_path: Path) -> None:
+    """With REPORT_QUEUE_MAX reports waiting, the next report pns does not take is logged as
+    lost at once instead of growing the switch's shared memory."""
+    stub = stub_switch.stub
+    assert stub is not None
+    sw = _start_switch(tmp_path, stub_switch.kamailio.settings["PNS_URL"], stub.access_key,
+                       stub.access_secret, timeout=1, ivr=False,
+                       extra={"REPORT_QUEUE_MAX": "1", "REPORT_RETRY_FIRST": "30"})
+    try:
+        refused = {"code": 10009, "msg": "service failure", "requestId": "1" * 19}
+        rows = []
+        for i, call_id in enumerate(("8" * 19, "9" * 19)):
+            did = f"8523555480{i}"
+            stub.answers[did] = _answer(f"8526222480{i}", call_id)
+            stub.report_answers[call_id] = [Answer(envelope=refused) for _ in range(5)]
+            rows.append((f"8525111480{i}", did))
+        caller, callee = sw.calls(rows, uac="uac_load.xml", uas="uas_load.xml", arriving=2,
+                                  rate=1)
+        assert_ok(caller)
+        assert_ok(callee)
+        kept = _log_lines(sw, "kept for retry")
+        lost = _log_lines(sw, "PNS report lost")
+        assert len(kept) == 1 and "8" * 19 in kept[0], kept
+        assert len(lost) == 1 and "9" * 19 in lost[0], lost
+        assert "REPORT_QUEUE_MAX" in lost[0] and "code 10009" in lost[0], lost[0]
+    finally:
+        sw.kamailio.stop()
 
 
 def test_cancel_while_pns_is_asked_is_reported(stub_switch: Switch) -> None:
