@@ -207,6 +207,10 @@ class Switch:
 TRUSTED = "192.0.2.10, 127.0.0.1,127.0.0.4/31"
 
 
+# The options of deploy/systemd/kamailio-pns.service beyond the paths: what is shipped is tested.
+KAMAILIO_ARGS = ("-x", "tlsf")
+
+
 def _start_switch(workdir: Path, pns_url: str, key: str, secret: str, *, timeout: int,
                   ivr: bool, extra: dict[str, str] | None = None) -> Switch:
     """Kamailio from the environment only (plain values, no quotes: as the systemd unit)."""
@@ -225,7 +229,7 @@ def _start_switch(workdir: Path, pns_url: str, key: str, secret: str, *, timeout
         settings["SIP_IVR"] = f"sip:{HOST}:{ivr_port}"
     settings.update(extra or {})
     workdir.mkdir(parents=True, exist_ok=True)
-    kam = Kamailio(workdir, settings, port=free_port())
+    kam = Kamailio(workdir, settings, port=free_port(), extra_args=KAMAILIO_ARGS)
     kam.start()
     return Switch(kam, gateway, ivr_port, workdir)
 

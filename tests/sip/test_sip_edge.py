@@ -12,15 +12,26 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shlex
 import socket
+import subprocess
 import time
 import urllib.request
 import uuid
 from pathlib import Path
 
-from .conftest import PnsServer, Switch, _start_switch
-from .sipkit import HOST, options_request, sip_request, tail
+from .conftest import KAMAILIO_ARGS, PnsServer, Switch, _start_switch
+from .sipkit import (
+    HOST,
+    KAMAILIO_CFG,
+    KAMAILIO_HTTP_JS,
+    REPO,
+    options_request,
+    sip_request,
+    tail,
+)
 from .stub_pns import Answer
 from .test_sip_switch import assert_no_trace, assert_ok, finals, invites
 
@@ -164,3 +175,27 @@ def test_without_sip_trusted_the_switch_warns_at_start(switch: Switch,
               if "SIP_TRUSTED is not set" in line]
     assert len(warned) == 1 and "ALERT" in warned[0], tail(stub_switch.kamailio.log)
     assert "SIP_TRUSTED is not set" not in switch.kamailio.log.read_text(errors="replace")
+
+
+def test_the_systemd_unit_and_its_environment_file_make_a_valid_switch(tmp_path: Path) -> None:
+    """deploy/systemd/kamailio-pns.service passes no setting on the command line, only through
+    its EnvironmentFile; its command with deploy/kamailio/kamailio.env.example (paths moved
+    here) is a valid config, with the options the tests run (KAMAILIO_ARGS)."""
+    unit = (REPO / "deploy" / "systemd" / "kamailio-pns.service").read_text()
+    [exec_start] = re.findall(r"^ExecStart=(.*)$", unit, re.M)
+    assert re.search(r"^EnvironmentFile=/etc/pns/kamailio\.env$", unit, re.M)
+    args = shlex.split(exec_start)
+    assert "-A" not in args and not any(a.startswith("--modparam") for a in args), exec_start
+    assert " ".join(KAMAILIO_ARGS) in exec_start
+    env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin")}
+    for line in (REPO / "deploy" / "kamailio" / "kamailio.env.example").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.partition("=")
+            env[name] = value
+    assert {"PNS_ACCESS_SECRET", "SIP_TRUSTED", "TOPOH_MASK_KEY"} <= set(env)
+    env |= {"PNS_HTTP_JS": str(KAMAILIO_HTTP_JS), "SIP_LISTEN": f"udp:{HOST}:5060"}
+    args = [a.replace("/etc/pns/kamailio.cfg", str(KAMAILIO_CFG))
+            .replace("/run/kamailio-pns", str(tmp_path)) for a in args]
+    proc = subprocess.run([*args, "-c"], capture_output=True, text=True, timeout=30, env=env)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "config file ok" in out, out[-3000:]
