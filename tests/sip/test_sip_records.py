@@ -422,6 +422,42 @@ def test_a_report_refused_until_the_deadline_is_lost_and_logged(stub_switch: Swi
     assert caller_no not in log and callee_no not in log
 
 
+def test_many_reports_kept_at_once_are_all_taken_once(stub_switch: Switch) -> None:
+    """250 calls whose reports pns refuses once each (HTTP 503): the timer sends them again, at
+    most 200 a round, until every one is taken, and none twice after it was."""
+    stub = stub_switch.stub
+    assert stub is not None
+    rows, call_ids = [], []
+    for i in range(250):
+        did, call_id = f"852355490{i:03d}", f"7{i:018d}"
+        stub.answers[did] = _answer(f"852622249{i:03d}", call_id)
+        stub.report_answers[call_id] = [Answer(status=503, raw=b"busy")]
+        rows.append((f"852511149{i:03d}", did))
+        call_ids.append(call_id)
+    caller, callee = stub_switch.calls(rows, uac="uac_load.xml", uas="uas_load.xml",
+                                       arriving=len(rows), rate=100, limit=50, pause_ms=0,
+                                       timeout=60)
+    assert_ok(caller)
+    assert_ok(callee)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        taken = len(_log_lines(stub_switch, "taken after 2 tries", timeout=0))
+        if taken >= len(rows):
+            break
+        time.sleep(0.5)
+    time.sleep(3)
+    sent = {cid: 0 for cid in call_ids}
+    for r in list(stub.requests):
+        if r.headers.get("action") == "reportCall":
+            cid = json.loads(r.body).get("callId")
+            if cid in sent:
+                sent[cid] += 1
+    assert sorted(set(sent.values())) == [2], "each report: refused once, then taken once"
+    for cid in call_ids:
+        assert _log_lines(stub_switch, f"PNS report of call {cid} taken after 2 tries",
+                          timeout=0), cid
+
+
 def test_the_retry_queue_is_bounded(stub_switch: Switch, tmp_path: Path) -> None:
     """With REPORT_QUEUE_MAX reports waiting, the next report pns does not take is logged as
     lost at once instead of growing the switch's shared memory."""
