@@ -19,6 +19,7 @@ import subprocess
 import time
 import uuid
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -30,6 +31,7 @@ from .sipkit import (
     Message,
     SippRun,
     display_of,
+    free_port,
     require_binaries,
     sip_request,
     user_of,
@@ -119,6 +121,23 @@ def test_missing_setting_is_refused_by_name() -> None:
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert "MISSING SETTING: PNS_ACCESS_KEY" in out, out[-3000:]
+
+
+def test_a_missing_http_script_stops_the_start_by_name(tmp_path: Path) -> None:
+    """Without kamailio-http.js Kamailio exits at once, naming the file, instead of running
+    with every query failing."""
+    binary = require_binaries("kamailio")["kamailio"]
+    missing = tmp_path / "no-such-kamailio-http.js"
+    env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin"),
+           "PNS_URL": "http://127.0.0.1:9/api/pns/", "PNS_ACCESS_KEY": "k",
+           "PNS_ACCESS_SECRET": "s", "SIP_GATEWAY": "sip:127.0.0.1:5070",
+           "SIP_LISTEN": f"udp:{HOST}:{free_port()}", "SIP_TRUSTED": HOST,
+           "PNS_HTTP_JS": str(missing)}
+    proc = subprocess.run([binary, "-DD", "-E", "-Y", str(tmp_path), "-f", str(KAMAILIO_CFG),
+                           "-m", "64"], capture_output=True, text=True, timeout=30, env=env)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert f"failed to load js script file: {missing}" in out, out[-3000:]
 
 
 # ---------------------------------------------------------------------------------------------
