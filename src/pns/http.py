@@ -445,6 +445,8 @@ class _Connection(asyncio.Protocol):
         self._error = status
         self._expect_continue = False
         self._unparsed = memoryview(b"")
+        self._unprogressed = 0
+        self._reset_message()
 
     def _refuse(self, status: int) -> None:
         transport = self._transport
