@@ -35,6 +35,7 @@ _ERROR_MSG = {
     408: "request timeout",
     413: "request body larger than 64 KiB",
     414: "URL too long",
+    417: "only the expectation 100-continue is supported",
     431: "request headers too large",
     500: "failed to retrieve data",
     503: "service unavailable",
