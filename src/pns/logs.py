@@ -24,8 +24,9 @@ from collections import deque
 from typing import Any, TextIO
 
 # Phone numbers have at most 15 digits (E.164); longer runs are ids (requestId has 19), which
-# must stay whole to correlate logs.
-_NUMBER = re.compile(r"(?<!\d)\d{7,15}(?!\d)")
+# must stay whole to correlate logs. Whole runs of 7+ digits are matched and the longer ones
+# left alone: a pattern bounded to 15 with look-arounds backtracks through every id.
+_DIGIT_RUN = re.compile(r"\d{7,}")
 
 _ACCESS = "pns.access"
 _ACCESS_MSG = "requestId=%s action=%s code=%d ms=%.3f"
@@ -38,8 +39,12 @@ _CAPACITY = 65_536
 
 def mask_number(text: str) -> str:
     """Keep the first 4 and last 2 digits of every phone-number-like run: 8521*****14."""
-    return _NUMBER.sub(lambda m: m.group()[:4] + "*" * (len(m.group()) - 6) + m.group()[-2:],
-                       text)
+    return _DIGIT_RUN.sub(_mask_run, text)
+
+
+def _mask_run(match: re.Match[str]) -> str:
+    run = match.group()
+    return run if len(run) > 15 else run[:4] + "*" * (len(run) - 6) + run[-2:]
 
 
 class TextFormatter(logging.Formatter):
@@ -124,10 +129,9 @@ class _Writer:
     """The one thread that formats and writes log lines, a batch per ``write``."""
 
     def __init__(self, handler: logging.StreamHandler[TextIO],
-                 formatter: TextFormatter | JsonFormatter, mask: bool):
+                 formatter: TextFormatter | JsonFormatter):
         self._handler = handler
         self._formatter = formatter
-        self._mask = mask
         self._items: deque[logging.LogRecord | AccessEntry] = deque()
         self._wake = threading.Event()
         self._lock = threading.Lock()
@@ -183,11 +187,11 @@ class _Writer:
                 if not self._handler.filter(item):
                     return None
                 return self._handler.format(item)
+            # An access line holds a 19-digit id, an action name, a code and a duration: no
+            # phone number to mask, by construction.
             created, request_id, action, code, seconds = item
-            message = _ACCESS_MSG % (request_id, action, code, seconds * 1000)
-            if self._mask:
-                message = mask_number(message)
-            return self._formatter.format_access(created, message)
+            return self._formatter.format_access(
+                created, _ACCESS_MSG % (request_id, action, code, seconds * 1000))
         except Exception:
             return None  # a record that cannot be formatted is lost alone
 
@@ -244,7 +248,7 @@ def configure(level: str, fmt: str, stream: TextIO | None = None) -> None:
     if mask:
         handler.addFilter(MaskingFilter())
     _direct = handler
-    _writer = _Writer(handler, formatter, mask)
+    _writer = _Writer(handler, formatter)
     root = logging.getLogger()
     root.handlers[:] = [_QueueHandler(_writer)]
     root.setLevel(level.upper())
