@@ -105,6 +105,9 @@ class TlsProxy:
     def stop(self) -> None:
         async def stop() -> int:
             self._server.close()
+            for writer in list(self._writers):
+                writer.close()
+            await asyncio.sleep(0.05)  # let the closes go out before the loop stops
             return 0
         self._call(stop())
         self._loop.call_soon_threadsafe(self._loop.stop)
