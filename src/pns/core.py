@@ -398,7 +398,7 @@ class Service:
                 call_id=call_id, bind_id=binding.bind_id, account_id=binding.account_id,
                 x=binding.x, caller=caller_digits or caller, callee=callee,
                 customer_bind_id=binding.customer_bind_id, business_id=binding.business_id,
-                bind_type=binding.bind_type, queried_at=now,
+                bind_type=binding.bind_type, queried_at=now, queried_by=account.id,
             )
         )
         return QueryAnswer(
@@ -416,8 +416,15 @@ class Service:
         self.on_event()
 
     # --- call records ----------------------------------------------------------------------
-    async def report_call(self, report: CallReport, now: int | None = None) -> CallRecord:
-        """Store a finished call once per callId, and enqueue its delivery."""
+    async def report_call(self, report: CallReport, now: int | None = None,
+                          reporter: Account | None = None) -> CallRecord:
+        """Store a finished call once per callId, and enqueue its delivery.
+
+        The callId's reference is joined only when it is the reporter's own query (the
+        account that asked is the one reporting) and agrees with the report's did and caller
+        when the report carries them; otherwise the report is joined by did and caller, as
+        for an unknown callId. So a report never lands on another account's call, even if a
+        callId were ever reused."""
         now = int(time.time()) if now is None else now
         if not report.callId:
             raise PnsError(Code.BAD_PARAMETER, "callId is required")
@@ -427,6 +434,8 @@ class Service:
         if len(report.hangupCause) > 64 or len(report.recordFile) > 2048:
             raise PnsError(Code.BAD_PARAMETER, "hangupCause or recordFile too long")
         call = await self.store.get_call(report.callId)
+        if call is not None and not _same_call(call, report, reporter):
+            call = None
         if call is None:
             call = await self._call_from_binding(report, now)
         if call is None:
@@ -443,7 +452,8 @@ class Service:
                 self.on_event()
             return record
         existing = await self.store.get_call_record(call.account_id, report.callId)
-        assert existing is not None
+        if existing is None:  # this callId was reported for another account's call
+            raise PnsError(Code.BINDING_NOT_EXIST, "callId already reported for another call")
         return existing
 
     async def _call_from_binding(self, report: CallReport, now: int) -> CallRef | None:
@@ -532,6 +542,19 @@ class Service:
         if _same_request(existing, a, b, x, flag, expire_second, extension, bind_type):
             return existing
         raise PnsError(Code.CUSTOMER_BIND_ID_REUSED)
+
+
+def _same_call(call: CallRef, report: CallReport, reporter: Account | None) -> bool:
+    """Is ``call`` the reporter's own query, and the call the report describes?"""
+    if reporter is not None and call.queried_by and call.queried_by != reporter.id:
+        return False
+    if report.did:
+        x = parse_international(report.did)
+        if x is None or x.digits != call.x:
+            return False
+        if report.caller and normalise_caller(report.caller, x.country_code) != call.caller:
+            return False
+    return True
 
 
 def _party_callee(binding: Binding, caller: str | None) -> str | None:

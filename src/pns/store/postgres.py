@@ -17,7 +17,6 @@ the session (``statement_timeout=5000``, ``application_name=...``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable, Sequence
@@ -26,7 +25,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
-from ..ids import snowflake_floor
+from ..ids import WORKER_IDS, snowflake_floor
 from ..model import (
     Account,
     AccountChanges,
@@ -43,6 +42,7 @@ from ..model import (
     VirtualNumber,
 )
 from .base import CALL_RETENTION, BindConflict, ConflictKind, StoreError, summarise_pools
+from .callrefs import CallRefBuffer
 from .rows import (
     ACCOUNT_COLUMNS,
     EVENT_COLUMNS,
@@ -56,7 +56,7 @@ from .rows import (
 T = TypeVar("T")
 _log = logging.getLogger("pns.store.postgres")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 DEFAULT_POOL_MIN = 1
 DEFAULT_POOL_MAX = 10
@@ -66,10 +66,6 @@ _MIGRATION_LOCK = 0x706E736D69677200
 # Deadlocks and serialisation failures are retried this many times in all.
 _ATTEMPTS = 6
 _RETRIED = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
-# Call references are written in groups, as in the SQLite store (see record_call).
-CALL_FLUSH_SECONDS = 0.005
-CALL_FLUSH_BATCH = 512
-CALL_RETRY_SECONDS = 1.0
 _OPEN_ERRORS = (
     OSError, TimeoutError, ValueError, asyncpg.PostgresError, asyncpg.InterfaceError,
 )
@@ -287,6 +283,16 @@ _MIGRATIONS: list[str] = [
     CREATE INDEX outbox_due ON outbox (next_attempt_at) WHERE state = 'pending';
     CREATE INDEX outbox_created ON outbox (created_at);
     """,
+    # 3: who asked for each callId; the leases of snowflake worker ids.
+    """
+    ALTER TABLE calls ADD COLUMN queried_by BIGINT NOT NULL DEFAULT 0;
+    CREATE TABLE id_workers (
+        id INTEGER PRIMARY KEY,
+        holder TEXT NOT NULL DEFAULT '',
+        lease_until BIGINT NOT NULL DEFAULT 0
+    );
+    INSERT INTO id_workers (id) SELECT generate_series(0, 1023);
+    """,
 ]
 
 _CONFLICTS = {
@@ -354,8 +360,7 @@ def _int_option(values: dict[str, str], key: str, default: int, minimum: int) ->
 class PostgresStore:
     def __init__(self, pool: Any):
         self._pool = pool
-        self._pending_calls: dict[str, CallRef] = {}
-        self._flusher: asyncio.Task[None] | None = None
+        self._calls = CallRefBuffer(self._write_calls)
 
     @classmethod
     async def open(cls, url: str, *, migrate: bool = True) -> PostgresStore:
@@ -426,16 +431,7 @@ class PostgresStore:
                     await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
 
     async def close(self) -> None:
-        if self._flusher is not None:
-            self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
-            self._flusher = None
-        try:
-            await self.flush_calls()
-        except Exception:
-            _log.exception("could not write %d call references at close",
-                           len(self._pending_calls))
+        await self._calls.close()
         try:
             await asyncio.wait_for(self._pool.close(), timeout=10)
         except TimeoutError:
@@ -710,51 +706,50 @@ class PostgresStore:
 
     # --- calls, replay guard, housekeeping -------------------------------------------------
     async def record_call(self, call: CallRef) -> None:
-        """Group commit: call references are written in one statement every few
-        milliseconds, not one commit per query (the hot path). A crash of this process loses
-        at most the last ``CALL_FLUSH_SECONDS`` of them; ``reportCall`` then joins by did and
-        caller instead. Until written, ``get_call`` of this process still finds them."""
-        self._pending_calls[call.call_id] = call
-        if len(self._pending_calls) >= CALL_FLUSH_BATCH:
-            await self.flush_calls()
-        elif self._flusher is None:
-            self._flusher = asyncio.get_running_loop().create_task(
-                self._flush_after(CALL_FLUSH_SECONDS)
-            )
-
-    async def _flush_after(self, delay: float) -> None:
-        await asyncio.sleep(delay)
-        self._flusher = None  # calls recorded from now on schedule the next flush
-        try:
-            await self.flush_calls()
-        except Exception:
-            _log.exception("could not write %d call references; will retry",
-                           len(self._pending_calls))
-            if self._flusher is None:
-                self._flusher = asyncio.get_running_loop().create_task(
-                    self._flush_after(CALL_RETRY_SECONDS)
-                )
+        """Buffered (``callrefs.CallRefBuffer``): the query pays no write."""
+        self._calls.add(call)
 
     async def flush_calls(self) -> None:
-        """Write the pending call references now (raises when the database cannot)."""
-        calls = list(self._pending_calls.values())
-        if not calls:
-            return
+        """Write every pending call reference now (tests, shutdown)."""
+        await self._calls.close()
+
+    async def _write_calls(self, calls: Sequence[CallRef]) -> None:
         await self._pool.execute(
             "INSERT INTO calls (call_id, bind_id, account_id, x, caller, callee, "
-            "customer_bind_id, business_id, bind_type, queried_at) "
+            "customer_bind_id, business_id, bind_type, queried_at, queried_by) "
             "SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], "
-            "$6::text[], $7::text[], $8::text[], $9::integer[], $10::bigint[]) "
+            "$6::text[], $7::text[], $8::text[], $9::integer[], $10::bigint[], $11::bigint[]) "
             "ON CONFLICT (call_id) DO NOTHING",
             [c.call_id for c in calls], [c.bind_id for c in calls],
             [c.account_id for c in calls], [c.x for c in calls], [c.caller for c in calls],
             [c.callee for c in calls], [c.customer_bind_id for c in calls],
             [c.business_id for c in calls], [c.bind_type for c in calls],
-            [c.queried_at for c in calls],
+            [c.queried_at for c in calls], [c.queried_by for c in calls],
         )
-        for call in calls:
-            if self._pending_calls.get(call.call_id) is call:
-                del self._pending_calls[call.call_id]
+
+    async def lease_worker_id(self, holder: str, now: int, lease_seconds: int,
+                              current: int | None = None) -> int | None:
+        async def work(conn: Any) -> Any:
+            if current is not None:
+                renewed = await conn.fetchval(
+                    "UPDATE id_workers SET lease_until = $1 WHERE id = $2 AND holder = $3 "
+                    "AND lease_until > $4 RETURNING id",
+                    now + lease_seconds, current, holder, now)
+                if renewed is not None:
+                    return renewed
+            return await conn.fetchval(
+                "UPDATE id_workers SET holder = $1, lease_until = $2 WHERE id = ("
+                " SELECT id FROM id_workers WHERE lease_until <= $3 AND id < $4 "
+                " ORDER BY lease_until, id LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING id",
+                holder, now + lease_seconds, now, WORKER_IDS)
+
+        worker = await self._retry(work)
+        return int(worker) if worker is not None else None
+
+    async def release_worker_id(self, holder: str, worker_id: int) -> None:
+        await self._pool.execute(
+            "UPDATE id_workers SET lease_until = 0 WHERE id = $1 AND holder = $2",
+            worker_id, holder)
 
     async def claim_signature(self, key: str, expires_at: int, now: int) -> bool:
         async def work(conn: Any) -> Any:
@@ -789,12 +784,13 @@ class PostgresStore:
 
     # --- call records and the outbox -------------------------------------------------------
     async def get_call(self, call_id: str) -> CallRef | None:
-        pending = self._pending_calls.get(call_id)
+        pending = self._calls.get(call_id)
         if pending is not None:
             return pending
         row = await self._pool.fetchrow(
             "SELECT call_id, bind_id, account_id, x, caller, callee, customer_bind_id, "
-            "business_id, bind_type, queried_at FROM calls WHERE call_id = $1", call_id,
+            "business_id, bind_type, queried_at, queried_by FROM calls WHERE call_id = $1",
+            call_id,
         )
         return CallRef(*row) if row else None
 
