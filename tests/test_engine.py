@@ -34,7 +34,7 @@ from pns.store import open_store
 from pns.store.callrefs import CallRefBuffer
 from pns.store.sqlite import path_from_url
 
-from .conftest import Server, Tenant, cli, create_tenant, unique_hk
+from .conftest import Server, cli, create_tenant, unique_hk
 
 T0 = 4_000_000_000
 
@@ -216,7 +216,7 @@ def test_a_report_never_joins_another_accounts_call(server: Server) -> None:
     assert (record["bindId"], record["caller"], record["callee"]) == (x2["bindId"], a2, b2)
 
 
-# --- 3. one bounded call-reference buffer ----------------------------------------------------------
+# --- 3. one bounded call-reference buffer ---------------------------------------------------
 async def _refuse_call_refs(url: str, refuse: bool) -> None:
     if url.startswith("sqlite"):
         conn = sqlite3.connect(path_from_url(url), isolation_level=None)
@@ -355,7 +355,7 @@ def test_sigkill_after_queries_then_reports_still_join(tmp_path: Path) -> None:
         server.stop()
 
 
-# --- 4. the in-memory index sees other processes' writes before the next answer ----------------
+# --- 4. the index sees other processes' writes before the next answer ----------------------
 def test_index_sees_the_cli_before_the_next_answer(tmp_path: Path) -> None:
     """``pns bindings unbind`` and ``pns numbers remove --force`` (other processes): the very
     next query after the command returns is refused; a binding another server made is found."""
@@ -407,7 +407,7 @@ def test_index_reloads_when_the_deletion_log_was_pruned_past_it(tmp_path: Path) 
                 conn.execute("DELETE FROM binding_deletions")
             conn.close()
             assert await writer.delete_binding(f"{3:032x}")
-            for i, (a, b) in enumerate(pairs):
+            for i, (_, b) in enumerate(pairs):
                 found = await served.find_by_party(x, b, T0)
                 assert (found is not None) == (i == 4), i
         finally:
