@@ -83,5 +83,7 @@ def snowflake_floor(epoch_seconds: float) -> str:
 
 
 def new_bind_id() -> str:
-    """32 lowercase hex digits, as NXCloud's bindId."""
-    return secrets.token_hex(16)
+    """32 lowercase hex digits, as NXCloud's bindId: 12 of milliseconds, then 80 random bits.
+    The time first makes a store's bindId index grow at its end, as bindings are made,
+    instead of touching a random page of it for every bind (most of a bind's cost at 10^6)."""
+    return f"{int(time.time() * 1000) & 0xFFFFFFFFFFFF:012x}{secrets.token_hex(10)}"
