@@ -6,10 +6,12 @@ stores only keep the invariants with their unique keys and answer narrow questio
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Generic, TypeVar
 
 import msgspec
 
@@ -37,6 +39,7 @@ from .model import (
 from .numbers import Number, normalise_caller, parse_international, require_international
 from .store.base import BindConflict, ConflictKind, Store
 
+log = logging.getLogger("pns.core")
 K = TypeVar("K")
 V = TypeVar("V")
 
@@ -159,6 +162,7 @@ class Service:
         self.accounts = AccountDirectory(store, self.settings.account_cache_seconds)
         # Called after an event enters the outbox, so a delivery worker can wake at once.
         self.on_event: Callable[[], None] = lambda: None
+        self._background: set[asyncio.Task[None]] = set()
 
     # --- bindAXB ---------------------------------------------------------------------------
     async def bind_axb(
@@ -389,7 +393,7 @@ class Service:
                         bind_type=BIND_TYPE_EXTENSION, prompts=owner, extension=None,
                     )
                 if account.role is Role.SWITCH:
-                    await self.notify_binding_error(owner, caller, x.digits, now)
+                    self._in_background(self.notify_binding_error(owner, caller, x.digits, now))
                 raise PnsError(Code.BINDING_NOT_EXIST, data=prompt_data(owner))
             binding = found
         call_id = new_snowflake()
@@ -405,6 +409,19 @@ class Service:
             callee=callee, call_id=call_id, flag=binding.flag, bind_type=binding.bind_type,
             prompts=owner, extension=extension,
         )
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run a write the answer need not wait for (the query path never waits on a write:
+        another process may hold the store's write lock); its failure is logged."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task[None]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("a binding-error callback was not enqueued: %s",
+                      type(task.exception()).__name__)
 
     async def notify_binding_error(self, owner: Account | None, caller: str, did: str,
                                    now: int) -> None:
