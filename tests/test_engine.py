@@ -415,3 +415,40 @@ def test_index_reloads_when_the_deletion_log_was_pruned_past_it(tmp_path: Path) 
             await writer.close()
 
     asyncio.run(go())
+
+
+def test_a_large_store_answers_while_its_index_is_built(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A large store builds its index in a thread: meanwhile reads go to SQLite, and the
+    writes made during the build are in the index once it is installed."""
+    import pns.store.sqlite as sqlite_store
+
+    monkeypatch.setattr(sqlite_store, "INDEX_BUILT_AT_ONCE", 0)
+    url = f"sqlite:///{tmp_path}/pns.db"
+
+    async def go() -> None:
+        writer = await open_store(url)
+        acc = await writer.create_account("c", Role.CUSTOMER, "k", "s", T0)
+        x = unique_hk("3")
+        await writer.add_numbers([VirtualNumber(x, acc.id, 852)])
+        pairs = [(unique_hk("1"), unique_hk("2")) for _ in range(3)]
+        await writer.insert_binding(_binding(acc.id, x, *pairs[0], "0" * 32), T0)
+        await writer.insert_binding(_binding(acc.id, x, *pairs[1], "1" * 32), T0)
+        served = await open_store(url, index=True)
+        assert isinstance(served, sqlite_store.SqliteStore)
+        try:
+            build = served._index_build
+            assert build is not None  # built in the background
+            assert await served.find_by_party(x, pairs[0][0], T0) is not None
+            assert await writer.delete_binding("0" * 32)
+            await writer.insert_binding(_binding(acc.id, x, *pairs[2], "2" * 32), T0)
+            await build
+            assert served._index is not None
+            assert await served.find_by_party(x, pairs[0][0], T0) is None
+            assert await served.find_by_party(x, pairs[1][1], T0) is not None
+            assert (await served.find_by_party(x, pairs[2][1], T0)).bind_id == "2" * 32
+        finally:
+            await served.close()
+            await writer.close()
+
+    asyncio.run(go())

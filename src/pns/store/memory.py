@@ -15,6 +15,7 @@ tells a binding apart from a later one on the same keys.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import msgspec
 
@@ -27,9 +28,12 @@ _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(_Packed).decode
 
 
+def _plain(digits: str) -> bool:
+    return len(digits) < 16 and digits.isdigit() and digits.isascii() and digits[:1] != "0"
+
+
 def _party_key(x: str, number: str) -> int | tuple[str, str]:
-    if (number.isdigit() and x.isdigit() and len(number) < 16 and len(x) < 16
-            and number[0] != "0" and x[0] != "0" and number.isascii() and x.isascii()):
+    if _plain(number) and _plain(x):
         return int(x) * _SHIFT + int(number)
     return (x, number)
 
@@ -65,9 +69,24 @@ class BindingIndex:
         if binding.extension:
             self._extensions.setdefault(binding.x, {})[binding.extension] = value
 
-    def add_rows(self, rows: Iterable[tuple[int, Binding]]) -> None:
-        for seq, binding in rows:
-            self.add(seq, binding)
+    def add_rows(self, rows: Iterable[tuple[Any, ...]]) -> None:
+        """Add rows of (seq, then a binding's fields in ``Binding`` order), as a store reads
+        them: the packed value is the row itself, with no ``Binding`` made on the way."""
+        parties = self._parties
+        x_keys: dict[str, int] = {}  # X's part of the key, computed once per X
+        for row in rows:
+            value = _encode(row)
+            x, a, b, extension = row[3], row[4], row[5], row[6]
+            x_key = x_keys.get(x)
+            if x_key is None:
+                x_key = x_keys[x] = int(x) * _SHIFT if _plain(x) else -1
+            for party in (a, b) if b else (a,):
+                if x_key >= 0 and _plain(party):
+                    parties[x_key + int(party)] = value
+                else:
+                    parties[(x, party)] = value
+            if extension:
+                self._extensions.setdefault(x, {})[extension] = value
 
     def remove(self, seq: int, x: str, a: str, b: str, extension: str) -> None:
         """Forget binding ``seq``; keys a later binding holds already are left alone."""

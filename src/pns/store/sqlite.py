@@ -94,6 +94,8 @@ DELETION_LOG_KEPT = 100_000
 # Jobs the writer thread takes into one transaction at most.
 _GROUP_MAX = 1024
 BUSY_TIMEOUT_MS = 10_000
+# A store with fewer bindings builds its read index before it answers; a larger one in a thread.
+INDEX_BUILT_AT_ONCE = 100_000
 
 # Each entry upgrades the schema from version i to i + 1.
 _MIGRATIONS: list[str] = [
@@ -413,7 +415,9 @@ class SqliteStore:
         self._writer: _Writer | None = None
         self._checkpoints: _Checkpointer | None = None
         self._calls = CallRefBuffer(self._write_calls)
-        self._index: BindingIndex | None = BindingIndex() if index else None
+        # The read index once built (None: reads go to SQLite), and how far it has read.
+        self._index: BindingIndex | None = None
+        self._index_build: asyncio.Task[None] | None = None
         self._index_version = -1
         self._index_seq = 0
         self._index_deletion = 0
@@ -459,8 +463,8 @@ class SqliteStore:
             conn.execute("PRAGMA wal_autocheckpoint = 0")
             store._checkpoints = _Checkpointer(path)
         store._writer = _Writer(conn, store._write_lock)
-        if store._index is not None:
-            store._sync_index()
+        if use_index:
+            store._start_index()
         return store
 
     # --- schema ----------------------------------------------------------------------------
@@ -528,6 +532,9 @@ class SqliteStore:
         return await self._writer.submit(work, own=True)
 
     async def close(self) -> None:
+        if self._index_build is not None:
+            with contextlib.suppress(Exception):
+                await self._index_build
         await self._calls.close()
         if self._writer is not None:
             writer, self._writer = self._writer, None
@@ -810,11 +817,63 @@ class SqliteStore:
         return {row[0] for row in rows}
 
     # --- the in-memory index -----------------------------------------------------------------
+    def _start_index(self) -> None:
+        """Build the read index: at once for a small store; for a large one (seconds at 10^6)
+        in a thread, while reads go to SQLite, so the server answers from the start."""
+        (bindings,) = self._read.execute("SELECT coalesce(max(seq), 0) FROM bindings").fetchone()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if bindings < INDEX_BUILT_AT_ONCE or loop is None:
+            self._install_index(*self._build_index(self._read))
+            return
+
+        def build() -> tuple[BindingIndex, int, int]:
+            conn = _connect(self._path)
+            try:
+                return self._build_index(conn)
+            finally:
+                conn.close()
+
+        async def build_then_install() -> None:
+            try:
+                self._install_index(*await asyncio.to_thread(build))
+            except Exception:
+                _log.exception("could not build the read index; reads stay on SQLite")
+
+        self._index_build = loop.create_task(build_then_install())
+
+    @staticmethod
+    def _build_index(conn: sqlite3.Connection) -> tuple[BindingIndex, int, int]:
+        """Every binding in one snapshot, with the positions (last seq, last deletion) that the
+        next ``_sync_index`` continues from."""
+        index = BindingIndex()
+        seq = 0
+        conn.execute("BEGIN")
+        try:
+            (deletion,) = conn.execute(
+                "SELECT coalesce(max(id), 0) FROM binding_deletions").fetchone()
+            rows = conn.execute(
+                f"SELECT b.seq, {_BINDING_COLUMNS} FROM bindings b ORDER BY b.seq")
+            while batch := rows.fetchmany(4096):
+                index.add_rows(batch)
+                seq = batch[-1][0]
+        finally:
+            conn.execute("COMMIT")
+        return index, seq, deletion
+
+    def _install_index(self, index: BindingIndex, seq: int, deletion: int) -> None:
+        self._index_seq, self._index_deletion = seq, deletion
+        self._index_version = -1  # whatever was committed since: read before the next answer
+        self._index = index
+
     def _sync_index(self) -> None:
         """Bring the index up to date when the file changed since it last looked (one
         ``PRAGMA data_version``, about a microsecond, when nothing changed). Any connection's
         commit changes it, this process's writer thread included; the changes are read in one
-        snapshot: bindings with a larger ``seq`` than seen, and the deletion log."""
+        snapshot: bindings with a larger ``seq`` than seen, and the deletion log. An index
+        further behind than the log keeps is rebuilt."""
         index = self._index
         assert index is not None
         read = self._read
@@ -823,27 +882,23 @@ class SqliteStore:
             return
         read.execute("BEGIN")
         try:
-            first_kept = read.execute(
-                "SELECT min(id) FROM binding_deletions").fetchone()[0]
-            reload = self._index_version < 0 or (
-                first_kept is not None and first_kept > self._index_deletion + 1)
-            if reload:
-                index.clear()
-                self._index_seq = 0
-                (self._index_deletion,) = read.execute(
-                    "SELECT coalesce(max(id), 0) FROM binding_deletions").fetchone()
+            (first_kept,) = read.execute("SELECT min(id) FROM binding_deletions").fetchone()
+            if first_kept is not None and first_kept > self._index_deletion + 1:
+                read.execute("COMMIT")
+                index, seq, deletion = self._build_index(read)
+                self._install_index(index, seq, deletion)
+                read.execute("BEGIN")
             rows = read.execute(
                 f"SELECT b.seq, {_BINDING_COLUMNS} FROM bindings b WHERE b.seq > ? "
                 "ORDER BY b.seq", (self._index_seq,))
-            for row in rows:
-                index.add(row[0], Binding(*row[1:]))
-                self._index_seq = row[0]
-            if not reload:
-                for row in read.execute(
-                        "SELECT id, seq, x, a, b, extension FROM binding_deletions WHERE id > ? "
-                        "ORDER BY id", (self._index_deletion,)):
-                    index.remove(row[1], row[2], row[3], row[4], row[5])
-                    self._index_deletion = row[0]
+            while batch := rows.fetchmany(4096):
+                index.add_rows(batch)
+                self._index_seq = batch[-1][0]
+            for row in read.execute(
+                    "SELECT id, seq, x, a, b, extension FROM binding_deletions WHERE id > ? "
+                    "ORDER BY id", (self._index_deletion,)):
+                index.remove(row[1], row[2], row[3], row[4], row[5])
+                self._index_deletion = row[0]
         finally:
             read.execute("COMMIT")
         self._index_version = version
