@@ -57,10 +57,8 @@ class BindingIndex:
     def __init__(self) -> None:
         self._parties: dict[int | tuple[str, str], bytes] = {}
         self._extensions: dict[str, dict[str, bytes]] = {}
-
-    def clear(self) -> None:
-        self._parties = {}
-        self._extensions = {}
+        # X's part of a party key, per X (as many as the store has numbers).
+        self._x_keys: dict[str, int] = {}
 
     def add(self, seq: int, binding: Binding) -> None:
         value = pack(seq, binding)
@@ -73,7 +71,7 @@ class BindingIndex:
         """Add rows of (seq, then a binding's fields in ``Binding`` order), as a store reads
         them: the packed value is the row itself, with no ``Binding`` made on the way."""
         parties = self._parties
-        x_keys: dict[str, int] = {}  # X's part of the key, computed once per X
+        x_keys = self._x_keys
         for row in rows:
             value = _encode(row)
             x, a, b, extension = row[3], row[4], row[5], row[6]
@@ -104,7 +102,12 @@ class BindingIndex:
                     del self._extensions[x]
 
     def find_by_party(self, x: str, number: str, now: int) -> Binding | None:
-        value = self._parties.get(_party_key(x, number))
+        x_key = self._x_keys.get(x)
+        if x_key is None:
+            x_key = self._x_keys[x] = int(x) * _SHIFT if _plain(x) else -1
+        key: int | tuple[str, str] = (
+            x_key + int(number) if x_key >= 0 and _plain(number) else (x, number))
+        value = self._parties.get(key)
         if value is None:
             return None
         binding = unpack(value)[1]
