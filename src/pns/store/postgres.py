@@ -17,6 +17,7 @@ the session (``statement_timeout=5000``, ``application_name=...``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable, Sequence
@@ -66,6 +67,8 @@ _MIGRATION_LOCK = 0x706E736D69677200
 # Deadlocks and serialisation failures are retried this many times in all.
 _ATTEMPTS = 6
 _RETRIED = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
+# Connections of the query path's own (``_HotConnections``), at most pool_max.
+HOT_CONNECTIONS = 4
 _OPEN_ERRORS = (
     OSError, TimeoutError, ValueError, asyncpg.PostgresError, asyncpg.InterfaceError,
 )
@@ -357,9 +360,51 @@ def _int_option(values: dict[str, str], key: str, default: int, minimum: int) ->
 
 
 
+class _HotConnections:
+    """The query path's own few connections, without asyncpg's pool machinery (its acquire
+    and release cost about as much CPU as the query itself). A connection is taken from a
+    list and put back; when all are busy the call goes to the pool instead. A connection that
+    failed is dropped and a new one is made on a later call, so a restarted database is
+    reconnected by itself. asyncpg prepares each statement once per connection: a query is
+    one round trip (bind, execute)."""
+
+    def __init__(self, dsn: str, timeout: float, size: int, pool: Any):
+        self._dsn, self._timeout, self._size, self._pool = dsn, timeout, size, pool
+        self._idle: list[Any] = []
+        self._open = 0
+
+    async def fetchrow(self, sql: str, *args: Any) -> Any:
+        if self._idle:
+            conn = self._idle.pop()
+        elif self._open < self._size:
+            self._open += 1
+            try:
+                conn = await asyncpg.connect(self._dsn, timeout=self._timeout)
+            except BaseException:
+                self._open -= 1
+                raise
+        else:
+            return await self._pool.fetchrow(sql, *args)
+        try:
+            row = await conn.fetchrow(sql, *args)
+        except BaseException:
+            self._open -= 1
+            conn.terminate()
+            raise
+        self._idle.append(conn)
+        return row
+
+    async def close(self) -> None:
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.close(), timeout=5)
+
+
 class PostgresStore:
-    def __init__(self, pool: Any):
+    def __init__(self, pool: Any, hot: _HotConnections | None = None):
         self._pool = pool
+        self._hot = hot if hot is not None else pool
         self._calls = CallRefBuffer(self._write_calls)
 
     @classmethod
@@ -372,7 +417,9 @@ class PostgresStore:
             )
         except _OPEN_ERRORS as exc:
             raise StoreError(f"cannot open store {redact(url)}: {_describe(exc)}") from exc
-        store = cls(pool)
+        hot = _HotConnections(options.dsn, options.connect_timeout,
+                              min(HOT_CONNECTIONS, options.pool_max), pool)
+        store = cls(pool, hot)
         try:
             await store._prepare_schema(migrate)
         except BaseException:
@@ -432,6 +479,8 @@ class PostgresStore:
 
     async def close(self) -> None:
         await self._calls.close()
+        if isinstance(self._hot, _HotConnections):
+            await self._hot.close()
         try:
             await asyncio.wait_for(self._pool.close(), timeout=10)
         except TimeoutError:
@@ -543,7 +592,7 @@ class PostgresStore:
         return await self._retry(work)
 
     async def get_number(self, x: str) -> VirtualNumber | None:
-        row = await self._pool.fetchrow(
+        row = await self._hot.fetchrow(
             "SELECT x, account_id, country_code, enabled FROM numbers WHERE x = $1", x
         )
         return VirtualNumber(row[0], row[1], row[2], row[3]) if row else None
@@ -676,7 +725,7 @@ class PostgresStore:
         return [Binding(*row) for row in rows], int(total)
 
     async def find_by_party(self, x: str, number: str, now: int) -> Binding | None:
-        row = await self._pool.fetchrow(
+        row = await self._hot.fetchrow(
             f"SELECT {_BINDING_COLUMNS} FROM parties p JOIN bindings b ON b.seq = p.seq "
             f"WHERE p.x = $1 AND p.number = $2 AND {_active(3)}",
             x, number, now,
@@ -689,7 +738,7 @@ class PostgresStore:
         )
 
     async def has_extension_bindings(self, x: str, now: int) -> bool:
-        row = await self._pool.fetchrow(
+        row = await self._hot.fetchrow(
             f"SELECT 1 FROM bindings b WHERE b.x = $1 AND b.extension <> '' AND {_active(2)} "
             "LIMIT 1",
             x, now,
@@ -787,7 +836,7 @@ class PostgresStore:
         pending = self._calls.get(call_id)
         if pending is not None:
             return pending
-        row = await self._pool.fetchrow(
+        row = await self._hot.fetchrow(
             "SELECT call_id, bind_id, account_id, x, caller, callee, customer_bind_id, "
             "business_id, bind_type, queried_at, queried_by FROM calls WHERE call_id = $1",
             call_id,
