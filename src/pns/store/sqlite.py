@@ -30,6 +30,7 @@ import os
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -883,10 +884,14 @@ class SqliteStore:
                 conn.close()
 
         async def build_then_install() -> None:
+            started = time.monotonic()
             try:
                 self._install_index(*await asyncio.to_thread(build))
             except Exception:
                 _log.exception("could not build the read index; reads stay on SQLite")
+                return
+            _log.info("read index of %d bindings ready in %.1f s", bindings,
+                      time.monotonic() - started)
 
         self._index_build = loop.create_task(build_then_install())
 
