@@ -96,6 +96,8 @@ DELETION_LOG_KEPT = 100_000
 # Jobs the writer thread takes into one transaction at most.
 _GROUP_MAX = 1024
 BUSY_TIMEOUT_MS = 10_000
+# The schema version that brought the deletion log the read index follows.
+_INDEX_SCHEMA = 3
 # A store with fewer bindings builds its read index before it answers; a larger one in a thread.
 INDEX_BUILT_AT_ONCE = 100_000
 
@@ -507,7 +509,7 @@ class SqliteStore:
             conn.execute("PRAGMA wal_autocheckpoint = 0")
             store._checkpoints = _Checkpointer(path)
         store._writer = _Writer(conn, store._write_lock)
-        if use_index:
+        if use_index and store.schema_version() >= _INDEX_SCHEMA:
             store._changes = _ChangeWatch(path, read)
             store._start_index()
         return store
