@@ -316,26 +316,37 @@ class _Writer:
     def __init__(self, conn: sqlite3.Connection, lock: threading.Lock):
         self._conn = conn
         self._lock = lock
-        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[list[_Job] | None] = queue.SimpleQueue()
+        # Jobs of this event-loop iteration, handed over together at its end: one wake-up of
+        # the writer (and one hand-over of the GIL) per iteration, not one per write.
+        self._pending: list[_Job] = []
         self._thread = threading.Thread(target=self._run, name="pns-sqlite-writer", daemon=True)
         self._thread.start()
 
     def submit(self, work: Callable[[], T], own: bool) -> asyncio.Future[T]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._queue.put(_Job(work, own, loop, future))
+        if not self._pending:
+            loop.call_soon(self._dispatch)
+        self._pending.append(_Job(work, own, loop, future))
         return future
 
+    def _dispatch(self) -> None:
+        jobs, self._pending = self._pending, []
+        if jobs:
+            self._queue.put(jobs)
+
     def stop(self) -> None:
+        self._dispatch()
         self._queue.put(None)
         self._thread.join()
 
     def _run(self) -> None:
         while True:
-            job = self._queue.get()
-            if job is None:
+            item = self._queue.get()
+            if item is None:
                 return
-            jobs = [job]
+            jobs = list(item)
             stop = False
             while len(jobs) < _GROUP_MAX:
                 try:
@@ -345,7 +356,7 @@ class _Writer:
                 if more is None:
                     stop = True
                     break
-                jobs.append(more)
+                jobs.extend(more)
             group: list[_Job] = []
             for each in jobs:
                 if each.own:
