@@ -5,9 +5,10 @@ is written before the answer); a power loss or kernel crash may lose the last co
 
 Threads and connections, so that the event loop never waits on SQLite's write lock:
 
-- One writer thread owns the write connection (``_conn``). Every write is a job for it; the
-  jobs waiting when it wakes share one transaction (group commit), each under its own
-  savepoint, and each is answered only after that transaction commits. When another process
+- One writer thread owns the write connection (``_conn``). Every write is a job for it,
+  handed over with the other writes of its event-loop iteration; the jobs waiting when it
+  wakes share one transaction (group commit), each under its own savepoint, and each is
+  answered only after that transaction commits. When another process
   holds the write lock, only the writer thread waits (up to ``busy_timeout``), and its jobs
   then fail with an error (10009): the loop keeps answering reads.
 - Reads run on the event loop on a connection of their own (``_read``), in WAL mode: a WAL
