@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from pns.ids import new_bind_id
 from pns.model import (
     BIND_TYPE_AXB,
     BIND_TYPE_EXTENSION,
@@ -41,7 +42,17 @@ from pns.model import (
 )
 from pns.store import BindConflict, ConflictKind, Store, StoreError, open_store
 
-from .conftest import PG_ADMIN_URL, STORES, Server, Tenant, _pg_admin, create_tenant, unique_hk
+from .conftest import (
+    ALL_STORES,
+    PG_ADMIN_URL,
+    STORES,
+    Server,
+    Tenant,
+    _pg_admin,
+    composite_url,
+    create_tenant,
+    unique_hk,
+)
 
 T0 = 4_000_000_000  # 2096-10-02: the store-level tests' clock
 PARTY, EXTENSION, CBID = ConflictKind.PARTY, ConflictKind.EXTENSION, ConflictKind.CUSTOMER_BIND_ID
@@ -84,20 +95,33 @@ def s(store_url: str) -> Iterator[SyncStore]:
 @pytest.fixture(params=STORES)
 def fresh_store_url(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[str]:
     """A store of its own (a new database), for tests that count everything in it."""
+    yield from _fresh_store_url(request, tmp_path)
+
+
+@pytest.fixture(params=ALL_STORES)
+def fresh_any_store_url(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[str]:
+    """``fresh_store_url`` on every configuration, PostgreSQL + Redis Cluster too."""
+    yield from _fresh_store_url(request, tmp_path)
+
+
+def _fresh_store_url(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path}/fresh.db"
         return
     name = f"pns_fresh_{os.getpid()}_{secrets.token_hex(4)}"
     _pg_admin(f"CREATE DATABASE {name}")
     try:
-        yield f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
+        url = f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
+        if request.param == "pg+redis":
+            url = composite_url(url, request.getfixturevalue("redis_cluster"))
+        yield url
     finally:
         _pg_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 @pytest.fixture
-def fresh(fresh_store_url: str) -> Iterator[SyncStore]:
-    with _sync_store(fresh_store_url) as st:
+def fresh(fresh_any_store_url: str) -> Iterator[SyncStore]:
+    with _sync_store(fresh_any_store_url) as st:
         yield st
 
 
@@ -151,7 +175,7 @@ def binding(account: Account, x: str, a: str, b: str = "", *, ext: str = "", cbi
             expire_at: int = 0, created_at: int = T0, flag: int = 0,
             business_id: str = "") -> Binding:
     return Binding(
-        bind_id=secrets.token_hex(16), account_id=account.id, x=x, a=a, b=b, extension=ext,
+        bind_id=new_bind_id(x), account_id=account.id, x=x, a=a, b=b, extension=ext,
         bind_type=BIND_TYPE_EXTENSION if ext else BIND_TYPE_AXB, customer_bind_id=cbid,
         business_id=business_id, flag=flag,
         expire_second=expire_at - created_at if expire_at else 0, expire_at=expire_at,
@@ -684,7 +708,8 @@ def test_concurrent_claims_of_one_signature_have_one_winner(s: SyncStore,
     assert sorted(results) == [False] * 7 + [True]
 
 
-def test_concurrent_leases_hand_each_event_out_once(fresh_store_url: str) -> None:
+def test_concurrent_leases_hand_each_event_out_once(fresh_any_store_url: str) -> None:
+    fresh_store_url = fresh_any_store_url
     with _sync_store(fresh_store_url) as s:
         acc = new_account(s)
         events = [event(acc, T0 + i % 3) for i in range(60)]
@@ -703,7 +728,8 @@ def test_concurrent_leases_hand_each_event_out_once(fresh_store_url: str) -> Non
     assert sorted(leased) == sorted(ev.event_id for ev in events)
 
 
-def test_sweepers_in_many_processes_at_once(fresh_store_url: str) -> None:
+def test_sweepers_in_many_processes_at_once(fresh_any_store_url: str) -> None:
+    fresh_store_url = fresh_any_store_url
     with asyncio.Runner() as runner:
         store = runner.run(open_store(fresh_store_url))
         s = SyncStore(store, runner)

@@ -48,6 +48,33 @@ def snowflake_floor(epoch_seconds: float) -> str:
     return str((int(epoch_seconds * 1000) - _TWITTER_EPOCH_MS) << 22)
 
 
-def new_bind_id() -> str:
-    """32 lowercase hex digits, as NXCloud's bindId."""
-    return secrets.token_hex(16)
+_BIND_ID_LENGTH = 32
+_MAX_ROUTABLE_X = 15  # E.164: at most 15 digits, so the length fits in one hex digit
+
+
+def new_bind_id(x: str = "") -> str:
+    """32 lowercase hex digits, as NXCloud's bindId, that name their X.
+
+    A sharded binding index finds a binding from its id alone, with no global index: the id is
+    the length of X (one hex digit), X's digits (decimal digits are hex digits), then random
+    hex. The id reveals X only to whoever holds it, and X is in the same answer (``did``). With
+    no X (or one that cannot be embedded) the id is all random, as before.
+    """
+    if not (x.isascii() and x.isdigit() and 1 <= len(x) <= _MAX_ROUTABLE_X):
+        return secrets.token_hex(_BIND_ID_LENGTH // 2)
+    head = f"{len(x):x}{x}"
+    return head + secrets.token_hex(_BIND_ID_LENGTH // 2)[: _BIND_ID_LENGTH - len(head)]
+
+
+def bind_id_x(bind_id: str) -> str | None:
+    """The X a bindId made by ``new_bind_id(x)`` names, or None for any other string."""
+    if len(bind_id) != _BIND_ID_LENGTH or not bind_id.isascii():
+        return None
+    try:
+        length = int(bind_id[0], 16)
+    except ValueError:
+        return None
+    x = bind_id[1 : 1 + length]
+    if length == 0 or not x.isdigit():
+        return None
+    return x

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
 from .base import BindConflict, ConflictKind, Store, StoreError
 
 DEFAULT_STORE_URL = "sqlite:///./pns.db"
@@ -9,8 +11,17 @@ DEFAULT_STORE_URL = "sqlite:///./pns.db"
 __all__ = ["DEFAULT_STORE_URL", "BindConflict", "ConflictKind", "Store", "StoreError", "open_store"]
 
 
-async def open_store(url: str, *, migrate: bool = True) -> Store:
-    """Open (and create or upgrade, unless ``migrate`` is False) the store at ``url``."""
+async def open_store(url: str, *, migrate: bool = True, bindings: str | None = None) -> Store:
+    """Open (and create or upgrade, unless ``migrate`` is False) the store at ``url``.
+
+    With ``bindings`` (a ``redis-cluster://`` URL; also a ``bindings=`` parameter of a
+    PostgreSQL URL, so one string can name the whole configuration) bindings live on that
+    Redis Cluster and everything else at ``url``, which must then be PostgreSQL.
+    """
+    url, in_url = split_bindings(url)
+    bindings = bindings or in_url
+    if bindings:
+        return await _open_composite(url, bindings, migrate)
     if url.startswith("sqlite:"):
         from .sqlite import SqliteStore
 
@@ -20,3 +31,36 @@ async def open_store(url: str, *, migrate: bool = True) -> Store:
 
         return await PostgresStore.open(url, migrate=migrate)
     raise StoreError(f"unknown store URL {url!r}: use sqlite:///PATH or postgresql://...")
+
+
+def split_bindings(url: str) -> tuple[str, str | None]:
+    """``postgresql://...?bindings=redis-cluster://...`` → (the PostgreSQL URL, the other)."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    bindings = [value for key, value in query if key == "bindings"]
+    if not bindings:
+        return url, None
+    kept = [(key, value) for key, value in query if key != "bindings"]
+    return urlunsplit(parts._replace(query=urlencode(kept))), bindings[-1]
+
+
+async def _open_composite(url: str, bindings: str, migrate: bool) -> Store:
+    if not url.startswith(("postgresql:", "postgres:")):
+        raise StoreError("a bindings index (--bindings) needs a PostgreSQL store (--store)")
+    from .composite import CompositeStore
+    from .pg_ledger import PgBindingLedger
+    from .postgres import PostgresStore
+    from .redis_index import RedisBindingIndex
+
+    records = await PostgresStore.open(url, migrate=migrate)
+    try:
+        ledger = await PgBindingLedger.open(url)
+        try:
+            index = await RedisBindingIndex.open(bindings)
+        except BaseException:
+            await ledger.close()
+            raise
+    except BaseException:
+        await records.close()
+        raise
+    return CompositeStore(index, ledger, records)
