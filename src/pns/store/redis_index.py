@@ -309,7 +309,7 @@ class RedisBindingIndex:
                 _log.warning("bindings index: %s: %s; retrying", type(exc).__name__, exc)
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, 0.5)
-            with contextlib.suppress(_TRANSIENT):
+            with contextlib.suppress(*_TRANSIENT):
                 await self._cluster.nodes_manager.initialize()
 
     async def _script(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
