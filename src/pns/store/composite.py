@@ -53,7 +53,9 @@ from .base import (
     summarise_pools,
 )
 
-LEASE_MS = 30_000
+# A reservation's lease: longer than an insert may take (its retries for about 3 s and a WAIT
+# of 1 s), the index refusing it after half of it.
+LEASE_MS = 10_000
 # How long a bind waits for a concurrent bind holding its customerBindId to finish.
 IN_FLIGHT_WAIT_SECONDS = 2.0
 POOL_CACHE_SECONDS = 1.0
@@ -128,14 +130,14 @@ class CompositeStore:
     async def insert_binding(self, binding: Binding, now: int) -> None:
         deadline_ms = await self._reserve(binding, now)
         try:
-            stored = await self.index.insert_on_x(binding, now, deadline_ms)
+            await self.index.insert_on_x(binding, now, deadline_ms)
         except BindConflict:
             await self.ledger.remove([binding.bind_id])
             raise
         # Any other failure leaves the reservation: whether the insert landed is unknown, and
-        # the lease's end settles it (``_settle``).
+        # the lease's end settles it (``_settle``). The load hint is not written here: the
+        # next allocation that probes X corrects it (``_free``), one round trip less per bind.
         await self.ledger.set_lease(binding.bind_id, 0)
-        await self._hint(binding.account_id, binding.x, stored)
 
     async def _reserve(self, binding: Binding, now: int) -> int:
         """Reserve the binding's ledger row; returns the deadline for the index's insert."""
@@ -152,10 +154,15 @@ class CompositeStore:
                 await self._drop([held], now, expired_only=True)
             elif not await self._settle(held, lease_until):
                 # A bind or unbind of this customerBindId is in flight: wait for its end, as a
-                # database's unique index makes the second writer wait.
-                if time.monotonic() > waited_until:
+                # database's unique index makes the second writer wait. A bind whose insert
+                # landed but whose binder has not confirmed (or heard back: a retry after
+                # 10009) is confirmed here: it is a binding.
+                if lease_until > 0 and await self.index.stored_binding(held.bind_id):
+                    await self.ledger.set_lease(held.bind_id, 0)
+                elif time.monotonic() > waited_until:
                     raise BindConflict(ConflictKind.CUSTOMER_BIND_ID)
-                await asyncio.sleep(0.005)
+                else:
+                    await asyncio.sleep(0.005)
 
     async def _settle(self, held: Binding, lease_until: int) -> bool:
         """Finish a reservation or unbind whose deadline passed; False while it has not."""

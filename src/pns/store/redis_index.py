@@ -44,6 +44,7 @@ from redis.asyncio.cluster import ClusterNode, PipelineCommand, RedisCluster
 from redis.exceptions import (
     AskError,
     ClusterDownError,
+    MaxConnectionsError,
     MovedError,
     NoScriptError,
     RedisClusterException,
@@ -61,6 +62,7 @@ from .base import BindConflict, ConflictKind, StoreError
 _log = logging.getLogger("pns.store.redis")
 
 RETRY_SECONDS = 3.0
+MAX_IN_FLIGHT = 128
 DEFAULT_WAIT_MS = 1000
 _PREFIX = re.compile(r"[A-Za-z0-9_.:-]{0,64}")
 # Errors after which the cluster's map may be stale: ask it again, back off, retry.
@@ -257,6 +259,9 @@ class RedisBindingIndex:
         self._replicas = options.replicas
         self._wait_ms = options.wait_ms
         self._sha: dict[str, str] = {}
+        self._in_flight: asyncio.Semaphore | None = None
+        self._refresh_lock: asyncio.Lock | None = None
+        self._refreshed_at = 0.0
 
     @classmethod
     async def open(cls, url: str) -> RedisBindingIndex:
@@ -297,20 +302,38 @@ class RedisBindingIndex:
     # --- running scripts ------------------------------------------------------------------------
     async def _retrying(self, attempt: Any) -> Any:
         """Run ``attempt()`` again after failures that a failover or a slot move explains,
-        refreshing the cluster's map in between, for about ``RETRY_SECONDS``."""
+        refreshing the cluster's map in between, for about ``RETRY_SECONDS``. At most
+        ``MAX_IN_FLIGHT`` attempts run at once per process, so a burst of binds cannot open
+        a connection per command."""
+        if self._in_flight is None:
+            self._in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
         deadline = time.monotonic() + RETRY_SECONDS
         delay = 0.05
         while True:
             try:
-                return await attempt()
+                async with self._in_flight:
+                    return await attempt()
             except _TRANSIENT as exc:
                 if time.monotonic() + delay > deadline:
                     raise IndexUnavailable(f"bindings index unavailable: {exc}") from exc
                 _log.warning("bindings index: %s: %s; retrying", type(exc).__name__, exc)
+                stale_map = not isinstance(exc, MaxConnectionsError | TryAgainError)
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, 0.5)
+            if stale_map:
+                await self._refresh_map()
+
+    async def _refresh_map(self) -> None:
+        """Ask the cluster for its slots again; once for many failing callers at a time."""
+        if self._refresh_lock is None:
+            self._refresh_lock = asyncio.Lock()
+        asked = time.monotonic()
+        async with self._refresh_lock:
+            if self._refreshed_at >= asked:
+                return
             with contextlib.suppress(*_TRANSIENT):
                 await self._cluster.nodes_manager.initialize()
+            self._refreshed_at = time.monotonic()
 
     async def _script(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """One script on X's master, one round trip; for a write, followed by ``WAIT`` on the
@@ -332,7 +355,7 @@ class RedisBindingIndex:
                 await node.execute_command("SCRIPT", "LOAD", _SCRIPTS[name])
                 raise TryAgainError("script reloaded")
             if isinstance(result, MovedError):
-                await self._cluster.nodes_manager.initialize()
+                await self._refresh_map()
                 raise TryAgainError(f"MOVED {result.node_addr}")
             if isinstance(result, AskError):
                 redirect[:] = [f"{result.host}:{result.port}"]
@@ -436,23 +459,49 @@ class RedisBindingIndex:
         return set(await self._script("extensions", (keys[0], keys[2]), (now, 0)))
 
     # --- what a pool needs ----------------------------------------------------------------------
+    async def _batch(self, name: str, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]
+                     ) -> list[Any]:
+        """One read script per X for many X's: one pipeline, one round trip per master."""
+        if not calls:
+            return []
+
+        async def attempt() -> list[Any]:
+            by_node: dict[str, tuple[ClusterNode, list[PipelineCommand]]] = {}
+            for position, (keys, args) in enumerate(calls):
+                node, _ = self._node(keys[0], [])
+                by_node.setdefault(node.name, (node, []))[1].append(PipelineCommand(
+                    position, "EVALSHA", self._sha[name], len(keys), *keys, *args))
+            await asyncio.gather(*(node.execute_pipeline(commands)
+                                   for node, commands in by_node.values()))
+            results: list[Any] = [None] * len(calls)
+            for node, commands in by_node.values():
+                for command in commands:
+                    if isinstance(command.result, NoScriptError):
+                        await node.execute_command("SCRIPT", "LOAD", _SCRIPTS[name])
+                        raise TryAgainError("script reloaded")
+                    if isinstance(command.result, AskError):  # MOVED too
+                        await self._refresh_map()
+                        raise TryAgainError(f"slot moved: {command.result}")
+                    if isinstance(command.result, BaseException):
+                        raise command.result
+                    results[command.position] = command.result
+            return results
+
+        try:
+            return list(await self._retrying(attempt))
+        except ResponseError as exc:
+            raise StoreError(f"bindings index: {exc}") from exc
+
     async def probe(self, xs: Sequence[str], parties: Sequence[str], now: int
                     ) -> list[tuple[int, list[bool]]]:
         """Per X: (bindings stored, whether each party is actively bound there)."""
-        async def one(x: str) -> tuple[int, list[bool]]:
-            keys = self._keys(x)
-            out = await self._script("probe", keys[:2], (now, *parties))
-            return int(out[0]), [bool(flag) for flag in out[1:]]
-
-        return list(await asyncio.gather(*(one(x) for x in xs)))
+        outs = await self._batch("probe", [(self._keys(x)[:2], (now, *parties)) for x in xs])
+        return [(int(out[0]), [bool(flag) for flag in out[1:]]) for out in outs]
 
     async def active(self, xs: Sequence[str], now: int) -> list[tuple[int, list[str]]]:
         """Per X: (active bindings, their parties). O(bindings on X): for reports, not binds."""
-        async def one(x: str) -> tuple[int, list[str]]:
-            out = await self._script("active", self._keys(x)[:1], (now,))
-            return int(out[0]), [str(p) for p in out[1:]]
-
-        return list(await asyncio.gather(*(one(x) for x in xs)))
+        outs = await self._batch("active", [(self._keys(x)[:1], (now,)) for x in xs])
+        return [(int(out[0]), [str(p) for p in out[1:]]) for out in outs]
 
     async def load_hint(self, account_id: int, country_code: int, start: int, count: int
                         ) -> list[tuple[str, int]]:
