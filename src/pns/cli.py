@@ -51,7 +51,8 @@ def _bindings_option(func: F) -> F:
     """``--bindings URL``: bindings on a Redis Cluster, the rest on the PostgreSQL ``--store``.
     Kept in the context (every command's store URL carries it), not a parameter of each."""
     return click.option(
-        "--bindings", envvar="PNS_BINDINGS", default=None, metavar="URL", expose_value=False,
+        "--bindings", "bindings_url", envvar="PNS_BINDINGS", default=None, metavar="URL",
+        expose_value=False,
         callback=_remember_bindings,
         help="Binding index: redis-cluster://HOST:PORT[,HOST:PORT...] (with a PostgreSQL "
         "--store), or $PNS_BINDINGS.",
@@ -121,13 +122,13 @@ def _default_map(config: dict[str, Any]) -> dict[str, Any]:
             section = {k.replace("-", "_"): v for k, v in value.items()}
             if store is not None:
                 section.setdefault("store_url", store)
-            if bindings is not None:
-                section.setdefault("bindings", bindings)
+            if bindings is not None:  # "bindings_url": "bindings" is the command group's
+                section.setdefault("bindings_url", bindings)
             mapped[key] = section
     if store is not None:
         mapped["store_url"] = store
     if bindings is not None:
-        mapped["bindings"] = bindings
+        mapped["bindings_url"] = bindings
     return mapped
 
 

@@ -276,7 +276,7 @@ class RedisBindingIndex:
             await cluster.initialize()
             for name, source in _SCRIPTS.items():
                 index._sha[name] = str(await cluster.script_load(source))
-        except (RedisError, OSError) as exc:
+        except (RedisError, RedisClusterException, OSError) as exc:
             await cluster.aclose()
             raise StoreError(f"cannot open bindings index {url}: {type(exc).__name__}: {exc}"
                              ) from exc
