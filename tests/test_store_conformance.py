@@ -916,7 +916,7 @@ def test_race_two_servers_one_database(store_url: str) -> None:
     tenant = create_tenant(store_url, Role.CUSTOMER, numbers=3)
     servers = [Server(store_url), Server(store_url)]
     try:
-        race = Race(servers, tenant, writers=8, ops=60)
+        race = Race(servers, tenant, writers=16, ops=40)
         race.run()
         race.check(store_url)
         # I3 across processes: one customerBindId sent by every writer at once, through both
