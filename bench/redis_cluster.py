@@ -219,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--base", type=int, default=1000, help="bindings for the process runs")
     p.add_argument("--scales", help="growth: comma-separated bindings in the index")
     p.add_argument("--duration", type=int, default=5)
+    p.add_argument("--configs", default=",".join(CONFIGS), help="of " + ",".join(CONFIGS))
+    p.add_argument("--workers", default="1,2", help="pns processes to measure with")
     p.add_argument("--pg-url", default="postgresql://postgres@127.0.0.1:5432")
     args = p.parse_args(argv)
     scales = ([int(s) for s in args.scales.split(",")] if args.scales
@@ -236,15 +238,16 @@ def main(argv: list[str] | None = None) -> int:
     counter = br.BindCounter()
     try:
         memory_empty = redis_used_memory(cluster)
-        for config in CONFIGS:
+        configs = [c for c in CONFIGS if c in args.configs.split(",")]
+        for config in configs:
             if config == "pg+redis":
                 load_composite(urls[config], cluster, 0, args.base, numbers)
             else:
                 asyncio.run(bl.load(urls[config], args.base, numbers=numbers, progress=False,
                                     check=False))
         pairs = bl.sample_queries(args.base, numbers, br.QUERY_PAIRS)
-        for workers in (1, 2):
-            for config in CONFIGS:
+        for workers in [int(w) for w in args.workers.split(",")]:
+            for config in configs:
                 log(f"{config}, {workers} process(es)")
                 with pns(urls[config], workers, workdir) as port:
                     query = query_run(port, pairs, seconds, workdir)
@@ -272,9 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         drop_stores(args.pg_url, urls)
         cluster.stop()
-    reference = out["processes"]["sqlite x1"]
-    print(f"{'configuration':<22}{'query/s':>10}{'x sqlite':>10}{'p99 ms':>8}"
-          f"{'bind/s':>9}{'x sqlite':>10}")
+    reference = next(iter(out["processes"].values()))
+    print(f"{'configuration':<22}{'query/s':>10}{'ratio':>10}{'p99 ms':>8}"
+          f"{'bind/s':>9}{'ratio':>10}  (ratios to the first row)")
     for name, row in out["processes"].items():
         print(f"{name:<22}{row['query']['rps']:>10,}"
               f"{row['query']['rps'] / reference['query']['rps']:>10.2f}"

@@ -23,9 +23,10 @@ today, and anything with the same methods tomorrow.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from typing import Any, Protocol
 
 from ..model import (
@@ -56,9 +57,11 @@ from .base import (
 # A reservation's lease: longer than an insert may take (its retries for about 3 s and a WAIT
 # of 1 s), the index refusing it after half of it.
 LEASE_MS = 10_000
+_log = logging.getLogger("pns.store.composite")
 # How long a bind waits for a concurrent bind holding its customerBindId to finish.
 IN_FLIGHT_WAIT_SECONDS = 2.0
 POOL_CACHE_SECONDS = 1.0
+HINT_CACHE_SECONDS = 0.25
 _HINT_PAGE = 32
 
 
@@ -111,11 +114,15 @@ class CompositeStore:
         self.ledger = ledger
         self.records = records
         self._pools: dict[tuple[int, int], tuple[float, dict[str, bool]]] = {}
+        self._background: set[asyncio.Task[None]] = set()
+        self._hints: dict[tuple[int, int, int, int], tuple[float, list[tuple[str, int]]]] = {}
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.records, name)
 
     async def close(self) -> None:
+        if self._background:
+            await asyncio.wait(self._background, timeout=5)
         try:
             await self.index.close()
             await self.ledger.close()
@@ -237,6 +244,17 @@ class CompositeStore:
         return gone
 
     # --- the pool -----------------------------------------------------------------------------
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Hint updates are not waited for: lost, the next probe of that X corrects them."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._hint_done)
+
+    def _hint_done(self, task: asyncio.Task[None]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            _log.debug("load hint not written: %s", task.exception())
+
     async def _hint(self, account_id: int, x: str, stored: int) -> None:
         await self.index.set_load(account_id, _country(x), {x: stored})
 
@@ -268,8 +286,8 @@ class CompositeStore:
         found: list[Candidate] = []
         start = 0
         while len(found) < limit:
-            hints = await self.index.load_hint(account_id, country_code, start,
-                                               max(_HINT_PAGE, 2 * limit))
+            hints = await self._load_hint(account_id, country_code, start,
+                                          min(_HINT_PAGE, limit + 2))
             if not hints:
                 break
             start += len(hints)
@@ -281,9 +299,24 @@ class CompositeStore:
                     fixes[x] = stored
                 if not any(bound):
                     found.append(Candidate(x, stored))
-            await self.index.set_load(account_id, country_code, fixes)
+            if fixes:
+                self._in_background(self.index.set_load(account_id, country_code, fixes))
         found.sort(key=lambda candidate: candidate.active_bindings)
         return found[:limit]
+
+    async def _load_hint(self, account_id: int, country_code: int, start: int, count: int
+                         ) -> list[tuple[str, int]]:
+        """A page of the load hint, read at most every ``HINT_CACHE_SECONDS`` per process:
+        the probes that follow are the truth, the hint only says which X's to probe."""
+        key = (account_id, country_code, start, count)
+        cached = self._hints.get(key)
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
+        rows = await self.index.load_hint(account_id, country_code, start, count)
+        if len(self._hints) > 10_000:
+            self._hints.clear()
+        self._hints[key] = (time.monotonic() + HINT_CACHE_SECONDS, rows)
+        return rows
 
     async def pool_stats(self, account_id: int, country_code: int, a: str, b: str, now: int
                          ) -> PoolStats:
