@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -54,6 +56,14 @@ def master_of(cluster: Cluster, x: str) -> int:
     raise AssertionError(f"no master serves slot {slot}")
 
 
+def _health(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url + "/healthz", timeout=10) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
 class Prober:
     """Asks queryAXB for one binding on the killed shard, over and over: when did it fail?"""
 
@@ -61,6 +71,7 @@ class Prober:
         self.server, self.switch, self.caller, self.x = server, switch, caller, x
         self.answers: list[tuple[float, int, int]] = []  # (time, HTTP status, code)
         self.not_envelopes: list[str] = []
+        self.health: list[int] = []  # /healthz statuses
         self.stop = threading.Event()
 
     def run(self) -> None:
@@ -77,6 +88,7 @@ class Prober:
                         and (status, env["code"]) in ((200, 0), (500, 10009))):
                     self.not_envelopes.append(f"{status} {env}")
                 self.answers.append((time.monotonic(), status, env["code"]))
+                self.health.append(_health(self.server.url))
                 time.sleep(0.01)
 
     def outage(self, since: float) -> float:
@@ -128,6 +140,7 @@ def test_master_sigkill_in_a_bind_storm_loses_no_acknowledged_binding(
         probe_thread.join(15)
         assert prober.not_envelopes == [], prober.not_envelopes[:5]
         assert [code for _, _, code in prober.answers[-20:]] == [0] * 20, "no service after"
+        assert set(prober.health) <= {200, 503} and prober.health[-5:] == [200] * 5
         failed_probes = sum(1 for t, _, code in prober.answers if t >= killed_at and code)
 
         listed = all_bindings(server, tenant)
@@ -149,7 +162,7 @@ def test_master_sigkill_in_a_bind_storm_loses_no_acknowledged_binding(
             "lost_binds": len(lost), "binds_in_doubt_10009": ledger.bind_in_doubt,
             "codes": ledger.codes, "seconds_without_service": round(
                 prober.outage(killed_at), 2),
-            "failed_queries": failed_probes,
+            "failed_queries": failed_probes, "healthz_503": prober.health.count(503),
         }
         print("FAILOVER", json.dumps(result))
         assert ledger.codes.get(0, 0) > acked_before  # binds went on after the failover

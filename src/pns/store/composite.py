@@ -88,7 +88,8 @@ class ShardedIndex(BindingIndex, Protocol):
     async def probe(self, xs: Sequence[str], parties: Sequence[str], now: int
                     ) -> list[tuple[int, list[bool]]]: ...
 
-    async def active(self, xs: Sequence[str], now: int) -> list[tuple[int, list[str]]]: ...
+    async def active(self, xs: Sequence[str], now: int, with_parties: bool = False
+                     ) -> list[tuple[int, list[str]]]: ...
 
     async def load_hint(self, account_id: int, country_code: int, start: int, count: int
                         ) -> list[tuple[str, int]]: ...
@@ -334,7 +335,7 @@ class CompositeStore:
 
     async def pool_usage(self, now: int) -> list[PoolUsage]:
         rows = await self.records.list_numbers(None, now)
-        actives = await self.index.active([row.x for row in rows], now)
+        actives = await self.index.active([row.x for row in rows], now, with_parties=True)
         per_x = []
         held: Counter[tuple[int, int, str]] = Counter()
         for row, (count, parties) in zip(rows, actives, strict=True):

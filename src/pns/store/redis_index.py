@@ -181,15 +181,19 @@ end
 return out
 """
 
-# KEYS b; ARGV now: {active bindings, then every active party}. O(bindings on X).
+# KEYS b; ARGV now, with_parties (0/1): {active bindings, then every active party if asked}.
+# O(bindings on X).
 _ACTIVE = _PRELUDE + """
 local out = {0}
+local parties = ARGV[2] == '1'
 for _, body in ipairs(redis.call('HVALS', KEYS[1])) do
   local r = cjson.decode(body)
   if r[12] == 0 or r[12] > now then
     out[1] = out[1] + 1
-    out[#out + 1] = r[4]
-    if r[5] ~= '' then out[#out + 1] = r[5] end
+    if parties then
+      out[#out + 1] = r[4]
+      if r[5] ~= '' then out[#out + 1] = r[5] end
+    end
   end
 end
 return out
@@ -498,9 +502,12 @@ class RedisBindingIndex:
         outs = await self._batch("probe", [(self._keys(x)[:2], (now, *parties)) for x in xs])
         return [(int(out[0]), [bool(flag) for flag in out[1:]]) for out in outs]
 
-    async def active(self, xs: Sequence[str], now: int) -> list[tuple[int, list[str]]]:
-        """Per X: (active bindings, their parties). O(bindings on X): for reports, not binds."""
-        outs = await self._batch("active", [(self._keys(x)[:1], (now,)) for x in xs])
+    async def active(self, xs: Sequence[str], now: int, with_parties: bool = False
+                     ) -> list[tuple[int, list[str]]]:
+        """Per X: (active bindings, their parties if asked). O(bindings on X): for reports,
+        not binds."""
+        outs = await self._batch("active", [(self._keys(x)[:1], (now, int(with_parties)))
+                                            for x in xs])
         return [(int(out[0]), [str(p) for p in out[1:]]) for out in outs]
 
     async def load_hint(self, account_id: int, country_code: int, start: int, count: int
