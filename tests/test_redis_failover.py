@@ -88,8 +88,12 @@ class Prober:
                         and (status, env["code"]) in ((200, 0), (500, 10009))):
                     self.not_envelopes.append(f"{status} {env}")
                 self.answers.append((time.monotonic(), status, env["code"]))
-                self.health.append(_health(self.server.url))
                 time.sleep(0.01)
+
+    def watch_health(self) -> None:
+        while not self.stop.is_set():
+            self.health.append(_health(self.server.url))
+            time.sleep(0.05)
 
     def outage(self, since: float) -> float:
         """The longest time without a successful answer, from ``since`` on: the last success
@@ -117,7 +121,9 @@ def test_master_sigkill_in_a_bind_storm_loses_no_acknowledged_binding(
         victim = master_of(own_cluster, tenant.numbers[0])
         prober = Prober(server, switch, b, tenant.numbers[0])
         probe_thread = threading.Thread(target=prober.run, daemon=True)
+        health_thread = threading.Thread(target=prober.watch_health, daemon=True)
         probe_thread.start()
+        health_thread.start()
         people = [unique_hk("1") for _ in range(30)]
         ledger, stop = Ledger(), threading.Event()
         workers = run_storm(server, tenant, people, ledger, stop)
@@ -138,6 +144,7 @@ def test_master_sigkill_in_a_bind_storm_loses_no_acknowledged_binding(
         for worker in workers:
             worker.join(15)
         probe_thread.join(15)
+        health_thread.join(15)
         assert prober.not_envelopes == [], prober.not_envelopes[:5]
         assert [code for _, _, code in prober.answers[-20:]] == [0] * 20, "no service after"
         assert set(prober.health) <= {200, 503} and prober.health[-5:] == [200] * 5
