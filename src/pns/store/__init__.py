@@ -1,4 +1,4 @@
-"""Stores: where bindings live. ``open_store`` picks one by URL scheme."""
+"""Stores: where bindings live. ``open_store`` picks one by URL scheme (and ``bindings``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from .base import BindConflict, ConflictKind, Store, StoreError
 
 DEFAULT_STORE_URL = "sqlite:///./pns.db"
 
-__all__ = ["DEFAULT_STORE_URL", "BindConflict", "ConflictKind", "Store", "StoreError", "open_store"]
+__all__ = ["DEFAULT_STORE_URL", "BindConflict", "ConflictKind", "Store", "StoreError", "open_store",
+           "split_bindings"]
 
 
 async def open_store(url: str, *, migrate: bool = True, bindings: str | None = None) -> Store:

@@ -13,6 +13,11 @@ names one X or one account. Guarantees a store must keep (the conformance suite 
   ``callId``: a repeated report changes nothing and enqueues nothing.
 - ``lease_events`` hands a due event to one caller at a time, across processes, until the lease
   runs out; an event is never lost once enqueued (it ends delivered or failed, and stays visible).
+
+``Store`` is the union of two narrower interfaces, split by key: ``BindingIndex`` (everything
+that names one X; it can live on a cluster sharded by X) and ``RecordsStore`` (everything keyed
+by account). The SQL stores implement both in one database; ``composite.CompositeStore`` puts
+them on different machines and keeps I3 with ``BindingLedger``'s reserve → insert → confirm.
 """
 
 from __future__ import annotations
