@@ -96,15 +96,25 @@ def composite_url(pg_url: str, cluster: Cluster, prefix: str | None = None) -> s
 _composite_urls: dict[str, str] = {}
 
 
+@pytest.fixture(scope="session")
+def pg_database_for_index(pg_database: str) -> Iterator[str]:
+    """PostgreSQL + Redis Cluster gets a database of its own: tests of both configurations
+    reuse fixed ids (callIds, ...) that must not meet."""
+    name = f"{pg_database.rsplit('/', 1)[1]}_idx"
+    _pg_admin(f"CREATE DATABASE {name}")
+    yield f"{pg_database.rsplit('/', 1)[0]}/{name}"
+    _pg_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
 def make_store_url(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
     if kind == "sqlite":
         return f"sqlite:///{tmp_path}/pns.db"
-    base = str(request.getfixturevalue("pg_database"))
     if kind == "pg+redis":
+        base = str(request.getfixturevalue("pg_database_for_index"))
         if base not in _composite_urls:
             _composite_urls[base] = composite_url(base, request.getfixturevalue("redis_cluster"))
         return _composite_urls[base]
-    return base
+    return str(request.getfixturevalue("pg_database"))
 
 
 @pytest.fixture(params=ALL_STORES)

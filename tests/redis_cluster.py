@@ -123,8 +123,17 @@ def start_cluster() -> Cluster:
         raise RuntimeError("redis-server and redis-cli are needed (Debian: redis-server)")
     cluster = Cluster(free_cluster_ports(6), Path(tempfile.mkdtemp(prefix="pns-redis-")))
     try:
-        for port in cluster.ports:
-            cluster.start_node(port)
+        for i, port in enumerate(list(cluster.ports)):
+            for _attempt in range(5):
+                try:
+                    cluster.start_node(port)
+                    break
+                except RuntimeError:  # the port was taken between the check and the bind
+                    cluster.procs.pop(port).kill()
+                    port = free_cluster_ports(1)[0]
+                    cluster.ports[i] = port
+            else:
+                raise RuntimeError("no free ports for a Redis Cluster node")
         created = subprocess.run(
             ["redis-cli", "--cluster", "create",
              *(f"127.0.0.1:{port}" for port in cluster.ports),
