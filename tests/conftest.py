@@ -29,7 +29,11 @@ from pns.model import Role, VirtualNumber
 from pns.numbers import parse_international
 from pns.store import open_store
 
+from .redis_cluster import Cluster, start_cluster
+
 STORES = ["sqlite", "postgresql"]
+# The conformance suite and the API tests also run on PostgreSQL + a Redis Cluster index.
+ALL_STORES = [*STORES, "pg+redis"]
 PG_ADMIN_URL = os.environ.get("PNS_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REPO = Path(__file__).resolve().parent.parent
 
@@ -72,16 +76,56 @@ def pg_database() -> Iterator[str]:
 SQLITE_INDEX = "sqlite-index"
 
 
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[Cluster]:
+    """Six redis-server nodes (3 masters, 3 replicas) for the whole session; killed at its end,
+    or with the test process if it dies."""
+    try:
+        cluster = start_cluster()
+    except (RuntimeError, OSError) as exc:
+        if os.environ.get("CI") == "true":
+            raise
+        pytest.skip(f"no Redis Cluster: {exc}")
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def composite_url(pg_url: str, cluster: Cluster, prefix: str | None = None) -> str:
+    """One URL for PostgreSQL + the cluster; a key prefix of its own per database, so stores
+    sharing the cluster never see each other's keys."""
+    prefix = prefix or f"t{secrets.token_hex(4)}"
+    return f"{pg_url}?bindings={cluster.url}/{prefix}"
+
+
+_composite_urls: dict[str, str] = {}
+
+
+@pytest.fixture(scope="session")
+def pg_database_for_index(pg_database: str) -> Iterator[str]:
+    """PostgreSQL + Redis Cluster gets a database of its own: tests of both configurations
+    reuse fixed ids (callIds, ...) that must not meet."""
+    name = f"{pg_database.rsplit('/', 1)[1]}_idx"
+    _pg_admin(f"CREATE DATABASE {name}")
+    yield f"{pg_database.rsplit('/', 1)[0]}/{name}"
+    _pg_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
 def make_store_url(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
     if kind == "sqlite":
         return f"sqlite:///{tmp_path}/pns.db"
     if kind == SQLITE_INDEX:
         return f"sqlite:///{tmp_path}/pns.db?index=on"
-    base = request.getfixturevalue("pg_database")
-    return str(base)
+    if kind == "pg+redis":
+        base = str(request.getfixturevalue("pg_database_for_index"))
+        if base not in _composite_urls:
+            _composite_urls[base] = composite_url(base, request.getfixturevalue("redis_cluster"))
+        return _composite_urls[base]
+    return str(request.getfixturevalue("pg_database"))
 
 
-@pytest.fixture(params=STORES)
+@pytest.fixture(params=ALL_STORES)
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return make_store_url(request.param, tmp_path, request)
 
@@ -180,14 +224,11 @@ class Server:
                 self.proc.wait()
 
 
-@pytest.fixture(scope="module", params=STORES)
+@pytest.fixture(scope="module", params=ALL_STORES)
 def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
            ) -> Iterator[Server]:
     """One server per module and store kind; tests isolate themselves with fresh tenants."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path_factory.mktemp('server')}/pns.db"
-    else:
-        url = str(request.getfixturevalue("pg_database"))
+    url = make_store_url(request.param, tmp_path_factory.mktemp("server"), request)
     srv = Server(url)
     yield srv
     srv.stop()

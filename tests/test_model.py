@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -18,7 +19,7 @@ from pns.errors import Code, PnsError
 from pns.model import Account, Role, VirtualNumber
 from pns.store import open_store
 
-from .conftest import SQLITE_INDEX, STORES
+from .conftest import ALL_STORES, SQLITE_INDEX, make_store_url
 
 PEOPLE = 5
 XS = 2
@@ -192,13 +193,12 @@ def machine_for(store_url: str) -> type[RuleBasedStateMachine]:
     return ServiceMachine
 
 
-@pytest.mark.parametrize("kind", [*STORES, SQLITE_INDEX])
-def test_service_agrees_with_model(kind: str, tmp_path: object,
+@pytest.mark.parametrize("kind", [*ALL_STORES, SQLITE_INDEX])
+def test_service_agrees_with_model(kind: str, tmp_path: Path,
                                    request: pytest.FixtureRequest) -> None:
     """On every store, and on the embedded store's in-memory read index."""
     url = (f"sqlite:///{tmp_path}/model.db" if kind == "sqlite"
-           else f"sqlite:///{tmp_path}/model.db?index=on" if kind == SQLITE_INDEX
-           else str(request.getfixturevalue("pg_database")))
+           else make_store_url(kind, tmp_path, request))
     machine = machine_for(url)
     machine.TestCase.settings = settings(
         max_examples=25 if kind == "postgresql" else 100, stateful_step_count=30, deadline=None,

@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from pns.ids import new_bind_id
 from pns.model import (
     BIND_TYPE_AXB,
     BIND_TYPE_EXTENSION,
@@ -45,12 +46,14 @@ from pns.model import (
 from pns.store import BindConflict, ConflictKind, Store, StoreError, open_store
 
 from .conftest import (
+    ALL_STORES,
     PG_ADMIN_URL,
     SQLITE_INDEX,
     STORES,
     Server,
     Tenant,
     _pg_admin,
+    composite_url,
     create_tenant,
     make_store_url,
     unique_hk,
@@ -103,6 +106,16 @@ def s(store_url: str) -> Iterator[SyncStore]:
 @pytest.fixture(params=[*STORES, SQLITE_INDEX])
 def fresh_store_url(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[str]:
     """A store of its own (a new database), for tests that count everything in it."""
+    yield from _fresh_store_url(request, tmp_path)
+
+
+@pytest.fixture(params=[*ALL_STORES, SQLITE_INDEX])
+def fresh_any_store_url(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[str]:
+    """``fresh_store_url`` on every configuration, PostgreSQL + Redis Cluster too."""
+    yield from _fresh_store_url(request, tmp_path)
+
+
+def _fresh_store_url(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[str]:
     if request.param in ("sqlite", SQLITE_INDEX):
         index = "?index=on" if request.param == SQLITE_INDEX else ""
         yield f"sqlite:///{tmp_path}/fresh.db{index}"
@@ -110,14 +123,17 @@ def fresh_store_url(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[s
     name = f"pns_fresh_{os.getpid()}_{secrets.token_hex(4)}"
     _pg_admin(f"CREATE DATABASE {name}")
     try:
-        yield f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
+        url = f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
+        if request.param == "pg+redis":
+            url = composite_url(url, request.getfixturevalue("redis_cluster"))
+        yield url
     finally:
         _pg_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 @pytest.fixture
-def fresh(fresh_store_url: str) -> Iterator[SyncStore]:
-    with _sync_store(fresh_store_url) as st:
+def fresh(fresh_any_store_url: str) -> Iterator[SyncStore]:
+    with _sync_store(fresh_any_store_url) as st:
         yield st
 
 
@@ -171,7 +187,7 @@ def binding(account: Account, x: str, a: str, b: str = "", *, ext: str = "", cbi
             expire_at: int = 0, created_at: int = T0, flag: int = 0,
             business_id: str = "") -> Binding:
     return Binding(
-        bind_id=secrets.token_hex(16), account_id=account.id, x=x, a=a, b=b, extension=ext,
+        bind_id=new_bind_id(x), account_id=account.id, x=x, a=a, b=b, extension=ext,
         bind_type=BIND_TYPE_EXTENSION if ext else BIND_TYPE_AXB, customer_bind_id=cbid,
         business_id=business_id, flag=flag,
         expire_second=expire_at - created_at if expire_at else 0, expire_at=expire_at,
@@ -807,7 +823,8 @@ def test_concurrent_claims_of_one_signature_have_one_winner(s: SyncStore,
     assert sorted(results) == [False] * 7 + [True]
 
 
-def test_concurrent_leases_hand_each_event_out_once(fresh_store_url: str) -> None:
+def test_concurrent_leases_hand_each_event_out_once(fresh_any_store_url: str) -> None:
+    fresh_store_url = fresh_any_store_url
     with _sync_store(fresh_store_url) as s:
         acc = new_account(s)
         events = [event(acc, T0 + i % 3) for i in range(60)]
@@ -826,7 +843,8 @@ def test_concurrent_leases_hand_each_event_out_once(fresh_store_url: str) -> Non
     assert sorted(leased) == sorted(ev.event_id for ev in events)
 
 
-def test_sweepers_in_many_processes_at_once(fresh_store_url: str) -> None:
+def test_sweepers_in_many_processes_at_once(fresh_any_store_url: str) -> None:
+    fresh_store_url = fresh_any_store_url
     with asyncio.Runner() as runner:
         store = runner.run(open_store(fresh_store_url))
         s = SyncStore(store, runner)
@@ -1013,7 +1031,7 @@ def test_race_two_servers_one_database(store_url: str) -> None:
     tenant = create_tenant(store_url, Role.CUSTOMER, numbers=3)
     servers = [Server(store_url), Server(store_url)]
     try:
-        race = Race(servers, tenant, writers=8, ops=60)
+        race = Race(servers, tenant, writers=16, ops=40)
         race.run()
         race.check(store_url)
         # I3 across processes: one customerBindId sent by every writer at once, through both

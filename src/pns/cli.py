@@ -34,6 +34,7 @@ _ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
 
 
 def _store_option(func: F) -> F:
+    func = _bindings_option(func)
     return click.option(
         "--store", "store_url", envvar="PNS_STORE", default=None, metavar="URL",
         help=f"Store URL (sqlite:///PATH or postgresql://...); default {DEFAULT_STORE_URL}, "
@@ -41,7 +42,32 @@ def _store_option(func: F) -> F:
     )(func)
 
 
+def _remember_bindings(ctx: click.Context, _param: click.Parameter, url: str | None) -> None:
+    if url:
+        ctx.meta["pns_bindings"] = url
+
+
+def _bindings_option(func: F) -> F:
+    """``--bindings URL``: bindings on a Redis Cluster, the rest on the PostgreSQL ``--store``.
+    Kept in the context (every command's store URL carries it), not a parameter of each."""
+    return click.option(
+        "--bindings", "bindings_url", envvar="PNS_BINDINGS", default=None, metavar="URL",
+        expose_value=False,
+        callback=_remember_bindings,
+        help="Binding index: redis-cluster://HOST:PORT[,HOST:PORT...] (with a PostgreSQL "
+        "--store), or $PNS_BINDINGS.",
+    )(func)
+
+
 def _store_url(ctx: click.Context, store_url: str | None) -> str:
+    url = _plain_store_url(ctx, store_url)
+    bindings = ctx.meta.get("pns_bindings")
+    if bindings:
+        url += ("&" if "?" in url else "?") + f"bindings={bindings}"
+    return url
+
+
+def _plain_store_url(ctx: click.Context, store_url: str | None) -> str:
     if store_url:
         return store_url
     root = ctx.find_root()
@@ -90,14 +116,19 @@ def _default_map(config: dict[str, Any]) -> dict[str, Any]:
     """``store = ...`` applies to every command; ``[serve]`` etc. to one command."""
     mapped: dict[str, Any] = {}
     store = config.get("store")
+    bindings = config.get("bindings")
     for key, value in config.items():
         if isinstance(value, dict):
             section = {k.replace("-", "_"): v for k, v in value.items()}
             if store is not None:
                 section.setdefault("store_url", store)
+            if bindings is not None:  # "bindings_url": "bindings" is the command group's
+                section.setdefault("bindings_url", bindings)
             mapped[key] = section
     if store is not None:
         mapped["store_url"] = store
+    if bindings is not None:
+        mapped["bindings_url"] = bindings
     return mapped
 
 

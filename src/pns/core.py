@@ -201,7 +201,7 @@ class Service:
             else:
                 x = await self.allocate_x(account, a, b, now)
             binding = Binding(
-                bind_id=new_bind_id(), account_id=account.id, x=x, a=a.digits, b=b.digits,
+                bind_id=new_bind_id(x), account_id=account.id, x=x, a=a.digits, b=b.digits,
                 extension="", bind_type=BIND_TYPE_AXB, customer_bind_id=customer_bind_id,
                 business_id=business_id, flag=flag, expire_second=expire_second,
                 expire_at=expire_at_for(expire_second, now), created_at=now,
@@ -282,7 +282,7 @@ class Service:
         for _ in range(_INSERT_ATTEMPTS):
             ext = requested_ext or await self.allocate_extension(x.digits, now)
             binding = Binding(
-                bind_id=new_bind_id(), account_id=account.id, x=x.digits, a=a.digits,
+                bind_id=new_bind_id(x.digits), account_id=account.id, x=x.digits, a=a.digits,
                 b=b_digits, extension=ext, bind_type=BIND_TYPE_EXTENSION,
                 customer_bind_id=customer_bind_id, business_id=business_id, flag=flag,
                 expire_second=expire_second, expire_at=expire_at_for(expire_second, now),

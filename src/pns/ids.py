@@ -82,8 +82,39 @@ def snowflake_floor(epoch_seconds: float) -> str:
     return str((int(epoch_seconds * 1000) - _TWITTER_EPOCH_MS) << 22)
 
 
-def new_bind_id() -> str:
-    """32 lowercase hex digits, as NXCloud's bindId: 12 of milliseconds, then 80 random bits.
-    The time first makes a store's bindId index grow at its end, as bindings are made,
-    instead of touching a random page of it for every bind (most of a bind's cost at 10^6)."""
-    return f"{int(time.time() * 1000) & 0xFFFFFFFFFFFF:012x}{secrets.token_hex(10)}"
+_BIND_ID_LENGTH = 32
+_TIME_DIGITS = 10  # milliseconds modulo 2^40 (about 35 years): only an ordering hint
+_MAX_ROUTABLE_X = 15  # E.164: at most 15 digits, so the length fits in one hex digit
+
+
+def new_bind_id(x: str = "") -> str:
+    """32 lowercase hex digits, as NXCloud's bindId, that start with the time and name X.
+
+    The time first (10 hex digits of milliseconds) makes a store's bindId index grow at its
+    end, as bindings are made, instead of touching a random page of it for every bind (most of
+    a bind's cost at 10^6). Then X, so a sharded binding index finds a binding from its id
+    alone, with no global index: the length of X (one hex digit) and X's digits (decimal
+    digits are hex digits). Random hex fills the rest (at least 24 bits; the store's unique
+    key refuses the unlikely repeat within one millisecond on one X). The id reveals X only to
+    whoever holds it, and X is in the same answer (``did``). With no X (or one that cannot be
+    embedded) the rest is all random.
+    """
+    stamp = f"{int(time.time() * 1000) & 0xFFFFFFFFFF:0{_TIME_DIGITS}x}"
+    head = stamp
+    if x.isascii() and x.isdigit() and 1 <= len(x) <= _MAX_ROUTABLE_X:
+        head += f"{len(x):x}{x}"
+    return head + secrets.token_hex(_BIND_ID_LENGTH // 2)[: _BIND_ID_LENGTH - len(head)]
+
+
+def bind_id_x(bind_id: str) -> str | None:
+    """The X a bindId made by ``new_bind_id(x)`` names, or None for any other string."""
+    if len(bind_id) != _BIND_ID_LENGTH or not bind_id.isascii():
+        return None
+    try:
+        length = int(bind_id[_TIME_DIGITS], 16)
+    except ValueError:
+        return None
+    x = bind_id[_TIME_DIGITS + 1: _TIME_DIGITS + 1 + length]
+    if length == 0 or len(x) != length or not x.isdigit():
+        return None
+    return x

@@ -18,12 +18,17 @@ names one X or one account. Guarantees a store must keep (the conformance suite 
   out and another caller leased the event, the first holder's finish changes nothing.
 - ``next_call_record_id`` hands out increasing ids, never twice, across processes; they stay
   below 2^53 (exact in JavaScript).
+
+``Store`` is the union of two narrower interfaces, split by key: ``BindingIndex`` (everything
+that names one X; it can live on a cluster sharded by X) and ``RecordsStore`` (everything keyed
+by account). The SQL stores implement both in one database; ``composite.CompositeStore`` puts
+them on different machines and keeps I3 with ``BindingLedger``'s reserve → insert → confirm.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Protocol
@@ -120,7 +125,150 @@ class StoreError(Exception):
     """An operator-facing store failure with a clear one-line message (CLI, migrations)."""
 
 
-class Store(Protocol):
+class BindingIndex(Protocol):
+    """Everything that names one X: bindings, their parties and extensions, the query.
+
+    Keyed by X alone, so it shards by X: every method names one X or a bindId, and a bindId
+    made by ``ids.new_bind_id(x)`` names its X (``ids.bind_id_x``), so no method needs a global
+    index. Guarantees (``tests/test_store_conformance.py`` on every configuration):
+
+    - ``insert_binding`` is atomic per X and enforces I1 and I2 with expired holders released
+      first; it knows nothing of ``customerBindId`` (I3 is the records side's, see
+      ``BindingLedger``). A repeated bindId is a ``StoreError``, never a conflict.
+    - Reads never return an expired binding, swept or not.
+    - ``delete_binding`` frees the binding's keys at once.
+    """
+
+    async def insert_binding(self, binding: Binding, now: int) -> None: ...
+
+    async def get_binding(self, bind_id: str, now: int) -> Binding | None: ...
+
+    async def delete_binding(self, bind_id: str) -> bool: ...
+
+    async def find_by_party(self, x: str, number: str, now: int) -> Binding | None: ...
+
+    async def find_by_extension(self, x: str, extension: str, now: int) -> Binding | None: ...
+
+    async def has_extension_bindings(self, x: str, now: int) -> bool: ...
+
+    async def used_extensions(self, x: str, now: int) -> set[str]: ...
+
+
+class RecordsStore(Protocol):
+    """Everything keyed by account (or by nothing hot): accounts, numbers, call references and
+    records, the outbox, the replay guard. Relational, append-heavy, off the query's path.
+
+    Guarantees: ``claim_signature`` has one winner per signature across processes;
+    ``save_call_record`` writes a record and its event once per callId, in one transaction;
+    ``lease_events`` hands a due event to one caller at a time until its lease ends.
+    """
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> None: ...
+
+    async def create_account(
+        self, name: str, role: Role, access_key: str, access_secret: str, now: int
+    ) -> Account: ...
+
+    async def get_account(self, access_key: str) -> Account | None: ...
+
+    async def get_account_by_id(self, account_id: int) -> Account | None: ...
+
+    async def list_accounts(self) -> list[Account]: ...
+
+    async def update_account(self, access_key: str, changes: AccountChanges) -> Account | None: ...
+
+    async def add_numbers(self, numbers: Sequence[VirtualNumber]) -> list[str]: ...
+
+    async def remove_numbers(self, xs: Sequence[str], force: bool, now: int) -> list[str]: ...
+
+    async def get_number(self, x: str) -> VirtualNumber | None: ...
+
+    async def list_numbers(self, account_id: int | None, now: int) -> list[NumberUsage]: ...
+
+    async def record_call(self, call: CallRef) -> None: ...
+
+    async def get_call(self, call_id: str) -> CallRef | None: ...
+
+    async def claim_signature(self, key: str, expires_at: int, now: int) -> bool: ...
+
+    async def sweep(self, now: int, limit: int) -> int: ...
+
+    async def save_call_record(self, record: CallRecord, event: OutboxEvent | None) -> bool: ...
+
+    async def list_call_records(
+        self, account_id: int, start_from: int, start_to: int, bind_id: str, limit: int,
+        offset: int,
+    ) -> tuple[list[CallRecord], int]: ...
+
+    async def get_call_record(self, account_id: int, call_id: str) -> CallRecord | None: ...
+
+    async def enqueue_event(self, event: OutboxEvent) -> None: ...
+
+    async def lease_events(self, now: int, limit: int, lease_seconds: int, *, holder: str,
+                           skip_accounts: Sequence[int] = ()) -> list[OutboxEvent]: ...
+
+    async def finish_event(
+        self, event_id: str, state: EventState, attempts: int, next_attempt_at: int, error: str,
+        now: int, *, holder: str,
+    ) -> bool: ...
+
+    async def list_events(self, account_id: int | None, state: EventState | None,
+                          limit: int) -> list[OutboxEvent]: ...
+
+    async def outbox_backlog(self, now: int) -> tuple[int, int]: ...
+
+
+class BindingLedger(Protocol):
+    """The account's side of bindings when the index lives elsewhere: I3, listing, sweeping.
+
+    One row per binding, keyed by bindId and by (account, customerBindId), in one of three
+    states told by ``lease_until`` (epoch ms): 0 confirmed; > 0 reserved until then (a bind in
+    flight); < 0 being unbound (until ``-lease_until``). A bind goes reserve → index insert →
+    confirm (``set_lease(id, 0)``), or ``remove`` on a conflict. A row whose deadline passed
+    (its writer died, or never heard back from the index) is settled by the next claimant of
+    its customerBindId or by the sweeper, who asks the index whether the binding is there, so a
+    crash between the steps never leaves a customerBindId unusable. Guarantees: of concurrent
+    reservations of one customerBindId one wins; only confirmed, unexpired rows are listed or
+    found; ``sweep_expired`` hands each expired row to one sweeper.
+    """
+
+    async def close(self) -> None: ...
+
+    async def reserve(self, binding: Binding, now: int, lease_until_ms: int
+                      ) -> tuple[Binding, int] | None:
+        """Claim the binding's row; None, or the row holding its customerBindId with its
+        ``lease_until``. Raises ``StoreError`` for a repeated bindId."""
+
+    async def set_lease(self, bind_id: str, lease_until: int) -> None: ...
+
+    async def lease_of(self, bind_id: str) -> int | None: ...
+
+    async def remove(self, bind_ids: Sequence[str]) -> None: ...
+
+    async def remove_x(self, x: str) -> None: ...
+
+    async def find_by_customer_bind_id(
+        self, account_id: int, customer_bind_id: str, now: int
+    ) -> Binding | None: ...
+
+    async def list_bindings(
+        self, account_id: int, limit: int, offset: int, now: int
+    ) -> tuple[list[Binding], int]: ...
+
+    async def find_by_number(self, number: str, now: int, limit: int) -> list[Binding]:
+        """Active bindings where ``number`` is X or a party (an operator's search)."""
+
+    async def sweep_expired(self, now: int, limit: int,
+                            drop: Callable[[list[Binding]], Awaitable[None]]) -> int: ...
+
+    async def stale(self, now_ms: int, limit: int) -> list[tuple[Binding, int]]: ...
+
+
+class Store(BindingIndex, RecordsStore, Protocol):
+    """The union the single-database stores implement, and what the core talks to."""
+
     async def close(self) -> None: ...
 
     async def ping(self) -> None:
