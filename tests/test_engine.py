@@ -228,7 +228,9 @@ async def _refuse_call_refs(url: str, refuse: bool) -> None:
         return
     import asyncpg
 
-    conn = await asyncpg.connect(url)
+    from pns.store import split_bindings
+
+    conn = await asyncpg.connect(split_bindings(url)[0])  # call refs are PostgreSQL's
     try:
         if refuse:
             await conn.execute(
