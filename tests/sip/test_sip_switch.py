@@ -565,12 +565,12 @@ def test_requests_outside_the_service_are_refused(stub_switch: Switch) -> None:
                   "t3").replace("INVITE", "MESSAGE")
     [r] = sip_request(port, msg)
     assert r.startswith("SIP/2.0 405")
-    # a BYE for a dialog this proxy never made, routed through it: 404, not relayed
+    # a BYE for a dialog this proxy never made, routed through it: 481, not relayed
     bye = (_invite(port, "85235550001", f"z9hG4bK-{uuid.uuid4().hex}", f"{uuid.uuid4().hex}@t",
                    "t4").replace("INVITE", "BYE")
            .replace(f"To: <sip:85235550001@{HOST}:{port}>",
                     f"To: <sip:85235550001@{HOST}:{port}>;tag=forged\n"
                     f"Route: <sip:{HOST}:{port};lr>"))
     [r] = sip_request(port, bye)
-    assert r.startswith("SIP/2.0 404")
+    assert r.startswith("SIP/2.0 481")
     assert len(stub.requests) == before
