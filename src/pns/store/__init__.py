@@ -6,7 +6,8 @@ from .base import BindConflict, ConflictKind, Store, StoreError
 
 DEFAULT_STORE_URL = "sqlite:///./pns.db"
 
-__all__ = ["DEFAULT_STORE_URL", "BindConflict", "ConflictKind", "Store", "StoreError", "open_store"]
+__all__ = ["DEFAULT_STORE_URL", "BindConflict", "ConflictKind", "Store", "StoreError", "open_store",
+           "schema_versions"]
 
 
 async def open_store(url: str, *, migrate: bool = True) -> Store:
@@ -19,4 +20,18 @@ async def open_store(url: str, *, migrate: bool = True) -> Store:
         from .postgres import PostgresStore
 
         return await PostgresStore.open(url, migrate=migrate)
+    raise StoreError(f"unknown store URL {url!r}: use sqlite:///PATH or postgresql://...")
+
+
+async def schema_versions(url: str) -> tuple[int, int]:
+    """(the store's schema version, this release's), read without creating or changing the
+    store: ``pns migrate`` reports what it did from them."""
+    if url.startswith("sqlite:"):
+        from . import sqlite
+
+        return sqlite.stored_schema_version(url), sqlite.SCHEMA_VERSION
+    if url.startswith(("postgresql:", "postgres:")):
+        from . import postgres
+
+        return await postgres.stored_schema_version(url), postgres.SCHEMA_VERSION
     raise StoreError(f"unknown store URL {url!r}: use sqlite:///PATH or postgresql://...")

@@ -110,6 +110,27 @@ class Store(Protocol):
 
     async def get_number(self, x: str) -> VirtualNumber | None: ...
 
+    async def number_owners(self, xs: Sequence[str]) -> dict[str, int]:
+        """The owning account id of each of ``xs`` that exists (operators' commands name the
+        owner of a number they cannot add, and the numbers they did not find)."""
+
+    async def set_numbers_enabled(self, xs: Sequence[str], enabled: bool) -> list[str]:
+        """Enable or disable numbers; returns those that exist. A disabled number gets no new
+        binding; its active bindings keep working until they end."""
+
+    async def move_numbers(self, xs: Sequence[str], account_id: int, force: bool,
+                           now: int) -> list[str]:
+        """Give existing numbers to another account; a number with active bindings is kept
+        (and returned) unless ``force``, which ends its bindings first."""
+
+    async def numbers_page(self, account_id: int | None, after: str, limit: int,
+                           now: int) -> list[NumberUsage]:
+        """Up to ``limit`` numbers greater than ``after``, in number order (a cursor: pages
+        stay cheap however deep, and a listing can stream)."""
+
+    async def refresh_statistics(self) -> None:
+        """Tell the query planner about a bulk change (after ``numbers import``)."""
+
     async def list_numbers(self, account_id: int | None, now: int) -> list[NumberUsage]: ...
 
     async def free_numbers(
@@ -142,6 +163,11 @@ class Store(Protocol):
     async def list_bindings(
         self, account_id: int, limit: int, offset: int, now: int
     ) -> tuple[list[Binding], int]: ...
+
+    async def bindings_page(self, account_id: int, x: str, after_bind_id: str, limit: int,
+                            now: int) -> list[Binding]:
+        """Up to ``limit`` active bindings of the account (only on X ``x`` unless it is ""),
+        in creation order, after the binding ``after_bind_id`` ("" from the start)."""
 
     async def find_by_party(self, x: str, number: str, now: int) -> Binding | None: ...
 
