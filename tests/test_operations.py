@@ -7,8 +7,10 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 import urllib.request
+from pathlib import Path
 
 from pns.client import PnsClient
 from pns.logs import mask_number
@@ -68,6 +70,8 @@ def test_metrics_and_json_request_log(tmp_path: object) -> None:
         assert f'pns_pool_numbers{{account="{key}",country="852"}} 1.0' in text
         assert f'pns_pool_active_bindings{{account="{key}",country="852"}} 1.0' in text
         assert f'pns_pool_headroom_busiest_party{{account="{key}",country="852"}} 0.0' in text
+        assert re.search(r"^process_resident_memory_bytes [1-9]", text, re.M)
+        assert "process_cpu_seconds_total" in text and "process_open_fds" in text
     finally:
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=10)
@@ -119,3 +123,36 @@ def test_config_example_names_real_options() -> None:
     config = tomllib.loads(example.read_text())
     names = {p.name for p in serve.params}
     assert {k.replace("-", "_") for k in config["serve"]} <= names
+
+
+def test_metrics_add_up_across_two_workers(pg_database: str, tmp_path: Path) -> None:
+    """With --workers 2 every scrape, whichever worker answers, counts all 200 binds once;
+    a previous run's files in the metrics directory are emptied on start."""
+    from .conftest import Server
+
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+    subprocess.run([sys.executable, "-c",
+                    "from prometheus_client import Counter\n"
+                    "Counter('pns_requests', 'x', ['action', 'code'])"
+                    ".labels('bindAXB', '0').inc(999)"], env=env, check=True)
+    assert list(metrics_dir.glob("counter_*.db")), "a stale file from an earlier run"
+    customer = create_tenant(pg_database, Role.CUSTOMER, numbers=2)
+    server = Server(pg_database, "--workers", "2", env={"PROMETHEUS_MULTIPROC_DIR":
+                                                          str(metrics_dir)})
+    try:
+        for _ in range(200):
+            client = server.client(customer)  # a new connection each: both workers answer
+            assert client.bind_axb(unique_hk("1"), unique_hk("2"), 0)["code"] == 0
+            client.close()
+        writers = list(metrics_dir.glob("counter_*.db"))
+        assert len(writers) == 2, f"both workers served binds: {writers}"
+        for _ in range(6):
+            text = _get(server.url + "/metrics")[1]
+            assert 'pns_requests_total{action="bindAXB",code="0"} 200.0' in text
+            assert 'pns_request_seconds_count{action="bindAXB"} 200.0' in text
+            assert re.search(r"^process_resident_memory_bytes [1-9]", text, re.M)
+            assert re.search(r"^process_start_time_seconds [1-9]", text, re.M)
+    finally:
+        server.stop()

@@ -309,6 +309,10 @@ def serve(ctx: click.Context, host: str, port: int, workers: int, extension_leng
     if workers > 1:
         _run_workers(workers)
         return
+    from .metrics import MULTIPROC_ENV, prepare_multiprocess_dir
+
+    if os.environ.get(MULTIPROC_ENV) and os.environ.get("PNS_REUSE_PORT") != "1":
+        prepare_multiprocess_dir(Path(os.environ[MULTIPROC_ENV]))  # a run of its own
     install_event_loop()
     settings = Settings(extension_length=int(extension_length))
     try:
@@ -322,24 +326,41 @@ def serve(ctx: click.Context, host: str, port: int, workers: int, extension_leng
 
 
 def _run_workers(workers: int) -> None:
-    """Start ``workers`` single-process servers on one port and stop them together."""
+    """Start ``workers`` single-process servers on one port and stop them together. They
+    share a metrics directory (made for this run, or PROMETHEUS_MULTIPROC_DIR emptied), so
+    ``/metrics`` adds up whichever worker answers the scrape."""
+    import shutil
+    import tempfile
+
+    from .metrics import MULTIPROC_ENV, prepare_multiprocess_dir
+
     argv = [a for a in sys.argv[1:] if not a.startswith("--workers")]
     if "--workers" in sys.argv:
         index = sys.argv.index("--workers")
         argv = sys.argv[1:index] + sys.argv[index + 2:]
-    env = {**os.environ, "PNS_REUSE_PORT": "1"}
-    children = [
-        subprocess.Popen([sys.executable, "-m", "pns.cli", *argv], env=env)
-        for _ in range(workers)
-    ]
+    metrics_dir = os.environ.get(MULTIPROC_ENV)
+    made = None
+    if metrics_dir:
+        prepare_multiprocess_dir(Path(metrics_dir))
+    else:
+        made = metrics_dir = tempfile.mkdtemp(prefix="pns-metrics-")
+    env = {**os.environ, "PNS_REUSE_PORT": "1", MULTIPROC_ENV: metrics_dir}
+    try:
+        children = [
+            subprocess.Popen([sys.executable, "-m", "pns.cli", *argv], env=env)
+            for _ in range(workers)
+        ]
 
-    def forward(signum: int, _frame: object) -> None:
-        for child in children:
-            child.send_signal(signum)
+        def forward(signum: int, _frame: object) -> None:
+            for child in children:
+                child.send_signal(signum)
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    codes = [child.wait() for child in children]
+        signal.signal(signal.SIGTERM, forward)
+        signal.signal(signal.SIGINT, forward)
+        codes = [child.wait() for child in children]
+    finally:
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
     if any(codes):
         raise SystemExit(max(codes))
 

@@ -14,7 +14,7 @@ from .app import App, error_reply
 from .core import Service, Settings
 from .delivery import Deliverer
 from .http import HttpServer, Limits
-from .metrics import Metrics
+from .metrics import Metrics, keep_process_metrics
 from .store import Store, open_store
 from .store.rows import redact
 
@@ -77,6 +77,8 @@ async def run_server(
     await server.start(host, port, reuse_port=reuse_port)
     background = [asyncio.create_task(sweep_forever(store, metrics=app.metrics)),
                   asyncio.create_task(refresh_pool_metrics(store, app.metrics))]
+    if app.metrics.multiprocess:
+        background.append(asyncio.create_task(keep_process_metrics(app.metrics)))
     if deliver:
         deliverer = Deliverer(store, service.accounts, metrics=app.metrics)
         service.on_event = deliverer.wake
