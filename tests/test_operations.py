@@ -156,3 +156,86 @@ def test_metrics_add_up_across_two_workers(pg_database: str, tmp_path: Path) -> 
             assert re.search(r"^process_start_time_seconds [1-9]", text, re.M)
     finally:
         server.stop()
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_deploy_doc_names_the_modules_loaded() -> None:
+    """docs/deploy.md lists exactly the modules the Kamailio config loads, creates the users
+    with a real command, and gives every kamailio command a run directory (-Y)."""
+    config = (REPO / "deploy" / "kamailio" / "kamailio.cfg").read_text()
+    loaded = set(re.findall(r'^loadmodule "(\w+)\.so"', config, re.M))
+    doc = (REPO / "docs" / "deploy.md").read_text()
+    listed_at = doc.index("<!-- modules:")
+    paragraph = doc[doc.index("-->", listed_at):].split("\n\n", 1)[0]
+    assert set(re.findall(r"`(\w+)`", paragraph)) == loaded
+    assert "crypto" not in loaded or "crypto" in paragraph
+    assert "useradd --system --user-group" in doc
+    commands = re.findall(r"(?:^|exec |ExecStart=)(/usr/sbin/kamailio|kamailio) -[^\n]*", doc,
+                          re.M)
+    assert commands
+    for line in re.findall(r"(?:^|exec )(?:/usr/sbin/)?kamailio -DD[^\n]*", doc, re.M):
+        assert " -Y " in line, line
+
+
+def _documented_python_backup() -> str:
+    doc = (REPO / "docs" / "backup.md").read_text()
+    return doc.split("python3 -c '\n", 1)[1].split("\n'", 1)[0]
+
+
+def test_sqlite_backup_while_binding(tmp_path: Path) -> None:
+    """Both documented online backups, taken while binds commit, open, pass integrity_check
+    and serve."""
+    import shutil
+    import sqlite3
+    import threading
+
+    from .conftest import Server
+
+    assert shutil.which("sqlite3"), "the sqlite3 command (Debian package sqlite3) is needed"
+    url = f"sqlite:///{tmp_path}/live.db"
+    customer = create_tenant(url, Role.CUSTOMER, numbers=5)
+    server = Server(url)
+    stop = threading.Event()
+    bound: list[str] = []
+
+    def bind_until_stopped() -> None:
+        client = server.client(customer)
+        while not stop.is_set():
+            answer = client.bind_axb(unique_hk("1"), unique_hk("2"), 0)
+            assert answer["code"] == 0, answer
+            bound.append(answer["data"]["bindId"])
+
+    writer = threading.Thread(target=bind_until_stopped)
+    writer.start()
+    try:
+        while len(bound) < 20:
+            time.sleep(0.05)
+        cli_copy, python_copy = tmp_path / "cli-backup.db", tmp_path / "py-backup.db"
+        subprocess.run(["sqlite3", str(tmp_path / "live.db"), f".backup '{cli_copy}'"],
+                       check=True, timeout=60)
+        printed = subprocess.run([sys.executable, "-c", _documented_python_backup(),
+                                  str(tmp_path / "live.db"), str(python_copy)],
+                                 capture_output=True, text=True, check=True, timeout=60)
+        assert printed.stdout.strip() == "ok"
+        during = len(bound)
+        while len(bound) < during + 20:  # binds went on after the backups
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        writer.join(30)
+        server.stop()
+    for copy in (cli_copy, python_copy):
+        conn = sqlite3.connect(copy)
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        (count,) = conn.execute("SELECT count(*) FROM bindings").fetchone()
+        conn.close()
+        assert 20 <= count <= len(bound)
+        restored = Server(f"sqlite:///{copy}")
+        try:
+            client = restored.client(customer)
+            assert client.list_bindings(1, 0)["data"]["total"] == count
+            assert client.bind_axb(unique_hk("1"), unique_hk("2"), 0)["code"] == 0
+        finally:
+            restored.stop()
