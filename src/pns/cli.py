@@ -726,7 +726,13 @@ def _stream(ctx: click.Context, rows: Callable[[Store], AsyncIterator[dict[str, 
         while (page := lines.get()) is not None:
             yield from page
 
-    emit_rows(consume(), as_json, columns)
+    try:
+        emit_rows(consume(), as_json, columns)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader left (``| head``): stop quietly, as a listing piped into head should.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(0) from None
     worker.join()
     if failure:
         raise failure[0]
