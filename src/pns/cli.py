@@ -61,7 +61,7 @@ def _format_option(func: F) -> F:
 
 
 # --- which store ---------------------------------------------------------------------------
-_SOURCES = {
+_SOURCES: dict[ParameterSource | None, str] = {
     ParameterSource.COMMANDLINE: "from --store",
     ParameterSource.ENVIRONMENT: "from PNS_STORE",
     ParameterSource.DEFAULT_MAP: "from the config file",
@@ -71,12 +71,12 @@ _SOURCES = {
 def _resolve_store(ctx: click.Context, store_url: str | None) -> tuple[str, str]:
     """The store URL a command uses, and where that choice came from (for messages)."""
     if store_url:
-        return store_url, _SOURCES.get(ctx.get_parameter_source("store_url"), "")  # type: ignore[arg-type]
+        return store_url, _SOURCES.get(ctx.get_parameter_source("store_url"), "")
     root = ctx.find_root()
     url = root.obj.get("store_url") if root.obj else None
     if url:
         source = root.get_parameter_source("store_url")
-        return str(url), _SOURCES.get(source, "")  # type: ignore[arg-type]
+        return str(url), _SOURCES.get(source, "")
     return DEFAULT_STORE_URL, "the default"
 
 
