@@ -239,3 +239,18 @@ def test_sqlite_backup_while_binding(tmp_path: Path) -> None:
             assert client.bind_axb(unique_hk("1"), unique_hk("2"), 0)["code"] == 0
         finally:
             restored.stop()
+
+
+def test_licence_is_declared() -> None:
+    """Apache-2.0: the full text at the root, and in the package's metadata."""
+    import tomllib
+    from importlib.metadata import metadata
+
+    text = (REPO / "LICENSE").read_text()
+    assert "Apache License" in text and "Version 2.0, January 2004" in text
+    assert "END OF TERMS AND CONDITIONS" in text
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert project["license"] == "Apache-2.0" and project["license-files"] == ["LICENSE"]
+    assert metadata("pns").get("License-Expression") == "Apache-2.0"
+    for name in ("CHANGELOG.md", "SECURITY.md"):
+        assert (REPO / name).stat().st_size > 500, name
