@@ -216,6 +216,12 @@ def test_stats_import_and_bindings(url: str, tmp_path: Path) -> None:
     bad.write_text("12\n")
     refused = cli("numbers", "import", str(bad), "--account", key, "--store", url, check=False)
     assert refused.returncode == 1 and "nothing was added" in refused.stderr
+    binary = tmp_path / "binary.txt"
+    binary.write_bytes(b"\xff\xfe85235753351\n")
+    refused = cli("numbers", "import", str(binary), "--account", key, "--store", url,
+                  check=False)
+    assert refused.returncode == 1 and "cannot read" in refused.stderr
+    assert "Traceback" not in refused.stderr
     server = Server(url)
     try:
         c = PnsClient(server.url, key, created["accessSecret"])
@@ -269,6 +275,11 @@ def test_config_file_precedence(tmp_path: Path) -> None:
     result = subprocess.run(pns_command("--config", str(broken), "account", "list"), env=env,
                             capture_output=True, text=True)
     assert result.returncode == 2 and "cannot read config" in result.stderr
+    broken.write_bytes(b"\xff\xfe = 1")
+    result = subprocess.run(pns_command("--config", str(broken), "account", "list"), env=env,
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "cannot read config" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_secret_rotation_with_grace(url: str) -> None:

@@ -241,7 +241,7 @@ def _load_config(ctx: click.Context, _param: click.Parameter, path: str | None) 
     try:
         with open(path, "rb") as fh:
             config = tomllib.load(fh)
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise click.BadParameter(f"cannot read config {path}: {exc}") from None
     ctx.default_map = _default_map(config)
     return path
@@ -553,7 +553,11 @@ def numbers() -> None:
 def _read_numbers(args: Iterable[str], file: Path | None) -> list[str]:
     raw = list(args)
     if file is not None:
-        raw += [line.strip() for line in file.read_text().splitlines()
+        try:
+            text = file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise click.ClickException(f"cannot read {file}: {exc}") from None
+        raw += [line.strip() for line in text.splitlines()
                 if line.strip() and not line.lstrip().startswith("#")]
     return raw
 
