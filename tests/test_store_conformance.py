@@ -29,10 +29,13 @@ from pns.model import (
     BIND_TYPE_EXTENSION,
     Account,
     AccountChanges,
+    AuditEntry,
     Binding,
     CallRecord,
     CallRef,
     EventState,
+    Operator,
+    OperatorRole,
     OutboxEvent,
     PoolStats,
     PoolUsage,
@@ -645,6 +648,105 @@ def test_outbox_leases_and_attempts(fresh: SyncStore) -> None:
     assert s.outbox_backlog(T0 + 200) == (1, 200)
     s.finish_event(e1.event_id, EventState.DELIVERED, 2, T0 + 200, "", T0 + 200)
     assert s.outbox_backlog(T0 + 200) == (0, 0)
+
+
+def test_numbers_enable_disable_and_move(s: SyncStore) -> None:
+    acc, other = new_account(s), new_account(s)
+    x1, x2, x3 = new_numbers(s, acc, 3)
+    missing = unique_hk("3")
+    assert s.set_numbers_enabled([x1, missing], False) == [missing]
+    assert s.get_number(x1).enabled is False and s.get_number(x2).enabled is True
+    assert [c.x for c in s.free_numbers(acc.id, 852, [phone()], T0, 10)] != [] and \
+        x1 not in {c.x for c in s.free_numbers(acc.id, 852, [phone()], T0, 10)}
+    assert s.set_numbers_enabled([x1], True) == []
+    assert s.get_number(x1).enabled is True
+    bound = binding(acc, x1, phone(), phone())
+    s.insert_binding(bound, T0)
+    expired = binding(acc, x2, phone(), phone(), expire_at=T0 - 1, created_at=T0 - 10)
+    s.insert_binding(expired, T0 - 10)
+    # Active bindings keep a number where it is; expired ones do not.
+    assert s.move_numbers([x1, x2], other.id, False, T0) == [x1]
+    assert s.get_number(x1).account_id == acc.id and s.get_number(x2).account_id == other.id
+    assert s.move_numbers([x1], other.id, True, T0) == []
+    assert s.get_number(x1).account_id == other.id
+    assert s.get_binding(bound.bind_id, T0) is None  # force ended it: no binding changes owner
+    assert s.find_by_party(x1, bound.a, T0) is None
+    assert {u.x for u in s.list_numbers(other.id, T0)} == {x1, x2}
+    assert counters(s, other) == {x1: 0, x2: 0}
+    assert {u.x for u in s.list_numbers(acc.id, T0)} == {x3}
+
+
+def test_find_bindings_by_number_as_x_or_party(s: SyncStore) -> None:
+    acc, other = new_account(s), new_account(s)
+    x1, x2 = new_numbers(s, acc, 2)
+    (y,) = new_numbers(s, other, 1)
+    a, b, c = phone(), phone(), phone()
+    first = binding(acc, x1, a, b)
+    second = binding(acc, x2, a, c, created_at=T0 + 1)
+    theirs = binding(other, y, c, ext="123")
+    gone = binding(acc, x2, phone(), b, expire_at=T0 - 1, created_at=T0 - 5)
+    for each in (first, second, theirs, gone):
+        s.insert_binding(each, each.created_at)
+    assert ids(s.find_bindings_by_number(a, T0, 10)) == ids([first, second])
+    assert ids(s.find_bindings_by_number(b, T0, 10)) == ids([first])  # not the expired one
+    assert ids(s.find_bindings_by_number(c, T0, 10)) == ids([second, theirs])  # any account
+    assert ids(s.find_bindings_by_number(x2, T0, 10)) == ids([second])
+    assert ids(s.find_bindings_by_number(a, T0, 1)) == ids([first])
+    assert s.find_bindings_by_number(phone(), T0, 10) == []
+
+
+def test_outbox_counts_events_of_calls_and_requeue(fresh: SyncStore) -> None:
+    s = fresh
+    acc = new_account(s)
+    e1 = event(acc, T0, call_id="5" * 19)
+    e2 = event(acc, T0, call_id="5" * 19, created_at=T0 + 1)
+    e3 = event(acc, T0, call_id="6" * 19, created_at=T0 + 2)
+    e4 = event(acc, T0)  # a binding error: no call
+    for each in (e1, e2, e3, e4):
+        s.enqueue_event(each)
+    assert s.outbox_counts() == {EventState.PENDING: 4, EventState.DELIVERED: 0,
+                                 EventState.FAILED: 0}
+    assert [e.event_id for e in s.events_for_calls(["5" * 19])] == [e1.event_id, e2.event_id]
+    assert [e.event_id for e in s.events_for_calls(["5" * 19, "6" * 19, "7" * 19])] == \
+        [e1.event_id, e2.event_id, e3.event_id]
+    assert s.events_for_calls([]) == [] and s.events_for_calls([""]) == []
+    s.finish_event(e1.event_id, EventState.DELIVERED, 1, T0, "", T0)
+    s.finish_event(e2.event_id, EventState.FAILED, 12, T0, "HTTP 500", T0)
+    assert s.outbox_counts() == {EventState.PENDING: 2, EventState.DELIVERED: 1,
+                                 EventState.FAILED: 1}
+    again = s.requeue_event(e2.event_id, T0 + 500)
+    assert again is not None and again.event_id == e2.event_id
+    assert (again.state, again.next_attempt_at, again.created_at, again.attempts,
+            again.body) == (EventState.PENDING, T0 + 500, T0 + 500, 12, e2.body)
+    assert {e.event_id for e in s.lease_events(T0 + 500, 10, 30)} == \
+        {e3.event_id, e4.event_id, e2.event_id}
+    assert s.requeue_event(e1.event_id, T0 + 500) is None  # delivered already
+    assert s.requeue_event("no-such-event", T0) is None
+    # A leased event keeps its lease: the attempt under way finishes first.
+    assert s.requeue_event(e3.event_id, T0 + 501) is not None
+    assert s.lease_events(T0 + 501, 10, 30) == []
+
+
+def test_operators_and_the_audit_trail(fresh: SyncStore) -> None:
+    s = fresh
+    admin = Operator("alice", OperatorRole.ADMIN, "a" * 64, created_at=T0)
+    viewer = Operator("victor", OperatorRole.VIEWER, "b" * 64, created_at=T0 + 1)
+    assert s.create_operator(admin) is True and s.create_operator(viewer) is True
+    assert s.create_operator(Operator("alice", OperatorRole.VIEWER, "c" * 64)) is False
+    assert s.get_operator("alice") == admin
+    assert s.get_operator_by_token_hash("b" * 64) == viewer
+    assert s.get_operator_by_token_hash("c" * 64) is None and s.get_operator("nobody") is None
+    assert s.list_operators() == [admin, viewer]
+    assert s.set_operator_disabled("victor", True) is True
+    assert s.get_operator("victor").disabled is True
+    assert s.set_operator_disabled("nobody", True) is False
+    assert s.set_operator_disabled("victor", False) is True
+    assert s.get_operator("victor").disabled is False
+    for i in range(3):
+        s.add_audit(AuditEntry(T0 + i, "alice", "binding.unbind", f"bind-{i}"))
+    entries = s.list_audit(2)
+    assert [(e.at, e.target) for e in entries] == [(T0 + 2, "bind-2"), (T0 + 1, "bind-1")]
+    assert entries[0].id > entries[1].id > 0
 
 
 # --- concurrency at the store level -------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 from .api import ACTIONS, Api, envelope
 from .errors import Code
@@ -15,6 +16,8 @@ from .openapi import DOCS_ASSETS, OPENAPI_JSON
 log = logging.getLogger("pns.access")
 
 API_PATHS = frozenset({"/api/pns/", "/api/pns"})
+# Handed whole to the admin handler (admin API and console), when one is mounted here.
+ADMIN_PREFIXES = ("/admin/", "/console")
 _ACTION_PREFIX = "/api/pns/"
 # Why a bind found no number, by the code it got.
 ALLOCATION_FAILURES = {
@@ -43,9 +46,11 @@ def error_reply(status: int) -> Reply:
 
 
 class App:
-    def __init__(self, api: Api, metrics: Metrics | None = None):
+    def __init__(self, api: Api, metrics: Metrics | None = None,
+                 admin: Callable[[Request], Awaitable[Reply]] | None = None):
         self.api = api
         self.metrics = metrics or Metrics()
+        self.admin = admin
 
     async def __call__(self, request: Request) -> Reply:
         path = request.path
@@ -72,6 +77,8 @@ class App:
             return Reply(200, asset[1], asset[0])
         if path.startswith(_ACTION_PREFIX) and path[len(_ACTION_PREFIX):] in ACTIONS:
             return await self._action_alias(request, path[len(_ACTION_PREFIX):])
+        if self.admin is not None and path.startswith(ADMIN_PREFIXES):
+            return await self.admin(request)
         return error_reply(404)
 
     async def _action_alias(self, request: Request, action: str) -> Reply:

@@ -296,14 +296,32 @@ def main(ctx: click.Context, verbose: bool, store_url: str | None) -> None:
               type=click.Choice(["text", "json"]), envvar="PNS_LOG_FORMAT")
 @click.option("--deliver/--no-deliver", default=True, show_default=True,
               help="Run the callback delivery worker in this process.")
+@click.option("--admin/--no-admin", "admin", default=True, show_default=True,
+              help="Serve the admin API (/admin/api/) and the console (/console/).")
+@click.option("--admin-listen", default=None, metavar="HOST:PORT", envvar="PNS_ADMIN_LISTEN",
+              help="Serve the admin API and console on this address only (not on --port).")
+@click.option("--trusted-proxy", "trusted_proxies", multiple=True, metavar="ADDRESS",
+              envvar="PNS_TRUSTED_PROXIES",
+              help="A reverse proxy whose X-Forwarded-Proto/-For the console believes.")
+@click.option("--admin-secure-cookies", is_flag=True, default=False,
+              help="Mark console cookies Secure even without X-Forwarded-Proto (TLS ahead).")
 @_store_option
 @click.pass_context
 def serve(ctx: click.Context, host: str, port: int, workers: int, extension_length: str,
-          log_level: str, log_format: str, deliver: bool, store_url: str | None) -> None:
+          log_level: str, log_format: str, deliver: bool, admin: bool,
+          admin_listen: str | None, trusted_proxies: tuple[str, ...],
+          admin_secure_cookies: bool, store_url: str | None) -> None:
     """Run the API server until SIGTERM/SIGINT (then finish in-flight requests)."""
+    from .admin.front import AdminOptions
     from .logs import configure
     from .serve import install_event_loop, run_server
 
+    admin_options = None
+    if admin:
+        admin_options = AdminOptions(
+            listen=_host_port(admin_listen) if admin_listen else None,
+            trusted_proxies=frozenset(p for each in trusted_proxies for p in each.split()),
+            secure_cookies=admin_secure_cookies)
     url = _store_url(ctx, store_url)
     configure(log_level, log_format)
     if workers > 1:
@@ -318,11 +336,18 @@ def serve(ctx: click.Context, host: str, port: int, workers: int, extension_leng
     try:
         asyncio.run(run_server(url, host, port, settings,
                                reuse_port=os.environ.get("PNS_REUSE_PORT") == "1",
-                               deliver=deliver))
+                               deliver=deliver, admin=admin_options))
     except StoreError as exc:
         raise click.ClickException(f"{exc} [store {redact(url)}]") from None
     except OSError as exc:
         raise click.ClickException(f"cannot serve on {host}:{port}: {exc}") from None
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise click.BadParameter(f"expected HOST:PORT, not {text!r}", param_hint="--admin-listen")
+    return host.strip("[]"), int(port)
 
 
 def _run_workers(workers: int) -> None:
@@ -794,8 +819,8 @@ def _enable_command(enabled: bool) -> Callable[..., None]:
     def command(ctx: click.Context, number: tuple[str, ...], as_json: bool | None,
                 store_url: str | None) -> None:
         xs = _as_digits(number)
-        found = _with_store(ctx, lambda s: s.set_numbers_enabled(xs, enabled))
-        missing = [x for x in xs if x not in found]
+        missing = _with_store(ctx, lambda s: s.set_numbers_enabled(xs, enabled))
+        found = [x for x in xs if x not in missing]
         _finish(ctx, {key: found, "notFound": missing}, as_json, key, verb)
 
     command.__doc__ = (
@@ -948,6 +973,63 @@ def bindings_unbind(ctx: click.Context, bind_id: str, as_json: bool | None,
     if not _with_store(ctx, lambda s: s.delete_binding(bind_id)):
         raise _refuse(ctx, f"no binding {bind_id}")
     emit_one({"unbound": bind_id}, as_json)
+
+
+# --- operators of the admin API and console ------------------------------------------------------
+@main.group()
+def operator() -> None:
+    """People (and tools) on the admin API and console: admins change, viewers read."""
+
+
+def _operator_json(op: Any) -> dict[str, Any]:
+    return {"name": op.name, "role": op.role.value, "disabled": op.disabled,
+            "createdAt": op.created_at}
+
+
+@operator.command("create")
+@click.option("--name", required=True, help="Letters, digits, _ and -; at most 64.")
+@click.option("--role", type=click.Choice(["admin", "viewer"]), default="admin",
+              show_default=True)
+@_format_option
+@_store_option
+@click.pass_context
+def operator_create(ctx: click.Context, name: str, role: str, as_json: bool | None,
+                    store_url: str | None) -> None:
+    """Create an operator; prints its token (shown only here, stored hashed)."""
+    from .admin.operators import new_operator, valid_name
+    from .model import OperatorRole
+
+    if not valid_name(name):
+        raise click.BadParameter("use 1 to 64 letters, digits, _ or -", param_hint="--name")
+    op, token = new_operator(name, OperatorRole(role))
+    if not _with_store(ctx, lambda s: s.create_operator(op)):
+        raise _refuse(ctx, f"an operator named {name} exists already")
+    emit_one({**_operator_json(op), "token": token}, as_json)
+
+
+@operator.command("list")
+@_format_option
+@_store_option
+@click.pass_context
+def operator_list(ctx: click.Context, as_json: bool | None, store_url: str | None) -> None:
+    """Every operator (tokens are never shown again)."""
+    operators = _with_store(ctx, lambda s: s.list_operators())
+    emit_rows((_operator_json(op) for op in operators), as_json,
+              columns=("name", "role", "disabled", "createdAt"))
+
+
+@operator.command("disable")
+@click.argument("name")
+@click.option("--enable", is_flag=True, help="Enable the operator again instead.")
+@_format_option
+@_store_option
+@click.pass_context
+def operator_disable(ctx: click.Context, name: str, enable: bool, as_json: bool | None,
+                     store_url: str | None) -> None:
+    """Disable an operator: its token and its console sessions stop working at once."""
+    if not _with_store(ctx, lambda s: s.set_operator_disabled(name, not enable)):
+        raise _refuse(ctx, f"no operator named {name}")
+    emit_one({"name": name, "disabled": not enable}, as_json)
 
 
 if __name__ == "__main__":

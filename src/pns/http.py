@@ -36,12 +36,15 @@ class Request(NamedTuple):
     headers: dict[str, str]
     body: bytes
     client: str
+    query: str = ""
 
 
 class Reply(NamedTuple):
     status: int
     body: bytes
     content_type: str = "application/json"
+    # More header lines (the console's cookies and security headers); the API sends none.
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 App = Callable[[Request], Awaitable[Reply]]
@@ -53,12 +56,14 @@ _TICK = 1.0
 _REASONS = {status.value: status.phrase for status in HTTPStatus}
 
 
-def _head(status: int, content_type: str, length: int, close: bool) -> bytes:
+def _head(status: int, content_type: str, length: int, close: bool,
+          extra: tuple[tuple[str, str], ...] = ()) -> bytes:
     reason = _REASONS.get(status, "Unknown")
     connection = "Connection: close\r\n" if close else ""
+    more = "".join(f"{name}: {value}\r\n" for name, value in extra) if extra else ""
     return (
         f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n"
-        f"Content-Length: {length}\r\n{connection}\r\n"
+        f"Content-Length: {length}\r\n{more}{connection}\r\n"
     ).encode("latin-1")
 
 
@@ -182,8 +187,10 @@ class _Connection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         parsed = httptools.parse_url(self._url)
         path = parsed.path.decode("latin-1") if parsed.path else "/"
+        query = parsed.query.decode("latin-1") if parsed.query else ""
         method = self._parser.get_method().decode("latin-1")
-        request = Request(method, path, self._headers, b"".join(self._body), self._client)
+        request = Request(method, path, self._headers, b"".join(self._body), self._client,
+                          query)
         self._queue.append((request, bool(self._parser.should_keep_alive())))
         self._reset_message()
         self._deadline = _NEVER
@@ -240,7 +247,8 @@ class _Connection(asyncio.Protocol):
             return
         # The answer to HEAD has no content (RFC 9110 9.3.2): bytes after its head would be
         # read as the start of the next answer on a keep-alive connection.
-        transport.write(_head(reply.status, reply.content_type, len(reply.body), close)
+        transport.write(_head(reply.status, reply.content_type, len(reply.body), close,
+                              reply.headers)
                         + (b"" if head else reply.body))
         if close:
             self._closing = True

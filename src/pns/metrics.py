@@ -89,7 +89,6 @@ class Metrics:
     def observe(self, action: str, code: int, seconds: float) -> None:
         if self.multiprocess:
             self._observe_shared(action, code, seconds)
-            return
         s = self._stats.get((action, code))
         if s is None:
             if len(self._stats) > 1000:  # unknown actions must not grow this without end
@@ -119,6 +118,15 @@ class Metrics:
         process, where they are read at scrape time)."""
         if self.multiprocess:
             self._process.update()
+    def totals(self) -> tuple[int, int]:
+        """(API requests, those answered with a code other than 0) since the process began:
+        the console samples these into per-minute rates, off the hot path."""
+        requests = errors = 0
+        for (_, code), stats in list(self._stats.items()):
+            requests += stats[0]
+            if code != 0:
+                errors += stats[0]
+        return requests, errors
 
     def render(self) -> bytes:
         if not self.multiprocess:

@@ -186,3 +186,30 @@ class PoolUsage(msgspec.Struct, frozen=True):
     def headroom_busiest(self) -> int:
         """More bindings the busiest party can get in this pool."""
         return max(self.enabled - self.busiest_party_bindings, 0)
+
+
+class OperatorRole(StrEnum):
+    """Who works the admin API and console: an admin changes things, a viewer only reads."""
+
+    ADMIN = "admin"
+    VIEWER = "viewer"
+
+
+class Operator(msgspec.Struct, frozen=True):
+    """A person (or tool) on the admin API. Only the SHA-256 of the token is kept."""
+
+    name: str
+    role: OperatorRole
+    token_hash: str
+    disabled: bool = False
+    created_at: int = 0
+
+
+class AuditEntry(msgspec.Struct, frozen=True):
+    """What an operator did through the admin API or console (writes and reveals)."""
+
+    at: int
+    operator: str
+    action: str
+    target: str
+    id: int = 0

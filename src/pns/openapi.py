@@ -10,6 +10,7 @@ the codes that action can return, so a client generator gets usable types.
 
 from __future__ import annotations
 
+import re
 from importlib.resources import files
 from typing import Any
 
@@ -203,6 +204,9 @@ def build_openapi() -> dict[str, Any]:
         "properties": {"code": {"type": "integer"}, "msg": {"type": "string"},
                        "requestId": {"type": "string", "pattern": "^[0-9]{19}$"}},
     }
+    admin_paths, admin_schemas = _admin_paths()
+    paths.update(admin_paths)
+    components.update(admin_schemas)
     return {
         "openapi": "3.1.0",
         "info": {"title": "pns — privacy number service (NXCloud PNS compatible)",
@@ -210,9 +214,62 @@ def build_openapi() -> dict[str, Any]:
                  "license": {"name": "Apache-2.0", "identifier": "Apache-2.0"}},
         "servers": [{"url": "/", "description": "the pns serving this document"}],
         "security": [{"accessKey": [], "sign": []}],
+        "tags": [{"name": "admin", "description": "The operators' admin API (Bearer token), "
+                  "separate from the NXCloud-compatible API"}],
         "paths": paths,
-        "components": {"schemas": components, "securitySchemes": _SECURITY_SCHEMES},
+        "components": {"schemas": components, "securitySchemes": {
+            **_SECURITY_SCHEMES,
+            "operatorToken": {"type": "http", "scheme": "bearer",
+                              "description": "A token from `pns operator create`"}}},
     }
+
+
+def _admin_paths() -> tuple[dict[str, Any], dict[str, Any]]:
+    """The admin API, one operation per route of ``pns.admin.api.ROUTES``."""
+    from .admin.api import PREFIX, ROUTES
+
+    bodies = [route.body for route in ROUTES if route.body is not None]
+    (schemas, components) = msgspec.json.schema_components(
+        bodies, ref_template="#/components/schemas/{name}")
+    body_schema = dict(zip(bodies, schemas, strict=True))
+    components["AdminError"] = {"type": "object", "required": ["error"],
+                                "properties": {"error": {"type": "string"}}}
+    error = {"content": {"application/json": {
+        "schema": {"$ref": "#/components/schemas/AdminError"}}}}
+    paths: dict[str, Any] = {}
+    for route in ROUTES:
+        path = PREFIX + route.pattern
+        parameters = [
+            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            for name in re.findall(r"\{(\w+)\}", route.pattern)
+        ] + [
+            {"name": name, "in": "query", "required": False, "schema": {"type": "string"}}
+            for name in route.query
+        ]
+        operation: dict[str, Any] = {
+            "operationId": "admin_" + route.method.lower() + "_"
+            + re.sub(r"\W+", "_", route.pattern).strip("_"),
+            "tags": ["admin"], "summary": route.summary,
+            "security": [{"operatorToken": []}], "parameters": parameters,
+            "responses": {
+                "201" if route.pattern == "accounts" and route.method == "POST" else "200": {
+                    "description": "Done", "content": {"application/json": {
+                        "schema": {"type": "object"}}}},
+                "400": {"description": "Invalid input", **error},
+                "401": {"description": "No valid operator token", **error},
+                "403": {"description": "A viewer asked to change something", **error},
+                "404": {"description": "No such thing", **error},
+                "429": {"description": "Too many wrong tokens from this address", **error},
+            },
+        }
+        if route.body is not None:
+            operation["requestBody"] = {"required": True, "content": {
+                "application/json": {"schema": body_schema[route.body]}}}
+        elif route.pattern == "numbers/import":
+            operation["requestBody"] = {"required": True, "content": {
+                "text/plain": {"schema": {"type": "string"}}}}
+        paths.setdefault(path, {})[route.method.lower()] = operation
+    return paths, components
 
 
 OPENAPI_JSON = msgspec.json.encode(build_openapi())

@@ -9,6 +9,7 @@ import os
 import signal
 import time
 
+from .admin.front import DEFAULT_ADMIN, AdminFront, AdminOptions, admin_only
 from .api import Api
 from .app import App, error_reply
 from .core import Service, Settings
@@ -68,17 +69,31 @@ async def run_server(
     store_url: str, host: str, port: int, settings: Settings | None = None,
     limits: Limits | None = None, reuse_port: bool = False,
     ready: asyncio.Event | None = None, deliver: bool = True,
+    admin: AdminOptions | None = DEFAULT_ADMIN,
 ) -> None:
-    """Serve until SIGTERM or SIGINT, then finish in-flight requests and stop cleanly."""
+    """Serve until SIGTERM or SIGINT, then finish in-flight requests and stop cleanly.
+    ``admin`` None: no admin API and no console."""
     store = await open_store(store_url)
     service = Service(store, settings)
-    app = App(Api(service))
+    metrics = Metrics()
+    front = AdminFront(service, metrics, admin) if admin is not None else None
+    app = App(Api(service), metrics,
+              admin=front if front is not None and admin and admin.listen is None else None)
     server = HttpServer(app, error_reply, limits)
     await server.start(host, port, reuse_port=reuse_port)
+    servers = [server]
+    if front is not None and admin is not None and admin.listen is not None:
+        admin_server = HttpServer(admin_only(front), error_reply, limits)
+        await admin_server.start(*admin.listen, reuse_port=reuse_port)
+        servers.append(admin_server)
+        log.info("admin API and console on http://%s:%d/console/", admin.listen[0],
+                 admin_server.port)
     background = [asyncio.create_task(sweep_forever(store, metrics=app.metrics)),
                   asyncio.create_task(refresh_pool_metrics(store, app.metrics))]
     if app.metrics.multiprocess:
         background.append(asyncio.create_task(keep_process_metrics(app.metrics)))
+    if front is not None:
+        background.append(asyncio.create_task(front.sample_rates()))
     if deliver:
         deliverer = Deliverer(store, service.accounts, metrics=app.metrics)
         service.on_event = deliverer.wake
@@ -94,7 +109,8 @@ async def run_server(
         await stop.wait()
     finally:
         log.info("shutting down: finishing in-flight requests")
-        await server.shutdown()
+        for each in servers:
+            await each.shutdown()
         for task in background:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -24,12 +24,14 @@ from typing import Any, Protocol
 from ..model import (
     Account,
     AccountChanges,
+    AuditEntry,
     Binding,
     CallRecord,
     CallRef,
     Candidate,
     EventState,
     NumberUsage,
+    Operator,
     OutboxEvent,
     PoolStats,
     PoolUsage,
@@ -114,15 +116,6 @@ class Store(Protocol):
         """The owning account id of each of ``xs`` that exists (operators' commands name the
         owner of a number they cannot add, and the numbers they did not find)."""
 
-    async def set_numbers_enabled(self, xs: Sequence[str], enabled: bool) -> list[str]:
-        """Enable or disable numbers; returns those that exist. A disabled number gets no new
-        binding; its active bindings keep working until they end."""
-
-    async def move_numbers(self, xs: Sequence[str], account_id: int, force: bool,
-                           now: int) -> list[str]:
-        """Give existing numbers to another account; a number with active bindings is kept
-        (and returned) unless ``force``, which ends its bindings first."""
-
     async def numbers_page(self, account_id: int | None, after: str, limit: int,
                            now: int) -> list[NumberUsage]:
         """Up to ``limit`` numbers greater than ``after``, in number order (a cursor: pages
@@ -130,6 +123,15 @@ class Store(Protocol):
 
     async def refresh_statistics(self) -> None:
         """Tell the query planner about a bulk change (after ``numbers import``)."""
+
+    async def set_numbers_enabled(self, xs: Sequence[str], enabled: bool) -> list[str]:
+        """Enable or disable numbers (a disabled number gets no new bindings; its bindings
+        keep working until they end). Returns the numbers that do not exist."""
+
+    async def move_numbers(self, xs: Sequence[str], account_id: int, force: bool,
+                           now: int) -> list[str]:
+        """Give numbers to another account. A number with active bindings is kept (and
+        returned) unless ``force``, which ends them: a binding never changes account."""
 
     async def list_numbers(self, account_id: int | None, now: int) -> list[NumberUsage]: ...
 
@@ -170,6 +172,11 @@ class Store(Protocol):
         in creation order, after the binding ``after_bind_id`` ("" from the start)."""
 
     async def find_by_party(self, x: str, number: str, now: int) -> Binding | None: ...
+
+    async def find_bindings_by_number(self, number: str, now: int,
+                                      limit: int) -> list[Binding]:
+        """Active bindings where ``number`` is X or a party, across accounts (operators'
+        search). Not on the hot path: may scan."""
 
     async def find_by_extension(self, x: str, extension: str, now: int) -> Binding | None: ...
 
@@ -219,3 +226,31 @@ class Store(Protocol):
 
     async def outbox_backlog(self, now: int) -> tuple[int, int]:
         """(pending events, age in seconds of the oldest pending one)."""
+
+    async def outbox_counts(self) -> dict[EventState, int]:
+        """Events in the outbox by state."""
+
+    async def events_for_calls(self, call_ids: Sequence[str]) -> list[OutboxEvent]:
+        """Every outbox event of these calls, oldest first."""
+
+    async def requeue_event(self, event_id: str, now: int) -> OutboxEvent | None:
+        """Deliver a (failed) event again from ``now``, with a new retry horizon; the event
+        id stays, so receivers still de-duplicate. None when no such event."""
+
+    # --- operators of the admin API, and their audit trail ------------------------------------
+    async def create_operator(self, operator: Operator) -> bool:
+        """False when an operator of that name exists (nothing changes then)."""
+
+    async def get_operator(self, name: str) -> Operator | None: ...
+
+    async def get_operator_by_token_hash(self, token_hash: str) -> Operator | None: ...
+
+    async def list_operators(self) -> list[Operator]: ...
+
+    async def set_operator_disabled(self, name: str, disabled: bool) -> bool:
+        """False when no such operator."""
+
+    async def add_audit(self, entry: AuditEntry) -> None: ...
+
+    async def list_audit(self, limit: int) -> list[AuditEntry]:
+        """The newest entries first."""

@@ -23,12 +23,15 @@ from ..ids import snowflake_floor
 from ..model import (
     Account,
     AccountChanges,
+    AuditEntry,
     Binding,
     CallRecord,
     CallRef,
     Candidate,
     EventState,
     NumberUsage,
+    Operator,
+    OperatorRole,
     OutboxEvent,
     PoolStats,
     PoolUsage,
@@ -46,7 +49,7 @@ from .rows import (
     record_values,
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _log = logging.getLogger("pns.store.sqlite")
 T = TypeVar("T")
 
@@ -188,6 +191,24 @@ _MIGRATIONS: list[str] = [
         last_error TEXT NOT NULL DEFAULT ''
     ) WITHOUT ROWID;
     CREATE INDEX outbox_due ON outbox(state, next_attempt_at);
+    """,
+    # 3: operators of the admin API and console, their audit trail, and deliveries by call.
+    """
+    CREATE TABLE operators (
+        name TEXT PRIMARY KEY,
+        role TEXT NOT NULL,
+        token_hash TEXT NOT NULL UNIQUE,
+        disabled INTEGER NOT NULL DEFAULT 0,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE operator_audit (
+        id INTEGER PRIMARY KEY,
+        at INTEGER NOT NULL,
+        operator TEXT NOT NULL,
+        action TEXT NOT NULL,
+        target TEXT NOT NULL
+    );
+    CREATE INDEX outbox_call ON outbox(call_id) WHERE call_id <> '';
     """,
 ]
 
@@ -444,14 +465,14 @@ class SqliteStore:
         return owners
 
     async def set_numbers_enabled(self, xs: Sequence[str], enabled: bool) -> list[str]:
-        found: list[str] = []
+        missing: list[str] = []
         with self._tx():
             for x in xs:
                 cur = self._conn.execute("UPDATE numbers SET enabled = ? WHERE x = ?",
                                          (int(enabled), x))
-                if cur.rowcount:
-                    found.append(x)
-        return found
+                if cur.rowcount == 0:
+                    missing.append(x)
+        return missing
 
     async def move_numbers(self, xs: Sequence[str], account_id: int, force: bool,
                            now: int) -> list[str]:
@@ -649,6 +670,32 @@ class SqliteStore:
     async def find_by_party(self, x: str, number: str, now: int) -> Binding | None:
         row = self._conn.execute(_FIND_BY_PARTY, (x, number, now)).fetchone()
         return Binding(*row) if row else None
+
+    async def find_bindings_by_number(self, number: str, now: int,
+                                      limit: int) -> list[Binding]:
+        """Scans the parties (no index on a party alone: it would cost every bind); in a
+        thread on a connection of its own for a file store, so the event loop keeps serving."""
+        sql = (
+            f"SELECT {_BINDING_COLUMNS} FROM bindings b WHERE b.seq IN ("
+            " SELECT seq FROM parties WHERE x = :n UNION SELECT seq FROM parties WHERE number = :n"
+            f") AND {_ACTIVE} ORDER BY b.seq LIMIT :limit"
+        )
+        params = {"n": number, "now": now, "limit": limit}
+        return [Binding(*row) for row in await self._read_aside(sql, params)]
+
+    async def _read_aside(self, sql: str, params: dict[str, Any]) -> list[Any]:
+        if self._path == ":memory:":
+            return self._conn.execute(sql, params).fetchall()
+
+        def work() -> list[Any]:
+            conn = sqlite3.connect(self._path, isolation_level=None)
+            try:
+                conn.execute("PRAGMA busy_timeout = 10000")
+                return conn.execute(sql, params).fetchall()
+            finally:
+                conn.close()
+
+        return await asyncio.to_thread(work)
 
     async def find_by_extension(self, x: str, extension: str, now: int) -> Binding | None:
         return self._one_binding(
@@ -857,9 +904,88 @@ class SqliteStore:
         ).fetchone()
         return int(count), (now - int(oldest)) if oldest is not None else 0
 
+    async def outbox_counts(self) -> dict[EventState, int]:
+        rows = self._conn.execute("SELECT state, count(*) FROM outbox GROUP BY state")
+        counts = dict.fromkeys(EventState, 0)
+        counts.update({EventState(state): int(n) for state, n in rows})
+        return counts
+
+    async def events_for_calls(self, call_ids: Sequence[str]) -> list[OutboxEvent]:
+        if not call_ids:
+            return []
+        rows = self._conn.execute(
+            f"SELECT {EVENT_COLUMNS} FROM outbox WHERE call_id <> '' AND call_id IN "
+            f"({', '.join('?' * len(call_ids))}) ORDER BY created_at", list(call_ids),
+        ).fetchall()
+        return [event_from_row(row) for row in rows]
+
+    async def requeue_event(self, event_id: str, now: int) -> OutboxEvent | None:
+        # The lease is left alone: an attempt under way finishes first.
+        with self._tx():
+            row = self._conn.execute(
+                "UPDATE outbox SET state = 'pending', next_attempt_at = ?, created_at = ? "
+                f"WHERE event_id = ? AND state <> 'delivered' RETURNING {EVENT_COLUMNS}",
+                (now, now, event_id),
+            ).fetchone()
+        return event_from_row(row) if row else None
+
+    # --- operators -------------------------------------------------------------------------
+    async def create_operator(self, operator: Operator) -> bool:
+        with self._tx():
+            cur = self._conn.execute(
+                "INSERT INTO operators (name, role, token_hash, disabled, created_at) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO NOTHING",
+                (operator.name, operator.role.value, operator.token_hash,
+                 int(operator.disabled), operator.created_at),
+            )
+        return cur.rowcount > 0
+
+    def _operator(self, where: str, value: str) -> Operator | None:
+        row = self._conn.execute(
+            f"SELECT {_OPERATOR_COLUMNS} FROM operators WHERE {where} = ?", (value,)
+        ).fetchone()
+        return _operator_from_row(row) if row else None
+
+    async def get_operator(self, name: str) -> Operator | None:
+        return self._operator("name", name)
+
+    async def get_operator_by_token_hash(self, token_hash: str) -> Operator | None:
+        return self._operator("token_hash", token_hash)
+
+    async def list_operators(self) -> list[Operator]:
+        rows = self._conn.execute(f"SELECT {_OPERATOR_COLUMNS} FROM operators ORDER BY name")
+        return [_operator_from_row(row) for row in rows]
+
+    async def set_operator_disabled(self, name: str, disabled: bool) -> bool:
+        with self._tx():
+            cur = self._conn.execute("UPDATE operators SET disabled = ? WHERE name = ?",
+                                     (int(disabled), name))
+        return cur.rowcount > 0
+
+    async def add_audit(self, entry: AuditEntry) -> None:
+        with self._tx():
+            self._conn.execute(
+                "INSERT INTO operator_audit (at, operator, action, target) VALUES (?, ?, ?, ?)",
+                (entry.at, entry.operator, entry.action, entry.target),
+            )
+
+    async def list_audit(self, limit: int) -> list[AuditEntry]:
+        rows = self._conn.execute(
+            "SELECT at, operator, action, target, id FROM operator_audit "
+            "ORDER BY id DESC LIMIT ?", (limit,))
+        return [AuditEntry(*row) for row in rows]
 
 
 
+
+
+
+_OPERATOR_COLUMNS = "name, role, token_hash, disabled, created_at"
+
+
+def _operator_from_row(row: Sequence[Any]) -> Operator:
+    return Operator(name=row[0], role=OperatorRole(row[1]), token_hash=row[2],
+                    disabled=bool(row[3]), created_at=row[4])
 
 
 def _pool_usage(conn: sqlite3.Connection, now: int) -> list[PoolUsage]:

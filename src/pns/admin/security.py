@@ -1,0 +1,135 @@
+"""Who is asking: bearer tokens, console sessions, CSRF tokens, and the limit on guesses.
+
+Sessions are stateless: the cookie names the operator and an expiry, signed with HMAC-SHA256
+keyed by the operator's token hash. Every process of a deployment can check it (the hash is in
+the shared store), a restart keeps sessions, and disabling the operator ends all of them at
+once. The CSRF token of a form is an HMAC of the session's nonce under the same key, so it is
+worthless without the session cookie, which the browser sends only to pns itself
+(``SameSite=Strict``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from collections.abc import Callable, Mapping
+
+from ..model import Operator
+from ..ratelimit import FailureLimiter
+from ..store import Store
+from .operators import hash_token, valid_name
+
+SESSION_COOKIE = "pns_session"
+LOGIN_CSRF_COOKIE = "pns_login_csrf"
+SESSION_SECONDS = 12 * 3600
+# Guesses of a token, per client address: the console's login and the API's bearer.
+LOGIN_FAILURES = 10
+LOGIN_WINDOW = 300.0
+
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+PAGE_HEADERS: tuple[tuple[str, str], ...] = (
+    ("Content-Security-Policy", CONTENT_SECURITY_POLICY),
+    ("X-Content-Type-Options", "nosniff"),
+    ("X-Frame-Options", "DENY"),
+    ("Referrer-Policy", "no-referrer"),
+    ("Cache-Control", "no-store"),
+)
+
+
+def _sign(operator: Operator, message: str) -> str:
+    return hmac.new(bytes.fromhex(operator.token_hash), message.encode(),
+                    hashlib.sha256).hexdigest()
+
+
+class Session:
+    def __init__(self, operator: Operator, nonce: str):
+        self.operator = operator
+        self.nonce = nonce
+
+    @property
+    def csrf(self) -> str:
+        return _sign(self.operator, f"csrf.{self.nonce}")
+
+    def csrf_ok(self, token: str) -> bool:
+        return hmac.compare_digest(self.csrf, token)
+
+
+class Gate:
+    """Authenticates requests for the admin API and the console."""
+
+    def __init__(self, store: Store, *, trusted_proxies: frozenset[str] = frozenset(),
+                 secure_cookies: bool = False, clock: Callable[[], float] = time.time,
+                 limiter: FailureLimiter | None = None):
+        self.store = store
+        self.trusted_proxies = trusted_proxies
+        self.secure_cookies = secure_cookies
+        self.clock = clock
+        self.limiter = limiter or FailureLimiter(LOGIN_FAILURES, LOGIN_WINDOW)
+
+    # --- where a request comes from -------------------------------------------------------
+    def client_address(self, client: str, headers: Mapping[str, str]) -> str:
+        """The peer, or what a trusted proxy says the peer is (the last X-Forwarded-For)."""
+        if client in self.trusted_proxies:
+            forwarded = headers.get("x-forwarded-for", "").split(",")[-1].strip()
+            if forwarded:
+                return forwarded
+        return client
+
+    def over_tls(self, client: str, headers: Mapping[str, str]) -> bool:
+        if self.secure_cookies:
+            return True
+        return (client in self.trusted_proxies
+                and headers.get("x-forwarded-proto", "").lower() == "https")
+
+    # --- tokens ---------------------------------------------------------------------------
+    def blocked(self, address: str) -> bool:
+        return self.limiter.blocked(address)
+
+    async def operator_for_token(self, token: str, address: str) -> Operator | None:
+        """The enabled operator holding ``token``; a wrong one counts against ``address``."""
+        operator = None
+        if token:
+            operator = await self.store.get_operator_by_token_hash(hash_token(token))
+        if operator is None or operator.disabled:
+            self.limiter.fail(address)
+            return None
+        return operator
+
+    # --- sessions -------------------------------------------------------------------------
+    def new_session_cookie(self, operator: Operator) -> str:
+        expires = int(self.clock()) + SESSION_SECONDS
+        payload = f"{operator.name}.{expires}.{secrets.token_hex(16)}"
+        return f"{payload}.{_sign(operator, payload)}"
+
+    async def session(self, cookie_header: str) -> Session | None:
+        value = parse_cookies(cookie_header).get(SESSION_COOKIE, "")
+        parts = value.split(".")
+        if len(parts) != 4 or not valid_name(parts[0]) or not parts[1].isdigit():
+            return None
+        name, expires, nonce, signature = parts
+        if int(expires) <= self.clock():
+            return None
+        operator = await self.store.get_operator(name)
+        if operator is None or operator.disabled:
+            return None
+        if not hmac.compare_digest(_sign(operator, f"{name}.{expires}.{nonce}"), signature):
+            return None
+        return Session(operator, nonce)
+
+    def cookie(self, name: str, value: str, secure: bool, max_age: int) -> tuple[str, str]:
+        flags = f"; Path=/console; HttpOnly; SameSite=Strict; Max-Age={max_age}"
+        return ("Set-Cookie", f"{name}={value}{flags}{'; Secure' if secure else ''}")
+
+
+def parse_cookies(header: str) -> dict[str, str]:
+    cookies: dict[str, str] = {}
+    for part in header.split(";"):
+        name, sep, value = part.strip().partition("=")
+        if sep and name not in cookies:
+            cookies[name] = value
+    return cookies
