@@ -11,19 +11,22 @@ What it measures, for each store (a fresh SQLite file, and a fresh PostgreSQL da
 creates on --pg-url and drops at the end):
 
 1. queryAXB throughput and p50/p99 latency under wrk, 64 connections, keep-alive; and with
-   ``Connection: close`` (a new TCP connection per request) at the largest size. The server
-   (``pns serve --store URL --port P --log-level warning``, default settings otherwise) runs
-   pinned to CPU 0 (``taskset -c 0``), wrk to CPU 1; PostgreSQL is not pinned (its CPU use is
-   reported). The floor (bench/floor.py, no work at all) runs on the same core with the same
-   request stream in the same run; each store is reported as a ratio to it. The requests are
-   signed queryAXB POSTs (bench/wrk_signed.lua) from the switch account for 2,000
-   (caller, did) pairs sampled from the loaded bindings, both directions. Before measuring, a
+   ``Connection: close`` (a new TCP connection per request) at the largest size. Each store is
+   measured twice: as users run it (``pns serve --store URL --port P``, default settings, the
+   access log on and written to a file), reported under the store's name, and quiet
+   (``--log-level warning``: no access log), reported as ``<store>-quiet``; the difference is
+   the access log's cost per request. The server runs pinned to CPU 0 (``taskset -c 0``), wrk
+   to CPU 1; PostgreSQL is not pinned (its CPU use is reported). The floor (bench/floor.py, no
+   work at all) runs on the same core with the same request stream in the same run; each store
+   is reported as a ratio to it. The requests are signed queryAXB POSTs (bench/wrk_signed.lua)
+   from the switch account for 2,000 (caller, did) pairs sampled from the loaded bindings,
+   both directions. Before measuring, a
    sample of them is checked by hand (code 0, the expected callee; an unbound caller gets
    10013), and a warm-up pass in the wrk script's check mode must answer code 0 every time.
 2. bindAXB throughput for new pairs (distinct numbers, each request its own signature) with
-   bench/wrk_bind.lua, 64 connections, the server on one core, default durability (SQLite WAL
-   with synchronous=NORMAL; PostgreSQL's own defaults). Every answer is checked, and the
-   bindings added are counted in the store afterwards.
+   bench/wrk_bind.lua, 64 connections, the server on one core (``--log-level warning``),
+   default durability (SQLite WAL with synchronous=NORMAL; PostgreSQL's own defaults). Every
+   answer is checked, and the bindings added are counted in the store afterwards.
 3. Growth: both actions at every size (10^3, 10^5, 10^6 loaded bindings; --quick: 10^3 and
    10^5); the cost ratio of the largest size to the smallest (cost = 1/throughput).
 4. Memory: the server's VmRSS (/proc/PID/status) once ready and after the query run; bytes per
@@ -50,6 +53,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import hashlib
 import http.client
@@ -76,10 +80,14 @@ sys.path.insert(0, str(HERE))
 import load as bl  # noqa: E402  (bench/load.py)
 import stack_choice as sc  # noqa: E402  (helpers: sign files, wrk runs, ports, CPU accounting)
 
+# The run's stores are throwaway (PostgreSQL's a database of its own): so is the key that seals
+# their account secrets (pns.vault; a PostgreSQL store needs one).
+os.environ.setdefault("PNS_SECRET_KEY", base64.urlsafe_b64encode(os.urandom(32)).decode())
 FLOOR = HERE / "floor.py"
 QUERY_LUA = HERE / "wrk_signed.lua"
 BIND_LUA = HERE / "wrk_bind.lua"
 SERVER_CPU = "0"
+QUIET = "-quiet"  # suffix of a target measured with --log-level warning (no access log)
 CLIENT_CPU = "1"
 CONNECTIONS = 64
 QUERY_PAIRS = 2000
@@ -129,6 +137,7 @@ def machine_info(pg_url: str | None) -> dict[str, Any]:
             if line.startswith("MemTotal:"):
                 info["mem_total_gib"] = round(int(line.split()[1]) / 1024**2, 1)
     info["python"] = platform.python_version()
+    info["python_executable"] = sys.executable  # whose pns was measured (its venv's)
     info["sqlite"] = sqlite3.sqlite_version
     info["loadavg_at_start"] = os.getloadavg()
     with contextlib.suppress(Exception):
@@ -454,16 +463,19 @@ def wait_pns_ready(port: int, proc: subprocess.Popen[bytes], timeout: float) -> 
 
 
 @contextlib.contextmanager
-def server(cfg: Config, target: str, url: str | None) -> Iterator[tuple[subprocess.Popen[bytes],
-                                                                            int, float]]:
-    """Start the floor or pns on CPU 0; yields (process, port, seconds until ready)."""
+def server(cfg: Config, target: str, url: str | None,
+           quiet: bool = True) -> Iterator[tuple[subprocess.Popen[bytes], int, float]]:
+    """Start the floor or pns on CPU 0; yields (process, port, seconds until ready). Not
+    ``quiet``: pns with its default settings, the access log going to the server log file."""
     port = sc.free_port()
     if target == "floor":
         cmd = ["taskset", "-c", SERVER_CPU, cfg.python, str(FLOOR), "--port", str(port)]
     else:
         assert url is not None
         cmd = ["taskset", "-c", SERVER_CPU, cfg.pns, "serve", "--store", url, "--port",
-               str(port), "--log-level", "warning"]
+               str(port)]
+        if quiet:
+            cmd += ["--log-level", "warning"]
     log_path = cfg.workdir / f"server-{target}.log"
     with log_path.open("wb") as err:  # a file, never a pipe: a chatty server must not block
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
@@ -548,12 +560,22 @@ def verify_queries(port: int, pairs: Sequence[tuple[str, str, str]], floor: bool
     return checked
 
 
+def store_of(target: str) -> str:
+    """The store a query target runs on: ``sqlite-quiet`` runs on ``sqlite``."""
+    return target.removesuffix(QUIET)
+
+
+def query_targets(stores: Sequence[str]) -> list[str]:
+    """Each store as users run it (default settings), then quiet (no access log)."""
+    return [t for store in stores for t in (store, store + QUIET)]
+
+
 def measure_query(cfg: Config, target: str, url: str | None,
                   pairs: Sequence[tuple[str, str, str]], close: bool) -> dict[str, Any]:
-    pg = PgBackends(url if target == "postgresql" else None)
+    pg = PgBackends(url if store_of(target) == "postgresql" else None)
     busy_before = wait_quiet(cfg.quiet_wait)
     src = src_fingerprint()
-    with server(cfg, target, url) as (proc, port, ready_s):
+    with server(cfg, target, url, quiet=target.endswith(QUIET)) as (proc, port, ready_s):
         rss_ready = rss_kib(proc.pid)
         signs = write_query_signs(cfg, pairs, cfg.warmup + cfg.duration + 40)
         checked = verify_queries(port, pairs, floor=target == "floor")
@@ -643,7 +665,7 @@ def disturbed(run: dict[str, Any], target: str) -> bool:
     others took more than 10% of it. (A server waiting for I/O, like SQLite binds waiting for a
     checkpoint, uses less CPU without being disturbed.) Not judged for PostgreSQL, whose
     backends may run on CPU 0 themselves."""
-    if target == "postgresql":
+    if store_of(target) == "postgresql":
         return False
     server = float(run.get("server_cpu_pct", 100.0))
     others = float(run.get("cpu_busy_pct", {}).get(f"cpu{SERVER_CPU}", server)) - server
@@ -741,12 +763,13 @@ def run(cfg: Config) -> dict[str, Any]:
                 order = list(urls) if r % 2 == 0 else list(reversed(urls))
                 for close in modes:
                     mode = "close" if close else "keep-alive"
-                    for target in ["floor", *order]:
-                        what = f"{scale:>9,} round {r + 1} query {mode:10s} {target:10s}"
+                    for target in ["floor", *query_targets(order)]:
+                        what = f"{scale:>9,} round {r + 1} query {mode:10s} {target:17s}"
                         res = attempt(what, results, measure_query, cfg, target,
-                                      urls.get(target), pairs, close)
+                                      urls.get(store_of(target)), pairs, close)
                         if target != "floor":
-                            attempt(f"resetting {target}", results, reset_store, urls[target])
+                            attempt(f"resetting {target}", results, reset_store,
+                                    urls[store_of(target)])
                         if res is None:
                             continue
                         runs.setdefault((target, close), []).append(res)
@@ -805,6 +828,27 @@ def _cpu(s: dict[str, Any]) -> float:
     return float(s.get("total_cpu_us", s["server_cpu_us"]))
 
 
+def access_log_cost(results: dict[str, Any]) -> dict[str, Any]:
+    """What the default access log costs per request: the default server against the quiet
+    one in the same run, by wall time per request (1/req/s) and by server CPU per request."""
+    cost: dict[str, Any] = {}
+    for key in ("query", "query_close"):
+        for target, per_scale in results[key].items():
+            quiet = results[key].get(target + QUIET)
+            if target == "floor" or target.endswith(QUIET) or not quiet:
+                continue
+            for label, s in per_scale.items():
+                q = quiet.get(label)
+                if not q or not s["rps"] or not q["rps"]:
+                    continue
+                cost.setdefault(key, {}).setdefault(target, {})[label] = {
+                    "us_per_req": round(1e6 / s["rps"] - 1e6 / q["rps"], 1),
+                    "cpu_us_per_req": round(s["server_cpu_us"] - q["server_cpu_us"], 1),
+                    "default_x_quiet": round(s["rps"] / q["rps"], 3),
+                }
+    return cost
+
+
 def derive(results: dict[str, Any], cfg: Config) -> None:
     """Ratios to the floor (same scale, same run), growth, goals."""
     ratios: dict[str, Any] = {}
@@ -843,6 +887,7 @@ def derive(results: dict[str, Any], cfg: Config) -> None:
         g["from"], g["to"] = int(lo), int(hi)
         growth[target] = g
     results["growth"] = growth
+    results["access_log"] = access_log_cost(results)
     goals: list[dict[str, Any]] = []
 
     def goal(name: str, value: float | None, target: float, higher_is_better: bool) -> None:
@@ -854,13 +899,13 @@ def derive(results: dict[str, Any], cfg: Config) -> None:
     pq = results["query"].get("postgresql", {}).get(hi)
     sb = results["bind"].get("sqlite", {}).get(hi)
     if sq:
-        goal(f"SQLite queryAXB x floor ({int(hi):,} bindings)", sq.get("x_floor"),
+        goal(f"SQLite queryAXB x floor ({int(hi):,}, default)", sq.get("x_floor"),
              GOALS["sqlite_query_x_floor"], True)
         goal("  stretch", sq.get("x_floor"), GOALS["sqlite_query_x_floor_stretch"], True)
         goal("SQLite queryAXB p99 ms at 64 connections", sq["p99_ms"],
              GOALS["sqlite_query_p99_ms"], False)
     if pq:
-        goal(f"PostgreSQL queryAXB x floor ({int(hi):,} bindings)", pq.get("x_floor"),
+        goal(f"PostgreSQL queryAXB x floor ({int(hi):,}, default)", pq.get("x_floor"),
              GOALS["postgresql_query_x_floor"], True)
     if sb:
         goal("SQLite bindAXB per s, one core", sb["binds_per_s"], GOALS["sqlite_bind_per_s"],
@@ -902,19 +947,19 @@ def print_tables(out: dict[str, Any]) -> None:
             continue
         print()
         print(f"{title} (64 connections)")
-        hdr = (f"{'bindings':>10s} {'server':10s} {'req/s':>9s} {'p50 ms':>7s} "
+        hdr = (f"{'bindings':>10s} {'server':17s} {'req/s':>9s} {'p50 ms':>7s} "
                f"{'p99 ms':>7s} {'max ms':>7s} {'x floor':>7s} {'cpu us':>7s} {'x fl cpu':>8s} "
                f"{'srv cpu':>7s} {'pg cpu':>6s} {'wrk cpu':>7s}  rounds")
         print(hdr)
         print("-" * len(hdr))
         scales = sorted({int(k) for t in res[key].values() for k in t})
         for scale in scales:
-            for target in ["floor", *cfg["stores"]]:
+            for target in ["floor", *query_targets(cfg["stores"])]:
                 s = res[key].get(target, {}).get(str(scale))
                 if not s:
                     continue
                 one = 1.0 if target == "floor" else None
-                print(f"{scale:>10,} {target:10s} {s['rps']:>9,.0f} "
+                print(f"{scale:>10,} {target:17s} {s['rps']:>9,.0f} "
                       f"{s['p50_ms']:>7.2f} {s['p99_ms']:>7.2f} {s['max_ms']:>7.1f} "
                       f"{_fmt(s.get('x_floor', one), '.3f'):>7s} "
                       f"{s.get('total_cpu_us', s['server_cpu_us']):>7.1f} "
@@ -943,7 +988,18 @@ def print_tables(out: dict[str, Any]) -> None:
                       f"{_fmt(s.get('pg_cpu_pct'), '.0f'):>5s}{'%' if 'pg_cpu_pct' in s else ' '} "
                       f"{s.get('rows_added', 0):>7,}  {star(s)}")
     print("(rounds: every round's figure, * = disturbed: the server got < 90% of CPU 0 while "
-          "something else took > 10% of it)")
+          "something else took > 10% of it; <store> = default settings, access log on; "
+          "<store>-quiet = --log-level warning)")
+    if res.get("access_log"):
+        print()
+        print("access log cost per request (default settings against --log-level warning, "
+              "same run)")
+        for key, per_target in res["access_log"].items():
+            for target, per_scale in per_target.items():
+                for label, c in per_scale.items():
+                    print(f"  {key:11s} {target:10s} {int(label):>10,}: "
+                          f"{c['us_per_req']:+.1f} us wall, {c['cpu_us_per_req']:+.1f} us CPU, "
+                          f"default = {c['default_x_quiet']:.3f} x quiet")
     print()
     print("growth (cost = 1 / throughput, largest size over smallest)")
     for target, g in res["growth"].items():

@@ -9,14 +9,23 @@ and a 200 out of order under load: sipp fails such a call, real phones do not).
 
 For each rate it reports calls, failed calls, the latency the switch added to each INVITE (from
 the caller sending it to the callee receiving it, paired by an X-Bench-Id header, both sides on
-127.0.0.1: that is Kamailio plus the signed queryAXB round trip), and the CPU that Kamailio and
-pns spent per call. It stops after the first rate with failed calls.
+127.0.0.1: that is Kamailio plus the signed queryAXB round trip), and the CPU that Kamailio, pns
+and the two sipp processes spent per call (from /proc and getrusage: a call's query, report and
+callback delivery for pns; everything but the load generator for Kamailio). It stops after the
+first rate with failed calls.
+
+Kamailio runs as deploy/systemd/kamailio-pns.service runs it (settings in its environment,
+`-x tlsf`). `--compare-with REV` runs, at each rate, the kamailio.cfg of git revision REV first
+(settings as -A defines, the options of --before-args) and then the current one, against the same
+pns: the machine is shared and noisy, so the ratio of the two figures measured back to back is
+the number to trust, not either figure alone.
 
 Everything runs on this machine (a lower bound). Not part of the test suite; run on purpose:
 
     .venv/bin/python bench/sip_load.py                       # SQLite, rates 50..800
     .venv/bin/python bench/sip_load.py --rates 100,200,300 --duration 10
     .venv/bin/python bench/sip_load.py --store postgresql://postgres@127.0.0.1:5432/pnsbench
+    .venv/bin/python bench/sip_load.py --rates 200,400 --compare-with e832f48 --no-latency
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ import json
 import os
 import random
 import re
+import resource
 import shutil
 import socket
 import subprocess
@@ -148,6 +158,7 @@ class Step:
     max_ms: float
     kam_cpu_ms: float
     pns_cpu_ms: float
+    sipp_cpu_ms: float
 
 
 def run_step(work: Path, kam: Kamailio, gateway: int, pns_pid: int, rows: list[tuple[str, str]],
@@ -158,6 +169,7 @@ def run_step(work: Path, kam: Kamailio, gateway: int, pns_pid: int, rows: list[t
     caller = Sipp(work, f"load-{rate}-caller", "uac_load.xml")
     assert kam.proc is not None
     kam_cpu0, pns_cpu0 = cpu_seconds(kam.proc.pid), cpu_seconds(pns_pid)
+    sipp_cpu0 = _children_cpu()
     callee.start("-recv_timeout", "10000", "-max_socket", "4096", trace=trace)
     try:
         caller.run(kam.port, "-inf", str(csv), "-m", str(calls), "-r", str(rate),
@@ -168,6 +180,7 @@ def run_step(work: Path, kam: Kamailio, gateway: int, pns_pid: int, rows: list[t
         callee.stop()
     kam_cpu = cpu_seconds(kam.proc.pid) - kam_cpu0
     pns_cpu = cpu_seconds(pns_pid) - pns_cpu0
+    sipp_cpu = _children_cpu() - sipp_cpu0  # the two sipp, waited for by now
     ok, failed = final_counts(caller.screen_log)
     lat: list[float] = []
     if trace:
@@ -180,7 +193,35 @@ def run_step(work: Path, kam: Kamailio, gateway: int, pns_pid: int, rows: list[t
         failed = calls - ok
     return Step(rate, calls, ok, failed, percentile(lat, 0.5), percentile(lat, 0.95),
                 max(lat, default=float("nan")), 1000 * kam_cpu / max(ok, 1),
-                1000 * pns_cpu / max(ok, 1))
+                1000 * pns_cpu / max(ok, 1), 1000 * sipp_cpu / max(ok, 1))
+
+
+def _children_cpu() -> float:
+    """User+system CPU of the children this process has waited for (the sipp runs)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+_STRING_SETTINGS = {"PNS_URL", "PNS_ACCESS_KEY", "PNS_ACCESS_SECRET", "SIP_GATEWAY",
+                    "SIP_TRUSTED", "SIP_IVR", "TOPOH_MASK_KEY", "TOPOH_MASK_IP"}
+
+
+def start_kamailio(workdir: Path, settings: dict[str, str], shm_mb: int, kam_args: str,
+                   config: Path | None = None) -> Kamailio:
+    """Kamailio with the settings in its environment (as the systemd unit), or, for an older
+    config given as `config` (which may not read the environment), as -A defines."""
+    port = free_port()
+    extra = kam_args.split()
+    if config is None:
+        kam = Kamailio(workdir, settings, port=port, shm_mb=shm_mb, extra_args=tuple(extra))
+    else:
+        for name, value in {**settings, "SIP_LISTEN": f"udp:{HOST}:{port}"}.items():
+            extra += ["-A", f'{name}="{value}"' if name in _STRING_SETTINGS else f"{name}={value}"]
+        kam = Kamailio(workdir, {}, port=port, shm_mb=shm_mb, extra_args=tuple(extra),
+                       config=config)
+    workdir.mkdir(parents=True, exist_ok=True)
+    kam.start()
+    return kam
 
 
 def main() -> int:
@@ -197,6 +238,14 @@ def main() -> int:
                     help="no sipp message logs (no latency figures, a little less load)")
     ap.add_argument("--keep-going", action="store_true", help="do not stop at the first failure")
     ap.add_argument("--keep", action="store_true", help="keep the work dir (logs, SQLite store)")
+    ap.add_argument("--kamailio-args", default="-x tlsf",
+                    help="more kamailio options (default: those of the systemd unit)")
+    ap.add_argument("--children", type=int, help="SIP_CHILDREN (default: the config's)")
+    ap.add_argument("--workers", type=int, help="PNS_WORKERS (default: the config's)")
+    ap.add_argument("--compare-with", metavar="REV",
+                    help="also run the kamailio.cfg of this git revision, before each step")
+    ap.add_argument("--before-args", default="",
+                    help="kamailio options for the --compare-with config (default: none)")
     args = ap.parse_args()
 
     try:
@@ -252,35 +301,69 @@ def main() -> int:
         rnd.shuffle(rows)
 
         gateway = free_port()
-        kam = Kamailio(work / "kamailio", {
-            "PNS_URL": f'"{base}/api/pns/"',
-            "PNS_ACCESS_KEY": f'"{switch["accessKey"]}"',
-            "PNS_ACCESS_SECRET": f'"{switch["accessSecret"]}"',
-            "SIP_GATEWAY": f'"sip:{HOST}:{gateway}"',
+        settings = {
+            "PNS_URL": f"{base}/api/pns/",
+            "PNS_ACCESS_KEY": switch["accessKey"],
+            "PNS_ACCESS_SECRET": switch["accessSecret"],
+            "SIP_GATEWAY": f"sip:{HOST}:{gateway}",
+            "SIP_TRUSTED": HOST,
             "PNS_TIMEOUT": "2",
             "LOG_LEVEL": "1",
-        }, port=free_port(), shm_mb=args.shm_mb)
-        kam.workdir.mkdir(parents=True, exist_ok=True)
-        kam.start()
+        }
+        if args.children:
+            settings["SIP_CHILDREN"] = str(args.children)
+        if args.workers:
+            settings["PNS_WORKERS"] = str(args.workers)
+        before_cfg: Path | None = None
+        if args.compare_with:
+            before_cfg = work / "before.cfg"
+            rev_cfg = f"{args.compare_with}:deploy/kamailio/kamailio.cfg"
+            before_cfg.write_bytes(subprocess.run(["git", "-C", str(REPO), "show", rev_cfg],
+                                                  check=True, capture_output=True).stdout)
 
         print(f"{args.bindings} bindings, {len(xs)} X numbers, hold {args.hold_ms} ms, "
-              f"{args.duration:g} s per rate, {os.cpu_count()} cores\n", flush=True)
-        print(f"{'rate/s':>7} {'calls':>6} {'failed':>6} {'p50 ms':>7} {'p95 ms':>7} "
-              f"{'max ms':>7} {'kam cpu ms/call':>15} {'pns cpu ms/call':>15}", flush=True)
+              f"{args.duration:g} s per rate, {os.cpu_count()} cores, load average "
+              f"{os.getloadavg()[0]:.1f}\n", flush=True)
+        print(f"{'config':>8} {'rate/s':>7} {'calls':>6} {'failed':>6} {'p50 ms':>7} "
+              f"{'p95 ms':>7} {'max ms':>7} {'kam cpu ms/call':>15} {'pns cpu ms/call':>15} "
+              f"{'sipp cpu ms/call':>16}", flush=True)
         best: Step | None = None
         steps: list[Step] = []
+        n = 0
         for rate in [int(r) for r in args.rates.split(",") if r.strip()]:
-            step = run_step(work, kam, gateway, server.pid, rows, rate, args.duration,
-                            args.hold_ms, not args.no_latency)
+            runs: list[tuple[str, Path | None, str]] = []
+            if before_cfg is not None:
+                runs.append((args.compare_with[:8], before_cfg, args.before_args))
+            runs.append(("current", None, args.kamailio_args))
+            step = None
+            before_step = None
+            for label, config, kam_args in runs:
+                n += 1
+                kam = start_kamailio(work / f"kamailio-{n}", settings, args.shm_mb, kam_args,
+                                     config)
+                try:
+                    step = run_step(work, kam, gateway, server.pid, rows, rate, args.duration,
+                                    args.hold_ms, not args.no_latency)
+                finally:
+                    kam.stop()
+                    kam = None
+                print(f"{label:>8} {step.rate:>7} {step.calls:>6} {step.failed:>6} "
+                      f"{step.p50_ms:>7.2f} {step.p95_ms:>7.2f} {step.max_ms:>7.1f} "
+                      f"{step.kam_cpu_ms:>15.2f} {step.pns_cpu_ms:>15.2f} "
+                      f"{step.sipp_cpu_ms:>16.2f}", flush=True)
+                if config is not None:
+                    before_step = step
+                time.sleep(2)  # let transactions and dialogs of the step end
+            assert step is not None
+            if before_step is not None:
+                print(f"{'ratio':>8} {'':>7} {'':>6} {'':>6} {'':>7} {'':>7} {'':>7} "
+                      f"{step.kam_cpu_ms / before_step.kam_cpu_ms:>14.2f}x "
+                      f"{step.pns_cpu_ms / before_step.pns_cpu_ms:>14.2f}x", flush=True)
             steps.append(step)
-            print(f"{step.rate:>7} {step.calls:>6} {step.failed:>6} {step.p50_ms:>7.2f} "
-                  f"{step.p95_ms:>7.2f} {step.max_ms:>7.1f} {step.kam_cpu_ms:>15.2f} "
-                  f"{step.pns_cpu_ms:>15.2f}", flush=True)
             if step.failed == 0 and step.ok == step.calls:
                 best = step
             elif not args.keep_going:
                 break
-            time.sleep(2)  # let transactions and dialogs of the step end
         print()
         if best:
             print(f"highest rate with no failed call: {best.rate} calls/s "

@@ -7,6 +7,7 @@ Every store test runs on every store (``STORES``). PostgreSQL tests use the real
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 import json
 import os
@@ -224,3 +225,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
     if report.skipped and os.environ.get("CI") == "true" and not hasattr(report, "wasxfail"):
         report.outcome = "failed"
         report.longrepr = f"skipped in CI, where every test must run: {report.longrepr}"
+# Account secrets are sealed at rest; a PostgreSQL store needs its key from the environment
+# (tests of the key file beside a SQLite store remove it).
+os.environ.setdefault("PNS_SECRET_KEY", base64.urlsafe_b64encode(os.urandom(32)).decode())

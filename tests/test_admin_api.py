@@ -436,8 +436,8 @@ def test_failed_deliveries_listed_and_retried(admin_server: Server, admin: Admin
             now = int(time.time())
             await store.enqueue_event(OutboxEvent(
                 event_id=event_id, account_id=tenant.account_id, kind="callRecord",
-                body=b'{"callId":"1"}', created_at=now - 90000, next_attempt_at=now + 10**6))
-            await store.finish_event(event_id, EventState.FAILED, 7, now, "HTTP 503", now)
+                body=b'{"callId":"1"}', created_at=now - 90000, next_attempt_at=now,
+                attempts=7, state=EventState.FAILED, last_error="HTTP 503"))
         finally:
             await store.close()
 

@@ -620,19 +620,21 @@ def test_outbox_leases_and_attempts(fresh: SyncStore) -> None:
     for ev in (e1, e2, e3):
         s.enqueue_event(ev)
     assert s.outbox_backlog(T0 + 5) == (3, 5)
-    leased = s.lease_events(T0, 10, 30)
+    leased = s.lease_events(T0, 10, 30, holder="h1")
     assert sorted(leased, key=lambda ev: ev.created_at) == [e1, e3]  # due, as stored
-    assert s.lease_events(T0, 10, 30) == []  # not handed out again while leased
-    assert s.lease_events(T0 + 5, 10, 30) == []
-    assert s.lease_events(T0 + 10, 10, 30) == [e2]
-    s.finish_event(e1.event_id, EventState.PENDING, 1, T0 + 100, "HTTP 503", T0 + 1)
+    assert s.lease_events(T0, 10, 30, holder="h1") == []  # not handed out again while leased
+    assert s.lease_events(T0 + 5, 10, 30, holder="h2") == []
+    assert s.lease_events(T0 + 10, 10, 30, holder="h3") == [e2]
+    s.finish_event(e1.event_id, EventState.PENDING, 1, T0 + 100, "HTTP 503", T0 + 1,
+                   holder="h1")
     # e3's lease ran out (its holder died): handed out again; e1 waits for its next attempt.
-    assert [ev.event_id for ev in s.lease_events(T0 + 31, 10, 30)] == [e3.event_id]
-    s.finish_event(e3.event_id, EventState.DELIVERED, 1, T0 + 31, "", T0 + 31)
-    due = s.lease_events(T0 + 100, 1, 30)
+    assert [ev.event_id for ev in s.lease_events(T0 + 31, 10, 30, holder="h4")] == [e3.event_id]
+    s.finish_event(e3.event_id, EventState.DELIVERED, 1, T0 + 31, "", T0 + 31, holder="h4")
+    due = s.lease_events(T0 + 100, 1, 30, holder="h5")
     assert [ev.event_id for ev in due] == [e2.event_id]  # the longest due first
-    assert [ev.event_id for ev in s.lease_events(T0 + 100, 10, 30)] == [e1.event_id]
-    s.finish_event(e2.event_id, EventState.FAILED, 9, T0 + 100, "x" * 600, T0 + 100)
+    assert [ev.event_id for ev in s.lease_events(T0 + 100, 10, 30, holder="h6")] == [e1.event_id]
+    s.finish_event(e2.event_id, EventState.FAILED, 9, T0 + 100, "x" * 600, T0 + 100,
+                   holder="h5")
     listed = s.list_events(None, None, 10)
     assert [ev.event_id for ev in listed] == [e1.event_id, e2.event_id, e3.event_id]
     assert (listed[0].state, listed[0].attempts, listed[0].next_attempt_at,
@@ -646,7 +648,8 @@ def test_outbox_leases_and_attempts(fresh: SyncStore) -> None:
         [e3.event_id]
     assert len(s.list_events(None, None, 2)) == 2
     assert s.outbox_backlog(T0 + 200) == (1, 200)
-    s.finish_event(e1.event_id, EventState.DELIVERED, 2, T0 + 200, "", T0 + 200)
+    s.finish_event(e1.event_id, EventState.DELIVERED, 2, T0 + 200, "", T0 + 200,
+                   holder="h6")
     assert s.outbox_backlog(T0 + 200) == (0, 0)
 
 
@@ -710,21 +713,22 @@ def test_outbox_counts_events_of_calls_and_requeue(fresh: SyncStore) -> None:
     assert [e.event_id for e in s.events_for_calls(["5" * 19, "6" * 19, "7" * 19])] == \
         [e1.event_id, e2.event_id, e3.event_id]
     assert s.events_for_calls([]) == [] and s.events_for_calls([""]) == []
-    s.finish_event(e1.event_id, EventState.DELIVERED, 1, T0, "", T0)
-    s.finish_event(e2.event_id, EventState.FAILED, 12, T0, "HTTP 500", T0)
+    assert len(s.lease_events(T0, 10, 30, holder="h")) == 4
+    assert s.finish_event(e1.event_id, EventState.DELIVERED, 1, T0, "", T0, holder="h")
+    assert s.finish_event(e2.event_id, EventState.FAILED, 12, T0, "HTTP 500", T0, holder="h")
     assert s.outbox_counts() == {EventState.PENDING: 2, EventState.DELIVERED: 1,
                                  EventState.FAILED: 1}
     again = s.requeue_event(e2.event_id, T0 + 500)
     assert again is not None and again.event_id == e2.event_id
     assert (again.state, again.next_attempt_at, again.created_at, again.attempts,
             again.body) == (EventState.PENDING, T0 + 500, T0 + 500, 12, e2.body)
-    assert {e.event_id for e in s.lease_events(T0 + 500, 10, 30)} == \
+    assert {e.event_id for e in s.lease_events(T0 + 500, 10, 30, holder="h")} == \
         {e3.event_id, e4.event_id, e2.event_id}
     assert s.requeue_event(e1.event_id, T0 + 500) is None  # delivered already
     assert s.requeue_event("no-such-event", T0) is None
     # A leased event keeps its lease: the attempt under way finishes first.
     assert s.requeue_event(e3.event_id, T0 + 501) is not None
-    assert s.lease_events(T0 + 501, 10, 30) == []
+    assert s.lease_events(T0 + 501, 10, 30, holder="h") == []
 
 
 def test_operators_and_the_audit_trail(fresh: SyncStore) -> None:
@@ -795,7 +799,7 @@ def test_concurrent_leases_hand_each_event_out_once(fresh_store_url: str) -> Non
 
     async def lease_all(store: Store, i: int) -> list[str]:
         got: list[str] = []
-        while batch := await store.lease_events(T0 + 5, 7, 60):
+        while batch := await store.lease_events(T0 + 5, 7, 60, holder=f"t{i}"):
             got += [ev.event_id for ev in batch]
         return got
 

@@ -6,10 +6,11 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from .api import ACTIONS, Api, envelope
+from .api import ACTIONS, REQUIRED_HEADERS, Api, envelope
 from .errors import Code
 from .http import Reply, Request
 from .ids import new_snowflake
+from .logs import access_log
 from .metrics import Metrics
 from .openapi import DOCS_ASSETS, OPENAPI_JSON
 
@@ -18,6 +19,9 @@ log = logging.getLogger("pns.access")
 API_PATHS = frozenset({"/api/pns/", "/api/pns"})
 # Handed whole to the admin handler (admin API and console), when one is mounted here.
 ADMIN_PREFIXES = ("/admin/", "/console")
+# The headers the API reads, as the HTTP layer keeps them (bytes) and as the API takes them:
+# only these are decoded.
+_API_HEADERS = tuple((name.encode(), name) for name in (*REQUIRED_HEADERS, "algorithm"))
 _ACTION_PREFIX = "/api/pns/"
 # Why a bind found no number, by the code it got.
 ALLOCATION_FAILURES = {
@@ -33,6 +37,7 @@ _ERROR_MSG = {
     408: "request timeout",
     413: "request body larger than 64 KiB",
     414: "URL too long",
+    417: "only the expectation 100-continue is supported",
     431: "request headers too large",
     500: "failed to retrieve data",
     503: "service unavailable",
@@ -45,23 +50,33 @@ def error_reply(status: int) -> Reply:
     return Reply(status, envelope(code, _ERROR_MSG.get(status, "error"), new_snowflake()))
 
 
+def api_headers(raw: dict[bytes, bytes]) -> dict[str, str]:
+    """The headers the API reads, decoded (Latin-1: any byte is a character); the rest of a
+    request's headers are never decoded."""
+    return {name: value.decode("latin-1") for key, name in _API_HEADERS
+            if (value := raw.get(key)) is not None}
+
+
 class App:
+    """Routes a request. A route that needs no I/O answers with a Reply at once, the others
+    with a coroutine the HTTP layer runs (without a task when it never waits)."""
+
     def __init__(self, api: Api, metrics: Metrics | None = None,
                  admin: Callable[[Request], Awaitable[Reply]] | None = None):
         self.api = api
         self.metrics = metrics or Metrics()
         self.admin = admin
 
-    async def __call__(self, request: Request) -> Reply:
+    def __call__(self, request: Request) -> Reply | Awaitable[Reply]:
         path = request.path
         if path in API_PATHS:
             if request.method != "POST":
                 return error_reply(405)
-            return await self._api(request)
+            return self._api(api_headers(request.headers), request.body, request.client)
         if path == "/healthz":
             if request.method != "GET":
                 return error_reply(405)
-            return await self._health()
+            return self._health()
         if path == "/metrics":
             if request.method != "GET":
                 return error_reply(405)
@@ -76,35 +91,34 @@ class App:
                 return error_reply(405)
             return Reply(200, asset[1], asset[0])
         if path.startswith(_ACTION_PREFIX) and path[len(_ACTION_PREFIX):] in ACTIONS:
-            return await self._action_alias(request, path[len(_ACTION_PREFIX):])
+            return self._action_alias(request, path[len(_ACTION_PREFIX):])
         if self.admin is not None and path.startswith(ADMIN_PREFIXES):
-            return await self.admin(request)
+            return self.admin(request)
         return error_reply(404)
 
-    async def _action_alias(self, request: Request, action: str) -> Reply:
+    def _action_alias(self, request: Request, action: str) -> Reply | Awaitable[Reply]:
         """``POST /api/pns/{action}``: the action may come from the path; a header that
         names another action is a contradiction (1002)."""
         if request.method != "POST":
             return error_reply(405)
-        header = request.headers.get("action")
+        headers = api_headers(request.headers)
+        header = headers.get("action")
         if header is not None and header != action:
             return Reply(200, envelope(Code.BAD_PARAMETER, "action header and path disagree",
                                        new_snowflake()))
-        headers = {**request.headers, "action": action}
-        return await self._api(request._replace(headers=headers))
+        headers["action"] = action
+        return self._api(headers, request.body, request.client)
 
-    async def _api(self, request: Request) -> Reply:
+    async def _api(self, headers: dict[str, str], body: bytes, client: str) -> Reply:
         started = time.perf_counter()
-        response = await self.api.handle(request.headers, request.body, request.client)
+        response = await self.api.handle(headers, body, client)
         elapsed = time.perf_counter() - started
         action = response.action if response.action in ACTIONS else "unknown"
         self.metrics.observe(action, response.code, elapsed)
         reason = ALLOCATION_FAILURES.get(response.code)
         if reason is not None and action.startswith("bind"):
             self.metrics.allocation_failures.labels(reason).inc()
-        if log.isEnabledFor(logging.INFO):
-            log.info("requestId=%s action=%s code=%d ms=%.3f", response.request_id, action,
-                     response.code, elapsed * 1000)
+        access_log(response.request_id, action, response.code, elapsed)
         return Reply(response.status, response.body)
 
     async def _health(self) -> Reply:

@@ -1032,5 +1032,31 @@ def operator_disable(ctx: click.Context, name: str, enable: bool, as_json: bool 
     emit_one({"name": name, "disabled": not enable}, as_json)
 
 
+# --- secrets at rest ------------------------------------------------------------------------
+@main.group("secrets")
+def secrets_group() -> None:
+    """The key that seals account secrets at rest (see pns.vault)."""
+
+
+@secrets_group.command("new-key")
+def secrets_new_key() -> None:
+    """Print a fresh key for PNS_SECRET_KEY (a PostgreSQL store needs one)."""
+    from .vault import key_text, new_key
+
+    click.echo(key_text(new_key()))
+
+
+@secrets_group.command("rotate-key")
+@_format_option
+@_store_option
+@click.pass_context
+def secrets_rotate_key(ctx: click.Context, as_json: bool | None, store_url: str | None) -> None:
+    """Seal every account secret with a new key (a key file) or with the first key of
+    PNS_SECRET_KEY."""
+    from .vault import rotate_key
+
+    emit_one({"resealedAccounts": _with_store(ctx, rotate_key)}, as_json)
+
+
 if __name__ == "__main__":
     main()

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
+import select
+import ssl
 import time
 from typing import Any
 from urllib.parse import urlsplit
@@ -55,8 +56,10 @@ def encode_body(body: dict[str, Any] | bytes | str) -> bytes:
 class PnsClient:
     def __init__(
         self, base_url: str, access_key: str, access_secret: str, *, algorithm: str = "md5",
-        timeout: float = 10.0,
+        timeout: float = 10.0, ssl_context: ssl.SSLContext | None = None,
     ):
+        """``ssl_context`` for https: URLs (default: the system's trusted CAs, hostname
+        checked); e.g. ``ssl.create_default_context(cafile="ca.pem")`` for a private CA."""
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"base_url must be http(s)://host[:port], not {base_url!r}")
@@ -69,6 +72,7 @@ class PnsClient:
         self._path = (parts.path.rstrip("/") + API_PATH) if parts.path not in ("", "/") \
             else API_PATH
         self._timeout = timeout
+        self._ssl_context = ssl_context
         self._conn: http.client.HTTPConnection | None = None
         self._last_ts = 0
 
@@ -120,26 +124,32 @@ class PnsClient:
 
     def _drop_if_closed_by_server(self) -> None:
         """A kept-alive connection the server has closed meanwhile (idle timeout) is dropped
-        before use, so even a request that is never resent does not fail on it."""
+        before use, so even a request that is never resent does not fail on it.
+
+        Between answers the server sends nothing, so a readable socket means it closed (its
+        FIN, TLS close_notify or a reset) or sent what no request asked for: either way the
+        connection is done. Polling reads nothing, which works for TLS sockets as well
+        (``recv`` with flags is refused on those)."""
         sock = self._conn.sock if self._conn is not None else None
         if sock is None:
             return
         try:
-            sock.setblocking(False)
-            if sock.recv(1, socket.MSG_PEEK) == b"":
-                self.close()
-        except BlockingIOError:
-            pass
-        except OSError:
+            poller = select.poll()
+            poller.register(sock, select.POLLIN | select.POLLPRI)
+            done = bool(poller.poll(0)) or (isinstance(sock, ssl.SSLSocket) and sock.pending())
+        except (OSError, ValueError):
+            done = True
+        if done:
             self.close()
-        finally:
-            if self._conn is not None and self._conn.sock is not None:
-                self._conn.sock.settimeout(self._timeout)
 
     def _connection(self) -> http.client.HTTPConnection:
         if self._conn is None:
-            cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
-            self._conn = cls(self._host, self._port, timeout=self._timeout)
+            if self._https:
+                self._conn = http.client.HTTPSConnection(
+                    self._host, self._port, timeout=self._timeout, context=self._ssl_context)
+            else:
+                self._conn = http.client.HTTPConnection(self._host, self._port,
+                                                        timeout=self._timeout)
         return self._conn
 
     def close(self) -> None:

@@ -432,7 +432,7 @@ class Service:
         if call is None:
             raise PnsError(Code.BINDING_NOT_EXIST, "unknown callId")
         record = msgspec.structs.replace(join_record(call, report, now),
-                                         id=int(new_snowflake()))
+                                         id=await self.store.next_call_record_id())
         owner = await self.accounts.by_id(call.account_id)
         event = None
         if owner is not None and owner.callback_url:

@@ -2,16 +2,32 @@
 
 Chosen by measurement (bench/stack_choice.py): a framework costs several times the throughput
 on the queryAXB hot path. This module knows nothing of the API; it parses requests, enforces
-transport limits (body size, header size, timeouts, connection count) and writes responses.
-Requests of one connection are answered in order, one at a time.
+transport limits (body size, header size, timeouts, connection count, pipelined requests) and
+writes responses. Requests of one connection are answered in order, one at a time.
+
+Every limit is counted in bytes as they arrive, not when httptools hands over a parsed piece:
+httptools buffers a header name or value until it ends, so a head that never ends would
+otherwise grow without bound. Input is fed to the parser in slices of at most ``_SLICE``
+bytes, which bounds both how far a count can lag behind the bytes and how many pipelined
+requests one slice can add to the queue.
+
+An answer that needs no I/O is written from ``data_received`` itself, with no task: the app
+answers such routes with a ``Reply``, and on Python 3.12+ a coroutine starts as an eager task
+(it becomes a scheduled task only if it waits). Python 3.11 has no eager tasks, and stepping a
+coroutine outside a task breaks what needs ``asyncio.current_task()`` (``asyncio.timeout``,
+asyncpg's connect), so there a coroutine gets its task. Headers stay bytes; the app decodes
+the few it reads.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import sys
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from email.utils import formatdate
 from http import HTTPStatus
 from typing import NamedTuple
 
@@ -27,13 +43,19 @@ class Limits(NamedTuple):
     request_timeout: float = 10.0
     keepalive_timeout: float = 60.0
     max_connections: int = 10_000
+    # Requests parsed but not yet answered, per connection; past it nothing more is parsed
+    # (or read) until the queue shrinks. One slice may complete a few more (see ``_SLICE``).
     max_pipelined: int = 32
+    # After a refusal (413, 431, ...): how long the rest of the client's request is read and
+    # thrown away, so closing does not reset the connection before the answer is read.
+    linger_timeout: float = 5.0
 
 
 class Request(NamedTuple):
     method: str
     path: str
-    headers: dict[str, str]
+    # Lower-case names, raw values; the last of a repeated header counts.
+    headers: dict[bytes, bytes]
     body: bytes
     client: str
     query: str = ""
@@ -47,31 +69,66 @@ class Reply(NamedTuple):
     headers: tuple[tuple[str, str], ...] = ()
 
 
-App = Callable[[Request], Awaitable[Reply]]
+# The app answers with a Reply when it needs no I/O, else with an awaitable of one.
+App = Callable[[Request], "Reply | Awaitable[Reply]"]
 ErrorReply = Callable[[int], Reply]
+Clock = Callable[[], float]
 
 _NEVER = float("inf")
 _TICK = 1.0
+# Bytes fed to the parser at a time. A count of head bytes runs at most this far ahead of the
+# truth, and one slice of minimal requests ("GET / HTTP/1.0\r\n\r\n", 18 bytes) can complete
+# at most _SLICE // 18 requests past max_pipelined.
+_SLICE = 1024
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+# A head is "request line, headers, blank line"; each header costs ": " and CRLF beyond its
+# name and value, counted too so that many empty headers are not free.
+_HEADER_OVERHEAD = 4
 
 _REASONS = {status.value: status.phrase for status in HTTPStatus}
+_EAGER_TASKS = sys.version_info >= (3, 12)
+
+
+class _DateHeader:
+    """``Date: ...\\r\\n`` (RFC 9110 6.6.1), formatted once per second."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._line = b""
+
+    def __call__(self) -> bytes:
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._line = b"Date: " + formatdate(now, usegmt=True).encode() + b"\r\n"
+        return self._line
+
+
+_date = _DateHeader()
+_status_lines: dict[tuple[int, str], bytes] = {}
 
 
 def _head(status: int, content_type: str, length: int, close: bool,
           extra: tuple[tuple[str, str], ...] = ()) -> bytes:
-    reason = _REASONS.get(status, "Unknown")
-    connection = "Connection: close\r\n" if close else ""
-    more = "".join(f"{name}: {value}\r\n" for name, value in extra) if extra else ""
-    return (
-        f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n"
-        f"Content-Length: {length}\r\n{more}{connection}\r\n"
-    ).encode("latin-1")
+    prefix = _status_lines.get((status, content_type))
+    if prefix is None:
+        reason = _REASONS.get(status, "Unknown")
+        prefix = f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n".encode(
+            "latin-1")
+        _status_lines[(status, content_type)] = prefix
+    more = "".join(f"{name}: {value}\r\n" for name, value in extra).encode(
+        "latin-1") if extra else b""
+    return b"%s%sContent-Length: %d\r\n%s%s\r\n" % (
+        prefix, _date(), length, more, b"Connection: close\r\n" if close else b"")
 
 
 class _Server:
-    def __init__(self, app: App, error_reply: ErrorReply, limits: Limits):
+    def __init__(self, app: App, error_reply: ErrorReply, limits: Limits, clock: Clock):
         self.app = app
         self.error_reply = error_reply
         self.limits = limits
+        self.clock = clock
         self.connections: set[_Connection] = set()
         self.ticker: asyncio.TimerHandle | None = None
         self.idle_waiters: list[asyncio.Future[None]] = []
@@ -85,24 +142,41 @@ class _Connection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._parser = httptools.HttpRequestParser(self)
         self._queue: deque[tuple[Request, bool]] = deque()
+        # The request being answered by a task (its app call waits on I/O), or a task waiting
+        # for the client to read its answers.
         self._worker: asyncio.Task[None] | None = None
-        # When this connection times out (loop time); checked by the server's 1 s ticker, so
+        # When this connection times out (server clock); checked by the server's ticker, so
         # arming costs a float store, not a TimerHandle per request.
         self._deadline = _NEVER
+        # Nothing more is parsed or answered (answered a close, refused, or lost).
         self._closing = False
+        # Refused: the answer is sent, the write side shut, input read and dropped.
+        self._lingering = False
         self._client = ""
         # Set while the transport's write buffer is above its high-water mark: a client that
         # does not read its answers gets no more of them (nor are more of its requests read).
         self._drained: asyncio.Future[None] | None = None
-        # A transport error seen while earlier requests are still being answered: it is
-        # answered after them, and nothing more is read.
+        # A transport error: answered after the requests complete before it, then closed.
         self._error: int | None = None
+        # Input not yet fed to the parser, kept while the queue is full (reading is paused).
+        self._unparsed = memoryview(b"")
+        self._reading_paused = False
+        # Raw bytes fed since the parser last made progress (ended a head, a body piece, a
+        # chunk or a message): bytes httptools may be holding, such as an unfinished header.
+        self._unprogressed = 0
+        self._progressed = False
+        self._expect_continue = False
+        # The client has shut its write side: close once what it sent is answered.
+        self._client_done = False
+        # A request has begun arriving and is not complete.
+        self._in_message = False
         self._reset_message()
 
     def _reset_message(self) -> None:
         self._url = b""
-        self._headers: dict[str, str] = {}
+        self._headers: dict[bytes, bytes] = {}
         self._header_bytes = 0
+        self._headers_done = False
         self._body: list[bytes] = []
         self._body_size = 0
 
@@ -113,7 +187,9 @@ class _Connection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self._client = str(peer[0]) if isinstance(peer, tuple) else ""
         if len(self._server.connections) >= self._limits.max_connections:
-            self._fail(503)
+            self._closing = True
+            transport.write(self._answer(self._server.error_reply(503), close=True))  # type: ignore[attr-defined]
+            transport.close()
             return
         self._server.connections.add(self)
         # The first request must come within the request timeout: an idle new connection
@@ -124,9 +200,19 @@ class _Connection(asyncio.Protocol):
         self._server.connections.discard(self)
         self._closing = True
         self._deadline = _NEVER
+        self._unparsed = memoryview(b"")
+        self._queue.clear()
         self.resume_writing()
         if self._worker is None:
             self._notify_idle()
+
+    def eof_received(self) -> bool | None:
+        # The client is done sending. Requests already read are still answered (a client may
+        # half-close after its last request); a lingering connection is done.
+        if self._lingering or (not self._queue and self._worker is None):
+            return None  # close
+        self._client_done = True
+        return True
 
     def pause_writing(self) -> None:
         if self._drained is None:
@@ -139,23 +225,63 @@ class _Connection(asyncio.Protocol):
             self._drained = None
 
     def data_received(self, data: bytes) -> None:
-        if self._closing or self._error is not None:
-            return
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            # Refused: the request that asked to switch protocols (the last one parsed) is not
-            # answered, and what follows it is not HTTP/1.1.
-            if self._queue:
-                self._queue.pop()
-            self._fail(400)
-        except httptools.HttpParserError:
-            if not self._closing:
+        if self._lingering or self._closing or self._error is not None:
+            return  # a refused request's rest: read, and thrown away
+        if self._unparsed:  # only when reading was paused and the transport sent more anyway
+            self._unparsed = memoryview(bytes(self._unparsed) + data)
+        else:
+            self._unparsed = memoryview(data)
+        self._feed()
+
+    # --- feeding the parser -----------------------------------------------------------------
+    def _feed(self) -> None:
+        """Parse what is unparsed, a slice at a time, answering as requests complete, until
+        it is all parsed or the queue is full (then reading pauses until it drains)."""
+        limit_unprogressed = self._limits.max_header_bytes + self._limits.max_url + _SLICE
+        while self._unparsed and not self._closing and self._error is None:
+            if len(self._queue) >= self._limits.max_pipelined or self._drained is not None:
+                self._pause_reading()
+                return
+            data = self._unparsed
+            piece, self._unparsed = data[:_SLICE], data[_SLICE:]
+            self._progressed = False
+            try:
+                self._parser.feed_data(piece)
+            except httptools.HttpParserUpgrade:
+                # Refused: the request that asked to switch protocols (the last one parsed)
+                # is not answered, and what follows it is not HTTP/1.1.
+                if self._queue:
+                    _request, _keep = self._queue.pop()
                 self._fail(400)
+            except httptools.HttpParserError:
+                self._fail(400)
+            else:
+                # Bytes httptools holds while nothing progresses (an unfinished head or
+                # trailer): counted as they arrive, whatever httptools has passed on.
+                self._unprogressed = len(piece) if self._progressed \
+                    else self._unprogressed + len(piece)
+                if self._unprogressed > limit_unprogressed:
+                    self._fail(431)
+            self._pump()
+        if not self._unparsed:
+            self._unparsed = memoryview(b"")
+            if self._error is None:
+                self._resume_reading()
+
+    def _pause_reading(self) -> None:
+        if not self._reading_paused and self._transport is not None:
+            self._reading_paused = True
+            self._transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self._reading_paused and self._transport is not None and not self._closing:
+            self._reading_paused = False
+            self._transport.resume_reading()
 
     # --- parser callbacks ------------------------------------------------------------------
     def on_message_begin(self) -> None:
         self._reset_message()
+        self._in_message = True
         self._arm(self._limits.request_timeout)
 
     def on_url(self, url: bytes) -> None:
@@ -165,124 +291,233 @@ class _Connection(asyncio.Protocol):
             raise httptools.HttpParserError("url too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._header_bytes += len(name) + len(value)
+        self._header_bytes += len(name) + len(value) + _HEADER_OVERHEAD
         if self._header_bytes > self._limits.max_header_bytes:
             self._fail(431)
             raise httptools.HttpParserError("headers too large")
-        self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+        if not self._headers_done:  # trailers are counted, never kept
+            self._headers[name.lower()] = value
 
     def on_headers_complete(self) -> None:
-        length = self._headers.get("content-length", "0")
+        self._headers_done = True
+        self._progressed = True
+        headers = self._headers
+        length = headers.get(b"content-length", b"0")
         if not length.isdigit() or int(length) > self._limits.max_body:
             self._fail(413)
             raise httptools.HttpParserError("body too large")
+        expect = headers.get(b"expect")
+        if expect is not None:
+            if expect.lower() != b"100-continue":
+                self._fail(417)
+                raise httptools.HttpParserError("expectation failed")
+            if self._parser.get_http_version() == "1.1" and (
+                    length != b"0" or b"transfer-encoding" in headers):
+                self._expect_continue = True  # written once earlier answers are out
 
     def on_body(self, body: bytes) -> None:
+        self._progressed = True
         self._body_size += len(body)
         if self._body_size > self._limits.max_body:
             self._fail(413)
             raise httptools.HttpParserError("body too large")
         self._body.append(body)
 
+    def on_chunk_complete(self) -> None:
+        self._progressed = True
+
     def on_message_complete(self) -> None:
-        parsed = httptools.parse_url(self._url)
-        path = parsed.path.decode("latin-1") if parsed.path else "/"
-        query = parsed.query.decode("latin-1") if parsed.query else ""
+        self._progressed = True
+        self._in_message = False
+        self._expect_continue = False
+        url = self._url
+        query = ""
+        if b"?" in url or b"#" in url:
+            parsed = httptools.parse_url(url)
+            path = parsed.path.decode("latin-1") if parsed.path else "/"
+            query = parsed.query.decode("latin-1") if parsed.query else ""
+        else:
+            path = url.decode("latin-1")
         method = self._parser.get_method().decode("latin-1")
-        request = Request(method, path, self._headers, b"".join(self._body), self._client,
-                          query)
-        self._queue.append((request, bool(self._parser.should_keep_alive())))
+        body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+        self._queue.append((Request(method, path, self._headers, body, self._client, query),
+                            bool(self._parser.should_keep_alive())))
         self._reset_message()
         self._deadline = _NEVER
-        if len(self._queue) > self._limits.max_pipelined and self._transport is not None:
-            self._transport.pause_reading()
-        if self._worker is None:
-            self._worker = self._loop.create_task(self._answer_queue())
 
     # --- answering -------------------------------------------------------------------------
-    async def _answer_queue(self) -> None:
-        try:
-            while self._queue and not self._closing:
-                if self._drained is not None and not await self._wait_drained():
-                    return
-                request, keep_alive = self._queue.popleft()
-                try:
-                    reply = await self._server.app(request)
-                except Exception:
-                    log.exception("unhandled error answering %s %s", request.method, request.path)
-                    reply = self._server.error_reply(500)
-                self._write(reply, close=not keep_alive, head=request.method == "HEAD")
-                if not keep_alive:
-                    return
-                if self._transport is not None and len(self._queue) <= 1:
-                    self._transport.resume_reading()
-            if self._error is not None:
-                self._write(self._server.error_reply(self._error), close=True)
-        finally:
-            self._worker = None
-            if not self._closing:
-                # A request begun meanwhile keeps the request timeout, not the keep-alive one.
-                started = self._url or self._header_bytes or self._body_size
-                self._arm(self._limits.request_timeout if started
-                          else self._limits.keepalive_timeout)
+    def _pump(self, answered: bool = False) -> None:
+        """Answer queued requests in order while the app answers without waiting; the first
+        one that waits (or a full write buffer) is handed to a task, which pumps on after."""
+        while self._queue and self._worker is None and not self._closing:
+            if self._drained is not None:
+                self._worker = self._loop.create_task(self._after_drain())
+                return
+            request, keep_alive = self._queue.popleft()
+            answered = True
+            try:
+                answer = self._server.app(request)
+            except Exception:
+                answer = self._unhandled(request)
+            if isinstance(answer, Reply):
+                self._respond(request, answer, keep_alive)
+                continue
+            work = self._finish(request, keep_alive, answer)
+            if _EAGER_TASKS:
+                task = asyncio.Task(work, loop=self._loop, eager_start=True)  # type: ignore[call-arg,unused-ignore]
+                if task.done():
+                    continue  # answered without waiting
+            else:
+                task = self._loop.create_task(work)
+            self._worker = task
+            return
+        if self._worker is not None or self._closing:
+            return
+        if self._error is not None:
+            self._refuse(self._error)
+            return
+        if self._client_done and self._transport is not None:
+            self._closing = True
+            self._transport.close()
+            return
+        if self._expect_continue and self._transport is not None:
+            self._expect_continue = False
+            self._transport.write(_CONTINUE)
+        if answered:
+            # A request begun meanwhile keeps the request timeout, not the keep-alive one.
+            self._arm(self._limits.request_timeout if self._in_message
+                      else self._limits.keepalive_timeout)
             self._notify_idle()
 
-    async def _wait_drained(self) -> bool:
+    async def _finish(self, request: Request, keep_alive: bool,
+                      answer: Awaitable[Reply]) -> None:
+        """Await the app's answer and send it; then, if this ran as the connection's task
+        (it waited), answer the rest of the queue and read on."""
+        try:
+            reply = await answer
+        except Exception:
+            reply = self._unhandled(request)
+        self._respond(request, reply, keep_alive)
+        if self._worker is not None:  # None: it never waited, and _pump goes on by itself
+            self._worker = None
+            self._pump(answered=True)
+            self._feed()
+
+    async def _after_drain(self) -> None:
         """Wait until the client has read enough of its answers; one that reads nothing for
         ``keepalive_timeout`` is cut off, so it cannot hold memory or the connection forever."""
-        if self._drained is None:
-            return True
         try:
-            await asyncio.wait_for(asyncio.shield(self._drained), self._limits.keepalive_timeout)
+            if self._drained is not None:
+                await asyncio.wait_for(asyncio.shield(self._drained),
+                                       self._limits.keepalive_timeout)
         except TimeoutError:
             self._closing = True
             if self._transport is not None:
                 self._transport.abort()
-            return False
-        return not self._closing
+            return
+        finally:
+            self._worker = None
+        self._pump(answered=True)
+        self._feed()
 
-    def _write(self, reply: Reply, close: bool, head: bool = False) -> None:
+    def _unhandled(self, request: Request) -> Reply:
+        log.exception("unhandled error answering %s %s", request.method, request.path)
+        return self._server.error_reply(500)
+
+    def _respond(self, request: Request, reply: Reply, keep_alive: bool) -> None:
         transport = self._transport
         if transport is None or transport.is_closing():
             return
+        close = not keep_alive
         # The answer to HEAD has no content (RFC 9110 9.3.2): bytes after its head would be
         # read as the start of the next answer on a keep-alive connection.
-        transport.write(_head(reply.status, reply.content_type, len(reply.body), close,
-                              reply.headers)
-                        + (b"" if head else reply.body))
+        transport.write(self._answer(reply, close, head=request.method == "HEAD"))
         if close:
             self._closing = True
-            transport.close()
+            if self._unparsed or self._queue or self._in_message:
+                self._linger()  # the client sent more: let it read this answer first
+            else:
+                transport.close()
+
+    @staticmethod
+    def _answer(reply: Reply, close: bool, head: bool = False) -> bytes:
+        return _head(reply.status, reply.content_type, len(reply.body), close,
+                     reply.headers) + (
+            b"" if head else reply.body)
 
     def _fail(self, status: int) -> None:
-        """Answer a transport-level error and close: the stream cannot be trusted after it.
-        Requests complete before the bad bytes are answered first, in order (and after one
-        that asked to close, the error is not answered at all)."""
+        """A transport-level error: nothing more is parsed. Requests complete before the bad
+        bytes are answered first, in order (and after one that asked to close, the error is
+        not answered at all); then the error, then a lingering close."""
         if self._closing or self._error is not None:
             return
-        if self._worker is not None:
-            self._error = status
-            if self._transport is not None:
-                self._transport.pause_reading()
+        self._error = status
+        self._expect_continue = False
+        self._unparsed = memoryview(b"")
+        self._unprogressed = 0
+        self._reset_message()
+
+    def _refuse(self, status: int) -> None:
+        transport = self._transport
+        if transport is None or transport.is_closing():
             return
+        self._closing = True
+        transport.write(self._answer(self._server.error_reply(status), close=True))
+        self._linger()
+
+    def _linger(self) -> None:
+        """Close as nginx does after a refusal: send the answer, shut the write side, then
+        read and drop whatever the client still sends, until it closes or for at most
+        ``linger_timeout``. Closing at once with unread input would send a reset, which can
+        destroy the answer before the client reads it."""
+        transport = self._transport
+        if transport is None:
+            return
+        self._lingering = True
+        self._unparsed = memoryview(b"")
         self._queue.clear()
-        self._write(self._server.error_reply(status), close=True)
+        if transport.can_write_eof():
+            transport.write_eof()
+        else:
+            transport.close()
+            return
+        self._arm(self._limits.linger_timeout)
+        if self._reading_paused:  # it must read again, to drain
+            self._reading_paused = False
+            transport.resume_reading()
 
     def _arm(self, seconds: float) -> None:
-        self._deadline = self._loop.time() + seconds
+        self._deadline = self._server.clock() + seconds
 
     def _timed_out(self) -> None:
-        if self._worker is not None or self._transport is None:
+        transport = self._transport
+        if transport is None:
             return
-        if self._header_bytes or self._body_size or self._url:
+        if self._lingering:
+            transport.close()
+        elif self._worker is not None or self._queue:
+            return
+        elif self._in_message:
             self._fail(408)
+            self._pump()
         else:
             self._closing = True
-            self._transport.close()
+            transport.close()
 
     @property
     def busy(self) -> bool:
         return self._worker is not None
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes this connection holds for its client: input not yet parsed, the request in
+        progress, requests parsed but not answered, and answers not yet sent."""
+        transport = self._transport
+        unsent = transport.get_write_buffer_size() if transport is not None else 0
+        in_progress = self._unprogressed + len(self._url) + self._header_bytes + self._body_size
+        queued = sum(len(r.body) + len(r.path) + sum(map(len, r.headers)) +
+                     sum(map(len, r.headers.values())) for r, _keep in self._queue)
+        return len(self._unparsed) + in_progress + queued + unsent
 
     def close_when_idle(self) -> None:
         if self._worker is None and self._transport is not None:
@@ -298,35 +533,57 @@ class _Connection(asyncio.Protocol):
 
 
 class HttpServer:
-    """Listens, serves, and shuts down gracefully: stop accepting, finish in-flight requests."""
+    """Listens, serves, and shuts down gracefully: stop accepting, finish in-flight requests.
 
-    def __init__(self, app: App, error_reply: ErrorReply, limits: Limits | None = None):
-        self._state = _Server(app, error_reply, limits or Limits())
+    ``clock`` (the event loop's by default) and ``tick`` (seconds between timeout checks;
+    ``None``: only when ``tick()`` is called) let tests drive the timeouts."""
+
+    def __init__(self, app: App, error_reply: ErrorReply, limits: Limits | None = None,
+                 clock: Clock | None = None, tick: float | None = _TICK):
+        self._clock = clock
+        self._tick_every = tick
+        self._state = _Server(app, error_reply, limits or Limits(), clock or time.monotonic)
         self._server: asyncio.Server | None = None
 
     async def start(self, host: str, port: int, reuse_port: bool = False) -> None:
         loop = asyncio.get_running_loop()
+        if self._clock is None:
+            self._state.clock = loop.time
         self._server = await loop.create_server(
             lambda: _Connection(self._state), host, port, reuse_port=reuse_port or None,
             backlog=4096,
         )
-        self._state.ticker = loop.call_later(_TICK, self._tick)
+        if self._tick_every is not None:
+            self._state.ticker = loop.call_later(self._tick_every, self._tick)
 
     def _tick(self) -> None:
-        """Time out the connections whose deadline has passed (at most ``_TICK`` late)."""
+        self.tick()
+        if self._tick_every is not None:
+            self._state.ticker = asyncio.get_running_loop().call_later(self._tick_every,
+                                                                        self._tick)
+
+    def tick(self) -> None:
+        """Time out the connections whose deadline has passed (at most one tick late)."""
         state = self._state
-        loop = asyncio.get_running_loop()
-        now = loop.time()
+        now = state.clock()
         for connection in [c for c in state.connections if c._deadline <= now]:
             connection._deadline = _NEVER
             connection._timed_out()
-        state.ticker = loop.call_later(_TICK, self._tick)
 
     @property
     def port(self) -> int:
         assert self._server is not None
         sockets = self._server.sockets
         return int(sockets[0].getsockname()[1])
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._state.connections)
+
+    def buffered_bytes(self) -> int:
+        """Bytes held for clients over every connection (see ``_Connection.buffered_bytes``):
+        what a client can make the server keep, whatever it sends or fails to read."""
+        return sum(c.buffered_bytes for c in self._state.connections)
 
     async def shutdown(self, grace: float = 10.0) -> None:
         if self._server is None:

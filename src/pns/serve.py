@@ -13,10 +13,11 @@ from .admin.front import DEFAULT_ADMIN, AdminFront, AdminOptions, admin_only
 from .api import Api
 from .app import App, error_reply
 from .core import Service, Settings
-from .delivery import Deliverer
+from .delivery import Deliverer, DeliverySettings
 from .http import HttpServer, Limits
 from .metrics import Metrics, keep_process_metrics
 from .store import Store, open_store
+from .store.base import Retention
 from .store.rows import redact
 
 log = logging.getLogger("pns.serve")
@@ -40,6 +41,33 @@ async def sweep_forever(store: Store, interval: float = SWEEP_INTERVAL,
                 await asyncio.sleep(0)
         except Exception:
             log.exception("sweep failed; will retry")
+        await asyncio.sleep(interval)
+
+
+PURGE_INTERVAL = 60.0
+
+
+async def purge_history(store: Store, now: int, retention: Retention,
+                        batch: int = SWEEP_BATCH) -> int:
+    """Remove every call record and finished callback older than its retention, ``batch``
+    rows of a table per transaction; returns how many rows went."""
+    total = 0
+    while True:
+        purged = await store.purge_history(now, retention, batch)
+        total += purged
+        if purged == 0:
+            return total
+        await asyncio.sleep(0)
+
+
+async def purge_forever(store: Store, retention: Retention,
+                        interval: float = PURGE_INTERVAL) -> None:
+    """The privacy guarantee of retention: history older than it is gone within a minute."""
+    while True:
+        try:
+            await purge_history(store, int(time.time()), retention)
+        except Exception:
+            log.exception("purging old history failed; will retry")
         await asyncio.sleep(interval)
 
 
@@ -73,6 +101,8 @@ async def run_server(
 ) -> None:
     """Serve until SIGTERM or SIGINT, then finish in-flight requests and stop cleanly.
     ``admin`` None: no admin API and no console."""
+    retention = Retention.from_env()
+    delivery = DeliverySettings.from_env()
     store = await open_store(store_url)
     service = Service(store, settings)
     metrics = Metrics()
@@ -89,13 +119,14 @@ async def run_server(
         log.info("admin API and console on http://%s:%d/console/", admin.listen[0],
                  admin_server.port)
     background = [asyncio.create_task(sweep_forever(store, metrics=app.metrics)),
-                  asyncio.create_task(refresh_pool_metrics(store, app.metrics))]
+                  asyncio.create_task(refresh_pool_metrics(store, app.metrics)),
+                  asyncio.create_task(purge_forever(store, retention))]
     if app.metrics.multiprocess:
         background.append(asyncio.create_task(keep_process_metrics(app.metrics)))
     if front is not None:
         background.append(asyncio.create_task(front.sample_rates()))
     if deliver:
-        deliverer = Deliverer(store, service.accounts, metrics=app.metrics)
+        deliverer = Deliverer(store, service.accounts, settings=delivery, metrics=app.metrics)
         service.on_event = deliverer.wake
         background.append(asyncio.create_task(deliverer.run()))
     stop = asyncio.Event()
@@ -130,9 +161,10 @@ def install_event_loop() -> None:
 
 async def run_deliverer(store_url: str) -> None:
     """``pns deliver``: only the delivery worker, until SIGTERM or SIGINT."""
+    settings = DeliverySettings.from_env()
     store = await open_store(store_url)
     service = Service(store)
-    task = asyncio.create_task(Deliverer(store, service.accounts).run())
+    task = asyncio.create_task(Deliverer(store, service.accounts, settings=settings).run())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -374,9 +374,8 @@ def test_retry_a_failed_delivery(browser: Any, scene: Scene, shots: Path) -> Non
             now = int(time.time())
             await store.enqueue_event(OutboxEvent(
                 event_id=event_id, account_id=scene.rides.account_id, kind="callRecord",
-                body=b'{"callId":"0"}', created_at=now - 90000, next_attempt_at=now + 10**6,
-                call_id="0"))
-            await store.finish_event(event_id, EventState.FAILED, 14, now, "HTTP 503", now)
+                body=b'{"callId":"0"}', created_at=now - 90000, next_attempt_at=now,
+                attempts=14, state=EventState.FAILED, last_error="HTTP 503", call_id="0"))
         finally:
             await store.close()
 

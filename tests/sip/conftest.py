@@ -93,6 +93,32 @@ class PnsServer:
         return env["data"]  # type: ignore[no-any-return]
 
 
+def start_pns(store: str, port: int, log: Path) -> subprocess.Popen[bytes]:
+    """`pns serve` on 127.0.0.1:port, healthy (its output appended to `log`)."""
+    ensure_free(port, "pns", socket.SOCK_STREAM)
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pns.cli", "serve", "--host", HOST, "--port", str(port),
+             "--store", store, "--log-level", "warning"],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env={**os.environ, "PNS_CALLBACK_RETRY_FIRST": "1"})  # call records: retry soon
+    base = f"http://{HOST}:{port}"
+    deadline = time.monotonic() + 20
+    while True:
+        if proc.poll() is not None:
+            raise HarnessError(f"pns serve exited with {proc.returncode}:\n{tail(log)}")
+        try:
+            with urllib.request.urlopen(f"{base}/healthz", timeout=1) as resp:
+                if resp.status == 200:
+                    return proc
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            stop_process(proc)
+            raise HarnessError(f"pns serve not healthy in time:\n{tail(log)}")
+        time.sleep(0.1)
+
+
 @pytest.fixture(scope="session")
 def pns_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PnsServer]:
     work = tmp_path_factory.mktemp("pns")
@@ -108,29 +134,9 @@ def pns_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PnsServer]:
              *itertools.chain.from_iterable(prompts.items()), "--store", store)
 
     port = free_port(socket.SOCK_STREAM)
-    ensure_free(port, "pns", socket.SOCK_STREAM)
     log = work / "pns.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "pns.cli", "serve", "--host", HOST, "--port", str(port),
-             "--store", store, "--log-level", "warning"],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env={**os.environ, "PNS_CALLBACK_RETRY_FIRST": "1"})  # call records: retry soon
+    proc = start_pns(store, port, log)
     base = f"http://{HOST}:{port}"
-    deadline = time.monotonic() + 20
-    while True:
-        if proc.poll() is not None:
-            raise HarnessError(f"pns serve exited with {proc.returncode}:\n{tail(log)}")
-        try:
-            with urllib.request.urlopen(f"{base}/healthz", timeout=1) as resp:
-                if resp.status == 200:
-                    break
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            stop_process(proc)
-            raise HarnessError(f"pns serve not healthy in time:\n{tail(log)}")
-        time.sleep(0.1)
     try:
         yield PnsServer(
             base_url=base, store=store,
@@ -159,12 +165,14 @@ class Switch:
     def calls(self, rows: list[tuple[str, str]], *, uac: str = "uac_call.xml",
               uas: str | None = "uas.xml", at: str = "gateway", arriving: int | None = None,
               calls: int | None = None, rate: int = 10, limit: int = 1, pause_ms: int = 200,
-              uriparams: str = "", timeout: float = 30.0) -> tuple[SippRun, SippRun | None]:
+              uriparams: str = "", timeout: float = 30.0,
+              host: str = HOST) -> tuple[SippRun, SippRun | None]:
         """Places calls through the switch: rows of (caller, request-URI user) from a CSV.
 
         A sipp UAS (scenario `uas`) listens at the gateway (or the IVR) first. `arriving` is how
         many calls must reach it: it then ends by itself after them; else it is stopped once
-        the callers are done. Returns the caller's run and the callee's run.
+        the callers are done. `host`: the caller's own address. Returns the caller's run and the
+        callee's run.
         """
         n = next(self._runs)
         calls = calls if calls is not None else len(rows)
@@ -178,7 +186,7 @@ class Switch:
             if arriving:
                 extra += ["-m", str(arriving)]
             callee.start(*extra)
-        caller = Sipp(self.workdir, f"{n}-caller", uac)
+        caller = Sipp(self.workdir, f"{n}-caller", uac, host=host)
         try:
             caller_run = caller.run(
                 self.port, "-inf", str(csv), "-key", "uriparams", uriparams,
@@ -194,22 +202,35 @@ class Switch:
         return tail(self.kamailio.log, 30)
 
 
+# The sources the switch in front of the real pns serves: 127.0.0.1 (every test's sipp), a
+# subnet (127.0.0.4/31: .4 and .5) and an address that is not on this machine. 127.0.0.2 is the
+# stranger of the trust tests.
+TRUSTED = "192.0.2.10, 127.0.0.1,127.0.0.4/31"
+
+
+# The options of deploy/systemd/kamailio-pns.service beyond the paths: what is shipped is tested.
+KAMAILIO_ARGS = ("-x", "tlsf")
+
+
 def _start_switch(workdir: Path, pns_url: str, key: str, secret: str, *, timeout: int,
-                  ivr: bool) -> Switch:
+                  ivr: bool, extra: dict[str, str] | None = None) -> Switch:
+    """Kamailio from the environment only (plain values, no quotes: as the systemd unit)."""
     gateway = free_port()
     ivr_port = free_port() if ivr else None
-    defines = {
-        "PNS_URL": f'"{pns_url}"',
-        "PNS_ACCESS_KEY": f'"{key}"',
-        "PNS_ACCESS_SECRET": f'"{secret}"',
-        "SIP_GATEWAY": f'"sip:{HOST}:{gateway}"',
+    settings = {
+        "PNS_URL": pns_url,
+        "PNS_ACCESS_KEY": key,
+        "PNS_ACCESS_SECRET": secret,
+        "SIP_GATEWAY": f"sip:{HOST}:{gateway}",
         "PNS_TIMEOUT": str(timeout),
         "PNS_WORKERS": "4",
         "SIP_CHILDREN": "4",
     }
     if ivr_port:
-        defines["SIP_IVR"] = f'"sip:{HOST}:{ivr_port}"'
-    kam = Kamailio(workdir, defines, port=free_port())
+        settings["SIP_IVR"] = f"sip:{HOST}:{ivr_port}"
+    settings.update(extra or {})
+    workdir.mkdir(parents=True, exist_ok=True)
+    kam = Kamailio(workdir, settings, port=free_port(), extra_args=KAMAILIO_ARGS)
     kam.start()
     return Switch(kam, gateway, ivr_port, workdir)
 
@@ -219,7 +240,8 @@ def switch(sip_binaries: dict[str, str], pns_server: PnsServer,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Switch]:
     """Kamailio in front of the real pns, with an IVR for "collect digits"."""
     sw = _start_switch(tmp_path_factory.mktemp("switch"), f"{pns_server.base_url}/api/pns/",
-                       pns_server.switch_key, pns_server.switch_secret, timeout=2, ivr=True)
+                       pns_server.switch_key, pns_server.switch_secret, timeout=2, ivr=True,
+                       extra={"SIP_TRUSTED": TRUSTED})
     try:
         yield sw
     finally:
@@ -235,7 +257,9 @@ def stub_switch(sip_binaries: dict[str, str],
     stub.start(api_port)
     sw = _start_switch(tmp_path_factory.mktemp("stub-switch"),
                        f"http://{HOST}:{api_port}/api/pns/", stub.access_key,
-                       stub.access_secret, timeout=1, ivr=False)
+                       stub.access_secret, timeout=1, ivr=False,
+                       extra={"REPORT_RETRY_FIRST": "1", "REPORT_RETRY_MAX_GAP": "2",
+                              "REPORT_RETRY_SECONDS": "10"})
     sw.stub = stub
     try:
         yield sw

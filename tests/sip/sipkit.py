@@ -22,6 +22,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 SCENARIOS = HERE / "scenarios"
 KAMAILIO_CFG = REPO / "deploy" / "kamailio" / "kamailio.cfg"
+KAMAILIO_HTTP_JS = REPO / "deploy" / "kamailio" / "kamailio-http.js"
 HOST = "127.0.0.1"
 
 MISSING_HINT = "run `scripts/system-deps` (as root) to install Kamailio and sipp"
@@ -57,6 +58,9 @@ _handed_out: set[int] = set()
 
 def port_is_free(port: int, kind: int = socket.SOCK_DGRAM) -> bool:
     with socket.socket(socket.AF_INET, kind) as sock:
+        if kind == socket.SOCK_STREAM:
+            # as a server binds: a listener conflicts, a closed connection's TIME_WAIT does not
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((HOST, port))
         except OSError:
@@ -165,13 +169,17 @@ def options_request(port: int, user: str = "") -> str:
 
 @dataclass
 class Kamailio:
-    """One Kamailio running deploy/kamailio/kamailio.cfg in the foreground."""
+    """One Kamailio running deploy/kamailio/kamailio.cfg in the foreground, its settings in its
+    environment only (plain values, as the systemd unit gives them): nothing secret on its
+    command line."""
 
     workdir: Path
-    defines: dict[str, str]  # NAME -> value exactly as pasted (strings with their quotes)
+    settings: dict[str, str]  # NAME -> plain value (no quotes), passed as environment variables
     port: int
     shm_mb: int = 128
     proc: subprocess.Popen[bytes] | None = None
+    extra_args: tuple[str, ...] = ()  # more kamailio options (e.g. the bench's -x tlsf)
+    config: Path = KAMAILIO_CFG
 
     @property
     def log(self) -> Path:
@@ -179,18 +187,40 @@ class Kamailio:
 
     def command(self) -> list[str]:
         binary = require_binaries("kamailio")["kamailio"]
-        cmd = [binary, "-DD", "-E", "-Y", str(self.workdir / "run"), "-f", str(KAMAILIO_CFG),
-               "-m", str(self.shm_mb)]
-        for name, value in {**self.defines, "SIP_LISTEN": f"udp:{HOST}:{self.port}"}.items():
-            cmd += ["-A", f"{name}={value}"]
-        return cmd
+        return [binary, "-DD", "-E", "-Y", str(self.workdir / "run"), "-f", str(self.config),
+                "-m", str(self.shm_mb), *self.extra_args]
+
+    def environment(self) -> dict[str, str]:
+        """Only PATH and the settings: nothing of the test's own environment leaks in."""
+        return {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+                "PNS_HTTP_JS": str(KAMAILIO_HTTP_JS), **self.settings,
+                "SIP_LISTEN": f"udp:{HOST}:{self.port}"}
+
+    def pids(self) -> list[int]:
+        """The main process and all its descendants (from /proc)."""
+        if self.proc is None:
+            return []
+        parent: dict[int, int] = {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    stat = Path(f"/proc/{entry}/stat").read_text()
+                except OSError:
+                    continue
+                parent[int(entry)] = int(stat[stat.rindex(")") + 2:].split()[1])
+        found, todo = [], [self.proc.pid]
+        while todo:
+            pid = todo.pop()
+            found.append(pid)
+            todo += [p for p, pp in parent.items() if pp == pid]
+        return found
 
     def start(self, ready_timeout: float = 15.0) -> None:
         ensure_free(self.port, "Kamailio")
         (self.workdir / "run").mkdir(parents=True, exist_ok=True)
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL)
+                                         stdin=subprocess.DEVNULL, env=self.environment())
         deadline = time.monotonic() + ready_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -330,6 +360,7 @@ class Sipp:
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     started: float = 0.0
+    host: str = HOST  # the local address it sends from (another loopback address: a stranger)
 
     @property
     def message_log(self) -> Path:
@@ -346,7 +377,7 @@ class Sipp:
     def _command(self, remote: str | None, extra: list[str], trace: bool) -> list[str]:
         binary = require_binaries("sipp")["sipp"]
         cmd = [binary] + ([remote] if remote else [])
-        cmd += ["-sf", str(SCENARIOS / self.scenario), "-i", HOST, "-p", str(self.port),
+        cmd += ["-sf", str(SCENARIOS / self.scenario), "-i", self.host, "-p", str(self.port),
                 "-mp", str(free_port(span=4)), "-cp", str(free_port()), "-nostdin",
                 "-trace_err", "-error_file", str(self.error_log)]
         if trace:

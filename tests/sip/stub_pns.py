@@ -3,7 +3,8 @@
 It checks each queryAXB exactly as the real service does (headers, `bizType`, the MD5 signature
 over the raw body, the `ts` window) and answers per `did` from a table the test fills in: a
 delay, an HTTP status, a raw body, or an envelope. It records every request so a test can look at
-what Kamailio sent. Runs in a thread of the test process.
+what Kamailio sent. A `reportCall` is taken (code 0) unless `report_answers` holds answers for
+its callId: those are given first, one per attempt. Runs in a thread of the test process.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class Recorded:
     body: bytes
     sign_ok: bool
     ts_skew_ms: int
+    peer: tuple[str, int] = ("", 0)  # the client's address: one per TCP connection
 
 
 @dataclass
@@ -38,23 +40,27 @@ class StubPns:
     access_key: str
     access_secret: str
     answers: dict[str, Answer] = field(default_factory=dict)
+    report_answers: dict[str, list[Answer]] = field(default_factory=dict)
     requests: list[Recorded] = field(default_factory=list)
     _server: ThreadingHTTPServer | None = None
 
-    def sign(self, ts: str, body: bytes) -> str:
+    def sign(self, ts: str, body: bytes, action: str = "queryAXB") -> str:
         text = (
-            f"accessKey={self.access_key}&action=queryAXB&bizType=5&ts={ts}&body=".encode()
+            f"accessKey={self.access_key}&action={action}&bizType=5&ts={ts}&body=".encode()
             + body
             + f"&accessSecret={self.access_secret}".encode()
         )
         return hashlib.md5(text).hexdigest()
 
-    def handle(self, headers: dict[str, str], body: bytes) -> tuple[int, bytes, float]:
+    def handle(self, headers: dict[str, str], body: bytes,
+               peer: tuple[str, int] = ("", 0)) -> tuple[int, bytes, float]:
         h = {k.lower(): v for k, v in headers.items()}
         ts = h.get("ts", "")
-        sign_ok = h.get("sign") == self.sign(ts, body)
+        action = h.get("action", "")
+        sign_ok = h.get("sign") == self.sign(ts, body, action)
         skew = int(time.time() * 1000) - int(ts) if ts.isdigit() else 1 << 40
-        self.requests.append(Recorded(headers=h, body=body, sign_ok=sign_ok, ts_skew_ms=skew))
+        self.requests.append(Recorded(headers=h, body=body, sign_ok=sign_ok, ts_skew_ms=skew,
+                                      peer=peer))
 
         def env(code: int, msg: str, data: dict[str, Any] | None = None) -> bytes:
             e: dict[str, Any] = {"code": code, "msg": msg, "requestId": "1" * 19}
@@ -64,7 +70,7 @@ class StubPns:
 
         if h.get("content-type", "").split(";")[0].strip() != "application/json":
             return 200, env(1002, "content type"), 0.0
-        if h.get("accesskey") != self.access_key or h.get("action") != "queryAXB":
+        if h.get("accesskey") != self.access_key or action not in ("queryAXB", "reportCall"):
             return 200, env(1005, "account"), 0.0
         if h.get("biztype") != "5":
             return 200, env(1002, "bizType"), 0.0
@@ -76,6 +82,14 @@ class StubPns:
             req = json.loads(body)
         except ValueError:
             return 200, env(1002, "json"), 0.0
+        if action == "reportCall":
+            queued = self.report_answers.get(str(req.get("callId")))
+            if not queued:
+                return 200, env(0, "success", {"id": 1, "callId": req.get("callId")}), 0.0
+            report = queued.pop(0)
+            payload = (report.raw if report.raw is not None
+                       else json.dumps(report.envelope or {}).encode())
+            return report.status, payload, report.delay
         ans = self.answers.get(str(req.get("did")))
         if ans is None:
             return 200, env(10013, "binding not exist", {"audioWhenCallFail": "stub-fail.wav"}), 0.0
@@ -91,7 +105,8 @@ class StubPns:
             def do_POST(self) -> None:
                 n = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(n)
-                status, payload, delay = stub.handle(dict(self.headers.items()), body)
+                status, payload, delay = stub.handle(dict(self.headers.items()), body,
+                                                     self.client_address[:2])
                 if delay:
                     time.sleep(delay)
                 try:

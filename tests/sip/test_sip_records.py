@@ -21,13 +21,14 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from pns.client import PnsClient, verify_callback
 
-from .conftest import PnsServer, Switch, _account, _pns
+from .conftest import PnsServer, Switch, _account, _pns, _start_switch
 from .sipkit import HOST, free_port, tail
 from .stub_pns import Answer, Recorded
 from .test_sip_switch import assert_ok, finals, invites
@@ -339,17 +340,151 @@ def test_report_is_signed_and_a_refused_one_is_logged(stub_switch: Switch) -> No
     assert all(isinstance(body[k], int) for k in ("startAt", "ringAt", "answerAt", "hangupAt"))
     assert body["ringAt"] == 0 and body["startAt"] <= body["answerAt"] <= body["hangupAt"], body
 
-    # the stand-in refuses reports (1005): Kamailio logs the report as lost, without the
-    # caller's real number
-    deadline = time.monotonic() + 5
-    log = ""
-    while "PNS report lost" not in log and time.monotonic() < deadline:
+    assert report.sign_ok
+    assert "kept for retry" not in stub_switch.kamailio.log.read_text(errors="replace")
+
+
+def _log_lines(switch: Switch, text: str, timeout: float = 15.0) -> list[str]:
+    """The lines of the switch's log holding `text` (waits up to `timeout` for one)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = [line for line in switch.kamailio.log.read_text(errors="replace").splitlines()
+                 if text in line]
+        if lines or time.monotonic() > deadline:
+            return lines
         time.sleep(0.1)
-        log = stub_switch.kamailio.log.read_text(errors="replace")
-    lost = [line for line in log.splitlines() if "PNS report lost" in line]
-    assert lost, tail(stub_switch.kamailio.log)
-    assert "code 1005" in lost[-1] and call_id in lost[-1], lost[-1]
+
+
+def _reports_of(stub_switch: Switch, call_id: str) -> list[Recorded]:
+    assert stub_switch.stub is not None
+    return [r for r in list(stub_switch.stub.requests) if r.headers.get("action") == "reportCall"
+            and json.loads(r.body).get("callId") == call_id]
+
+
+def test_a_report_not_taken_is_retried_until_it_is(stub_switch: Switch) -> None:
+    """pns answers the report with HTTP 500, then not JSON, then code 10009, then too slowly
+    (PNS_TIMEOUT 1 s): the switch keeps it and sends the same report again, freshly signed,
+    until pns takes it (code 0), and then never again."""
+    stub = stub_switch.stub
+    assert stub is not None
+    did, caller_no, call_id = "85235554603", "85251114603", "5" * 19
+    stub.answers[did] = _answer("85262224603", call_id)
+    stub.report_answers[call_id] = [
+        Answer(status=500, raw=b"Internal Server Error"),
+        Answer(raw=b"<html>not json</html>"),
+        Answer(envelope={"code": 10009, "msg": "service failure", "requestId": "1" * 19}),
+        Answer(envelope={"code": 0, "msg": "success", "requestId": "1" * 19}, delay=2.5),
+    ]
+    caller, callee = stub_switch.calls([(caller_no, did)], uac="uac_load.xml",
+                                       uas="uas_load.xml", arriving=1)
+    assert_ok(caller)
+    assert_ok(callee)
+
+    taken = _log_lines(stub_switch, f"PNS report of call {call_id} taken after", timeout=30)
+    assert taken, tail(stub_switch.kamailio.log)
+    assert "taken after 5 tries" in taken[-1], taken[-1]
+    time.sleep(3)  # longer than the longest retry gap (2 s): nothing is sent after code 0
+    reports = _reports_of(stub_switch, call_id)
+    assert len(reports) == 5, [r.body for r in reports]
+    assert stub.report_answers[call_id] == []
+    assert len({r.body for r in reports}) == 1, "every attempt carries the same report"
+    assert all(r.sign_ok and abs(r.ts_skew_ms) < 2000 for r in reports), "signed afresh"
+    assert len({r.headers["ts"] for r in reports}) == 5
+    [kept] = _log_lines(stub_switch, f"PNS report of call {call_id} not taken")
+    assert "status 500" in kept and "kept for retry" in kept, kept
+    assert caller_no not in "".join(_log_lines(stub_switch, call_id))
+
+
+def test_a_report_refused_until_the_deadline_is_lost_and_logged(stub_switch: Switch) -> None:
+    """pns refuses the report (1005) every time: the switch retries it for
+    REPORT_RETRY_SECONDS (10 s here), then logs it as lost, without the caller's real number,
+    and stops."""
+    stub = stub_switch.stub
+    assert stub is not None
+    did, caller_no, callee_no, call_id = "85235554604", "85251114604", "85262224604", "6" * 19
+    stub.answers[did] = _answer(callee_no, call_id)
+    refused = {"code": 1005, "msg": "account", "requestId": "1" * 19}
+    stub.report_answers[call_id] = [Answer(envelope=refused) for _ in range(50)]
+    caller, callee = stub_switch.calls([(caller_no, did)], uac="uac_load.xml",
+                                       uas="uas_load.xml", arriving=1)
+    assert_ok(caller)
+    assert_ok(callee)
+
+    lost = _log_lines(stub_switch, "PNS report lost", timeout=30)
+    lost = [line for line in lost if call_id in line]
+    assert len(lost) == 1, tail(stub_switch.kamailio.log)
+    assert "code 1005" in lost[0] and "tried" in lost[0], lost[0]
+    attempts = len(_reports_of(stub_switch, call_id))
+    assert attempts >= 3, "retried, with backoff, until the deadline"
+    time.sleep(3)
+    assert len(_reports_of(stub_switch, call_id)) == attempts, "nothing sent after it was lost"
+    log = stub_switch.kamailio.log.read_text(errors="replace")
     assert caller_no not in log and callee_no not in log
+
+
+def test_many_reports_kept_at_once_are_all_taken_once(stub_switch: Switch) -> None:
+    """250 calls whose reports pns refuses once each (HTTP 503): the timer sends them again, at
+    most 200 a round, until every one is taken, and none twice after it was."""
+    stub = stub_switch.stub
+    assert stub is not None
+    rows, call_ids = [], []
+    for i in range(250):
+        did, call_id = f"852355490{i:03d}", f"7{i:018d}"
+        stub.answers[did] = _answer(f"852622249{i:03d}", call_id)
+        stub.report_answers[call_id] = [Answer(status=503, raw=b"busy")]
+        rows.append((f"852511149{i:03d}", did))
+        call_ids.append(call_id)
+    caller, callee = stub_switch.calls(rows, uac="uac_load.xml", uas="uas_load.xml",
+                                       arriving=len(rows), rate=100, limit=50, pause_ms=0,
+                                       timeout=60)
+    assert_ok(caller)
+    assert_ok(callee)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        taken = len(_log_lines(stub_switch, "taken after 2 tries", timeout=0))
+        if taken >= len(rows):
+            break
+        time.sleep(0.5)
+    time.sleep(3)
+    sent = {cid: 0 for cid in call_ids}
+    for r in list(stub.requests):
+        if r.headers.get("action") == "reportCall":
+            cid = json.loads(r.body).get("callId")
+            if cid in sent:
+                sent[cid] += 1
+    assert sorted(set(sent.values())) == [2], "each report: refused once, then taken once"
+    for cid in call_ids:
+        assert _log_lines(stub_switch, f"PNS report of call {cid} taken after 2 tries",
+                          timeout=0), cid
+
+
+def test_the_retry_queue_is_bounded(stub_switch: Switch, tmp_path: Path) -> None:
+    """With REPORT_QUEUE_MAX reports waiting, the next report pns does not take is logged as
+    lost at once instead of growing the switch's shared memory."""
+    stub = stub_switch.stub
+    assert stub is not None
+    sw = _start_switch(tmp_path, stub_switch.kamailio.settings["PNS_URL"], stub.access_key,
+                       stub.access_secret, timeout=1, ivr=False,
+                       extra={"REPORT_QUEUE_MAX": "1", "REPORT_RETRY_FIRST": "30"})
+    try:
+        refused = {"code": 10009, "msg": "service failure", "requestId": "1" * 19}
+        rows = []
+        for i, call_id in enumerate(("8" * 19, "9" * 19)):
+            did = f"8523555480{i}"
+            stub.answers[did] = _answer(f"8526222480{i}", call_id)
+            stub.report_answers[call_id] = [Answer(envelope=refused) for _ in range(5)]
+            rows.append((f"8525111480{i}", did))
+        caller, callee = sw.calls(rows, uac="uac_load.xml", uas="uas_load.xml", arriving=2,
+                                  rate=1)
+        assert_ok(caller)
+        assert_ok(callee)
+        kept = _log_lines(sw, "kept for retry")
+        lost = _log_lines(sw, "PNS report lost")
+        assert len(kept) == 1 and "8" * 19 in kept[0], kept
+        assert len(lost) == 1 and "9" * 19 in lost[0], lost
+        assert "REPORT_QUEUE_MAX" in lost[0] and "code 10009" in lost[0], lost[0]
+    finally:
+        sw.kamailio.stop()
 
 
 def test_cancel_while_pns_is_asked_is_reported(stub_switch: Switch) -> None:

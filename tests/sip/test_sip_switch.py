@@ -12,12 +12,14 @@ without the country code, appears anywhere in it.
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import subprocess
 import time
 import uuid
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -25,9 +27,11 @@ from .conftest import AXB_PROMPTS, EXT_NUMBER, EXT_PROMPTS, PnsServer, Switch
 from .sipkit import (
     HOST,
     KAMAILIO_CFG,
+    KAMAILIO_HTTP_JS,
     Message,
     SippRun,
     display_of,
+    free_port,
     require_binaries,
     sip_request,
     user_of,
@@ -93,29 +97,47 @@ def test_binaries_installed() -> None:
     assert set(paths) == {"kamailio", "sipp"}
 
 
-def _config_check(*defines: str) -> subprocess.CompletedProcess[str]:
+def _config_check(**settings: str) -> subprocess.CompletedProcess[str]:
+    """`kamailio -c` with the settings in the environment only."""
     binary = require_binaries("kamailio")["kamailio"]
-    cmd = [binary, "-c", "-f", str(KAMAILIO_CFG)]
-    for d in defines:
-        cmd += ["-A", d]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin"), **settings}
+    return subprocess.run([binary, "-c", "-f", str(KAMAILIO_CFG)], capture_output=True,
+                          text=True, timeout=30, env=env)
 
 
 def test_config_is_valid_with_all_modules() -> None:
-    proc = _config_check('PNS_URL="http://127.0.0.1:9/api/pns/"', 'PNS_ACCESS_KEY="k"',
-                         'PNS_ACCESS_SECRET="s"', 'SIP_GATEWAY="sip:127.0.0.1:5070"',
-                         "SIP_LISTEN=udp:127.0.0.1:5060", 'SIP_IVR="sip:127.0.0.1:5080"',
-                         "PNS_TIMEOUT=3")
+    proc = _config_check(PNS_URL="http://127.0.0.1:9/api/pns/", PNS_ACCESS_KEY="k",
+                         PNS_ACCESS_SECRET="s", SIP_GATEWAY="sip:127.0.0.1:5070",
+                         SIP_LISTEN="udp:127.0.0.1:5060", SIP_IVR="sip:127.0.0.1:5080",
+                         PNS_TIMEOUT="3", SIP_TRUSTED="127.0.0.1,10.0.0.0/8",
+                         TOPOH_MASK_KEY="k2", PNS_HTTP_JS=str(KAMAILIO_HTTP_JS))
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0 and "config file ok" in out, out[-3000:]
 
 
 def test_missing_setting_is_refused_by_name() -> None:
-    proc = _config_check('PNS_URL="http://127.0.0.1:9/api/pns/"', 'PNS_ACCESS_SECRET="s"',
-                         'SIP_GATEWAY="sip:127.0.0.1:5070"')
+    proc = _config_check(PNS_URL="http://127.0.0.1:9/api/pns/", PNS_ACCESS_SECRET="s",
+                         SIP_GATEWAY="sip:127.0.0.1:5070")
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert "MISSING SETTING: PNS_ACCESS_KEY" in out, out[-3000:]
+
+
+def test_a_missing_http_script_stops_the_start_by_name(tmp_path: Path) -> None:
+    """Without kamailio-http.js Kamailio exits at once, naming the file, instead of running
+    with every query failing."""
+    binary = require_binaries("kamailio")["kamailio"]
+    missing = tmp_path / "no-such-kamailio-http.js"
+    env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin"),
+           "PNS_URL": "http://127.0.0.1:9/api/pns/", "PNS_ACCESS_KEY": "k",
+           "PNS_ACCESS_SECRET": "s", "SIP_GATEWAY": "sip:127.0.0.1:5070",
+           "SIP_LISTEN": f"udp:{HOST}:{free_port()}", "SIP_TRUSTED": HOST,
+           "PNS_HTTP_JS": str(missing)}
+    proc = subprocess.run([binary, "-DD", "-E", "-Y", str(tmp_path), "-f", str(KAMAILIO_CFG),
+                           "-m", "64"], capture_output=True, text=True, timeout=30, env=env)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert f"failed to load js script file: {missing}" in out, out[-3000:]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -425,6 +447,50 @@ def test_queries_are_signed_and_carry_the_extension(stub_switch: Switch) -> None
     assert req.headers["action"] == "queryAXB" and req.headers["biztype"] == "5"
     assert req.headers["content-type"] == "application/json"
     assert json.loads(req.body) == {"caller": "+85251114201", "did": did, "extension": "123"}
+
+
+def test_requests_to_pns_reuse_connections(stub_switch: Switch) -> None:
+    """Queries and reports go over connections kept open (one per Kamailio process), not a new
+    TCP connection per request; each request is still signed afresh."""
+    stub = stub_switch.stub
+    assert stub is not None
+    rows = []
+    for i in range(12):
+        did = f"8523555430{i:02d}"
+        stub.answers[did] = Answer(envelope=_envelope(0, {
+            "callee": f"8526222430{i:02d}", "callId": f"{i + 1:019d}", "flag": 0,
+            "bindType": 0}))
+        rows.append((f"8525111430{i:02d}", did))
+    before = len(stub.requests)
+    caller, callee = stub_switch.calls(rows, uac="uac_load.xml", uas="uas_load.xml",
+                                       arriving=len(rows), rate=20, limit=4, pause_ms=100)
+    assert_ok(caller)
+    assert_ok(callee)
+    deadline = time.monotonic() + 10
+    while len(stub.requests) - before < 2 * len(rows) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    sent = stub.requests[before:]
+    assert len(sent) == 2 * len(rows), "a query and a report per call"
+    assert all(r.sign_ok for r in sent)
+    connections = {r.peer for r in sent}
+    # PNS_WORKERS 4 async workers (+ the retry timer): at most one connection each
+    assert len(connections) <= 5, f"{len(connections)} connections for {len(sent)} requests"
+
+
+def test_a_caller_with_json_characters_is_escaped(stub_switch: Switch) -> None:
+    """A From user that is not plain digits and letters goes into the query through jansson,
+    escaped: pns gets valid JSON with the caller as sent."""
+    stub = stub_switch.stub
+    assert stub is not None
+    did = "85235554401"
+    stub.answers[did] = Answer(envelope=_envelope(10013))
+    before = len(stub.requests)
+    caller, _ = stub_switch.calls([("it's&me$1", did)], uac="uac_reject.xml")
+    assert_ok(caller)
+    assert [m.status for m in finals(caller)] == [404]
+    [req] = stub.requests[before:]
+    assert req.sign_ok
+    assert json.loads(req.body) == {"caller": "it's&me$1", "did": did}
 
 
 def test_cancel_while_querying_ends_with_487(stub_switch: Switch) -> None:

@@ -16,7 +16,7 @@ import msgspec
 
 from ..http import Reply, Request
 from ..model import Operator, OperatorRole
-from .security import Gate
+from .security import Gate, header
 from .service import AdminError, AdminService
 
 PREFIX = "/admin/api/"
@@ -335,7 +335,7 @@ class AdminApi:
         address = self.gate.client_address(request.client, request.headers)
         if self.gate.blocked(address):
             return error(429, "too many wrong tokens from this address; try again later")
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        scheme, _, token = header(request.headers, "authorization").partition(" ")
         if scheme.lower() != "bearer":
             return error(401, "an Authorization: Bearer token is required")
         operator = await self.gate.operator_for_token(token.strip(), address)

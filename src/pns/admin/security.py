@@ -21,6 +21,13 @@ from ..ratelimit import FailureLimiter
 from ..store import Store
 from .operators import hash_token, valid_name
 
+
+def header(headers: Mapping[bytes, bytes], name: str) -> str:
+    """One request header as text ("" when absent): the HTTP layer keeps them as bytes with
+    lower-case names and decodes none; Latin-1 makes any byte a character."""
+    return headers.get(name.encode(), b"").decode("latin-1")
+
+
 SESSION_COOKIE = "pns_session"
 LOGIN_CSRF_COOKIE = "pns_login_csrf"
 SESSION_SECONDS = 12 * 3600
@@ -72,19 +79,19 @@ class Gate:
         self.limiter = limiter or FailureLimiter(LOGIN_FAILURES, LOGIN_WINDOW)
 
     # --- where a request comes from -------------------------------------------------------
-    def client_address(self, client: str, headers: Mapping[str, str]) -> str:
+    def client_address(self, client: str, headers: Mapping[bytes, bytes]) -> str:
         """The peer, or what a trusted proxy says the peer is (the last X-Forwarded-For)."""
         if client in self.trusted_proxies:
-            forwarded = headers.get("x-forwarded-for", "").split(",")[-1].strip()
+            forwarded = header(headers, "x-forwarded-for").split(",")[-1].strip()
             if forwarded:
                 return forwarded
         return client
 
-    def over_tls(self, client: str, headers: Mapping[str, str]) -> bool:
+    def over_tls(self, client: str, headers: Mapping[bytes, bytes]) -> bool:
         if self.secure_cookies:
             return True
         return (client in self.trusted_proxies
-                and headers.get("x-forwarded-proto", "").lower() == "https")
+                and header(headers, "x-forwarded-proto").lower() == "https")
 
     # --- tokens ---------------------------------------------------------------------------
     def blocked(self, address: str) -> bool:

@@ -27,6 +27,7 @@ from ..admin.security import (
     SESSION_SECONDS,
     Gate,
     Session,
+    header,
     parse_cookies,
 )
 from ..admin.service import AdminError, AdminService
@@ -142,7 +143,7 @@ class Console:
             return self._static(request, path[len("/console/static/"):])
         if path == "/console/login":
             return await self._login(request)
-        session = await self.gate.session(request.headers.get("cookie", ""))
+        session = await self.gate.session(header(request.headers, "cookie"))
         if request.method in ("GET", "HEAD"):
             if session is None:
                 return self.redirect("/console/login")
@@ -199,7 +200,7 @@ class Console:
         if request.method != "POST":
             return self.failure(None, 405, "Method not allowed.", "/console/login")
         form = _form(request.body)
-        expected = parse_cookies(request.headers.get("cookie", "")).get(LOGIN_CSRF_COOKIE, "")
+        expected = parse_cookies(header(request.headers, "cookie")).get(LOGIN_CSRF_COOKIE, "")
         if not expected or not secrets.compare_digest(expected, form.get("csrf", "")):
             return self._login_page(request, 403, "The form expired: please try again.")
         address = self.gate.client_address(request.client, request.headers)

@@ -12,14 +12,21 @@ names one X or one account. Guarantees a store must keep (the conformance suite 
 - ``save_call_record`` stores a record and its outbox event in one transaction, once per
   ``callId``: a repeated report changes nothing and enqueues nothing.
 - ``lease_events`` hands a due event to one caller at a time, across processes, until the lease
-  runs out; an event is never lost once enqueued (it ends delivered or failed, and stays visible).
+  runs out; an event is never lost once enqueued (it ends delivered or failed, and stays visible
+  until ``purge_history`` removes it after its retention).
+- ``finish_event`` changes an event only for the holder of its current lease: once a lease ran
+  out and another caller leased the event, the first holder's finish changes nothing.
+- ``next_call_record_id`` hands out increasing ids, never twice, across processes; they stay
+  below 2^53 (exact in JavaScript).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..model import (
     Account,
@@ -38,6 +45,9 @@ from ..model import (
     Role,
     VirtualNumber,
 )
+
+if TYPE_CHECKING:
+    from ..vault import Keyring
 
 
 def summarise_pools(per_x: Sequence[Sequence[Any]],
@@ -75,6 +85,35 @@ class BindConflict(Exception):
 
 # How long an answered query's callId stays joinable to its binding.
 CALL_RETENTION = 2 * 86400
+DAY = 86400
+
+
+def _days_from_env(name: str, default: float) -> int:
+    value = os.environ.get(name, "")
+    try:
+        days = float(value) if value else default
+    except ValueError:
+        raise StoreError(f"{name} must be a number of days, not {value!r}") from None
+    if not 0 < days < 1e6:
+        raise StoreError(f"{name} must be more than 0 days (and fewer than a million)")
+    return int(days * DAY)
+
+
+@dataclass(frozen=True)
+class Retention:
+    """How long history with real phone numbers in it is kept, in seconds (a privacy
+    guarantee: the sweeper purges anything older). Call records count from when they were
+    reported; callback events from when they were delivered or failed for good."""
+
+    call_records: int = 90 * DAY
+    events: int = 30 * DAY
+
+    @classmethod
+    def from_env(cls) -> Retention:
+        return cls(
+            call_records=_days_from_env("PNS_RETENTION_RECORDS_DAYS", 90),
+            events=_days_from_env("PNS_RETENTION_EVENTS_DAYS", 30),
+        )
 
 
 class StoreError(Exception):
@@ -86,6 +125,15 @@ class Store(Protocol):
 
     async def ping(self) -> None:
         """Raise when the store cannot answer (``/healthz``)."""
+
+    # --- secrets at rest (pns.vault) -------------------------------------------------------
+    @property
+    def keyring(self) -> Keyring:
+        """The keys that seal this store's account secrets (they are never stored plain)."""
+
+    async def reseal_secrets(self, keyring: Keyring) -> int:
+        """Seal every secret again with ``keyring``'s first key, in one transaction, and use
+        ``keyring`` from now on; returns how many accounts changed."""
 
     # --- accounts -------------------------------------------------------------------------
     async def create_account(
@@ -212,14 +260,21 @@ class Store(Protocol):
 
     async def enqueue_event(self, event: OutboxEvent) -> None: ...
 
-    async def lease_events(self, now: int, limit: int, lease_seconds: int) -> list[OutboxEvent]:
-        """Claim up to ``limit`` pending events that are due and not leased."""
+    async def lease_events(self, now: int, limit: int, lease_seconds: int, *, holder: str,
+                           skip_accounts: Sequence[int] = ()) -> list[OutboxEvent]:
+        """Claim for ``holder`` up to ``limit`` pending events that are due and not leased,
+        none of the accounts in ``skip_accounts`` (their receiver is busy), longest due
+        first."""
 
     async def finish_event(
         self, event_id: str, state: EventState, attempts: int, next_attempt_at: int, error: str,
-        now: int,
-    ) -> None:
-        """Record an attempt: delivered, failed for good, or pending until ``next_attempt_at``."""
+        now: int, *, holder: str,
+    ) -> bool:
+        """Record an attempt: delivered, failed for good, or pending until ``next_attempt_at``.
+        Only while ``holder`` holds the event's lease; returns whether anything changed."""
+
+    async def release_event(self, event_id: str, *, holder: str) -> None:
+        """Give a leased event back unattempted, so any caller may lease it at once."""
 
     async def list_events(self, account_id: int | None, state: EventState | None,
                           limit: int) -> list[OutboxEvent]: ...
@@ -254,3 +309,9 @@ class Store(Protocol):
 
     async def list_audit(self, limit: int) -> list[AuditEntry]:
         """The newest entries first."""
+    async def next_call_record_id(self) -> int:
+        """A fresh call-record id: increasing, unique across processes, below 2^53."""
+
+    async def purge_history(self, now: int, retention: Retention, limit: int) -> int:
+        """Remove up to ``limit`` call records and up to ``limit`` delivered or failed
+        events older than their retention; returns how many rows went."""

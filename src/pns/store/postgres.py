@@ -45,21 +45,34 @@ from ..model import (
     Role,
     VirtualNumber,
 )
-from .base import CALL_RETENTION, BindConflict, ConflictKind, StoreError, summarise_pools
+from ..vault import Keyring, is_sealed, load_keyring
+from .base import (
+    CALL_RETENTION,
+    BindConflict,
+    ConflictKind,
+    Retention,
+    StoreError,
+    summarise_pools,
+)
 from .rows import (
     ACCOUNT_COLUMNS,
     EVENT_COLUMNS,
     RECORD_COLUMNS,
+    SECRET_COLUMNS,
     account_from_row,
     changes_as_columns,
     event_from_row,
     redact,
+    seal_secret_columns,
+    secret_context,
 )
 
 T = TypeVar("T")
 _log = logging.getLogger("pns.store.postgres")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
+# The migration to this version seals the secrets older releases stored in plain text.
+SEALED_SECRETS_VERSION = 4
 
 DEFAULT_POOL_MIN = 1
 DEFAULT_POOL_MAX = 10
@@ -308,6 +321,20 @@ _MIGRATIONS: list[str] = [
     );
     CREATE INDEX outbox_call ON outbox (call_id) WHERE call_id <> '';
     """,
+    # 4: the lease holder of each outbox event (only it may finish the event); call-record ids
+    # from a sequence, exact in JavaScript (existing records renumbered in their order);
+    # indexes for retention; account secrets sealed (by _seal_plaintext_secrets, in Python).
+    """
+    ALTER TABLE outbox ADD COLUMN lease_owner TEXT NOT NULL DEFAULT '';
+    UPDATE call_records c SET id = n.rn
+        FROM (SELECT id, row_number() OVER (ORDER BY id) AS rn FROM call_records) n
+        WHERE c.id = n.id;
+    CREATE SEQUENCE call_record_ids;
+    SELECT setval('call_record_ids', (SELECT coalesce(max(id), 0) + 1 FROM call_records),
+                  false);
+    CREATE INDEX call_records_reported ON call_records (reported_at);
+    CREATE INDEX outbox_done ON outbox (next_attempt_at) WHERE state <> 'pending';
+    """,
 ]
 
 _CONFLICTS = {
@@ -332,7 +359,7 @@ class PoolOptions:
         kept: list[tuple[str, str]] = []
         values: dict[str, str] = {}
         for key, value in parse_qsl(parts.query, keep_blank_values=True):
-            if key in ("pool_min", "pool_max", "connect_timeout"):
+            if key in ("pool_min", "pool_max", "connect_timeout", "secret_key_file"):
                 values[key] = value
             else:
                 kept.append((key, value))
@@ -356,6 +383,7 @@ class PoolOptions:
             ) from None
         if self.connect_timeout <= 0:
             raise StoreError("connect_timeout must be more than 0 seconds")
+        self.secret_key_file = values.get("secret_key_file") or None
 
 
 def _int_option(values: dict[str, str], key: str, default: int, minimum: int) -> int:
@@ -370,11 +398,10 @@ def _int_option(values: dict[str, str], key: str, default: int, minimum: int) ->
     return value
 
 
-
-
 class PostgresStore:
-    def __init__(self, pool: Any):
+    def __init__(self, pool: Any, keyring: Keyring):
         self._pool = pool
+        self._keyring = keyring
         self._pending_calls: dict[str, CallRef] = {}
         self._flusher: asyncio.Task[None] | None = None
 
@@ -388,8 +415,11 @@ class PostgresStore:
             )
         except _OPEN_ERRORS as exc:
             raise StoreError(f"cannot open store {redact(url)}: {_describe(exc)}") from exc
-        store = cls(pool)
         try:
+            async with pool.acquire() as conn:
+                sealed = await _has_sealed_secrets(conn)
+            store = cls(pool, load_keyring(None, may_create=not sealed,
+                                           key_file=options.secret_key_file))
             await store._prepare_schema(migrate)
         except BaseException:
             pool.terminate()
@@ -436,6 +466,8 @@ class PostgresStore:
                             return start, version
                         try:
                             await conn.execute(_MIGRATIONS[version])
+                            if version + 1 == SEALED_SECRETS_VERSION:
+                                await self._seal_plaintext_secrets(conn)
                             await conn.execute("UPDATE pns_schema SET version = $1", version + 1)
                         except asyncpg.PostgresError as exc:
                             raise StoreError(
@@ -445,6 +477,45 @@ class PostgresStore:
             finally:
                 if not conn.is_closed():
                     await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
+
+    async def _seal_plaintext_secrets(self, conn: Any) -> None:
+        """Seal the secrets an older release stored in plain text (their old row versions
+        stay in the table's files until VACUUM; a dump never shows them)."""
+        rows = await conn.fetch(
+            "SELECT id, access_key, access_secret, previous_secret FROM accounts FOR UPDATE")
+        for account_id, access_key, *values in rows:
+            sealed = [value if is_sealed(value) else
+                      self._keyring.seal(value, secret_context(column, access_key))
+                      for column, value in zip(SECRET_COLUMNS, values, strict=True)]
+            if sealed != values:
+                await conn.execute(
+                    "UPDATE accounts SET access_secret = $1, previous_secret = $2 WHERE id = $3",
+                    *sealed, account_id)
+
+    @property
+    def keyring(self) -> Keyring:
+        return self._keyring
+
+    async def reseal_secrets(self, keyring: Keyring) -> int:
+        """Seal every secret again with ``keyring``'s first key (which must hold the keys
+        they are sealed with now); returns how many accounts changed."""
+        changed = 0
+        async with self._pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                "SELECT id, access_key, access_secret, previous_secret FROM accounts "
+                "FOR UPDATE")
+            for account_id, access_key, *values in rows:
+                if all(keyring.is_current(value) for value in values):
+                    continue
+                resealed = [keyring.seal(keyring.unseal(value, secret_context(column, access_key)),
+                                         secret_context(column, access_key))
+                            for column, value in zip(SECRET_COLUMNS, values, strict=True)]
+                await conn.execute(
+                    "UPDATE accounts SET access_secret = $1, previous_secret = $2 WHERE id = $3",
+                    *resealed, account_id)
+                changed += 1
+        self._keyring = keyring
+        return changed
 
     async def close(self) -> None:
         if self._flusher is not None:
@@ -485,15 +556,17 @@ class PostgresStore:
         row = await self._pool.fetchrow(
             "INSERT INTO accounts (name, access_key, access_secret, role, created_at) "
             f"VALUES ($1, $2, $3, $4, $5) RETURNING {ACCOUNT_COLUMNS}",
-            name, access_key, access_secret, role.value, now,
+            name, access_key,
+            self._keyring.seal(access_secret, secret_context("access_secret", access_key)),
+            role.value, now,
         )
-        return account_from_row(row)
+        return account_from_row(row, self._keyring)
 
     async def _account(self, where: str, value: Any) -> Account | None:
         row = await self._pool.fetchrow(
             f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE {where} = $1", value
         )
-        return account_from_row(row) if row else None
+        return account_from_row(row, self._keyring) if row else None
 
     async def get_account(self, access_key: str) -> Account | None:
         return await self._account("access_key", access_key)
@@ -503,10 +576,11 @@ class PostgresStore:
 
     async def list_accounts(self) -> list[Account]:
         rows = await self._pool.fetch(f"SELECT {ACCOUNT_COLUMNS} FROM accounts ORDER BY id")
-        return [account_from_row(row) for row in rows]
+        return [account_from_row(row, self._keyring) for row in rows]
 
     async def update_account(self, access_key: str, changes: AccountChanges) -> Account | None:
-        fields = changes_as_columns(changes, bool_as_int=False)
+        fields = seal_secret_columns(changes_as_columns(changes, bool_as_int=False),
+                                     self._keyring, access_key)
         if not fields:
             return await self.get_account(access_key)
         assignments = ", ".join(
@@ -521,7 +595,7 @@ class PostgresStore:
             )
 
         row = await self._retry(work)
-        return account_from_row(row) if row else None
+        return account_from_row(row, self._keyring) if row else None
 
     # --- numbers ---------------------------------------------------------------------------
     async def add_numbers(self, numbers: Sequence[VirtualNumber]) -> list[str]:
@@ -899,6 +973,9 @@ class PostgresStore:
         )
         return CallRef(*row) if row else None
 
+    async def next_call_record_id(self) -> int:
+        return int(await self._pool.fetchval("SELECT nextval('call_record_ids')"))
+
     async def save_call_record(self, record: CallRecord, event: OutboxEvent | None) -> bool:
         values = [getattr(record, field) for field in record.__struct_fields__]
         placeholders = ", ".join(f"${i}" for i in range(1, len(values) + 1))
@@ -952,19 +1029,21 @@ class PostgresStore:
         async with self._pool.acquire() as conn:
             await _insert_event(conn, event)
 
-    async def lease_events(self, now: int, limit: int, lease_seconds: int) -> list[OutboxEvent]:
+    async def lease_events(self, now: int, limit: int, lease_seconds: int, *, holder: str,
+                           skip_accounts: Sequence[int] = ()) -> list[OutboxEvent]:
         """One leaser per event across processes: rows another leaser holds are skipped, and a
         row leased meanwhile fails the re-check of ``lease_until``."""
 
         async def work(conn: Any) -> list[Any]:
             return list(await conn.fetch(
-                "UPDATE outbox SET lease_until = $1 WHERE event_id = ANY(ARRAY("
+                "UPDATE outbox SET lease_until = $1, lease_owner = $4 WHERE event_id = ANY(ARRAY("
                 " SELECT event_id FROM outbox WHERE state = 'pending' "
                 " AND next_attempt_at <= $2 AND lease_until <= $2 "
+                " AND NOT (account_id = ANY($5::bigint[])) "
                 " ORDER BY next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED)) "
                 "AND state = 'pending' AND lease_until <= $2 "
                 f"RETURNING {EVENT_COLUMNS}",
-                now + lease_seconds, now, limit,
+                now + lease_seconds, now, limit, holder, list(skip_accounts),
             ))
 
         events = [event_from_row(row) for row in await self._retry(work)]
@@ -973,13 +1052,24 @@ class PostgresStore:
 
     async def finish_event(
         self, event_id: str, state: EventState, attempts: int, next_attempt_at: int, error: str,
-        now: int,
-    ) -> None:
+        now: int, *, holder: str,
+    ) -> bool:
+        async def work(conn: Any) -> str:
+            return str(await conn.execute(
+                "UPDATE outbox SET state = $1, attempts = $2, next_attempt_at = $3, "
+                "last_error = $4, lease_until = 0, lease_owner = '' "
+                "WHERE event_id = $5 AND lease_owner = $6 AND state = 'pending'",
+                state.value, attempts, next_attempt_at, error[:500], event_id, holder,
+            ))
+
+        return _rowcount(await self._retry(work)) > 0
+
+    async def release_event(self, event_id: str, *, holder: str) -> None:
         async def work(conn: Any) -> None:
             await conn.execute(
-                "UPDATE outbox SET state = $1, attempts = $2, next_attempt_at = $3, "
-                "last_error = $4, lease_until = 0 WHERE event_id = $5",
-                state.value, attempts, next_attempt_at, error[:500], event_id,
+                "UPDATE outbox SET lease_until = 0, lease_owner = '' "
+                "WHERE event_id = $1 AND lease_owner = $2 AND state = 'pending'",
+                event_id, holder,
             )
 
         await self._retry(work)
@@ -1079,6 +1169,25 @@ class PostgresStore:
             "ORDER BY id DESC LIMIT $1", limit)
         return [AuditEntry(*row) for row in rows]
 
+    async def purge_history(self, now: int, retention: Retention, limit: int) -> int:
+        """Safe in every process at once, as ``sweep`` (SKIP LOCKED)."""
+
+        async def work(conn: Any) -> int:
+            records = await conn.execute(
+                "DELETE FROM call_records WHERE id = ANY(ARRAY(SELECT id FROM call_records "
+                "WHERE reported_at < $1 LIMIT $2 FOR UPDATE SKIP LOCKED))",
+                now - retention.call_records, limit,
+            )
+            events = await conn.execute(
+                "DELETE FROM outbox WHERE event_id = ANY(ARRAY(SELECT event_id FROM outbox "
+                "WHERE state <> 'pending' AND next_attempt_at < $1 LIMIT $2 "
+                "FOR UPDATE SKIP LOCKED))",
+                now - retention.events, limit,
+            )
+            return _rowcount(str(records)) + _rowcount(str(events))
+
+        return await self._retry(work)
+
 
 _OPERATOR_COLUMNS = "name, role, token_hash, disabled, created_at"
 
@@ -1097,6 +1206,12 @@ async def _insert_event(conn: Any, event: OutboxEvent) -> None:
     )
 
 
+async def _has_sealed_secrets(conn: Any) -> bool:
+    """Whether the store already needs its key (so a missing key file is an error)."""
+    if not await conn.fetchval("SELECT to_regclass('accounts') IS NOT NULL"):
+        return False
+    return bool(await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM accounts WHERE access_secret LIKE 'pns-aesgcm:%')"))
 
 
 async def stored_schema_version(url: str) -> int:
@@ -1137,7 +1252,5 @@ def _rowcount(status: str) -> int:
         return int(status.rsplit(" ", 1)[-1])
     except ValueError:
         return 0
-
-
 
 

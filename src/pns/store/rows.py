@@ -7,6 +7,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from ..model import Account, AccountChanges, CallRecord, EventState, OutboxEvent, Role
+from ..vault import Keyring
 
 ACCOUNT_COLUMNS = (
     "id, name, access_key, access_secret, role, enabled, audio_when_call_fail, "
@@ -24,13 +25,33 @@ EVENT_COLUMNS = (
 )
 
 
-def account_from_row(row: Sequence[Any]) -> Account:
+def account_from_row(row: Sequence[Any], keyring: Keyring) -> Account:
     return Account(
-        id=row[0], name=row[1], access_key=row[2], access_secret=row[3], role=Role(row[4]),
-        enabled=bool(row[5]), audio_when_call_fail=row[6], audio_when_dtmf_need=row[7],
-        audio_when_dtmf_err=row[8], callback_url=row[9], previous_secret=row[10],
+        id=row[0], name=row[1], access_key=row[2],
+        access_secret=keyring.unseal(row[3], secret_context("access_secret", row[2])),
+        role=Role(row[4]), enabled=bool(row[5]), audio_when_call_fail=row[6],
+        audio_when_dtmf_need=row[7], audio_when_dtmf_err=row[8], callback_url=row[9],
+        previous_secret=keyring.unseal(row[10], secret_context("previous_secret", row[2])),
         previous_secret_until=row[11], created_at=row[12],
     )
+
+
+SECRET_COLUMNS = ("access_secret", "previous_secret")
+
+
+def secret_context(column: str, access_key: str) -> str:
+    """What a sealed secret is bound to: it opens only in its own column and account."""
+    return f"accounts.{column}:{access_key}"
+
+
+def seal_secret_columns(columns: dict[str, Any], keyring: Keyring,
+                        access_key: str) -> dict[str, Any]:
+    """An update's columns with its secrets sealed."""
+    return {
+        column: keyring.seal(value, secret_context(column, access_key))
+        if column in SECRET_COLUMNS else value
+        for column, value in columns.items()
+    }
 
 
 def changes_as_columns(changes: AccountChanges, *, bool_as_int: bool) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import sqlite3
@@ -38,18 +39,31 @@ from ..model import (
     Role,
     VirtualNumber,
 )
-from .base import CALL_RETENTION, BindConflict, ConflictKind, StoreError, summarise_pools
+from ..vault import Keyring, is_sealed, load_keyring
+from .base import (
+    CALL_RETENTION,
+    BindConflict,
+    ConflictKind,
+    Retention,
+    StoreError,
+    summarise_pools,
+)
 from .rows import (
     ACCOUNT_COLUMNS,
     EVENT_COLUMNS,
     RECORD_COLUMNS,
+    SECRET_COLUMNS,
     account_from_row,
     changes_as_columns,
     event_from_row,
     record_values,
+    seal_secret_columns,
+    secret_context,
 )
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
+# The migration to this version seals the secrets older releases stored in plain text.
+SEALED_SECRETS_VERSION = 4
 _log = logging.getLogger("pns.store.sqlite")
 T = TypeVar("T")
 
@@ -210,6 +224,55 @@ _MIGRATIONS: list[str] = [
     );
     CREATE INDEX outbox_call ON outbox(call_id) WHERE call_id <> '';
     """,
+    # 4: the lease holder of each outbox event (only it may finish the event); call-record ids
+    # from a sequence, exact in JavaScript (existing records renumbered in their order); an
+    # index for retention; account secrets sealed (by _seal_plaintext_secrets, in Python).
+    """
+    ALTER TABLE outbox ADD COLUMN lease_owner TEXT NOT NULL DEFAULT '';
+    CREATE TABLE call_records_v3 (
+        id INTEGER PRIMARY KEY,
+        call_id TEXT NOT NULL UNIQUE,
+        account_id INTEGER NOT NULL,
+        bind_id TEXT NOT NULL,
+        customer_bind_id TEXT NOT NULL,
+        business_id TEXT NOT NULL,
+        did TEXT NOT NULL,
+        caller TEXT NOT NULL,
+        callee TEXT NOT NULL,
+        call_status INTEGER NOT NULL,
+        call_status_msg TEXT NOT NULL,
+        duration INTEGER NOT NULL,
+        start_at INTEGER NOT NULL,
+        ring_at INTEGER NOT NULL,
+        answer_at INTEGER NOT NULL,
+        hangup_at INTEGER NOT NULL,
+        hangup_cause TEXT NOT NULL,
+        hangup_code INTEGER NOT NULL,
+        hangup INTEGER NOT NULL,
+        record_file TEXT NOT NULL,
+        reported_at INTEGER NOT NULL
+    );
+    INSERT INTO call_records_v3 (id, call_id, account_id, bind_id, customer_bind_id,
+        business_id, did, caller, callee, call_status, call_status_msg, duration, start_at,
+        ring_at, answer_at, hangup_at, hangup_cause, hangup_code, hangup, record_file,
+        reported_at)
+        SELECT row_number() OVER (ORDER BY id), call_id, account_id, bind_id,
+            customer_bind_id, business_id, did, caller, callee, call_status, call_status_msg,
+            duration, start_at, ring_at, answer_at, hangup_at, hangup_cause, hangup_code,
+            hangup, record_file, reported_at
+        FROM call_records;
+    DROP TABLE call_records;
+    ALTER TABLE call_records_v3 RENAME TO call_records;
+    CREATE INDEX call_records_account ON call_records(account_id, start_at);
+    CREATE INDEX call_records_bind ON call_records(bind_id);
+    CREATE INDEX call_records_reported ON call_records(reported_at);
+    CREATE TABLE counters (
+        name TEXT PRIMARY KEY,
+        value INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    INSERT INTO counters (name, value)
+        SELECT 'call_record', coalesce(max(id), 0) FROM call_records;
+    """,
 ]
 
 
@@ -244,9 +307,11 @@ def stored_schema_version(url: str) -> int:
 
 
 class SqliteStore:
-    def __init__(self, conn: sqlite3.Connection, path: str = ":memory:"):
+    def __init__(self, conn: sqlite3.Connection, path: str = ":memory:",
+                 keyring: Keyring | None = None):
         self._conn = conn
         self._path = path
+        self._keyring = keyring or Keyring.ephemeral()
         self._pending_calls: dict[str, CallRef] = {}
         self._checkpoints: _Checkpointer | None = None
         self._flush_handle: asyncio.TimerHandle | None = None
@@ -269,7 +334,9 @@ class SqliteStore:
             conn.execute("PRAGMA cache_size = -65536")  # 64 MiB: a million bindings stay hot
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open store {path}: {exc}") from exc
-        store = cls(conn, path)
+        keyring = (Keyring.ephemeral() if path == ":memory:" else
+                   load_keyring(path + ".key", may_create=not _has_sealed_secrets(conn)))
+        store = cls(conn, path, keyring)
         store._prepare_schema(migrate)
         if path != ":memory:":
             # Checkpoints (which fsync) run in a thread of their own, never in the event loop.
@@ -310,8 +377,56 @@ class SqliteStore:
                 # executescript would commit our transaction; run statement by statement.
                 for statement in _split_statements(_MIGRATIONS[version]):
                     self._conn.execute(statement)
+                if version + 1 == SEALED_SECRETS_VERSION:
+                    self._seal_plaintext_secrets()
                 self._conn.execute(f"PRAGMA user_version = {version + 1}")
+        if start < SEALED_SECRETS_VERSION <= SCHEMA_VERSION and self._path != ":memory:":
+            # The plaintext the sealing replaced may linger in older WAL frames: drop them.
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         return start, SCHEMA_VERSION
+
+    def _seal_plaintext_secrets(self) -> None:
+        """Seal the secrets an older release stored in plain text. secure_delete zeroes the
+        space the plaintext leaves, so the file keeps no copy of it."""
+        self._conn.execute("PRAGMA secure_delete = ON")
+        try:
+            rows = self._conn.execute(
+                "SELECT id, access_key, access_secret, previous_secret FROM accounts").fetchall()
+            for account_id, access_key, *values in rows:
+                sealed = [value if is_sealed(value) else
+                          self._keyring.seal(value, secret_context(column, access_key))
+                          for column, value in zip(SECRET_COLUMNS, values, strict=True)]
+                if sealed != values:
+                    self._conn.execute(
+                        "UPDATE accounts SET access_secret = ?, previous_secret = ? WHERE id = ?",
+                        (*sealed, account_id))
+        finally:
+            self._conn.execute("PRAGMA secure_delete = OFF")
+
+    @property
+    def keyring(self) -> Keyring:
+        return self._keyring
+
+    async def reseal_secrets(self, keyring: Keyring) -> int:
+        """Seal every secret again with ``keyring``'s first key (which must hold the keys
+        they are sealed with now); returns how many accounts changed."""
+        changed = 0
+        with self._tx():
+            rows = self._conn.execute(
+                "SELECT id, access_key, access_secret, previous_secret FROM accounts").fetchall()
+            for account_id, access_key, *values in rows:
+                if all(keyring.is_current(value) for value in values):
+                    continue
+                resealed = [keyring.seal(keyring.unseal(value, context), context)
+                            for value, context in ((v, secret_context(c, access_key))
+                                                   for c, v in zip(SECRET_COLUMNS, values,
+                                                                   strict=True))]
+                self._conn.execute(
+                    "UPDATE accounts SET access_secret = ?, previous_secret = ? WHERE id = ?",
+                    (*resealed, account_id))
+                changed += 1
+        self._keyring = keyring
+        return changed
 
     @contextmanager
     def _tx(self) -> Iterator[None]:
@@ -382,7 +497,9 @@ class SqliteStore:
             cur = self._conn.execute(
                 "INSERT INTO accounts (name, access_key, access_secret, role, created_at) "
                 "VALUES (?, ?, ?, ?, ?)",
-                (name, access_key, access_secret, role.value, now),
+                (name, access_key,
+                 self._keyring.seal(access_secret, secret_context("access_secret", access_key)),
+                 role.value, now),
             )
         account_id = cur.lastrowid
         assert account_id is not None
@@ -394,7 +511,7 @@ class SqliteStore:
         row = self._conn.execute(
             f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE {where} = ?", (value,)
         ).fetchone()
-        return account_from_row(row) if row else None
+        return account_from_row(row, self._keyring) if row else None
 
     async def get_account(self, access_key: str) -> Account | None:
         return self._account("access_key", access_key)
@@ -404,10 +521,11 @@ class SqliteStore:
 
     async def list_accounts(self) -> list[Account]:
         rows = self._conn.execute(f"SELECT {ACCOUNT_COLUMNS} FROM accounts ORDER BY id")
-        return [account_from_row(row) for row in rows]
+        return [account_from_row(row, self._keyring) for row in rows]
 
     async def update_account(self, access_key: str, changes: AccountChanges) -> Account | None:
-        fields = changes_as_columns(changes, bool_as_int=True)
+        fields = seal_secret_columns(changes_as_columns(changes, bool_as_int=True),
+                                     self._keyring, access_key)
         if fields:
             assignments = ", ".join(f"{column} = :{column}" for column in fields)
             with self._tx():
@@ -807,6 +925,15 @@ class SqliteStore:
         ).fetchone()
         return CallRef(*row) if row else None
 
+    async def next_call_record_id(self) -> int:
+        def work() -> int:
+            (value,) = self._conn.execute(
+                "UPDATE counters SET value = value + 1 WHERE name = 'call_record' "
+                "RETURNING value").fetchone()
+            return int(value)
+
+        return await self._batched(work)
+
     async def save_call_record(self, record: CallRecord, event: OutboxEvent | None) -> bool:
         values = record_values(record)
 
@@ -859,27 +986,43 @@ class SqliteStore:
     async def enqueue_event(self, event: OutboxEvent) -> None:
         await self._batched(lambda: self._insert_event(event))
 
-    async def lease_events(self, now: int, limit: int, lease_seconds: int) -> list[OutboxEvent]:
+    async def lease_events(self, now: int, limit: int, lease_seconds: int, *, holder: str,
+                           skip_accounts: Sequence[int] = ()) -> list[OutboxEvent]:
         def work() -> list[Any]:
             return self._conn.execute(
-                "UPDATE outbox SET lease_until = :lease WHERE event_id IN ("
+                "UPDATE outbox SET lease_until = :lease, lease_owner = :holder "
+                "WHERE event_id IN ("
                 " SELECT event_id FROM outbox WHERE state = 'pending' "
                 " AND next_attempt_at <= :now AND lease_until <= :now "
+                " AND account_id NOT IN (SELECT value FROM json_each(:skip)) "
                 " ORDER BY next_attempt_at LIMIT :limit) "
                 f"RETURNING {EVENT_COLUMNS}",
-                {"lease": now + lease_seconds, "now": now, "limit": limit},
+                {"lease": now + lease_seconds, "now": now, "limit": limit, "holder": holder,
+                 "skip": json.dumps(list(skip_accounts))},
             ).fetchall()
 
         return [event_from_row(row) for row in await self._batched(work)]
 
     async def finish_event(
         self, event_id: str, state: EventState, attempts: int, next_attempt_at: int, error: str,
-        now: int,
-    ) -> None:
+        now: int, *, holder: str,
+    ) -> bool:
+        def work() -> bool:
+            cur = self._conn.execute(
+                "UPDATE outbox SET state = ?, attempts = ?, next_attempt_at = ?, "
+                "last_error = ?, lease_until = 0, lease_owner = '' "
+                "WHERE event_id = ? AND lease_owner = ? AND state = 'pending'",
+                (state.value, attempts, next_attempt_at, error[:500], event_id, holder),
+            )
+            return cur.rowcount > 0
+
+        return await self._batched(work)
+
+    async def release_event(self, event_id: str, *, holder: str) -> None:
         await self._batched(lambda: self._conn.execute(
-            "UPDATE outbox SET state = ?, attempts = ?, next_attempt_at = ?, "
-            "last_error = ?, lease_until = 0 WHERE event_id = ?",
-            (state.value, attempts, next_attempt_at, error[:500], event_id),
+            "UPDATE outbox SET lease_until = 0, lease_owner = '' "
+            "WHERE event_id = ? AND lease_owner = ? AND state = 'pending'",
+            (event_id, holder),
         ))
 
     async def list_events(self, account_id: int | None, state: EventState | None,
@@ -974,10 +1117,21 @@ class SqliteStore:
             "SELECT at, operator, action, target, id FROM operator_audit "
             "ORDER BY id DESC LIMIT ?", (limit,))
         return [AuditEntry(*row) for row in rows]
+    async def purge_history(self, now: int, retention: Retention, limit: int) -> int:
+        def work() -> int:
+            records = self._conn.execute(
+                "DELETE FROM call_records WHERE id IN (SELECT id FROM call_records "
+                "WHERE reported_at < ? LIMIT ?)",
+                (now - retention.call_records, limit),
+            ).rowcount
+            events = self._conn.execute(
+                "DELETE FROM outbox WHERE event_id IN (SELECT event_id FROM outbox "
+                "WHERE state IN ('delivered', 'failed') AND next_attempt_at < ? LIMIT ?)",
+                (now - retention.events, limit),
+            ).rowcount
+            return int(records) + int(events)
 
-
-
-
+        return await self._batched(work)
 
 
 _OPERATOR_COLUMNS = "name, role, token_hash, disabled, created_at"
@@ -1008,6 +1162,16 @@ def _pool_usage(conn: sqlite3.Connection, now: int) -> list[PoolUsage]:
     return summarise_pools(per_x, busiest)
 
 
+def _has_sealed_secrets(conn: sqlite3.Connection) -> bool:
+    """Whether the store already needs its key (so a missing key file is an error)."""
+    try:
+        row = conn.execute("SELECT 1 FROM accounts WHERE access_secret LIKE 'pns-aesgcm:%' "
+                           "LIMIT 1").fetchone()
+    except sqlite3.OperationalError:  # a new store: no accounts table yet
+        return False
+    return row is not None
+
+
 def _create_private(path: str) -> None:
     """The store holds account secrets: create it readable by its owner only."""
     if not os.path.exists(path):
@@ -1036,10 +1200,6 @@ def _conflict_kind(message: str) -> ConflictKind:
     if "customer_bind_id" in message:
         return ConflictKind.CUSTOMER_BIND_ID
     raise StoreError(f"unexpected constraint failure: {message}")
-
-
-
-
 
 
 class _Checkpointer:
