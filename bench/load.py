@@ -428,11 +428,41 @@ async def load(url: str, total: int, *, numbers: int = DEFAULT_NUMBERS,
     return result
 
 
+def index_bytes(total: int, numbers: int = DEFAULT_NUMBERS) -> dict[str, Any]:
+    """Bytes per binding of ``pns serve``'s in-memory read index (``pns.store.memory``) over
+    ``total`` bindings of this data set, counted by tracemalloc (every allocation the index
+    holds: keys, values and the dicts), and how long building it took."""
+    import gc
+    import tracemalloc
+
+    from pns.model import Binding
+    from pns.store.memory import BindingIndex
+
+    now = int(time.time())
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    t0 = time.monotonic()
+    index = BindingIndex()
+    for row, _a, _b in _rows(0, total, numbers, 1, 1, DEFAULT_EXPIRE_SECOND, now):
+        index.add(row[0], Binding(*row[1:]))
+    seconds = time.monotonic() - t0
+    gc.collect()
+    held = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    x, a, _b = binding_of(total - 1, numbers)
+    assert index.find_by_party(x, a, now) is not None
+    return {"bindings": total, "bytes": held, "bytes_per_binding": round(held / total, 1),
+            "build_s_traced": round(seconds, 2)}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--store", required=True, help="sqlite:///PATH or postgresql://...")
-    p.add_argument("--bindings", type=int, required=True, help="loaded bindings wanted in all")
+    p.add_argument("--index-bytes", type=int, metavar="N",
+                   help="only measure the in-memory index's bytes per binding over N bindings")
+    p.add_argument("--store", help="sqlite:///PATH or postgresql://...")
+    p.add_argument("--bindings", type=int, help="loaded bindings wanted in all")
     p.add_argument("--numbers", type=int, default=DEFAULT_NUMBERS,
                    help="virtual numbers the bindings are spread over")
     p.add_argument("--expire-second", type=int, default=DEFAULT_EXPIRE_SECOND,
@@ -440,6 +470,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-check", action="store_true", help="skip the checks after loading")
     a = p.parse_args(argv)
+    if a.index_bytes:
+        print(json.dumps(index_bytes(a.index_bytes, a.numbers), separators=(",", ":")))
+        return 0
+    if not a.store or a.bindings is None:
+        p.error("--store and --bindings are required")
     result = asyncio.run(load(a.store, a.bindings, numbers=a.numbers,
                               expire_second=a.expire_second, progress=not a.no_progress,
                               check=not a.no_check))

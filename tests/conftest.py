@@ -67,9 +67,16 @@ def pg_database() -> Iterator[str]:
     _pg_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
+# The embedded store with its in-memory read index (what ``pns serve`` uses), for the suites
+# that must hold on both of its read paths (conformance, model).
+SQLITE_INDEX = "sqlite-index"
+
+
 def make_store_url(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
     if kind == "sqlite":
         return f"sqlite:///{tmp_path}/pns.db"
+    if kind == SQLITE_INDEX:
+        return f"sqlite:///{tmp_path}/pns.db?index=on"
     base = request.getfixturevalue("pg_database")
     return str(base)
 

@@ -18,7 +18,7 @@ from pns.errors import Code, PnsError
 from pns.model import Account, Role, VirtualNumber
 from pns.store import open_store
 
-from .conftest import STORES
+from .conftest import SQLITE_INDEX, STORES
 
 PEOPLE = 5
 XS = 2
@@ -192,13 +192,15 @@ def machine_for(store_url: str) -> type[RuleBasedStateMachine]:
     return ServiceMachine
 
 
-@pytest.mark.parametrize("kind", STORES)
+@pytest.mark.parametrize("kind", [*STORES, SQLITE_INDEX])
 def test_service_agrees_with_model(kind: str, tmp_path: object,
                                    request: pytest.FixtureRequest) -> None:
+    """On every store, and on the embedded store's in-memory read index."""
     url = (f"sqlite:///{tmp_path}/model.db" if kind == "sqlite"
+           else f"sqlite:///{tmp_path}/model.db?index=on" if kind == SQLITE_INDEX
            else str(request.getfixturevalue("pg_database")))
     machine = machine_for(url)
     machine.TestCase.settings = settings(
-        max_examples=100 if kind == "sqlite" else 25, stateful_step_count=30, deadline=None,
+        max_examples=25 if kind == "postgresql" else 100, stateful_step_count=30, deadline=None,
         suppress_health_check=list(HealthCheck))
     machine.TestCase().runTest()

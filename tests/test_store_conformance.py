@@ -44,7 +44,17 @@ from pns.model import (
 )
 from pns.store import BindConflict, ConflictKind, Store, StoreError, open_store
 
-from .conftest import PG_ADMIN_URL, STORES, Server, Tenant, _pg_admin, create_tenant, unique_hk
+from .conftest import (
+    PG_ADMIN_URL,
+    SQLITE_INDEX,
+    STORES,
+    Server,
+    Tenant,
+    _pg_admin,
+    create_tenant,
+    make_store_url,
+    unique_hk,
+)
 
 T0 = 4_000_000_000  # 2096-10-02: the store-level tests' clock
 PARTY, EXTENSION, CBID = ConflictKind.PARTY, ConflictKind.EXTENSION, ConflictKind.CUSTOMER_BIND_ID
@@ -77,6 +87,12 @@ def _sync_store(url: str) -> Iterator[SyncStore]:
             runner.run(store.close())
 
 
+@pytest.fixture(params=[*STORES, SQLITE_INDEX])
+def store_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
+    """Every store, and the embedded one also through its in-memory read index."""
+    return make_store_url(request.param, tmp_path, request)
+
+
 @pytest.fixture
 def s(store_url: str) -> Iterator[SyncStore]:
     """The run's shared store (every test uses its own accounts and numbers)."""
@@ -84,11 +100,12 @@ def s(store_url: str) -> Iterator[SyncStore]:
         yield st
 
 
-@pytest.fixture(params=STORES)
+@pytest.fixture(params=[*STORES, SQLITE_INDEX])
 def fresh_store_url(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[str]:
     """A store of its own (a new database), for tests that count everything in it."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/fresh.db"
+    if request.param in ("sqlite", SQLITE_INDEX):
+        index = "?index=on" if request.param == SQLITE_INDEX else ""
+        yield f"sqlite:///{tmp_path}/fresh.db{index}"
         return
     name = f"pns_fresh_{os.getpid()}_{secrets.token_hex(4)}"
     _pg_admin(f"CREATE DATABASE {name}")

@@ -197,7 +197,7 @@ def query_data(answer: QueryAnswer) -> dict[str, Any]:
 
 
 async def _report_call(api: Api, account: Account, report: CallReport, now: int) -> dict[str, Any]:
-    record = await api.service.report_call(report, now)
+    record = await api.service.report_call(report, now, reporter=account)
     return {"id": record.id, "callId": record.call_id}
 
 

@@ -325,6 +325,12 @@ def serve(ctx: click.Context, host: str, port: int, workers: int, extension_leng
     url = _store_url(ctx, store_url)
     configure(log_level, log_format)
     if workers > 1:
+        if url.startswith("sqlite:"):
+            # One process writes a SQLite file well; several would queue on its write lock,
+            # and each would keep its own in-memory index. Scale out on PostgreSQL.
+            raise click.ClickException(
+                "--workers needs PostgreSQL: the embedded store (SQLite) is served by one "
+                "process; use --store postgresql://... to run several")
         _run_workers(workers)
         return
     from .metrics import MULTIPROC_ENV, prepare_multiprocess_dir

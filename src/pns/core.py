@@ -6,10 +6,12 @@ stores only keep the invariants with their unique keys and answer narrow questio
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Generic, TypeVar
 
 import msgspec
 
@@ -37,6 +39,7 @@ from .model import (
 from .numbers import Number, normalise_caller, parse_international, require_international
 from .store.base import BindConflict, ConflictKind, Store
 
+log = logging.getLogger("pns.core")
 K = TypeVar("K")
 V = TypeVar("V")
 
@@ -159,6 +162,7 @@ class Service:
         self.accounts = AccountDirectory(store, self.settings.account_cache_seconds)
         # Called after an event enters the outbox, so a delivery worker can wake at once.
         self.on_event: Callable[[], None] = lambda: None
+        self._background: set[asyncio.Task[None]] = set()
 
     # --- bindAXB ---------------------------------------------------------------------------
     async def bind_axb(
@@ -389,7 +393,7 @@ class Service:
                         bind_type=BIND_TYPE_EXTENSION, prompts=owner, extension=None,
                     )
                 if account.role is Role.SWITCH:
-                    await self.notify_binding_error(owner, caller, x.digits, now)
+                    self._in_background(self.notify_binding_error(owner, caller, x.digits, now))
                 raise PnsError(Code.BINDING_NOT_EXIST, data=prompt_data(owner))
             binding = found
         call_id = new_snowflake()
@@ -398,13 +402,26 @@ class Service:
                 call_id=call_id, bind_id=binding.bind_id, account_id=binding.account_id,
                 x=binding.x, caller=caller_digits or caller, callee=callee,
                 customer_bind_id=binding.customer_bind_id, business_id=binding.business_id,
-                bind_type=binding.bind_type, queried_at=now,
+                bind_type=binding.bind_type, queried_at=now, queried_by=account.id,
             )
         )
         return QueryAnswer(
             callee=callee, call_id=call_id, flag=binding.flag, bind_type=binding.bind_type,
             prompts=owner, extension=extension,
         )
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run a write the answer need not wait for (the query path never waits on a write:
+        another process may hold the store's write lock); its failure is logged."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task[None]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("a binding-error callback was not enqueued: %s",
+                      type(task.exception()).__name__)
 
     async def notify_binding_error(self, owner: Account | None, caller: str, did: str,
                                    now: int) -> None:
@@ -416,8 +433,15 @@ class Service:
         self.on_event()
 
     # --- call records ----------------------------------------------------------------------
-    async def report_call(self, report: CallReport, now: int | None = None) -> CallRecord:
-        """Store a finished call once per callId, and enqueue its delivery."""
+    async def report_call(self, report: CallReport, now: int | None = None,
+                          reporter: Account | None = None) -> CallRecord:
+        """Store a finished call once per callId, and enqueue its delivery.
+
+        The callId's reference is joined only when it is the reporter's own query (the
+        account that asked is the one reporting) and agrees with the report's did and caller
+        when the report carries them; otherwise the report is joined by did and caller, as
+        for an unknown callId. So a report never lands on another account's call, even if a
+        callId were ever reused."""
         now = int(time.time()) if now is None else now
         if not report.callId:
             raise PnsError(Code.BAD_PARAMETER, "callId is required")
@@ -427,6 +451,8 @@ class Service:
         if len(report.hangupCause) > 64 or len(report.recordFile) > 2048:
             raise PnsError(Code.BAD_PARAMETER, "hangupCause or recordFile too long")
         call = await self.store.get_call(report.callId)
+        if call is not None and not _same_call(call, report, reporter):
+            call = None
         if call is None:
             call = await self._call_from_binding(report, now)
         if call is None:
@@ -443,7 +469,8 @@ class Service:
                 self.on_event()
             return record
         existing = await self.store.get_call_record(call.account_id, report.callId)
-        assert existing is not None
+        if existing is None:  # this callId was reported for another account's call
+            raise PnsError(Code.BINDING_NOT_EXIST, "callId already reported for another call")
         return existing
 
     async def _call_from_binding(self, report: CallReport, now: int) -> CallRef | None:
@@ -532,6 +559,19 @@ class Service:
         if _same_request(existing, a, b, x, flag, expire_second, extension, bind_type):
             return existing
         raise PnsError(Code.CUSTOMER_BIND_ID_REUSED)
+
+
+def _same_call(call: CallRef, report: CallReport, reporter: Account | None) -> bool:
+    """Is ``call`` the reporter's own query, and the call the report describes?"""
+    if reporter is not None and call.queried_by and call.queried_by != reporter.id:
+        return False
+    if report.did:
+        x = parse_international(report.did)
+        if x is None or x.digits != call.x:
+            return False
+        if report.caller and normalise_caller(report.caller, x.country_code) != call.caller:
+            return False
+    return True
 
 
 def _party_callee(binding: Binding, caller: str | None) -> str | None:

@@ -116,6 +116,8 @@ class CallRef(msgspec.Struct, frozen=True):
     business_id: str
     bind_type: int
     queried_at: int
+    # The account that asked (the switch): only it may report this callId.
+    queried_by: int = 0
 
 
 class CallRecord(msgspec.Struct, frozen=True):

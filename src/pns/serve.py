@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import signal
+import socket
 import time
 
 from .admin.front import DEFAULT_ADMIN, AdminFront, AdminOptions, admin_only
@@ -15,6 +17,7 @@ from .app import App, error_reply
 from .core import Service, Settings
 from .delivery import Deliverer, DeliverySettings
 from .http import HttpServer, Limits
+from .ids import LEASE_RENEW, LEASE_SECONDS, current_worker, lease_lost, use_worker
 from .metrics import Metrics, keep_process_metrics
 from .store import Store, open_store
 from .store.base import Retention
@@ -71,6 +74,30 @@ async def purge_forever(store: Store, retention: Retention,
         await asyncio.sleep(interval)
 
 
+async def keep_worker_id(store: Store, holder: str, worker: int | None,
+                         renew: float = LEASE_RENEW) -> None:
+    """Lease this process's snowflake worker id from the store and renew it, so no two
+    processes make the same requestId or callId (see ``ids``). Without a lease (every id
+    taken, the store refusing writes) ids fall back to a random worker and it says so."""
+    while True:
+        await asyncio.sleep(renew)
+        worker = await _lease_worker_id(store, holder, worker)
+
+
+async def _lease_worker_id(store: Store, holder: str, worker: int | None) -> int | None:
+    try:
+        leased = await store.lease_worker_id(holder, int(time.time()), LEASE_SECONDS, worker)
+    except Exception as exc:
+        log.warning("could not lease an id worker: %s", type(exc).__name__)
+        return worker  # still ours until ids.use_worker's deadline, which next() checks
+    if leased is None:
+        lease_lost()
+        log.error("every id worker is leased: ids are unique within this process only")
+    else:
+        use_worker(leased, LEASE_SECONDS / 2)
+    return leased
+
+
 POOL_METRICS_INTERVAL = float(os.environ.get("PNS_POOL_METRICS_INTERVAL", "30"))
 
 
@@ -103,7 +130,10 @@ async def run_server(
     ``admin`` None: no admin API and no console."""
     retention = Retention.from_env()
     delivery = DeliverySettings.from_env()
-    store = await open_store(store_url)
+    store = await open_store(store_url, index=True)
+    holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+    # Before the first answer: every id this process makes carries its leased worker id.
+    worker = await _lease_worker_id(store, holder, None)
     service = Service(store, settings)
     metrics = Metrics()
     front = AdminFront(service, metrics, admin) if admin is not None else None
@@ -119,6 +149,7 @@ async def run_server(
         log.info("admin API and console on http://%s:%d/console/", admin.listen[0],
                  admin_server.port)
     background = [asyncio.create_task(sweep_forever(store, metrics=app.metrics)),
+                  asyncio.create_task(keep_worker_id(store, holder, worker)),
                   asyncio.create_task(refresh_pool_metrics(store, app.metrics)),
                   asyncio.create_task(purge_forever(store, retention))]
     if app.metrics.multiprocess:
@@ -146,6 +177,10 @@ async def run_server(
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        leased, held = current_worker()
+        if held:
+            with contextlib.suppress(Exception):
+                await store.release_worker_id(holder, leased)
         await store.close()
         log.info("stopped")
 

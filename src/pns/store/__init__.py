@@ -10,12 +10,16 @@ __all__ = ["DEFAULT_STORE_URL", "BindConflict", "ConflictKind", "Store", "StoreE
            "schema_versions"]
 
 
-async def open_store(url: str, *, migrate: bool = True) -> Store:
-    """Open (and create or upgrade, unless ``migrate`` is False) the store at ``url``."""
+async def open_store(url: str, *, migrate: bool = True, index: bool = False) -> Store:
+    """Open (and create or upgrade, unless ``migrate`` is False) the store at ``url``.
+
+    ``index``: keep the bindings ``queryAXB`` reads in memory (the serving process on the
+    embedded store; ``?index=on|off`` in a SQLite URL overrides it). Stores that share their
+    data with other hosts ignore it."""
     if url.startswith("sqlite:"):
         from .sqlite import SqliteStore
 
-        return SqliteStore.open(url, migrate=migrate)
+        return SqliteStore.open(url, migrate=migrate, index=index)
     if url.startswith(("postgresql:", "postgres:")):
         from .postgres import PostgresStore
 

@@ -233,7 +233,21 @@ class Store(Protocol):
     async def used_extensions(self, x: str, now: int) -> set[str]: ...
 
     # --- calls, replay guard, housekeeping -------------------------------------------------
-    async def record_call(self, call: CallRef) -> None: ...
+    async def record_call(self, call: CallRef) -> None:
+        """Remember an answered query's callId without a write on the caller's path: the
+        reference goes to the store's ``CallRefBuffer`` (one bounded buffer, one flusher, the
+        same on every store); ``get_call`` finds it at once in this process."""
+
+    async def flush_calls(self) -> None:
+        """Write every pending call reference now (shutdown, tests)."""
+
+    async def lease_worker_id(self, holder: str, now: int, lease_seconds: int,
+                              current: int | None = None) -> int | None:
+        """A snowflake worker id (0 to ``ids.WORKER_IDS`` - 1) that no other live lease holds,
+        leased to ``holder`` until ``now + lease_seconds``; ``current`` is renewed when
+        ``holder`` still holds it. None when every id is leased."""
+
+    async def release_worker_id(self, holder: str, worker_id: int) -> None: ...
 
     async def claim_signature(self, key: str, expires_at: int, now: int) -> bool:
         """True the first time ``key`` is claimed while unexpired; False for a replay."""

@@ -26,7 +26,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
-from ..ids import snowflake_floor
+from ..ids import WORKER_IDS, snowflake_floor
 from ..model import (
     Account,
     AccountChanges,
@@ -54,6 +54,7 @@ from .base import (
     StoreError,
     summarise_pools,
 )
+from .callrefs import CallRefBuffer
 from .rows import (
     ACCOUNT_COLUMNS,
     EVENT_COLUMNS,
@@ -70,7 +71,7 @@ from .rows import (
 T = TypeVar("T")
 _log = logging.getLogger("pns.store.postgres")
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 # The migration to this version seals the secrets older releases stored in plain text.
 SEALED_SECRETS_VERSION = 4
 
@@ -82,10 +83,8 @@ _MIGRATION_LOCK = 0x706E736D69677200
 # Deadlocks and serialisation failures are retried this many times in all.
 _ATTEMPTS = 6
 _RETRIED = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
-# Call references are written in groups, as in the SQLite store (see record_call).
-CALL_FLUSH_SECONDS = 0.005
-CALL_FLUSH_BATCH = 512
-CALL_RETRY_SECONDS = 1.0
+# Connections of the query path's own (``_HotConnections``), at most pool_max.
+HOT_CONNECTIONS = 4
 _OPEN_ERRORS = (
     OSError, TimeoutError, ValueError, asyncpg.PostgresError, asyncpg.InterfaceError,
 )
@@ -335,6 +334,16 @@ _MIGRATIONS: list[str] = [
     CREATE INDEX call_records_reported ON call_records (reported_at);
     CREATE INDEX outbox_done ON outbox (next_attempt_at) WHERE state <> 'pending';
     """,
+    # 5: who asked for each callId; the leases of snowflake worker ids.
+    """
+    ALTER TABLE calls ADD COLUMN queried_by BIGINT NOT NULL DEFAULT 0;
+    CREATE TABLE id_workers (
+        id INTEGER PRIMARY KEY,
+        holder TEXT NOT NULL DEFAULT '',
+        lease_until BIGINT NOT NULL DEFAULT 0
+    );
+    INSERT INTO id_workers (id) SELECT generate_series(0, 1023);
+    """,
 ]
 
 _CONFLICTS = {
@@ -398,12 +407,53 @@ def _int_option(values: dict[str, str], key: str, default: int, minimum: int) ->
     return value
 
 
+class _HotConnections:
+    """The query path's own few connections, without asyncpg's pool machinery (its acquire
+    and release cost about as much CPU as the query itself). A connection is taken from a
+    list and put back; when all are busy the call goes to the pool instead. A connection that
+    failed is dropped and a new one is made on a later call, so a restarted database is
+    reconnected by itself. asyncpg prepares each statement once per connection: a query is
+    one round trip (bind, execute)."""
+
+    def __init__(self, dsn: str, timeout: float, size: int, pool: Any):
+        self._dsn, self._timeout, self._size, self._pool = dsn, timeout, size, pool
+        self._idle: list[Any] = []
+        self._open = 0
+
+    async def fetchrow(self, sql: str, *args: Any) -> Any:
+        if self._idle:
+            conn = self._idle.pop()
+        elif self._open < self._size:
+            self._open += 1
+            try:
+                conn = await asyncpg.connect(self._dsn, timeout=self._timeout)
+            except BaseException:
+                self._open -= 1
+                raise
+        else:
+            return await self._pool.fetchrow(sql, *args)
+        try:
+            row = await conn.fetchrow(sql, *args)
+        except BaseException:
+            self._open -= 1
+            conn.terminate()
+            raise
+        self._idle.append(conn)
+        return row
+
+    async def close(self) -> None:
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.close(), timeout=5)
+
+
 class PostgresStore:
-    def __init__(self, pool: Any, keyring: Keyring):
+    def __init__(self, pool: Any, keyring: Keyring, hot: _HotConnections | None = None):
         self._pool = pool
         self._keyring = keyring
-        self._pending_calls: dict[str, CallRef] = {}
-        self._flusher: asyncio.Task[None] | None = None
+        self._hot = hot if hot is not None else pool
+        self._calls = CallRefBuffer(self._write_calls)
 
     @classmethod
     async def open(cls, url: str, *, migrate: bool = True) -> PostgresStore:
@@ -415,11 +465,13 @@ class PostgresStore:
             )
         except _OPEN_ERRORS as exc:
             raise StoreError(f"cannot open store {redact(url)}: {_describe(exc)}") from exc
+        hot = _HotConnections(options.dsn, options.connect_timeout,
+                              min(HOT_CONNECTIONS, options.pool_max), pool)
         try:
             async with pool.acquire() as conn:
                 sealed = await _has_sealed_secrets(conn)
             store = cls(pool, load_keyring(None, may_create=not sealed,
-                                           key_file=options.secret_key_file))
+                                           key_file=options.secret_key_file), hot)
             await store._prepare_schema(migrate)
         except BaseException:
             pool.terminate()
@@ -518,16 +570,9 @@ class PostgresStore:
         return changed
 
     async def close(self) -> None:
-        if self._flusher is not None:
-            self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
-            self._flusher = None
-        try:
-            await self.flush_calls()
-        except Exception:
-            _log.exception("could not write %d call references at close",
-                           len(self._pending_calls))
+        await self._calls.close()
+        if isinstance(self._hot, _HotConnections):
+            await self._hot.close()
         try:
             await asyncio.wait_for(self._pool.close(), timeout=10)
         except TimeoutError:
@@ -642,7 +687,7 @@ class PostgresStore:
         return await self._retry(work)
 
     async def get_number(self, x: str) -> VirtualNumber | None:
-        row = await self._pool.fetchrow(
+        row = await self._hot.fetchrow(
             "SELECT x, account_id, country_code, enabled FROM numbers WHERE x = $1", x
         )
         return VirtualNumber(row[0], row[1], row[2], row[3]) if row else None
@@ -845,7 +890,7 @@ class PostgresStore:
         return [Binding(*row) for row in rows]
 
     async def find_by_party(self, x: str, number: str, now: int) -> Binding | None:
-        row = await self._pool.fetchrow(
+        row = await self._hot.fetchrow(
             f"SELECT {_BINDING_COLUMNS} FROM parties p JOIN bindings b ON b.seq = p.seq "
             f"WHERE p.x = $1 AND p.number = $2 AND {_active(3)}",
             x, number, now,
@@ -868,7 +913,7 @@ class PostgresStore:
         )
 
     async def has_extension_bindings(self, x: str, now: int) -> bool:
-        row = await self._pool.fetchrow(
+        row = await self._hot.fetchrow(
             f"SELECT 1 FROM bindings b WHERE b.x = $1 AND b.extension <> '' AND {_active(2)} "
             "LIMIT 1",
             x, now,
@@ -885,51 +930,50 @@ class PostgresStore:
 
     # --- calls, replay guard, housekeeping -------------------------------------------------
     async def record_call(self, call: CallRef) -> None:
-        """Group commit: call references are written in one statement every few
-        milliseconds, not one commit per query (the hot path). A crash of this process loses
-        at most the last ``CALL_FLUSH_SECONDS`` of them; ``reportCall`` then joins by did and
-        caller instead. Until written, ``get_call`` of this process still finds them."""
-        self._pending_calls[call.call_id] = call
-        if len(self._pending_calls) >= CALL_FLUSH_BATCH:
-            await self.flush_calls()
-        elif self._flusher is None:
-            self._flusher = asyncio.get_running_loop().create_task(
-                self._flush_after(CALL_FLUSH_SECONDS)
-            )
-
-    async def _flush_after(self, delay: float) -> None:
-        await asyncio.sleep(delay)
-        self._flusher = None  # calls recorded from now on schedule the next flush
-        try:
-            await self.flush_calls()
-        except Exception:
-            _log.exception("could not write %d call references; will retry",
-                           len(self._pending_calls))
-            if self._flusher is None:
-                self._flusher = asyncio.get_running_loop().create_task(
-                    self._flush_after(CALL_RETRY_SECONDS)
-                )
+        """Buffered (``callrefs.CallRefBuffer``): the query pays no write."""
+        self._calls.add(call)
 
     async def flush_calls(self) -> None:
-        """Write the pending call references now (raises when the database cannot)."""
-        calls = list(self._pending_calls.values())
-        if not calls:
-            return
+        """Write every pending call reference now (tests, shutdown)."""
+        await self._calls.close()
+
+    async def _write_calls(self, calls: Sequence[CallRef]) -> None:
         await self._pool.execute(
             "INSERT INTO calls (call_id, bind_id, account_id, x, caller, callee, "
-            "customer_bind_id, business_id, bind_type, queried_at) "
+            "customer_bind_id, business_id, bind_type, queried_at, queried_by) "
             "SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], "
-            "$6::text[], $7::text[], $8::text[], $9::integer[], $10::bigint[]) "
+            "$6::text[], $7::text[], $8::text[], $9::integer[], $10::bigint[], $11::bigint[]) "
             "ON CONFLICT (call_id) DO NOTHING",
             [c.call_id for c in calls], [c.bind_id for c in calls],
             [c.account_id for c in calls], [c.x for c in calls], [c.caller for c in calls],
             [c.callee for c in calls], [c.customer_bind_id for c in calls],
             [c.business_id for c in calls], [c.bind_type for c in calls],
-            [c.queried_at for c in calls],
+            [c.queried_at for c in calls], [c.queried_by for c in calls],
         )
-        for call in calls:
-            if self._pending_calls.get(call.call_id) is call:
-                del self._pending_calls[call.call_id]
+
+    async def lease_worker_id(self, holder: str, now: int, lease_seconds: int,
+                              current: int | None = None) -> int | None:
+        async def work(conn: Any) -> Any:
+            if current is not None:
+                renewed = await conn.fetchval(
+                    "UPDATE id_workers SET lease_until = $1 WHERE id = $2 AND holder = $3 "
+                    "AND lease_until > $4 RETURNING id",
+                    now + lease_seconds, current, holder, now)
+                if renewed is not None:
+                    return renewed
+            return await conn.fetchval(
+                "UPDATE id_workers SET holder = $1, lease_until = $2 WHERE id = ("
+                " SELECT id FROM id_workers WHERE lease_until <= $3 AND id < $4 "
+                " ORDER BY lease_until, id LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING id",
+                holder, now + lease_seconds, now, WORKER_IDS)
+
+        worker = await self._retry(work)
+        return int(worker) if worker is not None else None
+
+    async def release_worker_id(self, holder: str, worker_id: int) -> None:
+        await self._pool.execute(
+            "UPDATE id_workers SET lease_until = 0 WHERE id = $1 AND holder = $2",
+            worker_id, holder)
 
     async def claim_signature(self, key: str, expires_at: int, now: int) -> bool:
         async def work(conn: Any) -> Any:
@@ -964,12 +1008,13 @@ class PostgresStore:
 
     # --- call records and the outbox -------------------------------------------------------
     async def get_call(self, call_id: str) -> CallRef | None:
-        pending = self._pending_calls.get(call_id)
+        pending = self._calls.get(call_id)
         if pending is not None:
             return pending
-        row = await self._pool.fetchrow(
+        row = await self._hot.fetchrow(
             "SELECT call_id, bind_id, account_id, x, caller, callee, customer_bind_id, "
-            "business_id, bind_type, queried_at FROM calls WHERE call_id = $1", call_id,
+            "business_id, bind_type, queried_at, queried_by FROM calls WHERE call_id = $1",
+            call_id,
         )
         return CallRef(*row) if row else None
 

@@ -1,26 +1,44 @@
 """The embedded store: one SQLite file in WAL mode, zero set-up.
 
 Durability: WAL with ``synchronous=NORMAL``. A commit survives a crash of the process (the WAL
-is written before the answer); a power loss or kernel crash may lose the last commits. Several
-processes may share the file: writers take the lock with ``BEGIN IMMEDIATE`` and wait up to
-``busy_timeout``.
+is written before the answer); a power loss or kernel crash may lose the last commits.
+
+Threads and connections, so that the event loop never waits on SQLite's write lock:
+
+- One writer thread owns the write connection (``_conn``). Every write is a job for it,
+  handed over with the other writes of its event-loop iteration; the jobs waiting when it
+  wakes share one transaction (group commit), each under its own savepoint, and each is
+  answered only after that transaction commits. When another process
+  holds the write lock, only the writer thread waits (up to ``busy_timeout``), and its jobs
+  then fail with an error (10009): the loop keeps answering reads.
+- Reads run on the event loop on a connection of their own (``_read``), in WAL mode: a WAL
+  reader never waits for a writer, of this process or another. Nothing on the read path writes.
+- With ``index`` on (``pns serve``), the bindings that ``queryAXB`` needs are also kept in
+  memory (``memory.BindingIndex``), rebuilt from the file at start and brought up to date before
+  each answer whenever ``PRAGMA data_version`` says the file changed: new bindings by their
+  ``seq`` (always increasing), ended ones from the ``binding_deletions`` log that a trigger
+  fills, whoever wrote them (this process, the CLI, another server).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import os
+import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import parse_qsl
 
-from ..ids import snowflake_floor
+from ..ids import WORKER_IDS, snowflake_floor
 from ..model import (
     Account,
     AccountChanges,
@@ -48,6 +66,8 @@ from .base import (
     StoreError,
     summarise_pools,
 )
+from .callrefs import CallRefBuffer
+from .memory import BindingIndex
 from .rows import (
     ACCOUNT_COLUMNS,
     EVENT_COLUMNS,
@@ -61,7 +81,7 @@ from .rows import (
     secret_context,
 )
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 # The migration to this version seals the secrets older releases stored in plain text.
 SEALED_SECRETS_VERSION = 4
 _log = logging.getLogger("pns.store.sqlite")
@@ -84,8 +104,19 @@ _FIND_BY_PARTY = (
     f"SELECT {_BINDING_COLUMNS} FROM parties p JOIN bindings b ON b.seq = p.seq "
     "WHERE p.x = ? AND p.number = ? AND NOT (b.expire_at BETWEEN 1 AND ?)"
 )
-CALL_FLUSH_SECONDS = 0.005
-CALL_FLUSH_BATCH = 512
+_SELECT_CALL = (
+    "SELECT call_id, bind_id, account_id, x, caller, callee, customer_bind_id, business_id, "
+    "bind_type, queried_at, queried_by FROM calls WHERE call_id = ?"
+)
+# Ended bindings the log keeps for other processes' indexes; one further behind reloads.
+DELETION_LOG_KEPT = 100_000
+# Jobs the writer thread takes into one transaction at most.
+_GROUP_MAX = 1024
+BUSY_TIMEOUT_MS = 10_000
+# The schema version that brought the deletion log the read index follows.
+_INDEX_SCHEMA = 3
+# A store with fewer bindings builds its read index before it answers; a larger one in a thread.
+INDEX_BUILT_AT_ONCE = 100_000
 
 # Each entry upgrades the schema from version i to i + 1.
 _MIGRATIONS: list[str] = [
@@ -273,15 +304,41 @@ _MIGRATIONS: list[str] = [
     INSERT INTO counters (name, value)
         SELECT 'call_record', coalesce(max(id), 0) FROM call_records;
     """,
+    # 5: who asked for each callId; the log of ended bindings that in-memory indexes follow;
+    # the leases of snowflake worker ids (unique ids across processes).
+    """
+    ALTER TABLE calls ADD COLUMN queried_by INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE binding_deletions (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        seq INTEGER NOT NULL,
+        x TEXT NOT NULL,
+        a TEXT NOT NULL,
+        b TEXT NOT NULL,
+        extension TEXT NOT NULL
+    );
+    CREATE TRIGGER bindings_log_delete AFTER DELETE ON bindings BEGIN
+        INSERT INTO binding_deletions (seq, x, a, b, extension)
+        VALUES (OLD.seq, OLD.x, OLD.a, OLD.b, OLD.extension);
+    END;
+    CREATE TABLE id_workers (
+        id INTEGER PRIMARY KEY,
+        holder TEXT NOT NULL DEFAULT '',
+        lease_until INTEGER NOT NULL DEFAULT 0
+    );
+    INSERT INTO id_workers (id)
+        WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 1023)
+        SELECT i FROM n;
+    """,
 ]
 
 
 def path_from_url(url: str) -> str:
-    """``sqlite:///./pns.db`` → ``./pns.db``; ``sqlite:////abs`` → ``/abs``; ``:memory:``."""
+    """``sqlite:///./pns.db`` → ``./pns.db``; ``sqlite:////abs`` → ``/abs``; ``:memory:``.
+    A query (``?index=on``) is not part of the path."""
     prefix = "sqlite://"
     if not url.startswith(prefix):
         raise StoreError(f"not a sqlite URL: {url!r}")
-    rest = url[len(prefix):]
+    rest = url[len(prefix):].split("?", 1)[0]
     if rest.startswith("/"):
         rest = rest[1:]
     if not rest:
@@ -306,47 +363,252 @@ def stored_schema_version(url: str) -> int:
     return int(version)
 
 
-class SqliteStore:
-    def __init__(self, conn: sqlite3.Connection, path: str = ":memory:",
-                 keyring: Keyring | None = None):
+def index_from_url(url: str) -> bool | None:
+    """``?index=on|off`` in a sqlite URL; None when the URL does not say."""
+    if "?" not in url:
+        return None
+    for key, value in parse_qsl(url.split("?", 1)[1]):
+        if key == "index":
+            if value not in ("on", "off"):
+                raise StoreError(f"index must be on or off, not {value!r}")
+            return value == "on"
+    return None
+
+
+_memory_names = itertools.count()
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    if path == ":memory:":
+        raise AssertionError("use _memory_uri")
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    return conn
+
+
+class _Job:
+    """A write for the writer thread: ``work`` runs there; its result or exception is handed
+    back to the caller's event loop once the transaction it ran in has committed."""
+
+    __slots__ = ("error", "future", "loop", "own", "result", "work")
+
+    def __init__(self, work: Callable[[], Any], own: bool,
+                 loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any]):
+        self.work, self.own, self.loop, self.future = work, own, loop, future
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
+def _settle(jobs: list[_Job]) -> None:
+    for job in jobs:
+        if job.future.done():
+            continue
+        if job.error is not None:
+            job.future.set_exception(job.error)
+        else:
+            job.future.set_result(job.result)
+
+
+class _Writer:
+    """The one thread that writes. Jobs that are waiting when it wakes share one transaction
+    (group commit), each under its own savepoint; ``own`` jobs (operator commands) get a
+    transaction of their own. Every job is answered after its transaction ended."""
+
+    def __init__(self, conn: sqlite3.Connection, lock: threading.Lock):
         self._conn = conn
+        self._lock = lock
+        self._queue: queue.SimpleQueue[list[_Job] | None] = queue.SimpleQueue()
+        # Jobs of this event-loop iteration, handed over together at its end: one wake-up of
+        # the writer (and one hand-over of the GIL) per iteration, not one per write.
+        self._pending: list[_Job] = []
+        self._thread = threading.Thread(target=self._run, name="pns-sqlite-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, work: Callable[[], T], own: bool) -> asyncio.Future[T]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        if not self._pending:
+            loop.call_soon(self._dispatch)
+        self._pending.append(_Job(work, own, loop, future))
+        return future
+
+    def _dispatch(self) -> None:
+        jobs, self._pending = self._pending, []
+        if jobs:
+            self._queue.put(jobs)
+
+    def stop(self) -> None:
+        self._dispatch()
+        self._queue.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            jobs = list(item)
+            stop = False
+            while len(jobs) < _GROUP_MAX:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stop = True
+                    break
+                jobs.extend(more)
+            group: list[_Job] = []
+            for each in jobs:
+                if each.own:
+                    self._group(group)
+                    group = []
+                    self._group([each])
+                else:
+                    group.append(each)
+            self._group(group)
+            if stop:
+                return
+
+    def _group(self, jobs: list[_Job]) -> None:
+        if not jobs:
+            return
+        conn = self._conn
+        with self._lock:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                for job in jobs:
+                    job.error = exc
+                self._answer(jobs)
+                return
+            single = len(jobs) == 1
+            for job in jobs:
+                try:
+                    if single:
+                        job.result = job.work()
+                    else:
+                        conn.execute("SAVEPOINT pns_write")
+                        try:
+                            job.result = job.work()
+                        except BaseException:
+                            conn.execute("ROLLBACK TO pns_write")
+                            raise
+                        finally:
+                            conn.execute("RELEASE pns_write")
+                except BaseException as exc:  # handed to the caller
+                    job.error = exc
+            try:
+                if single and jobs[0].error is not None:
+                    conn.execute("ROLLBACK")
+                else:
+                    conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                for job in jobs:
+                    if job.error is None:
+                        job.error = exc
+        self._answer(jobs)
+
+    @staticmethod
+    def _answer(jobs: list[_Job]) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[_Job]] = {}
+        for job in jobs:
+            by_loop.setdefault(job.loop, []).append(job)
+        for loop, answered in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # a loop that closed meanwhile
+                loop.call_soon_threadsafe(_settle, answered)
+
+
+class _ChangeWatch:
+    """Has any connection committed to the file since the last look? Asked before every
+    answer from the read index: ``PRAGMA data_version`` on the read connection (about 5 µs).
+
+    Not the WAL-index header in ``-shm`` read through a memory map of our own, though it is
+    cheaper: opening and closing a descriptor of that file in this process drops every POSIX
+    lock the process holds on it (SQLite's read locks and its dead-man-switch lock), after
+    which another process may reset the file under SQLite's own mapping (SIGBUS) or a
+    checkpoint may overwrite pages a reader still uses."""
+
+    def __init__(self, read: sqlite3.Connection):
+        self._read = read
+
+    def token(self) -> object:
+        """Equal tokens: nothing was committed in between."""
+        return self._read.execute("PRAGMA data_version").fetchone()[0]
+
+
+class SqliteStore:
+    def __init__(self, conn: sqlite3.Connection, read: sqlite3.Connection,
+                 path: str = ":memory:", index: bool = False, keyring: Keyring | None = None):
+        self._conn = conn  # the write connection: used by the writer thread only
+        self._read = read  # the event loop's reads
         self._path = path
         self._keyring = keyring or Keyring.ephemeral()
-        self._pending_calls: dict[str, CallRef] = {}
+        self._write_lock = threading.Lock()
+        self._writer: _Writer | None = None
         self._checkpoints: _Checkpointer | None = None
-        self._flush_handle: asyncio.TimerHandle | None = None
-        self._batch: asyncio.Future[None] | None = None
+        self._calls = CallRefBuffer(self._write_calls)
+        # The read index once built (None: reads go to SQLite), and how far it has read.
+        self._index: BindingIndex | None = None
+        self._index_build: asyncio.Task[None] | None = None
+        self._index_version: object = None
+        self._changes: _ChangeWatch | None = None
+        self._index_seq = 0
+        self._index_deletion = 0
 
     @classmethod
-    def open(cls, url: str, *, migrate: bool = True) -> SqliteStore:
+    def open(cls, url: str, *, migrate: bool = True, index: bool | None = None) -> SqliteStore:
         path = path_from_url(url)
-        if path != ":memory:":
+        in_url = index_from_url(url)
+        use_index = bool(in_url if in_url is not None else index)
+        if path == ":memory:":
+            # Two connections share one in-memory database only through a named URI.
+            path = f"file:pns-memory-{os.getpid()}-{next(_memory_names)}?mode=memory&cache=shared"
+        else:
             parent = Path(path).parent
             if not parent.exists():
                 raise StoreError(f"cannot create store {path}: folder {parent} does not exist")
             _create_private(path)
         try:
-            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA busy_timeout = 10000")
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
+                                   uri=path.startswith("file:"))
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA foreign_keys = ON")
             conn.execute("PRAGMA cache_size = -65536")  # 64 MiB: a million bindings stay hot
+            read = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
+                                   uri=path.startswith("file:"))
+            # A WAL reader never waits for a writer; this only covers WAL recovery at start.
+            read.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            read.execute("PRAGMA cache_size = -16384")
+            read.execute("PRAGMA query_only = 1")
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open store {path}: {exc}") from exc
-        keyring = (Keyring.ephemeral() if path == ":memory:" else
+        keyring = (Keyring.ephemeral() if path.startswith("file:") else
                    load_keyring(path + ".key", may_create=not _has_sealed_secrets(conn)))
-        store = cls(conn, path, keyring)
-        store._prepare_schema(migrate)
-        if path != ":memory:":
+        store = cls(conn, read, path, use_index, keyring)
+        try:
+            store._prepare_schema(migrate)
+        except BaseException:
+            conn.close()
+            read.close()
+            raise
+        if not path.startswith("file:"):
             # Checkpoints (which fsync) run in a thread of their own, never in the event loop.
             conn.execute("PRAGMA wal_autocheckpoint = 0")
             store._checkpoints = _Checkpointer(path)
+        store._writer = _Writer(conn, store._write_lock)
+        if use_index and store.schema_version() >= _INDEX_SCHEMA:
+            store._changes = _ChangeWatch(read)
+            store._start_index()
         return store
 
     # --- schema ----------------------------------------------------------------------------
     def schema_version(self) -> int:
-        (version,) = self._conn.execute("PRAGMA user_version").fetchone()
+        (version,) = self._read.execute("PRAGMA user_version").fetchone()
         return int(version)
 
     def _prepare_schema(self, migrate: bool) -> None:
@@ -372,7 +634,8 @@ class SqliteStore:
             with self._tx():
                 # Another process starting at the same time may have applied it meanwhile:
                 # read the version again under the write lock.
-                if self.schema_version() > version:
+                (current,) = self._conn.execute("PRAGMA user_version").fetchone()
+                if current > version:
                     continue
                 # executescript would commit our transaction; run statement by statement.
                 for statement in _split_statements(_MIGRATIONS[version]):
@@ -410,8 +673,8 @@ class SqliteStore:
     async def reseal_secrets(self, keyring: Keyring) -> int:
         """Seal every secret again with ``keyring``'s first key (which must hold the keys
         they are sealed with now); returns how many accounts changed."""
-        changed = 0
-        with self._tx():
+        def work() -> int:
+            changed = 0
             rows = self._conn.execute(
                 "SELECT id, access_key, access_secret, previous_secret FROM accounts").fetchall()
             for account_id, access_key, *values in rows:
@@ -425,90 +688,76 @@ class SqliteStore:
                     "UPDATE accounts SET access_secret = ?, previous_secret = ? WHERE id = ?",
                     (*resealed, account_id))
                 changed += 1
+            return changed
+
+        changed = await self._own(work)
         self._keyring = keyring
         return changed
 
     @contextmanager
     def _tx(self) -> Iterator[None]:
-        """A transaction of its own (operator commands, migrations); an open batch commits
-        first."""
-        if self._batch is not None:
-            self._commit_batch()
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
-        self._conn.execute("COMMIT")
+        """A transaction of its own on the write connection, in the calling thread (start-up,
+        migrations, operator commands that are not on the serving path: it blocks the caller
+        while another process holds the write lock). Waits for the writer thread's group."""
+        with self._write_lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
 
     async def _batched(self, work: Callable[[], T]) -> T:
-        """Group commit: run ``work`` under its own savepoint inside the batch transaction
-        that every write of this loop iteration shares, and return once that batch is
-        committed. One commit (one WAL append) then serves many requests; each request still
-        answers only after its write is durable, and a failed piece rolls back alone."""
-        if self._batch is None:
-            loop = asyncio.get_running_loop()
-            self._conn.execute("BEGIN IMMEDIATE")
-            self._batch = loop.create_future()
-            loop.call_soon(self._commit_batch)
-        batch = self._batch
-        self._conn.execute("SAVEPOINT pns_write")
-        try:
-            result = work()
-        except BaseException:
-            self._conn.execute("ROLLBACK TO pns_write")
-            self._conn.execute("RELEASE pns_write")
-            raise
-        self._conn.execute("RELEASE pns_write")
-        await asyncio.shield(batch)
-        return result
+        """Group commit: ``work`` runs in the writer thread under its own savepoint, inside
+        the transaction shared by every write waiting then; returns once that transaction is
+        committed. One commit (one WAL append) serves many requests; each still answers only
+        after its write is durable, and a failed piece rolls back alone."""
+        assert self._writer is not None, "the store is closed"
+        return await self._writer.submit(work, own=False)
 
-    def _commit_batch(self) -> None:
-        batch, self._batch = self._batch, None
-        if batch is None:
-            return
-        try:
-            self._conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            with contextlib.suppress(sqlite3.Error):
-                self._conn.execute("ROLLBACK")
-            if not batch.done():
-                batch.set_exception(exc)
-            return
-        if not batch.done():
-            batch.set_result(None)
+    async def _own(self, work: Callable[[], T]) -> T:
+        """``work`` in a transaction of its own, in the writer thread."""
+        assert self._writer is not None, "the store is closed"
+        return await self._writer.submit(work, own=True)
 
     async def close(self) -> None:
-        self._commit_batch()
-        self.flush_calls()
+        if self._index_build is not None:
+            with contextlib.suppress(Exception):
+                await self._index_build
+        await self._calls.close()
+        if self._writer is not None:
+            writer, self._writer = self._writer, None
+            await asyncio.to_thread(writer.stop)
         if self._checkpoints is not None:
             await asyncio.to_thread(self._checkpoints.stop)
+        self._read.close()
         self._conn.close()
 
     async def ping(self) -> None:
-        self._conn.execute("SELECT 1").fetchone()
+        self._read.execute("SELECT count(*) FROM sqlite_schema WHERE type = 'table'").fetchone()
 
     # --- accounts --------------------------------------------------------------------------
     async def create_account(
         self, name: str, role: Role, access_key: str, access_secret: str, now: int
     ) -> Account:
-        with self._tx():
-            cur = self._conn.execute(
+        def work() -> int | None:
+            return self._conn.execute(
                 "INSERT INTO accounts (name, access_key, access_secret, role, created_at) "
                 "VALUES (?, ?, ?, ?, ?)",
                 (name, access_key,
                  self._keyring.seal(access_secret, secret_context("access_secret", access_key)),
                  role.value, now),
-            )
-        account_id = cur.lastrowid
+            ).lastrowid
+
+        account_id = await self._own(work)
         assert account_id is not None
         account = await self.get_account_by_id(account_id)
         assert account is not None
         return account
 
     def _account(self, where: str, value: Any) -> Account | None:
-        row = self._conn.execute(
+        row = self._read.execute(
             f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE {where} = ?", (value,)
         ).fetchone()
         return account_from_row(row, self._keyring) if row else None
@@ -520,7 +769,7 @@ class SqliteStore:
         return self._account("id", account_id)
 
     async def list_accounts(self) -> list[Account]:
-        rows = self._conn.execute(f"SELECT {ACCOUNT_COLUMNS} FROM accounts ORDER BY id")
+        rows = self._read.execute(f"SELECT {ACCOUNT_COLUMNS} FROM accounts ORDER BY id")
         return [account_from_row(row, self._keyring) for row in rows]
 
     async def update_account(self, access_key: str, changes: AccountChanges) -> Account | None:
@@ -528,17 +777,16 @@ class SqliteStore:
                                      self._keyring, access_key)
         if fields:
             assignments = ", ".join(f"{column} = :{column}" for column in fields)
-            with self._tx():
-                self._conn.execute(
-                    f"UPDATE accounts SET {assignments} WHERE access_key = :access_key",
-                    {**fields, "access_key": access_key},
-                )
+            await self._own(lambda: self._conn.execute(
+                f"UPDATE accounts SET {assignments} WHERE access_key = :access_key",
+                {**fields, "access_key": access_key},
+            ))
         return await self.get_account(access_key)
 
     # --- numbers ---------------------------------------------------------------------------
     async def add_numbers(self, numbers: Sequence[VirtualNumber]) -> list[str]:
-        existing: list[str] = []
-        with self._tx():
+        def work() -> list[str]:
+            existing: list[str] = []
             for number in numbers:
                 cur = self._conn.execute(
                     "INSERT INTO numbers (x, account_id, country_code, enabled) "
@@ -547,11 +795,13 @@ class SqliteStore:
                 )
                 if cur.rowcount == 0:
                     existing.append(number.x)
-        return existing
+            return existing
+
+        return await self._own(work)
 
     async def remove_numbers(self, xs: Sequence[str], force: bool, now: int) -> list[str]:
-        kept: list[str] = []
-        with self._tx():
+        def work() -> list[str]:
+            kept: list[str] = []
             for x in xs:
                 active = self._conn.execute(
                     f"SELECT count(*) FROM parties p JOIN bindings b ON b.seq = p.seq "
@@ -562,12 +812,15 @@ class SqliteStore:
                     kept.append(x)
                     continue
                 self._conn.execute(
-                    "DELETE FROM bindings WHERE seq IN (SELECT seq FROM parties WHERE x = ?)", (x,))
+                    "DELETE FROM bindings WHERE seq IN (SELECT seq FROM parties WHERE x = ?)",
+                    (x,))
                 self._conn.execute("DELETE FROM numbers WHERE x = ?", (x,))
-        return kept
+            return kept
+
+        return await self._own(work)
 
     async def get_number(self, x: str) -> VirtualNumber | None:
-        row = self._conn.execute(
+        row = self._read.execute(
             "SELECT x, account_id, country_code, enabled FROM numbers WHERE x = ?", (x,)
         ).fetchone()
         return VirtualNumber(row[0], row[1], row[2], bool(row[3])) if row else None
@@ -577,25 +830,27 @@ class SqliteStore:
         for start in range(0, len(xs), 500):
             chunk = list(xs[start:start + 500])
             marks = ", ".join("?" * len(chunk))
-            rows = self._conn.execute(
+            rows = self._read.execute(
                 f"SELECT x, account_id FROM numbers WHERE x IN ({marks})", chunk)
             owners.update((str(r[0]), int(r[1])) for r in rows)
         return owners
 
     async def set_numbers_enabled(self, xs: Sequence[str], enabled: bool) -> list[str]:
-        missing: list[str] = []
-        with self._tx():
+        def work() -> list[str]:
+            missing: list[str] = []
             for x in xs:
                 cur = self._conn.execute("UPDATE numbers SET enabled = ? WHERE x = ?",
                                          (int(enabled), x))
                 if cur.rowcount == 0:
                     missing.append(x)
-        return missing
+            return missing
+
+        return await self._own(work)
 
     async def move_numbers(self, xs: Sequence[str], account_id: int, force: bool,
                            now: int) -> list[str]:
-        kept: list[str] = []
-        with self._tx():
+        def work() -> list[str]:
+            kept: list[str] = []
             for x in xs:
                 active = self._conn.execute(
                     f"SELECT count(*) FROM parties p JOIN bindings b ON b.seq = p.seq "
@@ -609,7 +864,9 @@ class SqliteStore:
                     "DELETE FROM bindings WHERE seq IN (SELECT seq FROM parties WHERE x = ?)", (x,))
                 self._conn.execute("UPDATE numbers SET account_id = ? WHERE x = ?",
                                    (account_id, x))
-        return kept
+            return kept
+
+        return await self._own(work)
 
     async def numbers_page(self, account_id: int | None, after: str, limit: int,
                            now: int) -> list[NumberUsage]:
@@ -621,7 +878,7 @@ class SqliteStore:
         if account_id is not None:
             sql += " AND n.account_id = :account_id"
             params["account_id"] = account_id
-        rows = self._conn.execute(sql + " ORDER BY n.x LIMIT :limit", params)
+        rows = self._read.execute(sql + " ORDER BY n.x LIMIT :limit", params)
         return [NumberUsage(r[0], r[1], r[2], bool(r[3]), r[4]) for r in rows]
 
     async def refresh_statistics(self) -> None:
@@ -638,14 +895,14 @@ class SqliteStore:
         if account_id is not None:
             sql += " WHERE n.account_id = :account_id"
             params["account_id"] = account_id
-        rows = self._conn.execute(sql + " ORDER BY n.account_id, n.x", params)
+        rows = self._read.execute(sql + " ORDER BY n.account_id, n.x", params)
         return [NumberUsage(r[0], r[1], r[2], bool(r[3]), r[4]) for r in rows]
 
     async def free_numbers(
         self, account_id: int, country_code: int, parties: Sequence[str], now: int, limit: int
     ) -> list[Candidate]:
         a, b = [*parties, ""][:2]
-        rows = self._conn.execute(
+        rows = self._read.execute(
             "SELECT n.x, n.active FROM numbers n "
             "WHERE n.account_id = :account_id AND n.country_code = :cc AND n.enabled = 1 "
             "AND NOT EXISTS (SELECT 1 FROM parties p JOIN bindings b ON b.seq = p.seq "
@@ -663,7 +920,7 @@ class SqliteStore:
             "(SELECT count(*) FROM parties p JOIN bindings b ON b.seq = p.seq "
             f"WHERE p.x = n.x AND p.number = :{{party}} AND {_ACTIVE})"
         )
-        row = self._conn.execute(
+        row = self._read.execute(
             f"SELECT count(*), coalesce(sum({held.format(party='a')}), 0), "
             f"coalesce(sum({held.format(party='b')}), 0) FROM numbers n "
             "WHERE n.account_id = :account_id AND n.country_code = :cc AND n.enabled = 1",
@@ -674,13 +931,12 @@ class SqliteStore:
     async def pool_usage(self, now: int) -> list[PoolUsage]:
         """O(bindings): seconds at a million. Run in a thread on a connection of its own, so
         the event loop keeps serving meanwhile (sqlite3 releases the GIL while it works)."""
-        if self._path == ":memory:":
-            return _pool_usage(self._conn, now)
+        if self._path.startswith("file:"):
+            return _pool_usage(self._read, now)
 
         def work() -> list[PoolUsage]:
-            conn = sqlite3.connect(self._path, isolation_level=None)
+            conn = _connect(self._path)
             try:
-                conn.execute("PRAGMA busy_timeout = 10000")
                 return _pool_usage(conn, now)
             finally:
                 conn.close()
@@ -693,26 +949,27 @@ class SqliteStore:
             "x": binding.x, "a": binding.a, "b": binding.b, "ext": binding.extension,
             "account_id": binding.account_id, "cbid": binding.customer_bind_id, "now": now,
         }
+        conn = self._conn
 
         def work() -> None:
             # Expired rows still hold their unique keys until swept: release them first,
             # each key by its own index.
-            self._conn.execute(
+            conn.execute(
                 "DELETE FROM bindings WHERE seq IN (SELECT p.seq FROM parties p "
                 "JOIN bindings b ON b.seq = p.seq WHERE p.x = :x AND p.number IN (:a, :b) "
                 "AND b.expire_at BETWEEN 1 AND :now)",
                 keys,
             )
             if binding.extension:
-                self._conn.execute(
+                conn.execute(
                     "DELETE FROM bindings WHERE x = :x AND extension = :ext "
                     "AND extension <> '' AND expire_at BETWEEN 1 AND :now", keys)
             if binding.customer_bind_id:
-                self._conn.execute(
+                conn.execute(
                     "DELETE FROM bindings WHERE account_id = :account_id "
                     "AND customer_bind_id = :cbid AND customer_bind_id <> '' "
                     "AND expire_at BETWEEN 1 AND :now", keys)
-            cur = self._conn.execute(
+            cur = conn.execute(
                 "INSERT INTO bindings (bind_id, account_id, x, a, b, extension, bind_type, "
                 "customer_bind_id, business_id, flag, expire_second, expire_at, created_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -722,7 +979,7 @@ class SqliteStore:
                  binding.expire_at, binding.created_at),
             )
             seq = cur.lastrowid
-            self._conn.executemany(
+            conn.executemany(
                 "INSERT INTO parties (x, number, seq) VALUES (?, ?, ?)",
                 [(binding.x, party, seq) for party in binding.parties()],
             )
@@ -733,7 +990,7 @@ class SqliteStore:
             raise BindConflict(_conflict_kind(str(exc))) from exc
 
     def _one_binding(self, where: str, params: dict[str, Any]) -> Binding | None:
-        row = self._conn.execute(
+        row = self._read.execute(
             f"SELECT {_BINDING_COLUMNS} FROM bindings b WHERE {where} AND {_ACTIVE}", params
         ).fetchone()
         return Binding(*row) if row else None
@@ -761,15 +1018,20 @@ class SqliteStore:
         self, account_id: int, limit: int, offset: int, now: int
     ) -> tuple[list[Binding], int]:
         params = {"account_id": account_id, "now": now, "limit": limit, "offset": offset}
-        rows = self._conn.execute(
-            f"SELECT {_BINDING_COLUMNS} FROM bindings b WHERE b.account_id = :account_id "
-            f"AND {_ACTIVE} ORDER BY b.seq LIMIT :limit OFFSET :offset",
-            params,
-        ).fetchall()
-        (total,) = self._conn.execute(
-            f"SELECT count(*) FROM bindings b WHERE b.account_id = :account_id AND {_ACTIVE}",
-            params,
-        ).fetchone()
+        read = self._read
+        read.execute("BEGIN")  # one snapshot for the page and the total
+        try:
+            rows = read.execute(
+                f"SELECT {_BINDING_COLUMNS} FROM bindings b WHERE b.account_id = :account_id "
+                f"AND {_ACTIVE} ORDER BY b.seq LIMIT :limit OFFSET :offset",
+                params,
+            ).fetchall()
+            (total,) = read.execute(
+                f"SELECT count(*) FROM bindings b WHERE b.account_id = :account_id "
+                f"AND {_ACTIVE}", params,
+            ).fetchone()
+        finally:
+            read.execute("COMMIT")
         return [Binding(*row) for row in rows], int(total)
 
     async def bindings_page(self, account_id: int, x: str, after_bind_id: str, limit: int,
@@ -782,11 +1044,14 @@ class SqliteStore:
                                   "after": after_bind_id, "x": x}
         if x:
             sql += " AND b.x = :x"
-        rows = self._conn.execute(sql + " ORDER BY b.seq LIMIT :limit", params).fetchall()
+        rows = self._read.execute(sql + " ORDER BY b.seq LIMIT :limit", params).fetchall()
         return [Binding(*row) for row in rows]
 
     async def find_by_party(self, x: str, number: str, now: int) -> Binding | None:
-        row = self._conn.execute(_FIND_BY_PARTY, (x, number, now)).fetchone()
+        if self._index is not None:
+            self._sync_index()
+            return self._index.find_by_party(x, number, now)
+        row = self._read.execute(_FIND_BY_PARTY, (x, number, now)).fetchone()
         return Binding(*row) if row else None
 
     async def find_bindings_by_number(self, number: str, now: int,
@@ -802,8 +1067,8 @@ class SqliteStore:
         return [Binding(*row) for row in await self._read_aside(sql, params)]
 
     async def _read_aside(self, sql: str, params: dict[str, Any]) -> list[Any]:
-        if self._path == ":memory:":
-            return self._conn.execute(sql, params).fetchall()
+        if self._path.startswith("file:"):  # in memory: only this process's connections
+            return self._read.execute(sql, params).fetchall()
 
         def work() -> list[Any]:
             conn = sqlite3.connect(self._path, isolation_level=None)
@@ -816,13 +1081,19 @@ class SqliteStore:
         return await asyncio.to_thread(work)
 
     async def find_by_extension(self, x: str, extension: str, now: int) -> Binding | None:
+        if self._index is not None:
+            self._sync_index()
+            return self._index.find_by_extension(x, extension, now)
         return self._one_binding(
             "b.x = :x AND b.extension = :ext AND b.extension <> ''",
             {"x": x, "ext": extension, "now": now},
         )
 
     async def has_extension_bindings(self, x: str, now: int) -> bool:
-        row = self._conn.execute(
+        if self._index is not None:
+            self._sync_index()
+            return self._index.has_extension_bindings(x, now)
+        row = self._read.execute(
             f"SELECT 1 FROM bindings b WHERE b.x = :x AND b.extension <> '' AND {_ACTIVE} "
             "LIMIT 1",
             {"x": x, "now": now},
@@ -830,55 +1101,145 @@ class SqliteStore:
         return row is not None
 
     async def used_extensions(self, x: str, now: int) -> set[str]:
-        rows = self._conn.execute(
+        rows = self._read.execute(
             f"SELECT b.extension FROM bindings b WHERE b.x = :x AND b.extension <> '' "
             f"AND {_ACTIVE}",
             {"x": x, "now": now},
         )
         return {row[0] for row in rows}
 
+    # --- the in-memory index -----------------------------------------------------------------
+    def _start_index(self) -> None:
+        """Build the read index: at once for a small store; for a large one (seconds at 10^6)
+        in a thread, while reads go to SQLite, so the server answers from the start."""
+        (bindings,) = self._read.execute("SELECT coalesce(max(seq), 0) FROM bindings").fetchone()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if bindings < INDEX_BUILT_AT_ONCE or loop is None:
+            self._install_index(*self._build_index(self._read))
+            return
+
+        def build() -> tuple[BindingIndex, int, int]:
+            conn = _connect(self._path)
+            try:
+                return self._build_index(conn)
+            finally:
+                conn.close()
+
+        async def build_then_install() -> None:
+            started = time.monotonic()
+            try:
+                self._install_index(*await asyncio.to_thread(build))
+            except Exception:
+                _log.exception("could not build the read index; reads stay on SQLite")
+                return
+            _log.info("read index of %d bindings ready in %.1f s", bindings,
+                      time.monotonic() - started)
+
+        self._index_build = loop.create_task(build_then_install())
+
+    @staticmethod
+    def _build_index(conn: sqlite3.Connection) -> tuple[BindingIndex, int, int]:
+        """Every binding in one snapshot, with the positions (last seq, last deletion) that the
+        next ``_sync_index`` continues from."""
+        index = BindingIndex()
+        seq = 0
+        conn.execute("BEGIN")
+        try:
+            (deletion,) = conn.execute(
+                "SELECT coalesce(max(id), 0) FROM binding_deletions").fetchone()
+            rows = conn.execute(
+                f"SELECT b.seq, {_BINDING_COLUMNS} FROM bindings b ORDER BY b.seq")
+            while batch := rows.fetchmany(4096):
+                index.add_rows(batch)
+                seq = batch[-1][0]
+        finally:
+            conn.execute("COMMIT")
+        return index, seq, deletion
+
+    def _install_index(self, index: BindingIndex, seq: int, deletion: int) -> None:
+        self._index_seq, self._index_deletion = seq, deletion
+        self._index_version = None  # whatever was committed since: read before the next answer
+        self._index = index
+
+    def _sync_index(self) -> None:
+        """Bring the index up to date when the file changed since it last looked
+        (``_ChangeWatch``: one PRAGMA when nothing changed). Any connection's
+        commit changes it, this process's writer thread included; the changes are read in one
+        snapshot: bindings with a larger ``seq`` than seen, and the deletion log. An index
+        further behind than the log keeps is rebuilt."""
+        index = self._index
+        assert index is not None and self._changes is not None
+        read = self._read
+        version = self._changes.token()
+        if version == self._index_version:
+            return
+        read.execute("BEGIN")
+        try:
+            (first_kept,) = read.execute("SELECT min(id) FROM binding_deletions").fetchone()
+            if first_kept is not None and first_kept > self._index_deletion + 1:
+                read.execute("COMMIT")
+                index, seq, deletion = self._build_index(read)
+                self._install_index(index, seq, deletion)
+                read.execute("BEGIN")
+            rows = read.execute(
+                f"SELECT b.seq, {_BINDING_COLUMNS} FROM bindings b WHERE b.seq > ? "
+                "ORDER BY b.seq", (self._index_seq,))
+            while batch := rows.fetchmany(4096):
+                index.add_rows(batch)
+                self._index_seq = batch[-1][0]
+            for row in read.execute(
+                    "SELECT id, seq, x, a, b, extension FROM binding_deletions WHERE id > ? "
+                    "ORDER BY id", (self._index_deletion,)):
+                index.remove(row[1], row[2], row[3], row[4], row[5])
+                self._index_deletion = row[0]
+        finally:
+            read.execute("COMMIT")
+        self._index_version = version
+
     # --- calls, replay guard, housekeeping -------------------------------------------------
     async def record_call(self, call: CallRef) -> None:
-        """Group commit: call references are written in one transaction every few
-        milliseconds, not one commit per query (the hot path). A crash loses at most the last
-        ``CALL_FLUSH_SECONDS`` of them; ``reportCall`` then joins by did and caller instead."""
-        self._pending_calls[call.call_id] = call
-        if len(self._pending_calls) >= CALL_FLUSH_BATCH:
-            self.flush_calls()
-        elif self._flush_handle is None:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                self.flush_calls()
-                return
-            self._flush_handle = loop.call_later(CALL_FLUSH_SECONDS, self.flush_calls)
+        """Buffered (``callrefs.CallRefBuffer``): the query pays no write."""
+        self._calls.add(call)
 
-    def flush_calls(self) -> None:
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
-            self._flush_handle = None
-        if not self._pending_calls:
-            return
-        calls = list(self._pending_calls.values())
-        try:
-            with self._tx():
-                self._conn.executemany(
-                    "INSERT INTO calls (call_id, bind_id, account_id, x, caller, callee, "
-                    "customer_bind_id, business_id, bind_type, queried_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (call_id) DO NOTHING",
-                    [(c.call_id, c.bind_id, c.account_id, c.x, c.caller, c.callee,
-                      c.customer_bind_id, c.business_id, c.bind_type, c.queried_at)
-                     for c in calls],
-                )
-        except sqlite3.Error:
-            _log.exception("could not write %d call references; will retry", len(calls))
-            if self._flush_handle is None:
-                with contextlib.suppress(RuntimeError):
-                    self._flush_handle = asyncio.get_running_loop().call_later(
-                        1.0, self.flush_calls)
-            return
-        for call in calls:
-            self._pending_calls.pop(call.call_id, None)
+    async def _write_calls(self, calls: Sequence[CallRef]) -> None:
+        rows = [(c.call_id, c.bind_id, c.account_id, c.x, c.caller, c.callee,
+                 c.customer_bind_id, c.business_id, c.bind_type, c.queried_at, c.queried_by)
+                for c in calls]
+        await self._batched(lambda: self._conn.executemany(
+            "INSERT INTO calls (call_id, bind_id, account_id, x, caller, callee, "
+            "customer_bind_id, business_id, bind_type, queried_at, queried_by) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (call_id) DO NOTHING", rows))
+
+    async def flush_calls(self) -> None:
+        """Write every pending call reference now (tests, shutdown)."""
+        await self._calls.close()
+
+    async def lease_worker_id(self, holder: str, now: int, lease_seconds: int,
+                              current: int | None = None) -> int | None:
+        def work() -> int | None:
+            if current is not None:
+                renewed = self._conn.execute(
+                    "UPDATE id_workers SET lease_until = ? WHERE id = ? AND holder = ? "
+                    "AND lease_until > ? RETURNING id",
+                    (now + lease_seconds, current, holder, now)).fetchone()
+                if renewed is not None:
+                    return int(renewed[0])
+            taken = self._conn.execute(
+                "UPDATE id_workers SET holder = ?, lease_until = ? WHERE id = ("
+                " SELECT id FROM id_workers WHERE lease_until <= ? AND id < ? "
+                " ORDER BY lease_until, id LIMIT 1) RETURNING id",
+                (holder, now + lease_seconds, now, WORKER_IDS)).fetchone()
+            return int(taken[0]) if taken is not None else None
+
+        return await self._batched(work)
+
+    async def release_worker_id(self, holder: str, worker_id: int) -> None:
+        await self._batched(lambda: self._conn.execute(
+            "UPDATE id_workers SET lease_until = 0 WHERE id = ? AND holder = ?",
+            (worker_id, holder)))
 
     async def claim_signature(self, key: str, expires_at: int, now: int) -> bool:
         def work() -> bool:
@@ -910,19 +1271,22 @@ class SqliteStore:
                 "WHERE call_id < ? LIMIT ?)",
                 (snowflake_floor(now - CALL_RETENTION), limit),
             )
+            # Indexes further behind than the log keeps reload from the bindings.
+            self._conn.execute(
+                "DELETE FROM binding_deletions WHERE id IN (SELECT id FROM binding_deletions "
+                "WHERE id <= (SELECT max(id) FROM binding_deletions) - ? ORDER BY id LIMIT ?)",
+                (DELETION_LOG_KEPT, limit),
+            )
             return cur.rowcount
 
         return await self._batched(work)
 
     # --- call records and the outbox -------------------------------------------------------
     async def get_call(self, call_id: str) -> CallRef | None:
-        pending = self._pending_calls.get(call_id)
+        pending = self._calls.get(call_id)
         if pending is not None:
             return pending
-        row = self._conn.execute(
-            "SELECT call_id, bind_id, account_id, x, caller, callee, customer_bind_id, "
-            "business_id, bind_type, queried_at FROM calls WHERE call_id = ?", (call_id,)
-        ).fetchone()
+        row = self._read.execute(_SELECT_CALL, (call_id,)).fetchone()
         return CallRef(*row) if row else None
 
     async def next_call_record_id(self) -> int:
@@ -968,16 +1332,16 @@ class SqliteStore:
             where += " AND bind_id = :bind_id"
         params = {"account_id": account_id, "start_from": start_from, "start_to": start_to,
                   "bind_id": bind_id, "limit": limit, "offset": offset}
-        rows = self._conn.execute(
+        rows = self._read.execute(
             f"SELECT {RECORD_COLUMNS} FROM call_records WHERE {where} "
             "ORDER BY start_at, id LIMIT :limit OFFSET :offset", params,
         ).fetchall()
-        (total,) = self._conn.execute(
+        (total,) = self._read.execute(
             f"SELECT count(*) FROM call_records WHERE {where}", params).fetchone()
         return [CallRecord(*row) for row in rows], int(total)
 
     async def get_call_record(self, account_id: int, call_id: str) -> CallRecord | None:
-        row = self._conn.execute(
+        row = self._read.execute(
             f"SELECT {RECORD_COLUMNS} FROM call_records WHERE account_id = ? AND call_id = ?",
             (account_id, call_id),
         ).fetchone()
@@ -1035,20 +1399,20 @@ class SqliteStore:
         if state is not None:
             where.append("state = ?")
             params.append(state.value)
-        rows = self._conn.execute(
+        rows = self._read.execute(
             f"SELECT {EVENT_COLUMNS} FROM outbox WHERE {' AND '.join(where)} "
             "ORDER BY created_at LIMIT ?", [*params, limit],
         ).fetchall()
         return [event_from_row(row) for row in rows]
 
     async def outbox_backlog(self, now: int) -> tuple[int, int]:
-        count, oldest = self._conn.execute(
+        count, oldest = self._read.execute(
             "SELECT count(*), min(created_at) FROM outbox WHERE state = 'pending'"
         ).fetchone()
         return int(count), (now - int(oldest)) if oldest is not None else 0
 
     async def outbox_counts(self) -> dict[EventState, int]:
-        rows = self._conn.execute("SELECT state, count(*) FROM outbox GROUP BY state")
+        rows = self._read.execute("SELECT state, count(*) FROM outbox GROUP BY state")
         counts = dict.fromkeys(EventState, 0)
         counts.update({EventState(state): int(n) for state, n in rows})
         return counts
@@ -1056,7 +1420,7 @@ class SqliteStore:
     async def events_for_calls(self, call_ids: Sequence[str]) -> list[OutboxEvent]:
         if not call_ids:
             return []
-        rows = self._conn.execute(
+        rows = self._read.execute(
             f"SELECT {EVENT_COLUMNS} FROM outbox WHERE call_id <> '' AND call_id IN "
             f"({', '.join('?' * len(call_ids))}) ORDER BY created_at", list(call_ids),
         ).fetchall()
@@ -1064,27 +1428,25 @@ class SqliteStore:
 
     async def requeue_event(self, event_id: str, now: int) -> OutboxEvent | None:
         # The lease is left alone: an attempt under way finishes first.
-        with self._tx():
-            row = self._conn.execute(
-                "UPDATE outbox SET state = 'pending', next_attempt_at = ?, created_at = ? "
-                f"WHERE event_id = ? AND state <> 'delivered' RETURNING {EVENT_COLUMNS}",
-                (now, now, event_id),
-            ).fetchone()
+        row = await self._batched(lambda: self._conn.execute(
+            "UPDATE outbox SET state = 'pending', next_attempt_at = ?, created_at = ? "
+            f"WHERE event_id = ? AND state <> 'delivered' RETURNING {EVENT_COLUMNS}",
+            (now, now, event_id),
+        ).fetchone())
         return event_from_row(row) if row else None
 
     # --- operators -------------------------------------------------------------------------
     async def create_operator(self, operator: Operator) -> bool:
-        with self._tx():
-            cur = self._conn.execute(
-                "INSERT INTO operators (name, role, token_hash, disabled, created_at) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO NOTHING",
-                (operator.name, operator.role.value, operator.token_hash,
-                 int(operator.disabled), operator.created_at),
-            )
-        return cur.rowcount > 0
+        inserted: int = await self._own(lambda: self._conn.execute(
+            "INSERT INTO operators (name, role, token_hash, disabled, created_at) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO NOTHING",
+            (operator.name, operator.role.value, operator.token_hash,
+             int(operator.disabled), operator.created_at),
+        ).rowcount)
+        return inserted > 0
 
     def _operator(self, where: str, value: str) -> Operator | None:
-        row = self._conn.execute(
+        row = self._read.execute(
             f"SELECT {_OPERATOR_COLUMNS} FROM operators WHERE {where} = ?", (value,)
         ).fetchone()
         return _operator_from_row(row) if row else None
@@ -1096,24 +1458,22 @@ class SqliteStore:
         return self._operator("token_hash", token_hash)
 
     async def list_operators(self) -> list[Operator]:
-        rows = self._conn.execute(f"SELECT {_OPERATOR_COLUMNS} FROM operators ORDER BY name")
+        rows = self._read.execute(f"SELECT {_OPERATOR_COLUMNS} FROM operators ORDER BY name")
         return [_operator_from_row(row) for row in rows]
 
     async def set_operator_disabled(self, name: str, disabled: bool) -> bool:
-        with self._tx():
-            cur = self._conn.execute("UPDATE operators SET disabled = ? WHERE name = ?",
-                                     (int(disabled), name))
-        return cur.rowcount > 0
+        changed: int = await self._own(lambda: self._conn.execute(
+            "UPDATE operators SET disabled = ? WHERE name = ?", (int(disabled), name)).rowcount)
+        return changed > 0
 
     async def add_audit(self, entry: AuditEntry) -> None:
-        with self._tx():
-            self._conn.execute(
-                "INSERT INTO operator_audit (at, operator, action, target) VALUES (?, ?, ?, ?)",
-                (entry.at, entry.operator, entry.action, entry.target),
-            )
+        await self._batched(lambda: self._conn.execute(
+            "INSERT INTO operator_audit (at, operator, action, target) VALUES (?, ?, ?, ?)",
+            (entry.at, entry.operator, entry.action, entry.target),
+        ))
 
     async def list_audit(self, limit: int) -> list[AuditEntry]:
-        rows = self._conn.execute(
+        rows = self._read.execute(
             "SELECT at, operator, action, target, id FROM operator_audit "
             "ORDER BY id DESC LIMIT ?", (limit,))
         return [AuditEntry(*row) for row in rows]
@@ -1215,9 +1575,8 @@ class _Checkpointer:
         self._thread.start()
 
     def _run(self) -> None:
-        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        conn = _connect(self._path)
         try:
-            conn.execute("PRAGMA busy_timeout = 10000")
             while not self._stop.wait(self._interval):
                 try:
                     if os.path.getsize(self._path + "-wal") >= self._pages * 4096:
