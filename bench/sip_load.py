@@ -263,6 +263,7 @@ def main() -> int:
     xs = [f"{xs_prefix}{i:01d}" for i in range(10)]
     print(f"work dir {work}{'' if args.keep else ' (removed at the end; --keep keeps it)'}\n"
           f"store    {store.split('@')[-1]}", flush=True)
+    pns(store, "migrate")  # only serve and migrate create a store
     customer = account(store, f"bench-customer-{tag}", "customer")
     switch = account(store, f"bench-switch-{tag}", "switch")
     pns(store, "numbers", "add", "--account", customer["accessKey"], *xs)

@@ -93,16 +93,143 @@ def test_openapi_document_is_valid(server: Server) -> None:
     operations = {(op.ok().method.upper(), op.ok().path) for op in schema.get_all_operations()
                   if not op.ok().path.startswith("/admin/api/")}  # test_admin_api.py's
     assert operations == {("POST", f"/api/pns/{a}") for a in ACTIONS} | {("GET", "/healthz")}
+    schemes = document["components"]["securitySchemes"]
+    assert {(s["type"], s["in"], s["name"]) for s in schemes.values()
+            if s["type"] == "apiKey"} == {("apiKey", "header", "accessKey"),
+                                          ("apiKey", "header", "sign")}
+    assert "accessSecret" in schemes["sign"]["description"]
+    assert document["servers"] and document["servers"][0]["url"]
     for action in ACTIONS:
         post = document["paths"][f"/api/pns/{action}"]["post"]
         assert post["operationId"] == action
-        assert {p["name"] for p in post["parameters"] if p["in"] == "header"} >= {
-            "accessKey", "bizType", "ts", "sign"}
+        assert {p["name"] for p in post["parameters"] if p["in"] == "header"} >= {"bizType", "ts"}
+        assert post["security"] == [{"accessKey": [], "sign": []}]
         assert post["requestBody"]["content"]["application/json"]["schema"]
     envelope = document["components"]["schemas"]["Envelope"]
     assert set(envelope["required"]) == {"code", "msg", "requestId"}
     # The alias is what the document describes; it is the same API as POST /api/pns/.
     assert response.headers.get("content-length") == str(len(response.content))
+
+
+def _resolve(document: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    while "$ref" in schema:
+        schema = document["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]]
+    return schema
+
+
+def test_request_schemas_require_what_the_actions_require() -> None:
+    """A client generator must see the real required fields, not ``"required": []``."""
+    from pns.openapi import build_openapi
+
+    document = build_openapi()
+    expected = {
+        "bindAXB": {"phoneA", "phoneB", "expireSecond"},
+        "bindAXBExtension": {"phoneA", "phoneX", "expireSecond"},
+        "unbindAXB": set(), "getAXBList": set(), "queryAXB": {"caller", "did"},
+        "reportCall": {"callId"}, "getCallRecords": set(), "redeliverCallRecord": {"callId"},
+    }
+    for action, required in expected.items():
+        post = document["paths"][f"/api/pns/{action}"]["post"]
+        body = _resolve(document, post["requestBody"]["content"]["application/json"]["schema"])
+        assert set(body["required"]) == required, action
+        assert required <= set(body["properties"]), action
+    unbind = _resolve(document, document["paths"]["/api/pns/unbindAXB"]["post"]["requestBody"]
+                      ["content"]["application/json"]["schema"])
+    assert unbind["anyOf"] == [{"required": ["bindId"]}, {"required": ["customerBindId"]}]
+
+
+def test_answers_are_typed_per_action_with_their_codes() -> None:
+    from pns.openapi import action_codes, build_openapi
+
+    document = build_openapi()
+    data_fields = {"bindAXB": {"bindId", "did", "expireAt"},
+                   "bindAXBExtension": {"bindId", "did", "extension", "expireAt"},
+                   "getAXBList": {"bindList", "total"},
+                   "queryAXB": {"audioWhenCallFail", "audioWhenDtmfNeed", "audioWhenDtmfErr"},
+                   "reportCall": {"id", "callId"}, "getCallRecords": {"records", "total"},
+                   "redeliverCallRecord": {"eventId"}}
+    never = {10003, 10005, 10006}  # NXCloud's codes pns never produces
+    for action in ACTIONS:
+        post = document["paths"][f"/api/pns/{action}"]["post"]
+        answer = _resolve(document, post["responses"]["200"]["content"]["application/json"]
+                          ["schema"])
+        codes = answer["properties"]["code"]["enum"]
+        assert codes == action_codes(action) and 0 in codes and not never & set(codes)
+        assert (1006 in codes) == ACTIONS[action].changes_state
+        assert all(str(code) in post["description"] for code in codes)
+        data = answer["properties"].get("data")
+        if action == "unbindAXB":
+            assert data is None
+            continue
+        assert data["type"] == "object" and set(data["required"]) == data_fields[action]
+        assert all("type" in spec for spec in data["properties"].values()), action
+    query = _resolve(document, document["paths"]["/api/pns/queryAXB"]["post"]["responses"]
+                     ["200"]["content"]["application/json"]["schema"])["properties"]["data"]
+    assert {"callee", "callId", "flag", "bindType"} <= set(query["properties"])
+
+
+def test_docs_page_and_its_assets_come_from_pns(server: Server) -> None:
+    """/docs renders the document with files pns serves itself: nothing from another host."""
+    import re
+
+    page = httpx.get(server.url + "/docs")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    referenced = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    assets = [ref for ref in referenced if ref.endswith((".js", ".css"))]
+    assert {"/docs/docs.js", "/docs/docs.css"} <= set(assets)
+    for ref in referenced:
+        assert ref.startswith("/"), f"{ref} is not served by pns"
+        assert httpx.get(server.url + ref).status_code == 200, ref
+    script = httpx.get(server.url + "/docs/docs.js")
+    assert "javascript" in script.headers["content-type"]
+    assert 'fetch("/openapi.json")' in script.text
+    for text in (page.text, script.text, httpx.get(server.url + "/docs/docs.css").text):
+        assert not re.search(r"(?:src|href|url|fetch)\(?\s*=?\s*[\"']?(?:https?:)?//", text)
+    assert httpx.post(server.url + "/docs").status_code == 405
+
+
+def _post_raw(server: Server, tenant: Tenant, action: str, body: bytes) -> dict[str, Any]:
+    headers = signed_headers(tenant.access_key, tenant.access_secret, action, body, next_ts())
+    return dict(httpx.post(server.url + "/api/pns/", content=body, headers=headers).json())
+
+
+def test_input_rules_one_code_per_kind_of_missing_field(live: Fixture) -> None:
+    """An empty body is {} where every field is optional; a missing party number is 10001;
+    any other missing required field 1002 naming it. The README's code table says so."""
+    server, customer, switch = live.server, live.customer, live.switch
+    for action in ("getAXBList", "getCallRecords"):
+        for body in (b"", b"{}"):
+            assert _post_raw(server, customer, action, body)["code"] == 0, (action, body)
+    for action, tenant in (("bindAXB", customer), ("bindAXBExtension", customer),
+                           ("unbindAXB", customer), ("queryAXB", switch),
+                           ("reportCall", switch), ("redeliverCallRecord", customer)):
+        answer = _post_raw(server, tenant, action, b"")
+        assert answer["code"] == 1002 and "JSON object with" in answer["msg"], action
+    a, b = unique_hk("1"), unique_hk("2")
+    cases = [
+        ("bindAXB", customer, {"phoneB": b, "expireSecond": 0}, 10001, "phoneA"),
+        ("bindAXB", customer, {"phoneA": a, "expireSecond": 0}, 10001, "phoneB"),
+        ("bindAXB", customer, {"phoneA": a, "phoneB": b}, 1002, "expireSecond"),
+        ("bindAXBExtension", customer, {"phoneX": live.customer.numbers[0], "expireSecond": 0},
+         10001, "phoneA"),
+        ("bindAXBExtension", customer, {"phoneA": a, "expireSecond": 0}, 1002, "phoneX"),
+        ("unbindAXB", customer, {}, 1002, "bindId"),
+        ("queryAXB", switch, {"did": live.customer.numbers[0]}, 1002, "caller"),
+        ("queryAXB", switch, {"caller": a}, 1002, "did"),
+        ("reportCall", switch, {"startAt": 1}, 1002, "callId"),
+        ("redeliverCallRecord", customer, {}, 1002, "callId"),
+    ]
+    for action, tenant, fields, code, named in cases:
+        answer = _post_raw(server, tenant, action, json.dumps(fields).encode())
+        assert answer["code"] == code and named in answer["msg"], (action, fields, answer)
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    rows = {line.split("|")[1].strip(): line for line in readme.splitlines()
+            if line.startswith("| 1") and line.count("|") >= 3}
+    assert "missing" in rows["10001"] and "phoneA" in rows["10001"]
+    assert "any other missing required field" in rows["1002"]
+    assert "empty body" in rows["1002"]
 
 
 def _realistic(live: Fixture) -> st.SearchStrategy[dict[str, Any]]:

@@ -7,8 +7,10 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 import urllib.request
+from pathlib import Path
 
 from pns.client import PnsClient
 from pns.logs import mask_number
@@ -68,6 +70,8 @@ def test_metrics_and_json_request_log(tmp_path: object) -> None:
         assert f'pns_pool_numbers{{account="{key}",country="852"}} 1.0' in text
         assert f'pns_pool_active_bindings{{account="{key}",country="852"}} 1.0' in text
         assert f'pns_pool_headroom_busiest_party{{account="{key}",country="852"}} 0.0' in text
+        assert re.search(r"^process_resident_memory_bytes [1-9]", text, re.M)
+        assert "process_cpu_seconds_total" in text and "process_open_fds" in text
     finally:
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=10)
@@ -119,3 +123,138 @@ def test_config_example_names_real_options() -> None:
     config = tomllib.loads(example.read_text())
     names = {p.name for p in serve.params}
     assert {k.replace("-", "_") for k in config["serve"]} <= names
+
+
+def test_metrics_add_up_across_two_workers(pg_database: str, tmp_path: Path) -> None:
+    """With --workers 2 every scrape, whichever worker answers, counts all 200 binds once;
+    a previous run's files in the metrics directory are emptied on start."""
+    from .conftest import Server
+
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+    subprocess.run([sys.executable, "-c",
+                    "from prometheus_client import Counter\n"
+                    "Counter('pns_requests', 'x', ['action', 'code'])"
+                    ".labels('bindAXB', '0').inc(999)"], env=env, check=True)
+    assert list(metrics_dir.glob("counter_*.db")), "a stale file from an earlier run"
+    customer = create_tenant(pg_database, Role.CUSTOMER, numbers=2)
+    server = Server(pg_database, "--workers", "2", env={"PROMETHEUS_MULTIPROC_DIR":
+                                                          str(metrics_dir)})
+    try:
+        for _ in range(200):
+            client = server.client(customer)  # a new connection each: both workers answer
+            assert client.bind_axb(unique_hk("1"), unique_hk("2"), 0)["code"] == 0
+            client.close()
+        writers = list(metrics_dir.glob("counter_*.db"))
+        assert len(writers) == 2, f"both workers served binds: {writers}"
+        for _ in range(6):
+            text = _get(server.url + "/metrics")[1]
+            assert 'pns_requests_total{action="bindAXB",code="0"} 200.0' in text
+            assert 'pns_request_seconds_count{action="bindAXB"} 200.0' in text
+            assert re.search(r"^process_resident_memory_bytes [1-9]", text, re.M)
+            assert re.search(r"^process_start_time_seconds [1-9]", text, re.M)
+    finally:
+        server.stop()
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_deploy_doc_names_the_modules_loaded() -> None:
+    """docs/deploy.md lists exactly the modules the Kamailio config loads, creates the users
+    with a real command, and gives every kamailio command a run directory (-Y)."""
+    config = (REPO / "deploy" / "kamailio" / "kamailio.cfg").read_text()
+    loaded = set(re.findall(r'^loadmodule "(\w+)\.so"', config, re.M))
+    doc = (REPO / "docs" / "deploy.md").read_text()
+    listed_at = doc.index("<!-- modules:")
+    paragraph = doc[doc.index("-->", listed_at):].split("\n\n", 1)[0]
+    assert set(re.findall(r"`(\w+)`", paragraph)) == loaded
+    assert "crypto" not in loaded or "crypto" in paragraph
+    assert "useradd --system --user-group" in doc
+    unit = (REPO / "deploy" / "systemd" / "kamailio-pns.service").read_text()
+    commands = re.findall(r"kamailio -DD[^\n]*", doc + unit)
+    assert len(commands) >= 2
+    assert all(" -Y " in line for line in commands), commands
+
+
+def _documented_python_backup() -> str:
+    doc = (REPO / "docs" / "backup.md").read_text()
+    return doc.split("python3 -c '\n", 1)[1].split("\n'", 1)[0]
+
+
+def test_sqlite_backup_while_binding(tmp_path: Path) -> None:
+    """Both documented online backups, taken while binds commit, open, pass integrity_check
+    and serve."""
+    import shutil
+    import sqlite3
+    import threading
+
+    from .conftest import Server
+
+    assert shutil.which("sqlite3"), "the sqlite3 command (Debian package sqlite3) is needed"
+    url = f"sqlite:///{tmp_path}/live.db"
+    customer = create_tenant(url, Role.CUSTOMER, numbers=5)
+    server = Server(url)
+    stop = threading.Event()
+    bound: list[str] = []
+
+    def bind_until_stopped() -> None:
+        client = server.client(customer)
+        while not stop.is_set():
+            answer = client.bind_axb(unique_hk("1"), unique_hk("2"), 0)
+            assert answer["code"] == 0, answer
+            bound.append(answer["data"]["bindId"])
+
+    writer = threading.Thread(target=bind_until_stopped)
+    writer.start()
+    try:
+        while len(bound) < 20:
+            time.sleep(0.05)
+        cli_copy, python_copy = tmp_path / "cli-backup.db", tmp_path / "py-backup.db"
+        subprocess.run(["sqlite3", str(tmp_path / "live.db"), f".backup '{cli_copy}'"],
+                       check=True, timeout=60)
+        printed = subprocess.run([sys.executable, "-c", _documented_python_backup(),
+                                  str(tmp_path / "live.db"), str(python_copy)],
+                                 capture_output=True, text=True, check=True, timeout=60)
+        assert printed.stdout.strip() == "ok"
+        during = len(bound)
+        while len(bound) < during + 20:  # binds went on after the backups
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        writer.join(30)
+        server.stop()
+    for copy in (cli_copy, python_copy):
+        # The documented backup is the store and its key: the key file beside it, unless
+        # the key comes from PNS_SECRET_KEY (as in this suite), which the restore reads too.
+        key = tmp_path / "live.db.key"
+        if not os.environ.get("PNS_SECRET_KEY"):
+            shutil.copy(key, f"{copy}.key")
+        conn = sqlite3.connect(copy)
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        (count,) = conn.execute("SELECT count(*) FROM bindings").fetchone()
+        conn.close()
+        assert 20 <= count <= len(bound)
+        restored = Server(f"sqlite:///{copy}")
+        try:
+            client = restored.client(customer)
+            assert client.list_bindings(1, 0)["data"]["total"] == count
+            assert client.bind_axb(unique_hk("1"), unique_hk("2"), 0)["code"] == 0
+        finally:
+            restored.stop()
+
+
+def test_licence_is_declared() -> None:
+    """Apache-2.0: the full text at the root, and in the package's metadata."""
+    import tomllib
+    from importlib.metadata import metadata
+
+    text = (REPO / "LICENSE").read_text()
+    assert "Apache License" in text and "Version 2.0, January 2004" in text
+    assert "END OF TERMS AND CONDITIONS" in text
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert project["license"] == "Apache-2.0" and project["license-files"] == ["LICENSE"]
+    assert metadata("pns").get("License-Expression") == "Apache-2.0"
+    for name in ("CHANGELOG.md", "SECURITY.md"):
+        assert (REPO / name).stat().st_size > 500, name

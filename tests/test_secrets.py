@@ -41,6 +41,7 @@ def _store_bytes(url: str) -> bytes:
 def _issue_secrets(url: str) -> tuple[list[str], dict[str, Any]]:
     """Accounts made and rotated with the CLI: every secret it ever printed, and the rotated
     account (its current secret is the last of them)."""
+    cli("migrate", "--store", url)  # only serve and migrate create a store
     created = [cli_json("account", "create", "--name", f"n{i}", "--store", url)
                for i in range(3)]
     rotated = cli_json("account", "rotate-secret", str(created[0]["accessKey"]), "--grace",

@@ -12,7 +12,7 @@ from .http import Reply, Request
 from .ids import new_snowflake
 from .logs import access_log
 from .metrics import Metrics
-from .openapi import OPENAPI_JSON
+from .openapi import DOCS_ASSETS, OPENAPI_JSON
 
 log = logging.getLogger("pns.access")
 
@@ -85,6 +85,11 @@ class App:
             if request.method != "GET":
                 return error_reply(405)
             return Reply(200, OPENAPI_JSON)
+        asset = DOCS_ASSETS.get(path)
+        if asset is not None:
+            if request.method != "GET":
+                return error_reply(405)
+            return Reply(200, asset[1], asset[0])
         if path.startswith(_ACTION_PREFIX) and path[len(_ACTION_PREFIX):] in ACTIONS:
             return self._action_alias(request, path[len(_ACTION_PREFIX):])
         if self.admin is not None and path.startswith(ADMIN_PREFIXES):

@@ -1,7 +1,14 @@
 """The ``pns`` command line: serve, and the operator's accounts and numbers.
 
 Every command takes ``--store URL`` (before or after its own arguments); the default is
-``sqlite:///./pns.db``, overridden by ``PNS_STORE``. A new store is created on first use.
+``sqlite:///./pns.db``, overridden by ``PNS_STORE`` or a config file's ``store``. Only ``serve``
+and ``migrate`` create a store: any other command refuses a SQLite file that does not exist,
+so a command run from the wrong directory cannot quietly work on an empty store of its own.
+
+Output has one vocabulary: every command prints records whose field names are the JSON ones;
+on a terminal as an aligned table, otherwise (or with ``--json``) as JSON, one object a line.
+Tables never cut a value short. Groups are one per noun (``account``, ``numbers``,
+``bindings``): a new noun is a new group.
 """
 
 from __future__ import annotations
@@ -15,22 +22,26 @@ import subprocess
 import sys
 import time
 import tomllib
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+from click.core import ParameterSource
 from rich.console import Console
-from rich.table import Table
 
+from . import __version__
 from .core import Settings
-from .model import Account, AccountChanges, EventState, Role, VirtualNumber
+from .model import Account, AccountChanges, Binding, EventState, Role, VirtualNumber
 from .numbers import parse_international
-from .store import DEFAULT_STORE_URL, Store, StoreError, open_store
+from .store import DEFAULT_STORE_URL, Store, StoreError, open_store, schema_versions
+from .store.rows import redact
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
 _ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
+# Rows fetched per store round trip when a listing streams.
+PAGE_SIZE = 1000
 
 
 def _store_option(func: F) -> F:
@@ -38,7 +49,7 @@ def _store_option(func: F) -> F:
     return click.option(
         "--store", "store_url", envvar="PNS_STORE", default=None, metavar="URL",
         help=f"Store URL (sqlite:///PATH or postgresql://...); default {DEFAULT_STORE_URL}, "
-        "or $PNS_STORE.",
+        "or $PNS_STORE, or the config file's store.",
     )(func)
 
 
@@ -59,22 +70,91 @@ def _bindings_option(func: F) -> F:
     )(func)
 
 
+def _format_option(func: F) -> F:
+    return click.option(
+        "--json/--table", "as_json", default=None,
+        help="JSON (one object a line) or an aligned table; default: a table on a terminal, "
+        "JSON otherwise.",
+    )(func)
+
+
+# --- which store ---------------------------------------------------------------------------
+_SOURCES: dict[ParameterSource | None, str] = {
+    ParameterSource.COMMANDLINE: "from --store",
+    ParameterSource.ENVIRONMENT: "from PNS_STORE",
+    ParameterSource.DEFAULT_MAP: "from the config file",
+}
+
+
+def _resolve_store(ctx: click.Context, store_url: str | None) -> tuple[str, str]:
+    """The store URL a command uses, and where that choice came from (for messages)."""
+    if store_url:
+        return store_url, _SOURCES.get(ctx.get_parameter_source("store_url"), "")
+    root = ctx.find_root()
+    url = root.obj.get("store_url") if root.obj else None
+    if url:
+        source = root.get_parameter_source("store_url")
+        return str(url), _SOURCES.get(source, "")
+    return DEFAULT_STORE_URL, "the default"
+
+
 def _store_url(ctx: click.Context, store_url: str | None) -> str:
-    url = _plain_store_url(ctx, store_url)
+    """The command's store URL; with ``pns --verbose``, said on stderr with its source."""
+    url, source = _resolve_store(ctx, store_url)
+    root = ctx.find_root()
+    if root.obj and root.obj.get("verbose"):
+        click.echo(f"pns: store {_describe_store(url)} ({source})", err=True)
     bindings = ctx.meta.get("pns_bindings")
     if bindings:
         url += ("&" if "?" in url else "?") + f"bindings={bindings}"
     return url
 
 
-def _plain_store_url(ctx: click.Context, store_url: str | None) -> str:
-    if store_url:
-        return store_url
-    root = ctx.find_root()
-    return str(root.obj.get("store_url") or DEFAULT_STORE_URL) if root.obj else DEFAULT_STORE_URL
+def _describe_store(url: str) -> str:
+    """The URL without its password, and for SQLite the absolute path it means here."""
+    if url.startswith("sqlite:"):
+        from .store.sqlite import path_from_url
+
+        try:
+            path = path_from_url(url)
+        except StoreError:
+            return url
+        if path != ":memory:":
+            return f"{url} = {Path(path).resolve()}"
+    return redact(url)
 
 
-def _with_store(url: str, work: Callable[[Store], Awaitable[T]]) -> T:
+def _require_existing(url: str, source: str) -> None:
+    """Refuse a SQLite store that does not exist: creating one here would hand out keys and
+    numbers the running server never hears of."""
+    if not url.startswith("sqlite:"):
+        return
+    from .store.sqlite import path_from_url
+
+    try:
+        path = path_from_url(url)
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from None
+    if path == ":memory:" or Path(path).exists():
+        return
+    raise click.ClickException(
+        f"no store at {Path(path).resolve()} ({url}, {source}); nothing was done. "
+        "Choose the store with --store URL, PNS_STORE or a config file (--config or "
+        "PNS_CONFIG); `pns migrate` or `pns serve` creates a new one. See docs/cli-store.md."
+    )
+
+
+def _refuse(ctx: click.Context, message: str) -> click.ClickException:
+    """A refusal found after the store answered, naming the store like every other."""
+    url, _ = _resolve_store(ctx, ctx.params.get("store_url"))
+    return click.ClickException(f"{message} [store {redact(url)}]")
+
+
+def _with_store(ctx: click.Context, work: Callable[[Store], Awaitable[T]]) -> T:
+    """Run ``work`` on the command's existing store; every refusal names the store."""
+    url = _store_url(ctx, ctx.params.get("store_url"))
+    _require_existing(url, _resolve_store(ctx, ctx.params.get("store_url"))[1])
+
     async def run() -> T:
         store = await open_store(url)
         try:
@@ -82,12 +162,88 @@ def _with_store(url: str, work: Callable[[Store], Awaitable[T]]) -> T:
         finally:
             await store.close()
 
+    where = f"[store {redact(url)}]"
     try:
         return asyncio.run(run())
+    except click.ClickException as exc:
+        raise click.ClickException(f"{exc.message} {where}") from None
     except StoreError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise click.ClickException(f"{exc} {where}") from None
     except OSError as exc:
-        raise click.ClickException(f"cannot reach the store: {exc}") from None
+        raise click.ClickException(f"cannot reach the store: {exc} {where}") from None
+
+
+# --- output --------------------------------------------------------------------------------
+def _wants_json(as_json: bool | None) -> bool:
+    return as_json if as_json is not None else not sys.stdout.isatty()
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        return ",".join(_cell(v) for v in value) or "-"
+    if isinstance(value, dict):
+        return json.dumps(value)
+    return str(value)
+
+
+def emit_rows(rows: Iterable[dict[str, Any]], as_json: bool | None,
+              columns: Sequence[str] | None = None) -> int:
+    """Print records as JSON lines or an aligned table, streaming: widths come from the first
+    page and only grow, values are never cut. Returns how many rows were printed."""
+    out = sys.stdout
+    if _wants_json(as_json):
+        count = 0
+        for row in rows:
+            out.write(json.dumps(row) + "\n")
+            count += 1
+        return count
+    widths: list[int] = []
+    names: list[str] = list(columns or [])
+    count = 0
+    page: list[dict[str, Any]] = []
+
+    def flush() -> None:
+        nonlocal widths, names
+        if not page:
+            return
+        if not names:
+            names = list(page[0])
+        cells = [[_cell(row.get(name)) for name in names] for row in page]
+        first = not widths
+        widths = [max([len(name) if first else widths[i], *(len(r[i]) for r in cells)])
+                  for i, name in enumerate(names)]
+        if first:
+            out.write(_line(names, widths) + "\n")
+        out.write("".join(_line(values, widths) + "\n" for values in cells))
+        page.clear()
+
+    for row in rows:
+        page.append(row)
+        count += 1
+        if len(page) >= PAGE_SIZE:
+            flush()
+    flush()
+    if count == 0 and names:
+        out.write("  ".join(names) + "\n")
+    return count
+
+
+def _line(values: Sequence[str], widths: Sequence[int]) -> str:
+    return "  ".join(v.ljust(w) for v, w in zip(values, widths, strict=True)).rstrip()
+
+
+def emit_one(record: dict[str, Any], as_json: bool | None) -> None:
+    """One record: a JSON object, or on a terminal one ``field  value`` line per field."""
+    if _wants_json(as_json):
+        click.echo(json.dumps(record))
+        return
+    width = max((len(k) for k in record), default=0)
+    for key, value in record.items():
+        click.echo(f"{key.ljust(width)}  {_cell(value)}")
 
 
 def new_access_key() -> str:
@@ -106,7 +262,7 @@ def _load_config(ctx: click.Context, _param: click.Parameter, path: str | None) 
     try:
         with open(path, "rb") as fh:
             config = tomllib.load(fh)
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise click.BadParameter(f"cannot read config {path}: {exc}") from None
     ctx.default_map = _default_map(config)
     return path
@@ -133,17 +289,22 @@ def _default_map(config: dict[str, Any]) -> dict[str, Any]:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="pns")
 @click.option("--config", type=click.Path(dir_okay=False), envvar="PNS_CONFIG",
               callback=_load_config, is_eager=True, expose_value=False,
               help="TOML file of settings (flags and environment variables win over it).")
+@click.option("-v", "--verbose", is_flag=True,
+              help="Say on stderr which store the command uses, and why that one.")
 @_store_option
 @click.pass_context
-def main(ctx: click.Context, store_url: str | None) -> None:
+def main(ctx: click.Context, verbose: bool, store_url: str | None) -> None:
     """pns: an open privacy number service (NXCloud PNS API compatible).
 
-    Every command takes --store URL (default sqlite:///./pns.db, or $PNS_STORE).
+    Every command takes --store URL (default sqlite:///./pns.db, or $PNS_STORE, or the config
+    file's store). Only serve and migrate create a store. Output: a table on a terminal,
+    JSON lines otherwise or with --json.
     """
-    ctx.obj = {"store_url": store_url}
+    ctx.obj = {"store_url": store_url, "verbose": verbose}
 
 
 # --- serve --------------------------------------------------------------------------------
@@ -198,6 +359,10 @@ def serve(ctx: click.Context, host: str, port: int, workers: int, extension_leng
                 "process; use --store postgresql://... to run several")
         _run_workers(workers)
         return
+    from .metrics import MULTIPROC_ENV, prepare_multiprocess_dir
+
+    if os.environ.get(MULTIPROC_ENV) and os.environ.get("PNS_REUSE_PORT") != "1":
+        prepare_multiprocess_dir(Path(os.environ[MULTIPROC_ENV]))  # a run of its own
     install_event_loop()
     settings = Settings(extension_length=int(extension_length))
     try:
@@ -205,7 +370,7 @@ def serve(ctx: click.Context, host: str, port: int, workers: int, extension_leng
                                reuse_port=os.environ.get("PNS_REUSE_PORT") == "1",
                                deliver=deliver, admin=admin_options))
     except StoreError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise click.ClickException(f"{exc} [store {redact(url)}]") from None
     except OSError as exc:
         raise click.ClickException(f"cannot serve on {host}:{port}: {exc}") from None
 
@@ -218,24 +383,41 @@ def _host_port(text: str) -> tuple[str, int]:
 
 
 def _run_workers(workers: int) -> None:
-    """Start ``workers`` single-process servers on one port and stop them together."""
+    """Start ``workers`` single-process servers on one port and stop them together. They
+    share a metrics directory (made for this run, or PROMETHEUS_MULTIPROC_DIR emptied), so
+    ``/metrics`` adds up whichever worker answers the scrape."""
+    import shutil
+    import tempfile
+
+    from .metrics import MULTIPROC_ENV, prepare_multiprocess_dir
+
     argv = [a for a in sys.argv[1:] if not a.startswith("--workers")]
     if "--workers" in sys.argv:
         index = sys.argv.index("--workers")
         argv = sys.argv[1:index] + sys.argv[index + 2:]
-    env = {**os.environ, "PNS_REUSE_PORT": "1"}
-    children = [
-        subprocess.Popen([sys.executable, "-m", "pns.cli", *argv], env=env)
-        for _ in range(workers)
-    ]
+    metrics_dir = os.environ.get(MULTIPROC_ENV)
+    made = None
+    if metrics_dir:
+        prepare_multiprocess_dir(Path(metrics_dir))
+    else:
+        made = metrics_dir = tempfile.mkdtemp(prefix="pns-metrics-")
+    env = {**os.environ, "PNS_REUSE_PORT": "1", MULTIPROC_ENV: metrics_dir}
+    try:
+        children = [
+            subprocess.Popen([sys.executable, "-m", "pns.cli", *argv], env=env)
+            for _ in range(workers)
+        ]
 
-    def forward(signum: int, _frame: object) -> None:
-        for child in children:
-            child.send_signal(signum)
+        def forward(signum: int, _frame: object) -> None:
+            for child in children:
+                child.send_signal(signum)
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    codes = [child.wait() for child in children]
+        signal.signal(signal.SIGTERM, forward)
+        signal.signal(signal.SIGINT, forward)
+        codes = [child.wait() for child in children]
+    finally:
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
     if any(codes):
         raise SystemExit(max(codes))
 
@@ -248,63 +430,75 @@ def deliver(ctx: click.Context, store_url: str | None) -> None:
     from .logs import configure
     from .serve import install_event_loop, run_deliverer
 
+    url = _store_url(ctx, store_url)
+    _require_existing(url, _resolve_store(ctx, store_url)[1])
     configure("info", "text")
     install_event_loop()
     try:
-        asyncio.run(run_deliverer(_store_url(ctx, store_url)))
+        asyncio.run(run_deliverer(url))
     except StoreError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise click.ClickException(f"{exc} [store {redact(url)}]") from None
 
 
 @main.command()
 @click.option("--state", type=click.Choice([s.value for s in EventState]), default=None)
 @click.option("--account", "access_key", default=None)
-@click.option("--limit", default=100, show_default=True, type=int)
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1))
+@_format_option
 @_store_option
 @click.pass_context
 def deliveries(ctx: click.Context, state: str | None, access_key: str | None, limit: int,
-               store_url: str | None) -> None:
-    """Callbacks in the outbox: one JSON object each, oldest first."""
+               as_json: bool | None, store_url: str | None) -> None:
+    """Callbacks in the outbox, oldest first."""
 
     async def work(store: Store) -> list[Any]:
         account_id = None
         if access_key is not None:
-            owner = await store.get_account(access_key)
-            if owner is None:
-                raise click.ClickException(f"no account with accessKey {access_key}")
-            account_id = owner.id
+            account_id = (await _account_or_fail(store, access_key)).id
         return await store.list_events(account_id, EventState(state) if state else None, limit)
 
-    for event in _with_store(_store_url(ctx, store_url), work):
-        click.echo(json.dumps({"eventId": event.event_id, "kind": event.kind,
-                               "callId": event.call_id, "state": event.state.value,
-                               "attempts": event.attempts, "createdAt": event.created_at,
-                               "nextAttemptAt": event.next_attempt_at,
-                               "lastError": event.last_error}))
+    emit_rows(({"eventId": event.event_id, "kind": event.kind, "callId": event.call_id,
+                "state": event.state.value, "attempts": event.attempts,
+                "createdAt": event.created_at, "nextAttemptAt": event.next_attempt_at,
+                "lastError": event.last_error}
+               for event in _with_store(ctx, work)), as_json)
 
 
 @main.command()
 @_store_option
 @click.pass_context
 def migrate(ctx: click.Context, store_url: str | None) -> None:
-    """Create the store, or upgrade it to this release's schema."""
+    """Create the store, or upgrade it to this release's schema; says which it did."""
     url = _store_url(ctx, store_url)
 
     async def work() -> str:
+        before, current = await schema_versions(url)
         store = await open_store(url, migrate=True)
         await store.close()
-        return "store is at the current schema version"
+        if before == 0:
+            return f"created the store at the current schema version {current}"
+        if before < current:
+            return (f"upgraded the store from schema version {before} to {current} "
+                    "(the current schema version)")
+        return f"nothing to do: the store is at the current schema version {current}"
 
     try:
-        click.echo(asyncio.run(work()))
+        click.echo(f"{asyncio.run(work())} [store {redact(url)}]")
     except StoreError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise click.ClickException(f"{exc} [store {redact(url)}]") from None
 
 
 # --- accounts -----------------------------------------------------------------------------
 @main.group()
 def account() -> None:
     """Customer and switch accounts."""
+
+
+async def _account_or_fail(store: Store, access_key: str) -> Account:
+    owner = await store.get_account(access_key)
+    if owner is None:
+        raise click.ClickException(f"no account with accessKey {access_key}")
+    return owner
 
 
 def _account_json(acc: Account, with_secret: bool) -> dict[str, Any]:
@@ -323,26 +517,33 @@ def _account_json(acc: Account, with_secret: bool) -> dict[str, Any]:
 @click.option("--name", required=True)
 @click.option("--role", type=click.Choice([r.value for r in Role]), default="customer",
               show_default=True)
+@_format_option
 @_store_option
 @click.pass_context
-def account_create(ctx: click.Context, name: str, role: str, store_url: str | None) -> None:
+def account_create(ctx: click.Context, name: str, role: str, as_json: bool | None,
+                   store_url: str | None) -> None:
     """Create an account; prints its accessKey and accessSecret (shown only here)."""
 
     async def work(store: Store) -> Account:
         return await store.create_account(name, Role(role), new_access_key(),
                                           new_access_secret(), int(time.time()))
 
-    acc = _with_store(_store_url(ctx, store_url), work)
-    click.echo(json.dumps(_account_json(acc, with_secret=True)))
+    emit_one(_account_json(_with_store(ctx, work), with_secret=True), as_json)
 
 
 @account.command("list")
+@_format_option
 @_store_option
 @click.pass_context
-def account_list(ctx: click.Context, store_url: str | None) -> None:
-    """One JSON object per account (secrets are never listed)."""
-    for acc in _with_store(_store_url(ctx, store_url), lambda s: s.list_accounts()):
-        click.echo(json.dumps(_account_json(acc, with_secret=False)))
+def account_list(ctx: click.Context, as_json: bool | None, store_url: str | None) -> None:
+    """Every account (secrets are never listed)."""
+    accounts = _with_store(ctx, lambda s: s.list_accounts())
+    emit_rows((_account_json(acc, with_secret=False) for acc in accounts), as_json,
+              columns=list(_ACCOUNT_COLUMNS))
+
+
+_ACCOUNT_COLUMNS = ("id", "name", "role", "accessKey", "enabled", "audioWhenCallFail",
+                    "audioWhenDtmfNeed", "audioWhenDtmfErr", "callbackUrl")
 
 
 @account.command("set")
@@ -353,48 +554,51 @@ def account_list(ctx: click.Context, store_url: str | None) -> None:
 @click.option("--callback-url", default=None, help="Where call records are delivered.")
 @click.option("--disable/--enable", "disabled", default=None,
               help="A disabled account is refused (1005).")
+@_format_option
 @_store_option
 @click.pass_context
 def account_set(ctx: click.Context, access_key: str, audio_when_call_fail: str | None,
                 audio_when_dtmf_need: str | None, audio_when_dtmf_err: str | None,
-                callback_url: str | None, disabled: bool | None, store_url: str | None) -> None:
+                callback_url: str | None, disabled: bool | None, as_json: bool | None,
+                store_url: str | None) -> None:
     """Change an account's prompts, callback URL, or enable/disable it."""
     changes = AccountChanges(
         enabled=None if disabled is None else not disabled,
         audio_when_call_fail=audio_when_call_fail, audio_when_dtmf_need=audio_when_dtmf_need,
         audio_when_dtmf_err=audio_when_dtmf_err, callback_url=callback_url,
     )
-    acc = _with_store(_store_url(ctx, store_url),
-                      lambda s: s.update_account(access_key, changes))
-    if acc is None:
-        raise click.ClickException(f"no account with accessKey {access_key}")
-    click.echo(json.dumps(_account_json(acc, with_secret=False)))
+
+    async def work(store: Store) -> Account | None:
+        await _account_or_fail(store, access_key)
+        return await store.update_account(access_key, changes)
+
+    acc = _with_store(ctx, work)
+    assert acc is not None
+    emit_one(_account_json(acc, with_secret=False), as_json)
 
 
 @account.command("rotate-secret")
 @click.argument("access_key")
 @click.option("--grace", default=3600, show_default=True, type=click.IntRange(0),
               help="Seconds the previous secret keeps working, so clients can switch.")
+@_format_option
 @_store_option
 @click.pass_context
-def account_rotate_secret(ctx: click.Context, access_key: str, grace: int,
+def account_rotate_secret(ctx: click.Context, access_key: str, grace: int, as_json: bool | None,
                           store_url: str | None) -> None:
     """Give an account a new accessSecret; the old one works for --grace seconds more."""
 
     async def work(store: Store) -> Account | None:
-        current = await store.get_account(access_key)
-        if current is None:
-            return None
+        current = await _account_or_fail(store, access_key)
         return await store.update_account(access_key, AccountChanges(
             access_secret=new_access_secret(), previous_secret=current.access_secret,
             previous_secret_until=int(time.time()) + grace))
 
-    acc = _with_store(_store_url(ctx, store_url), work)
-    if acc is None:
-        raise click.ClickException(f"no account with accessKey {access_key}")
+    acc = _with_store(ctx, work)
+    assert acc is not None
     data = _account_json(acc, with_secret=True)
     data["previousSecretValidUntil"] = acc.previous_secret_until
-    click.echo(json.dumps(data))
+    emit_one(data, as_json)
 
 
 # --- numbers ------------------------------------------------------------------------------
@@ -406,9 +610,72 @@ def numbers() -> None:
 def _read_numbers(args: Iterable[str], file: Path | None) -> list[str]:
     raw = list(args)
     if file is not None:
-        raw += [line.strip() for line in file.read_text().splitlines()
+        try:
+            text = file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise click.ClickException(f"cannot read {file}: {exc}") from None
+        raw += [line.strip() for line in text.splitlines()
                 if line.strip() and not line.lstrip().startswith("#")]
     return raw
+
+
+def _as_digits(texts: Iterable[str]) -> list[str]:
+    """Numbers as the store keeps them (digits with the country code); text that is not a
+    number is kept as given, so it is reported as not found rather than dropped."""
+    out = []
+    for text in texts:
+        number = parse_international(text)
+        out.append(number.digits if number is not None else text)
+    return list(dict.fromkeys(out))
+
+
+async def _add_numbers(store: Store, access_key: str, texts: list[str], batch: int,
+                       progress: bool) -> dict[str, Any]:
+    """Add numbers to a customer account: how many were added, how many the account had
+    already, and which belong to another account (named by its accessKey)."""
+    parsed = [parse_international(text) for text in texts]
+    bad = [text for text, n in zip(texts, parsed, strict=True) if n is None]
+    if bad:
+        raise click.ClickException(
+            f"{len(bad)} not possible international number(s) (country code first), e.g. "
+            f"{', '.join(bad[:5])}; nothing was added")
+    owner = await _account_or_fail(store, access_key)
+    if owner.role is not Role.CUSTOMER:
+        raise click.ClickException(f"{access_key} is a {owner.role.value} account: only "
+                                   "customer accounts own virtual numbers")
+    records = list({n.digits: VirtualNumber(n.digits, owner.id, n.country_code)
+                    for n in parsed if n is not None}.values())
+    existing: list[str] = []
+    if progress:
+        from rich.progress import Progress
+
+        with Progress(console=Console(stderr=True), transient=False) as bar:
+            task = bar.add_task("importing", total=len(records))
+            for start in range(0, len(records), batch):
+                chunk = records[start:start + batch]
+                existing += await store.add_numbers(chunk)
+                bar.advance(task, len(chunk))
+    else:
+        for start in range(0, len(records), batch):
+            existing += await store.add_numbers(records[start:start + batch])
+    if len(records) > len(existing):
+        await store.refresh_statistics()
+    owners = await store.number_owners(existing) if existing else {}
+    keys = {a.id: a.access_key for a in await store.list_accounts()} if existing else {}
+    others = [{"number": x, "account": keys.get(owners[x], str(owners[x]))}
+              for x in existing if x in owners and owners[x] != owner.id]
+    return {"added": len(records) - len(existing),
+            "alreadyPresent": len(existing) - len(others), "ownedByOtherAccounts": others}
+
+
+def _report_added(ctx: click.Context, result: dict[str, Any], as_json: bool | None) -> None:
+    emit_one(result, as_json)
+    others = result["ownedByOtherAccounts"]
+    if others:
+        named = ", ".join(f"{o['number']} (account {o['account']})" for o in others[:10])
+        raise _refuse(
+            ctx, f"{len(others)} number(s) belong to another account and were not added: {named}; "
+            "`pns numbers move NUMBER --to ACCOUNT` gives a number to another account")
 
 
 @numbers.command("add")
@@ -416,145 +683,234 @@ def _read_numbers(args: Iterable[str], file: Path | None) -> list[str]:
 @click.option("--file", "file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="One number per line.")
 @click.argument("number", nargs=-1)
+@_format_option
 @_store_option
 @click.pass_context
 def numbers_add(ctx: click.Context, access_key: str, file: Path | None, number: tuple[str, ...],
-                store_url: str | None) -> None:
-    """Give virtual numbers to a customer account."""
+                as_json: bool | None, store_url: str | None) -> None:
+    """Give virtual numbers to a customer account.
+
+    Prints added, alreadyPresent (the account had them) and ownedByOtherAccounts (each with
+    its owner; exit 1 when there is any).
+    """
     raw = _read_numbers(number, file)
     if not raw:
         raise click.UsageError("give numbers as arguments or with --file")
-    parsed = []
-    bad = []
-    for text in raw:
-        n = parse_international(text)
-        if n is None:
-            bad.append(text)
-        else:
-            parsed.append(n)
-    if bad:
-        raise click.ClickException(
-            f"not possible international numbers (country code first): {', '.join(bad[:10])}"
-        )
-
-    async def work(store: Store) -> tuple[int, list[str]]:
-        owner = await store.get_account(access_key)
-        if owner is None:
-            raise click.ClickException(f"no account with accessKey {access_key}")
-        if owner.role is not Role.CUSTOMER:
-            raise click.ClickException("only customer accounts own virtual numbers")
-        records = [VirtualNumber(n.digits, owner.id, n.country_code) for n in parsed]
-        existing = await store.add_numbers(records)
-        return len(records) - len(existing), existing
-
-    added, existing = _with_store(_store_url(ctx, store_url), work)
-    click.echo(json.dumps({"added": added, "alreadyPresent": existing}))
+    result = _with_store(ctx, lambda s: _add_numbers(s, access_key, raw, 1000, progress=False))
+    _report_added(ctx, result, as_json)
 
 
 @numbers.command("import")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--account", "access_key", required=True, help="Owner's accessKey.")
 @click.option("--batch", default=1000, show_default=True, type=click.IntRange(1, 100_000))
+@_format_option
 @_store_option
 @click.pass_context
 def numbers_import(ctx: click.Context, file: Path, access_key: str, batch: int,
-                   store_url: str | None) -> None:
-    """Import many numbers from FILE (one a line), with a progress bar."""
-    from rich.progress import Progress
+                   as_json: bool | None, store_url: str | None) -> None:
+    """Import many numbers from FILE (one a line), with a progress bar on stderr.
 
+    Prints the same fields as `numbers add`; refreshes the database's planner statistics after.
+    """
     raw = _read_numbers([], file)
-    parsed = [(text, parse_international(text)) for text in raw]
-    bad = [text for text, n in parsed if n is None]
-    if bad:
-        raise click.ClickException(
-            f"{len(bad)} line(s) are not possible international numbers, e.g. "
-            f"{', '.join(bad[:5])}; nothing was imported")
-
-    async def work(store: Store) -> tuple[int, int]:
-        owner = await store.get_account(access_key)
-        if owner is None or owner.role is not Role.CUSTOMER:
-            raise click.ClickException(f"no customer account with accessKey {access_key}")
-        records = [VirtualNumber(n.digits, owner.id, n.country_code) for _, n in parsed if n]
-        existing = 0
-        with Progress(console=Console(stderr=True), transient=False) as progress:
-            task = progress.add_task("importing", total=len(records))
-            for start in range(0, len(records), batch):
-                chunk = records[start:start + batch]
-                existing += len(await store.add_numbers(chunk))
-                progress.advance(task, len(chunk))
-        return len(records) - existing, existing
-
-    added, existing = _with_store(_store_url(ctx, store_url), work)
-    click.echo(json.dumps({"added": added, "alreadyPresent": existing}))
+    result = _with_store(ctx, lambda s: _add_numbers(s, access_key, raw, batch, progress=True))
+    _report_added(ctx, result, as_json)
 
 
 @numbers.command("list")
 @click.option("--account", "access_key", default=None, help="Only this account's numbers.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per number.")
+@click.option("--limit", default=0, show_default=True, type=click.IntRange(0),
+              help="At most this many (0: all, streamed page by page).")
+@click.option("--after", default="", metavar="NUMBER",
+              help="Start after this number (the last one of the previous page).")
+@_format_option
 @_store_option
 @click.pass_context
-def numbers_list(ctx: click.Context, access_key: str | None, as_json: bool,
-                 store_url: str | None) -> None:
-    """Each number with its owner and its active bindings."""
+def numbers_list(ctx: click.Context, access_key: str | None, limit: int, after: str,
+                 as_json: bool | None, store_url: str | None) -> None:
+    """Numbers in number order, each with its owner and its active bindings."""
+    start = _as_digits([after])[0] if after else ""
 
-    async def work(store: Store) -> tuple[list[Any], dict[int, str]]:
-        account_id = None
-        if access_key is not None:
-            owner = await store.get_account(access_key)
-            if owner is None:
-                raise click.ClickException(f"no account with accessKey {access_key}")
-            account_id = owner.id
+    async def work(store: Store) -> AsyncIterator[dict[str, Any]]:
+        account_id = (await _account_or_fail(store, access_key)).id if access_key else None
         keys = {a.id: a.access_key for a in await store.list_accounts()}
-        return await store.list_numbers(account_id, int(time.time())), keys
+        cursor, left = start, limit or -1
+        while left != 0:
+            size = PAGE_SIZE if left < 0 else min(PAGE_SIZE, left)
+            page = await store.numbers_page(account_id, cursor, size, int(time.time()))
+            for u in page:
+                yield {"number": u.x, "account": keys.get(u.account_id, str(u.account_id)),
+                       "countryCode": u.country_code, "enabled": u.enabled,
+                       "activeBindings": u.active_bindings}
+            if len(page) < size:
+                return
+            cursor = page[-1].x
+            left = left - len(page) if left > 0 else left
 
-    usage, keys = _with_store(_store_url(ctx, store_url), work)
-    if as_json:
-        for u in usage:
-            click.echo(json.dumps({"number": u.x, "account": keys.get(u.account_id, ""),
-                                   "countryCode": u.country_code, "enabled": u.enabled,
-                                   "activeBindings": u.active_bindings}))
-        return
-    table = Table("number", "account", "country", "active bindings")
-    for u in usage:
-        table.add_row(u.x, keys.get(u.account_id, ""), f"+{u.country_code}",
-                      str(u.active_bindings))
-    Console().print(table)
+    _stream(ctx, work, as_json, ("number", "account", "countryCode", "enabled",
+                                 "activeBindings"))
+
+
+def _stream(ctx: click.Context, rows: Callable[[Store], AsyncIterator[dict[str, Any]]],
+            as_json: bool | None, columns: Sequence[str]) -> None:
+    """Print rows as the store yields them, page by page, in one event loop: a listing of
+    200,000 rows starts at once and never holds them all."""
+    import queue
+    import threading
+
+    lines: queue.Queue[list[dict[str, Any]] | None] = queue.Queue(maxsize=4)
+    failure: list[BaseException] = []
+
+    async def produce(store: Store) -> None:
+        page: list[dict[str, Any]] = []
+        async for row in rows(store):
+            page.append(row)
+            if len(page) >= PAGE_SIZE:
+                await asyncio.to_thread(lines.put, page)
+                page = []
+        if page:
+            await asyncio.to_thread(lines.put, page)
+
+    def run() -> None:
+        try:
+            _with_store(ctx, produce)
+        except BaseException as exc:
+            failure.append(exc)
+        finally:
+            lines.put(None)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+
+    def consume() -> Iterable[dict[str, Any]]:
+        while (page := lines.get()) is not None:
+            yield from page
+
+    try:
+        emit_rows(consume(), as_json, columns)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader left (``| head``): stop quietly, as a listing piped into head should.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(0) from None
+    worker.join()
+    if failure:
+        raise failure[0]
+
+
+def _finish(ctx: click.Context, result: dict[str, Any], as_json: bool | None, done_key: str,
+            verb: str) -> None:
+    """Print what a number command did; fail when it matched nothing or kept something."""
+    emit_one(result, as_json)
+    if result.get("kept"):
+        kept = result["kept"]
+        raise _refuse(
+            ctx, f"{len(kept)} number(s) have active bindings and were kept: "
+            f"{', '.join(kept[:10])} (use --force to end their bindings)")
+    if not result[done_key]:
+        raise _refuse(
+            ctx, f"nothing to {verb}: no such number(s): {', '.join(result['notFound'][:10])}")
+    if result["notFound"]:
+        click.echo(f"not found: {', '.join(result['notFound'][:10])}", err=True)
 
 
 @numbers.command("remove")
 @click.argument("number", nargs=-1, required=True)
 @click.option("--force", is_flag=True, help="Also end the numbers' active bindings.")
+@_format_option
 @_store_option
 @click.pass_context
 def numbers_remove(ctx: click.Context, number: tuple[str, ...], force: bool,
-                   store_url: str | None) -> None:
-    """Remove numbers; refused while a number has active bindings, unless --force."""
-    xs = [(parse_international(n) or n) for n in number]
-    digits = [x.digits if not isinstance(x, str) else x for x in xs]
-    kept = _with_store(_store_url(ctx, store_url),
-                       lambda s: s.remove_numbers(digits, force, int(time.time())))
-    removed = [x for x in digits if x not in kept]
-    click.echo(json.dumps({"removed": removed, "kept": kept}))
-    if kept:
-        raise click.ClickException(
-            f"{len(kept)} number(s) have active bindings and were kept: {', '.join(kept[:10])} "
-            "(use --force to end their bindings)"
-        )
+                   as_json: bool | None, store_url: str | None) -> None:
+    """Remove numbers; refused while a number has active bindings, unless --force.
+
+    Prints removed, kept and notFound; exit 1 when a number was kept or none was found.
+    """
+    xs = _as_digits(number)
+
+    async def work(store: Store) -> dict[str, Any]:
+        found = await store.number_owners(xs)
+        present = [x for x in xs if x in found]
+        kept = await store.remove_numbers(present, force, int(time.time())) if present else []
+        return {"removed": [x for x in present if x not in kept], "kept": kept,
+                "notFound": [x for x in xs if x not in found]}
+
+    _finish(ctx, _with_store(ctx, work), as_json, "removed", "remove")
+
+
+def _enable_command(enabled: bool) -> Callable[..., None]:
+    verb = "enable" if enabled else "disable"
+    key = "enabled" if enabled else "disabled"
+
+    @numbers.command(verb)
+    @click.argument("number", nargs=-1, required=True)
+    @_format_option
+    @_store_option
+    @click.pass_context
+    def command(ctx: click.Context, number: tuple[str, ...], as_json: bool | None,
+                store_url: str | None) -> None:
+        xs = _as_digits(number)
+        missing = _with_store(ctx, lambda s: s.set_numbers_enabled(xs, enabled))
+        found = [x for x in xs if x not in missing]
+        _finish(ctx, {key: found, "notFound": missing}, as_json, key, verb)
+
+    command.__doc__ = (
+        "Let numbers take new bindings again." if enabled else
+        "Stop giving numbers to new bindings; their active bindings keep working.")
+    command.help = command.__doc__
+    return command
+
+
+numbers_enable = _enable_command(True)
+numbers_disable = _enable_command(False)
+
+
+@numbers.command("move")
+@click.argument("number", nargs=-1, required=True)
+@click.option("--to", "to_key", required=True, metavar="ACCESSKEY",
+              help="The customer account that gets the numbers.")
+@click.option("--force", is_flag=True, help="Also end the numbers' active bindings.")
+@_format_option
+@_store_option
+@click.pass_context
+def numbers_move(ctx: click.Context, number: tuple[str, ...], to_key: str, force: bool,
+                 as_json: bool | None, store_url: str | None) -> None:
+    """Give numbers to another account; refused while a number has active bindings, unless
+    --force (which ends them). Prints moved, kept and notFound."""
+    xs = _as_digits(number)
+
+    async def work(store: Store) -> dict[str, Any]:
+        target = await _account_or_fail(store, to_key)
+        if target.role is not Role.CUSTOMER:
+            raise click.ClickException(f"{to_key} is a {target.role.value} account: only "
+                                       "customer accounts own virtual numbers")
+        found = await store.number_owners(xs)
+        present = [x for x in xs if x in found]
+        kept = await store.move_numbers(present, target.id, force, int(time.time()))
+        return {"moved": [x for x in present if x not in kept], "to": to_key, "kept": kept,
+                "notFound": [x for x in xs if x not in found]}
+
+    _finish(ctx, _with_store(ctx, work), as_json, "moved", "move")
 
 
 # --- operators' views ----------------------------------------------------------------------
 @main.command()
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per pool.")
+@_format_option
 @_store_option
 @click.pass_context
-def stats(ctx: click.Context, as_json: bool, store_url: str | None) -> None:
-    """Pool headroom per account and country: how full, and how close to 10010."""
+def stats(ctx: click.Context, as_json: bool | None, store_url: str | None) -> None:
+    """Pool headroom per account and country: how full, and how close to 10010.
+
+    headroomBusiestParty: more bindings the busiest party can get before 10010; a fresh pair
+    can use any enabled number.
+    """
 
     async def work(store: Store) -> tuple[list[Any], dict[int, Account]]:
         accounts = {a.id: a for a in await store.list_accounts()}
         return await store.pool_usage(int(time.time())), accounts
 
-    usage, accounts = _with_store(_store_url(ctx, store_url), work)
+    usage, accounts = _with_store(ctx, work)
     rows = []
     for u in usage:
         owner = accounts.get(u.account_id)
@@ -567,23 +923,12 @@ def stats(ctx: click.Context, as_json: bool, store_url: str | None) -> None:
             "busiestPartyBindings": u.busiest_party_bindings,
             "headroomBusiestParty": u.headroom_busiest,
         })
-    if as_json:
-        for row in rows:
-            click.echo(json.dumps(row))
-        return
-    table = Table("account", "name", "cc", "numbers", "bindings", "free", "fullest X",
-                  "busiest", "headroom",
-                  caption="headroom: more bindings the busiest party can get before 10010; "
-                          "a fresh pair can use any enabled number")
-    for row in rows:
-        style = "red" if row["headroomBusiestParty"] == 0 else None
-        table.add_row(str(row["account"]), str(row["name"]), f"+{row['countryCode']}",
-                      f"{row['enabled']}/{row['numbers']}", str(row["activeBindings"]),
-                      str(row["freeNumbers"]),
-                      f"{row['fullestX']} ({row['fullestXBindings']})",
-                      str(row["busiestPartyBindings"]), str(row["headroomBusiestParty"]),
-                      style=style)
-    Console().print(table)
+    emit_rows(rows, as_json, columns=_STATS_COLUMNS)
+
+
+_STATS_COLUMNS = ("account", "name", "countryCode", "numbers", "enabled", "activeBindings",
+                  "freeNumbers", "fullestX", "fullestXBindings", "busiestPartyBindings",
+                  "headroomBusiestParty")
 
 
 @main.group()
@@ -591,58 +936,75 @@ def bindings() -> None:
     """Operators' view of bindings."""
 
 
-def _binding_json(b: Any) -> dict[str, Any]:
+def _binding_json(b: Binding) -> dict[str, Any]:
     from .wire import binding_item
 
     return binding_item(b)
 
 
+_BINDING_COLUMNS = ("bindId", "customerBindId", "phoneA", "phoneB", "did", "extension",
+                    "bindType", "flag", "expireAt", "businessId", "customerId")
+
+
 @bindings.command("list")
 @click.option("--account", "access_key", required=True)
 @click.option("--number", "x", default=None, help="Only bindings on this X.")
-@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 1000))
-@click.option("--offset", default=0, show_default=True, type=click.IntRange(0))
+@click.option("--limit", default=0, show_default=True, type=click.IntRange(0),
+              help="At most this many (0: all, streamed page by page).")
+@click.option("--after", default="", metavar="BINDID",
+              help="Start after this binding (the last one of the previous page).")
+@_format_option
 @_store_option
 @click.pass_context
-def bindings_list(ctx: click.Context, access_key: str, x: str | None, limit: int, offset: int,
-                  store_url: str | None) -> None:
-    """An account's active bindings, one JSON object each, in creation order."""
+def bindings_list(ctx: click.Context, access_key: str, x: str | None, limit: int, after: str,
+                  as_json: bool | None, store_url: str | None) -> None:
+    """An account's active bindings in creation order."""
+    on_x = _as_digits([x])[0] if x else ""
 
-    async def work(store: Store) -> list[Any]:
-        owner = await store.get_account(access_key)
-        if owner is None:
-            raise click.ClickException(f"no account with accessKey {access_key}")
-        items, _ = await store.list_bindings(owner.id, limit, offset, int(time.time()))
-        return items
+    async def work(store: Store) -> AsyncIterator[dict[str, Any]]:
+        owner = await _account_or_fail(store, access_key)
+        now = int(time.time())
+        if after and await store.get_binding(after, now) is None:
+            raise click.ClickException(f"no active binding {after} to start after")
+        cursor, left = after, limit or -1
+        while left != 0:
+            size = PAGE_SIZE if left < 0 else min(PAGE_SIZE, left)
+            page = await store.bindings_page(owner.id, on_x, cursor, size, now)
+            for b in page:
+                yield _binding_json(b)
+            if len(page) < size:
+                return
+            cursor = page[-1].bind_id
+            left = left - len(page) if left > 0 else left
 
-    wanted = (parse_international(x) or None) if x else None
-    for b in _with_store(_store_url(ctx, store_url), work):
-        if wanted is None or b.x == wanted.digits:
-            click.echo(json.dumps(_binding_json(b)))
+    _stream(ctx, work, as_json, _BINDING_COLUMNS)
 
 
 @bindings.command("show")
 @click.argument("bind_id")
+@_format_option
 @_store_option
 @click.pass_context
-def bindings_show(ctx: click.Context, bind_id: str, store_url: str | None) -> None:
+def bindings_show(ctx: click.Context, bind_id: str, as_json: bool | None,
+                  store_url: str | None) -> None:
     """One active binding."""
-    b = _with_store(_store_url(ctx, store_url),
-                    lambda s: s.get_binding(bind_id, int(time.time())))
+    b = _with_store(ctx, lambda s: s.get_binding(bind_id, int(time.time())))
     if b is None:
-        raise click.ClickException(f"no active binding {bind_id}")
-    click.echo(json.dumps(_binding_json(b)))
+        raise _refuse(ctx, f"no active binding {bind_id}")
+    emit_one(_binding_json(b), as_json)
 
 
 @bindings.command("unbind")
 @click.argument("bind_id")
+@_format_option
 @_store_option
 @click.pass_context
-def bindings_unbind(ctx: click.Context, bind_id: str, store_url: str | None) -> None:
+def bindings_unbind(ctx: click.Context, bind_id: str, as_json: bool | None,
+                    store_url: str | None) -> None:
     """End a binding now, whoever owns it."""
-    if not _with_store(_store_url(ctx, store_url), lambda s: s.delete_binding(bind_id)):
-        raise click.ClickException(f"no binding {bind_id}")
-    click.echo(json.dumps({"unbound": bind_id}))
+    if not _with_store(ctx, lambda s: s.delete_binding(bind_id)):
+        raise _refuse(ctx, f"no binding {bind_id}")
+    emit_one({"unbound": bind_id}, as_json)
 
 
 # --- operators of the admin API and console ------------------------------------------------------
@@ -660,9 +1022,11 @@ def _operator_json(op: Any) -> dict[str, Any]:
 @click.option("--name", required=True, help="Letters, digits, _ and -; at most 64.")
 @click.option("--role", type=click.Choice(["admin", "viewer"]), default="admin",
               show_default=True)
+@_format_option
 @_store_option
 @click.pass_context
-def operator_create(ctx: click.Context, name: str, role: str, store_url: str | None) -> None:
+def operator_create(ctx: click.Context, name: str, role: str, as_json: bool | None,
+                    store_url: str | None) -> None:
     """Create an operator; prints its token (shown only here, stored hashed)."""
     from .admin.operators import new_operator, valid_name
     from .model import OperatorRole
@@ -670,31 +1034,36 @@ def operator_create(ctx: click.Context, name: str, role: str, store_url: str | N
     if not valid_name(name):
         raise click.BadParameter("use 1 to 64 letters, digits, _ or -", param_hint="--name")
     op, token = new_operator(name, OperatorRole(role))
-    if not _with_store(_store_url(ctx, store_url), lambda s: s.create_operator(op)):
-        raise click.ClickException(f"an operator named {name} exists already")
-    click.echo(json.dumps({**_operator_json(op), "token": token}))
+    if not _with_store(ctx, lambda s: s.create_operator(op)):
+        raise _refuse(ctx, f"an operator named {name} exists already")
+    emit_one({**_operator_json(op), "token": token}, as_json)
 
 
 @operator.command("list")
+@_format_option
 @_store_option
 @click.pass_context
-def operator_list(ctx: click.Context, store_url: str | None) -> None:
-    """One JSON object per operator (tokens are never shown again)."""
-    for op in _with_store(_store_url(ctx, store_url), lambda s: s.list_operators()):
-        click.echo(json.dumps(_operator_json(op)))
+def operator_list(ctx: click.Context, as_json: bool | None, store_url: str | None) -> None:
+    """Every operator (tokens are never shown again)."""
+    operators = _with_store(ctx, lambda s: s.list_operators())
+    emit_rows((_operator_json(op) for op in operators), as_json,
+              columns=("name", "role", "disabled", "createdAt"))
 
 
 @operator.command("disable")
 @click.argument("name")
 @click.option("--enable", is_flag=True, help="Enable the operator again instead.")
+@_format_option
 @_store_option
 @click.pass_context
-def operator_disable(ctx: click.Context, name: str, enable: bool, store_url: str | None) -> None:
+def operator_disable(ctx: click.Context, name: str, enable: bool, as_json: bool | None,
+                     store_url: str | None) -> None:
     """Disable an operator: its token and its console sessions stop working at once."""
-    if not _with_store(_store_url(ctx, store_url),
-                       lambda s: s.set_operator_disabled(name, not enable)):
-        raise click.ClickException(f"no operator named {name}")
-    click.echo(json.dumps({"name": name, "disabled": not enable}))
+    if not _with_store(ctx, lambda s: s.set_operator_disabled(name, not enable)):
+        raise _refuse(ctx, f"no operator named {name}")
+    emit_one({"name": name, "disabled": not enable}, as_json)
+
+
 # --- secrets at rest ------------------------------------------------------------------------
 @main.group("secrets")
 def secrets_group() -> None:
@@ -710,15 +1079,15 @@ def secrets_new_key() -> None:
 
 
 @secrets_group.command("rotate-key")
+@_format_option
 @_store_option
 @click.pass_context
-def secrets_rotate_key(ctx: click.Context, store_url: str | None) -> None:
+def secrets_rotate_key(ctx: click.Context, as_json: bool | None, store_url: str | None) -> None:
     """Seal every account secret with a new key (a key file) or with the first key of
     PNS_SECRET_KEY."""
     from .vault import rotate_key
 
-    changed = _with_store(_store_url(ctx, store_url), rotate_key)
-    click.echo(json.dumps({"resealedAccounts": changed}))
+    emit_one({"resealedAccounts": _with_store(ctx, rotate_key)}, as_json)
 
 
 if __name__ == "__main__":

@@ -1,20 +1,25 @@
-"""The OpenAPI description of the API, served at ``GET /openapi.json``.
+"""The OpenAPI description of the API, served at ``GET /openapi.json`` (and as a page at
+``GET /docs``).
 
 One path per action (``POST /api/pns/{action}``, an alias of ``POST /api/pns/`` with the
-``action`` header), so each action's body and answer can be described; request schemas are
-generated from the same structs that decode the requests.
+``action`` header), so each action's body and answer can be described. Request schemas are
+generated from the same structs that decode the requests, with the required fields the actions
+check (``wire.REQUIRED_FIELDS``); each answer's ``data`` is typed, and its ``code`` lists only
+the codes that action can return, so a client generator gets usable types.
 """
 
 from __future__ import annotations
 
 import re
+from importlib.resources import files
 from typing import Any
 
 import msgspec
 
 from . import __version__
 from .api import ACTIONS
-from .errors import DEFAULT_MSG
+from .errors import DEFAULT_MSG, Code
+from .wire import ONE_OF_FIELDS, REQUIRED_FIELDS
 
 _SUMMARIES = {
     "bindAXB": "Bind A and B to a virtual number X chosen from the account's pool",
@@ -27,68 +32,193 @@ _SUMMARIES = {
     "redeliverCallRecord": "Queue one more delivery of a call record",
 }
 
-_HEADERS = [
-    ("accessKey", "The account's access key"),
-    ("bizType", "Must be 5"),
-    ("ts", "Epoch milliseconds, within 60 s of the server clock"),
-    ("sign", "Lowercase hex MD5 (or SHA-256) over headers, raw body and secret"),
+_FIELD_DOCS = {
+    "phoneA": "Party A, digits with the country code (+, spaces, -, ( ) and 00 allowed)",
+    "phoneB": "Party B, same country code as A",
+    "phoneX": "Ask for this virtual number X (must be the account's)",
+    "expireSecond": "Lifetime in seconds, 0 = never expires (an integer or a string of digits)",
+    "customerBindId": "Your id, at most 64 characters; a repeat of the same request is idempotent",
+    "flag": "Bit 1 = record the call",
+    "businessId": "Echoed in lists and call records, at most 128 characters",
+    "extension": "3 digits (4 with pns serve --extension-length 4)",
+    "Extension": "Alias of extension",
+    "bindId": "32 hex digits, from the bind's answer",
+    "limit": "0-1000, 0 = 1000",
+    "offset": "0 or more",
+    "caller": "The calling number (country code optional: read against X's country)",
+    "did": "The dialled virtual number X, with its country code",
+    "callId": "From the query's answer",
+}
+
+# Codes every action can answer, besides its own (state-changing actions add 1006).
+_COMMON_CODES = (Code.OK, Code.MISSING_HEADER, Code.BAD_PARAMETER, Code.BAD_SIGNATURE,
+                 Code.TS_EXPIRED, Code.NO_PERMISSION, Code.RATE_LIMITED, Code.INTERNAL)
+_BIND_CODES = (Code.NUMBER_EMPTY, Code.SAME_NUMBER, Code.COUNTRY_MISMATCH,
+               Code.NO_COUNTRY_PREFIX, Code.NO_VIRTUAL_NUMBER, Code.CUSTOMER_BIND_ID_REUSED,
+               Code.PARTY_ALREADY_BOUND)
+ACTION_CODES: dict[str, tuple[Code, ...]] = {
+    "bindAXB": (*_BIND_CODES, Code.NUMBERS_EXHAUSTED),
+    "bindAXBExtension": (*_BIND_CODES, Code.EXTENSION_TAKEN, Code.INVALID_EXTENSION,
+                         Code.NO_FREE_EXTENSION),
+    "unbindAXB": (Code.BINDING_NOT_EXIST,),
+    "getAXBList": (Code.LIMIT_OUT_OF_RANGE, Code.OFFSET_OUT_OF_RANGE),
+    "queryAXB": (Code.NO_COUNTRY_PREFIX, Code.BINDING_NOT_EXIST),
+    "reportCall": (Code.BINDING_NOT_EXIST,),
+    "getCallRecords": (Code.LIMIT_OUT_OF_RANGE, Code.OFFSET_OUT_OF_RANGE),
+    "redeliverCallRecord": (Code.BINDING_NOT_EXIST,),
+}
+
+
+def action_codes(action: str) -> list[int]:
+    """Every code ``action`` can answer with, in order."""
+    codes = {*_COMMON_CODES, *ACTION_CODES[action]}
+    if ACTIONS[action].changes_state:
+        codes.add(Code.REPLAYED)
+    return sorted(int(c) for c in codes)
+
+
+def _obj(required: list[str], **properties: Any) -> dict[str, Any]:
+    return {"type": "object", "required": required, "properties": properties}
+
+
+_S = {"type": "string"}
+_I = {"type": "integer"}
+_BINDING_ITEM = _obj(
+    ["customerId", "businessId", "bindId", "customerBindId", "phoneA", "phoneB", "did", "flag",
+     "expireAt", "bindType"],
+    customerId=_S, businessId=_S, bindId=_S, customerBindId=_S, phoneA=_S, phoneB=_S, did=_S,
+    flag=_I, expireAt={**_I, "description": "epoch seconds, 0 = never"},
+    bindType={**_I, "description": "0 AXB, 4 extension"}, extension=_S)
+_PROMPTS = {"audioWhenCallFail": _S, "audioWhenDtmfNeed": _S, "audioWhenDtmfErr": _S}
+_RECORD = _obj(
+    ["id", "callId", "did", "caller", "callee", "callStatus", "duration", "startAt", "hangupAt"],
+    id=_I, businessId=_S, customerBindId=_S, bindId=_S, callId=_S, did=_S, caller=_S,
+    callee=_S, callStatus={**_I, "description": "1 answered and cleared normally, 2 otherwise"},
+    callStatusMsg=_S, duration=_I, startAt=_I, ringAt=_I, answerAt=_I, hangupAt=_I,
+    hangupCause=_S, hangupCode=_I, hangup=_I, recordFile=_S)
+# What ``data`` holds in each action's answer. Only queryAXB's failures carry data (the three
+# prompts), so its answer requires just those.
+DATA_SCHEMAS: dict[str, dict[str, Any] | None] = {
+    "bindAXB": _obj(["bindId", "did", "expireAt"], bindId=_S, did=_S, expireAt=_I),
+    "bindAXBExtension": _obj(["bindId", "did", "extension", "expireAt"], bindId=_S, did=_S,
+                             extension=_S, expireAt=_I),
+    "unbindAXB": None,
+    "getAXBList": _obj(["bindList", "total"], bindList={"type": "array", "items": _BINDING_ITEM},
+                       total=_I),
+    "queryAXB": _obj(list(_PROMPTS), callee=_S, callId=_S, flag=_I, bindType=_I, extension=_S,
+                     **_PROMPTS),
+    "reportCall": _obj(["id", "callId"], id=_I, callId=_S),
+    "getCallRecords": _obj(["records", "total"], records={"type": "array", "items": _RECORD},
+                           total=_I),
+    "redeliverCallRecord": _obj(["eventId"], eventId=_S),
+}
+
+_PARAMETERS = [
+    {"name": "bizType", "in": "header", "required": True, "description": "Must be 5",
+     "schema": {"type": "string", "enum": ["5"]}},
+    {"name": "ts", "in": "header", "required": True,
+     "description": "Epoch milliseconds, within 60 s of the server clock",
+     "schema": {"type": "string"}},
+    {"name": "algorithm", "in": "header", "required": False,
+     "description": "md5 (default) or sha256; not part of the signed string",
+     "schema": {"type": "string", "enum": ["md5", "sha256"]}},
 ]
 
+_SECURITY_SCHEMES = {
+    "accessKey": {"type": "apiKey", "in": "header", "name": "accessKey",
+                  "description": "The account's access key."},
+    "sign": {"type": "apiKey", "in": "header", "name": "sign", "description": (
+        "Lowercase hex MD5 (or SHA-256 with `algorithm: sha256`) of "
+        "`accessKey=K&action=A&bizType=5&ts=T&body=<raw body>&accessSecret=S`; `&body=...` is "
+        "left out for an empty body. The body is signed byte for byte as sent. A "
+        "state-changing request whose sign was already used within the ts window gets 1006.")},
+}
 
-def _envelope_schema() -> dict[str, Any]:
-    return {
-        "type": "object",
-        "required": ["code", "msg", "requestId"],
-        "properties": {
-            "code": {"type": "integer", "enum": sorted(int(c) for c in DEFAULT_MSG)},
-            "msg": {"type": "string"},
-            "requestId": {"type": "string", "pattern": "^[0-9]{19}$"},
-            "data": {"type": "object"},
-        },
+
+def _request_schema(name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    schema = {**schema, "required": list(REQUIRED_FIELDS.get(name, ()))}
+    schema["properties"] = {
+        field: ({**spec, "description": _FIELD_DOCS[field]} if field in _FIELD_DOCS else spec)
+        for field, spec in schema["properties"].items()
     }
+    one_of = ONE_OF_FIELDS.get(name)
+    if one_of:
+        schema["anyOf"] = [{"required": [field]} for field in one_of]
+    return schema
+
+
+def _answer_schema(action: str) -> dict[str, Any]:
+    codes = action_codes(action)
+    properties: dict[str, Any] = {
+        "code": {"type": "integer", "enum": codes},
+        "msg": {"type": "string"},
+        "requestId": {"type": "string", "pattern": "^[0-9]{19}$"},
+    }
+    data = DATA_SCHEMAS[action]
+    if data is not None:
+        properties["data"] = data
+    return {"type": "object", "required": ["code", "msg", "requestId"],
+            "properties": properties}
+
+
+def _codes_text(action: str) -> str:
+    lines = [f"- {code}: {DEFAULT_MSG[Code(code)]}" for code in action_codes(action)]
+    return "Codes this action answers with (HTTP 200 unless said):\n" + "\n".join(lines)
 
 
 def build_openapi() -> dict[str, Any]:
     (schemas, components) = msgspec.json.schema_components(
         list(a.body for a in ACTIONS.values()), ref_template="#/components/schemas/{name}")
+    for name in list(components):
+        components[name] = _request_schema(name, components[name])
     envelope = {"$ref": "#/components/schemas/Envelope"}
-    parameters = [
-        {"name": name, "in": "header", "required": True, "description": text,
-         "schema": {"type": "string"}}
-        for name, text in _HEADERS
-    ]
     paths: dict[str, Any] = {}
-    for (action, _), schema in zip(ACTIONS.items(), schemas, strict=True):
+    for (action, spec), schema in zip(ACTIONS.items(), schemas, strict=True):
+        answer = f"{action}Answer"
+        components[answer] = _answer_schema(action)
+        roles = " or ".join(sorted(role.value for role in spec.roles))
         paths[f"/api/pns/{action}"] = {"post": {
             "operationId": action,
             "summary": _SUMMARIES[action],
-            "parameters": parameters,
+            "description": f"Role: {roles}. Same as `POST /api/pns/` with header "
+                           f"`action: {action}`.\n\n{_codes_text(action)}",
+            "parameters": _PARAMETERS,
+            "security": [{"accessKey": [], "sign": []}],
             "requestBody": {"required": True,
                             "content": {"application/json": {"schema": schema}}},
             "responses": {
                 "200": {"description": "An envelope; code 0 is success",
-                        "content": {"application/json": {"schema": envelope}}},
-                "413": {"description": "Body over 64 KiB",
+                        "content": {"application/json": {
+                            "schema": {"$ref": f"#/components/schemas/{answer}"}}}},
+                "413": {"description": "Body over 64 KiB (code 1002)",
                         "content": {"application/json": {"schema": envelope}}},
                 "500": {"description": "Unexpected failure (code 10009)",
                         "content": {"application/json": {"schema": envelope}}},
             },
         }}
-    paths["/healthz"] = {"get": {"operationId": "healthz", "responses": {
+    paths["/healthz"] = {"get": {"operationId": "healthz", "security": [], "responses": {
         "200": {"description": "The store answers"},
         "503": {"description": "The store does not answer"}}}}
-    components["Envelope"] = _envelope_schema()
+    components["Envelope"] = {
+        "type": "object", "required": ["code", "msg", "requestId"],
+        "properties": {"code": {"type": "integer"}, "msg": {"type": "string"},
+                       "requestId": {"type": "string", "pattern": "^[0-9]{19}$"}},
+    }
     admin_paths, admin_schemas = _admin_paths()
     paths.update(admin_paths)
     components.update(admin_schemas)
     return {
         "openapi": "3.1.0",
         "info": {"title": "pns — privacy number service (NXCloud PNS compatible)",
-                 "version": __version__},
+                 "version": __version__,
+                 "license": {"name": "Apache-2.0", "identifier": "Apache-2.0"}},
+        "servers": [{"url": "/", "description": "the pns serving this document"}],
+        "security": [{"accessKey": [], "sign": []}],
         "tags": [{"name": "admin", "description": "The operators' admin API (Bearer token), "
                   "separate from the NXCloud-compatible API"}],
         "paths": paths,
         "components": {"schemas": components, "securitySchemes": {
+            **_SECURITY_SCHEMES,
             "operatorToken": {"type": "http", "scheme": "bearer",
                               "description": "A token from `pns operator create`"}}},
     }
@@ -143,3 +273,17 @@ def _admin_paths() -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 OPENAPI_JSON = msgspec.json.encode(build_openapi())
+
+
+def _docs_assets() -> dict[str, tuple[str, bytes]]:
+    """``/docs`` and the files it loads, from the package (no CDN: pns runs offline)."""
+    static = files("pns") / "static"
+    return {
+        "/docs": ("text/html; charset=utf-8", (static / "docs.html").read_bytes()),
+        "/docs/": ("text/html; charset=utf-8", (static / "docs.html").read_bytes()),
+        "/docs/docs.js": ("text/javascript; charset=utf-8", (static / "docs.js").read_bytes()),
+        "/docs/docs.css": ("text/css; charset=utf-8", (static / "docs.css").read_bytes()),
+    }
+
+
+DOCS_ASSETS = _docs_assets()

@@ -18,7 +18,7 @@ from .core import Service, Settings
 from .delivery import Deliverer, DeliverySettings
 from .http import HttpServer, Limits
 from .ids import LEASE_RENEW, LEASE_SECONDS, current_worker, lease_lost, use_worker
-from .metrics import Metrics
+from .metrics import Metrics, keep_process_metrics
 from .store import Store, open_store
 from .store.base import Retention
 from .store.rows import redact
@@ -152,6 +152,8 @@ async def run_server(
                   asyncio.create_task(keep_worker_id(store, holder, worker)),
                   asyncio.create_task(refresh_pool_metrics(store, app.metrics)),
                   asyncio.create_task(purge_forever(store, retention))]
+    if app.metrics.multiprocess:
+        background.append(asyncio.create_task(keep_process_metrics(app.metrics)))
     if front is not None:
         background.append(asyncio.create_task(front.sample_rates()))
     if deliver:

@@ -3,6 +3,11 @@
 Unknown fields are ignored (older NXCloud clients send extra prompt fields); a field of the
 wrong type is refused with 1002. ``flag``, ``expireSecond``, ``limit`` and ``offset`` also
 accept a string of digits, because NXCloud's older revision typed them as strings.
+
+Input rules, one code per kind of fault: a missing or empty party number (``phoneA``,
+``phoneB``) is 10001, NXCloud's "binding number empty"; any other missing required field is
+1002 naming it. An empty body is ``{}`` for an action whose fields are all optional
+(``getAXBList``, ``getCallRecords``), and 1002 for the others, which need a JSON object.
 """
 
 from __future__ import annotations
@@ -59,10 +64,32 @@ class QueryBody(msgspec.Struct):
     extension: str | None = None
 
 
+# The fields each body must carry (checked by the actions; listed here once for the decoder's
+# empty-body rule and for /openapi.json), keyed by struct name. ``unbindAXB`` needs one of two.
+REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
+    "BindAXBBody": ("phoneA", "phoneB", "expireSecond"),
+    "BindExtensionBody": ("phoneA", "phoneX", "expireSecond"),
+    "QueryBody": ("caller", "did"),
+    "CallReport": ("callId",),
+    "RedeliverBody": ("callId",),
+}
+ONE_OF_FIELDS: dict[str, tuple[str, ...]] = {"UnbindBody": ("bindId", "customerBindId")}
+
+
+def accepts_empty_body(shape: type[msgspec.Struct]) -> bool:
+    """True when every field of the body is optional, so no body at all means ``{}``."""
+    name = shape.__name__
+    return not REQUIRED_FIELDS.get(name) and not ONE_OF_FIELDS.get(name)
+
+
 def decode(body: bytes, shape: type[msgspec.Struct]) -> Any:
     """Decode a request body into its struct, or refuse with 1002 and what was wrong."""
     if not body.strip():
-        raise PnsError(Code.BAD_PARAMETER, "the body must be a JSON object")
+        if accepts_empty_body(shape):
+            return shape()
+        needed = REQUIRED_FIELDS.get(shape.__name__) or ONE_OF_FIELDS[shape.__name__]
+        raise PnsError(Code.BAD_PARAMETER,
+                       f"the body must be a JSON object with {', '.join(needed)}")
     if b"\\u0000" in body:
         # Numbers and ids never hold NUL, and PostgreSQL text cannot: refuse it everywhere.
         raise PnsError(Code.BAD_PARAMETER, "NUL characters are not allowed")
@@ -79,7 +106,26 @@ def decode(body: bytes, shape: type[msgspec.Struct]) -> Any:
     for name in _int_fields(shape):
         if not INT64_MIN <= getattr(decoded, name) <= INT64_MAX:
             raise PnsError(Code.BAD_PARAMETER, f"invalid field: {name} is out of range")
+    _check_required(decoded)
     return decoded
+
+
+# A missing party number keeps NXCloud's own code.
+_PARTY_FIELDS = frozenset({"phoneA", "phoneB"})
+
+
+def _check_required(decoded: msgspec.Struct) -> None:
+    """Every missing required field gets its one documented code, whatever the action."""
+    name = type(decoded).__name__
+    for field in REQUIRED_FIELDS.get(name, ()):
+        value = getattr(decoded, field)
+        if value is None or (isinstance(value, str) and not value.strip()):
+            if field in _PARTY_FIELDS:
+                raise PnsError(Code.NUMBER_EMPTY, f"{field} is empty")
+            raise PnsError(Code.BAD_PARAMETER, f"{field} is required")
+    one_of = ONE_OF_FIELDS.get(name)
+    if one_of and not any(str(getattr(decoded, field)).strip() for field in one_of):
+        raise PnsError(Code.BAD_PARAMETER, f"{' or '.join(one_of)} is required")
 
 
 @cache

@@ -123,6 +123,7 @@ def start_pns(store: str, port: int, log: Path) -> subprocess.Popen[bytes]:
 def pns_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PnsServer]:
     work = tmp_path_factory.mktemp("pns")
     store = f"sqlite:///{work / 'pns.db'}"
+    _pns("migrate", "--store", store)  # only serve and migrate create a store
     customer = _account(store, "sip-axb-customer", "customer")
     ext_customer = _account(store, "sip-ext-customer", "customer")
     switch = _account(store, "sip-switch", "switch")

@@ -45,6 +45,7 @@ def test_a_call_that_ends_while_pns_is_down_is_reported_once_pns_is_back(
         sip_binaries: dict[str, str], tmp_path: Path) -> None:
     store = f"sqlite:///{tmp_path / 'pns.db'}"
     receiver = Receiver()
+    _pns("migrate", "--store", store)  # only serve and migrate create a store
     customer = _account(store, "outage-customer", "customer")
     switch_acc = _account(store, "outage-switch", "switch")
     _pns("numbers", "add", "--account", customer["accessKey"], *X_NUMBERS, "--store", store)

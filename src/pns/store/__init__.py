@@ -9,7 +9,7 @@ from .base import BindConflict, ConflictKind, Store, StoreError
 DEFAULT_STORE_URL = "sqlite:///./pns.db"
 
 __all__ = ["DEFAULT_STORE_URL", "BindConflict", "ConflictKind", "Store", "StoreError", "open_store",
-           "split_bindings"]
+           "schema_versions", "split_bindings"]
 
 
 async def open_store(url: str, *, migrate: bool = True, index: bool = False,
@@ -70,3 +70,15 @@ async def _open_composite(url: str, bindings: str, migrate: bool) -> Store:
         await records.close()
         raise
     return CompositeStore(index, ledger, records)
+async def schema_versions(url: str) -> tuple[int, int]:
+    """(the store's schema version, this release's), read without creating or changing the
+    store: ``pns migrate`` reports what it did from them."""
+    if url.startswith("sqlite:"):
+        from . import sqlite
+
+        return sqlite.stored_schema_version(url), sqlite.SCHEMA_VERSION
+    if url.startswith(("postgresql:", "postgres:")):
+        from . import postgres
+
+        return await postgres.stored_schema_version(url), postgres.SCHEMA_VERSION
+    raise StoreError(f"unknown store URL {url!r}: use sqlite:///PATH or postgresql://...")

@@ -257,6 +257,10 @@ class BindingLedger(Protocol):
         self, account_id: int, limit: int, offset: int, now: int
     ) -> tuple[list[Binding], int]: ...
 
+    async def bindings_page(self, account_id: int, x: str, after_bind_id: str, limit: int,
+                            now: int) -> list[Binding]:
+        """As ``Store.bindings_page``: the account's active bindings after a cursor."""
+
     async def find_by_number(self, number: str, now: int, limit: int) -> list[Binding]:
         """Active bindings where ``number`` is X or a party (an operator's search)."""
 
@@ -308,6 +312,18 @@ class Store(BindingIndex, RecordsStore, Protocol):
 
     async def get_number(self, x: str) -> VirtualNumber | None: ...
 
+    async def number_owners(self, xs: Sequence[str]) -> dict[str, int]:
+        """The owning account id of each of ``xs`` that exists (operators' commands name the
+        owner of a number they cannot add, and the numbers they did not find)."""
+
+    async def numbers_page(self, account_id: int | None, after: str, limit: int,
+                           now: int) -> list[NumberUsage]:
+        """Up to ``limit`` numbers greater than ``after``, in number order (a cursor: pages
+        stay cheap however deep, and a listing can stream)."""
+
+    async def refresh_statistics(self) -> None:
+        """Tell the query planner about a bulk change (after ``numbers import``)."""
+
     async def set_numbers_enabled(self, xs: Sequence[str], enabled: bool) -> list[str]:
         """Enable or disable numbers (a disabled number gets no new bindings; its bindings
         keep working until they end). Returns the numbers that do not exist."""
@@ -349,6 +365,11 @@ class Store(BindingIndex, RecordsStore, Protocol):
     async def list_bindings(
         self, account_id: int, limit: int, offset: int, now: int
     ) -> tuple[list[Binding], int]: ...
+
+    async def bindings_page(self, account_id: int, x: str, after_bind_id: str, limit: int,
+                            now: int) -> list[Binding]:
+        """Up to ``limit`` active bindings of the account (only on X ``x`` unless it is ""),
+        in creation order, after the binding ``after_bind_id`` ("" from the start)."""
 
     async def find_by_party(self, x: str, number: str, now: int) -> Binding | None: ...
 

@@ -333,6 +333,18 @@ class CompositeStore:
         return [NumberUsage(row.x, row.account_id, row.country_code, row.enabled, count)
                 for row, (count, _) in zip(rows, actives, strict=True)]
 
+    async def numbers_page(self, account_id: int | None, after: str, limit: int,
+                           now: int) -> list[NumberUsage]:
+        rows = await self.records.numbers_page(  # type: ignore[attr-defined]
+            account_id, after, limit, now)
+        actives = await self.index.active([row.x for row in rows], now)
+        return [NumberUsage(row.x, row.account_id, row.country_code, row.enabled, count)
+                for row, (count, _) in zip(rows, actives, strict=True)]
+
+    async def bindings_page(self, account_id: int, x: str, after_bind_id: str, limit: int,
+                            now: int) -> list[Binding]:
+        return await self.ledger.bindings_page(account_id, x, after_bind_id, limit, now)
+
     async def pool_usage(self, now: int) -> list[PoolUsage]:
         rows = await self.records.list_numbers(None, now)
         actives = await self.index.active([row.x for row in rows], now, with_parties=True)

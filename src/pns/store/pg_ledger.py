@@ -139,6 +139,18 @@ class PgBindingLedger:
         found = [decode_binding(row[0]) for row in rows]
         return [b for b in found if number in (b.x, b.a, b.b)]
 
+    async def bindings_page(self, account_id: int, x: str, after_bind_id: str, limit: int,
+                            now: int) -> list[Binding]:
+        sql = (f"SELECT body FROM pns_binding_ledger WHERE account_id = $1 AND {_ACTIVE} "
+               "AND seq > coalesce((SELECT seq FROM pns_binding_ledger WHERE bind_id = $3), "
+               "CASE WHEN $3 = '' THEN 0 END)")
+        params: list[Any] = [account_id, now, after_bind_id, limit]
+        if x:
+            sql += " AND x = $5"
+            params.append(x)
+        rows = await self._pool.fetch(sql + " ORDER BY seq LIMIT $4", *params)
+        return [decode_binding(row[0]) for row in rows]
+
     async def list_bindings(self, account_id: int, limit: int, offset: int, now: int
                             ) -> tuple[list[Binding], int]:
         async with self._pool.acquire() as conn, conn.transaction(

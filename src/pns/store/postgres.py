@@ -692,6 +692,11 @@ class PostgresStore:
         )
         return VirtualNumber(row[0], row[1], row[2], row[3]) if row else None
 
+    async def number_owners(self, xs: Sequence[str]) -> dict[str, int]:
+        rows = await self._pool.fetch(
+            "SELECT x, account_id FROM numbers WHERE x = ANY($1::text[])", list(xs))
+        return {str(r[0]): int(r[1]) for r in rows}
+
     async def set_numbers_enabled(self, xs: Sequence[str], enabled: bool) -> list[str]:
         rows = await self._pool.fetch(
             "UPDATE numbers SET enabled = $1 WHERE x = ANY($2::text[]) RETURNING x",
@@ -725,6 +730,25 @@ class PostgresStore:
             return kept
 
         return await self._retry(work)
+
+    async def numbers_page(self, account_id: int | None, after: str, limit: int,
+                           now: int) -> list[NumberUsage]:
+        sql = (
+            "SELECT n.x, n.account_id, n.country_code, n.enabled, "
+            f"({_active_on_x(1)}) FROM numbers n WHERE n.x > $2"
+        )
+        params: list[Any] = [now, after, limit]
+        if account_id is not None:
+            sql += " AND n.account_id = $4"
+            params.append(account_id)
+        rows = await self._pool.fetch(sql + " ORDER BY n.x LIMIT $3", *params)
+        return [NumberUsage(r[0], r[1], r[2], r[3], r[4]) for r in rows]
+
+    async def refresh_statistics(self) -> None:
+        """ANALYZE after a bulk import: with statistics of an empty table the planner picks
+        plans for a handful of rows, and the first binds after 200,000 new numbers took
+        hundreds of milliseconds until autovacuum caught up."""
+        await self._pool.execute("ANALYZE numbers")
 
     async def list_numbers(self, account_id: int | None, now: int) -> list[NumberUsage]:
         sql = (
@@ -852,6 +876,18 @@ class PostgresStore:
                 account_id, now,
             )
         return [Binding(*row) for row in rows], int(total)
+
+    async def bindings_page(self, account_id: int, x: str, after_bind_id: str, limit: int,
+                            now: int) -> list[Binding]:
+        sql = (f"SELECT {_BINDING_COLUMNS} FROM bindings b WHERE b.account_id = $1 "
+               f"AND {_active(2)} AND b.seq > coalesce("
+               "(SELECT seq FROM bindings WHERE bind_id = $3), CASE WHEN $3 = '' THEN 0 END)")
+        params: list[Any] = [account_id, now, after_bind_id, limit]
+        if x:
+            sql += " AND b.x = $5"
+            params.append(x)
+        rows = await self._pool.fetch(sql + " ORDER BY b.seq LIMIT $4", *params)
+        return [Binding(*row) for row in rows]
 
     async def find_by_party(self, x: str, number: str, now: int) -> Binding | None:
         row = await self._hot.fetchrow(
@@ -1221,6 +1257,19 @@ async def _has_sealed_secrets(conn: Any) -> bool:
         return False
     return bool(await conn.fetchval(
         "SELECT EXISTS (SELECT 1 FROM accounts WHERE access_secret LIKE 'pns-aesgcm:%')"))
+
+
+async def stored_schema_version(url: str) -> int:
+    """The schema version of the database at ``url`` (0 when pns never ran there)."""
+    options = PoolOptions(url)
+    try:
+        conn = await asyncpg.connect(options.dsn, timeout=options.connect_timeout)
+        try:
+            return await _read_version(conn)
+        finally:
+            await conn.close()
+    except _OPEN_ERRORS as exc:
+        raise StoreError(f"cannot open store {redact(url)}: {_describe(exc)}") from exc
 
 
 async def _read_version(conn: Any) -> int:

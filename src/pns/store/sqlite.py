@@ -346,6 +346,23 @@ def path_from_url(url: str) -> str:
     return rest
 
 
+def stored_schema_version(url: str) -> int:
+    """The schema version of the store at ``url`` without opening (or creating) it; 0 when
+    there is no store yet."""
+    path = path_from_url(url)
+    if path == ":memory:" or not Path(path).exists():
+        return 0
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            (version,) = conn.execute("PRAGMA user_version").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot read store {path}: {exc}") from exc
+    return int(version)
+
+
 def index_from_url(url: str) -> bool | None:
     """``?index=on|off`` in a sqlite URL; None when the URL does not say."""
     if "?" not in url:
@@ -808,6 +825,16 @@ class SqliteStore:
         ).fetchone()
         return VirtualNumber(row[0], row[1], row[2], bool(row[3])) if row else None
 
+    async def number_owners(self, xs: Sequence[str]) -> dict[str, int]:
+        owners: dict[str, int] = {}
+        for start in range(0, len(xs), 500):
+            chunk = list(xs[start:start + 500])
+            marks = ", ".join("?" * len(chunk))
+            rows = self._read.execute(
+                f"SELECT x, account_id FROM numbers WHERE x IN ({marks})", chunk)
+            owners.update((str(r[0]), int(r[1])) for r in rows)
+        return owners
+
     async def set_numbers_enabled(self, xs: Sequence[str], enabled: bool) -> list[str]:
         def work() -> list[str]:
             missing: list[str] = []
@@ -840,6 +867,23 @@ class SqliteStore:
             return kept
 
         return await self._own(work)
+
+    async def numbers_page(self, account_id: int | None, after: str, limit: int,
+                           now: int) -> list[NumberUsage]:
+        sql = (
+            "SELECT n.x, n.account_id, n.country_code, n.enabled, "
+            f"({_ACTIVE_ON_X}) FROM numbers n WHERE n.x > :after"
+        )
+        params: dict[str, Any] = {"now": now, "after": after, "limit": limit}
+        if account_id is not None:
+            sql += " AND n.account_id = :account_id"
+            params["account_id"] = account_id
+        rows = self._read.execute(sql + " ORDER BY n.x LIMIT :limit", params)
+        return [NumberUsage(r[0], r[1], r[2], bool(r[3]), r[4]) for r in rows]
+
+    async def refresh_statistics(self) -> None:
+        """Nothing to do: SQLite's plans here come from the schema's indexes, and some queries
+        are written for the plan they get without statistics (see ``_ACTIVE``)."""
 
     async def list_numbers(self, account_id: int | None, now: int) -> list[NumberUsage]:
         sql = (
@@ -989,6 +1033,19 @@ class SqliteStore:
         finally:
             read.execute("COMMIT")
         return [Binding(*row) for row in rows], int(total)
+
+    async def bindings_page(self, account_id: int, x: str, after_bind_id: str, limit: int,
+                            now: int) -> list[Binding]:
+        sql = (f"SELECT {_BINDING_COLUMNS} FROM bindings b WHERE b.account_id = :account_id "
+               f"AND {_ACTIVE} AND b.seq > coalesce("
+               "(SELECT seq FROM bindings WHERE bind_id = :after), "
+               "CASE WHEN :after = '' THEN 0 END)")
+        params: dict[str, Any] = {"account_id": account_id, "now": now, "limit": limit,
+                                  "after": after_bind_id, "x": x}
+        if x:
+            sql += " AND b.x = :x"
+        rows = self._read.execute(sql + " ORDER BY b.seq LIMIT :limit", params).fetchall()
+        return [Binding(*row) for row in rows]
 
     async def find_by_party(self, x: str, number: str, now: int) -> Binding | None:
         if self._index is not None:
