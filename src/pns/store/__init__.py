@@ -72,7 +72,9 @@ async def _open_composite(url: str, bindings: str, migrate: bool) -> Store:
     return CompositeStore(index, ledger, records)
 async def schema_versions(url: str) -> tuple[int, int]:
     """(the store's schema version, this release's), read without creating or changing the
-    store: ``pns migrate`` reports what it did from them."""
+    store: ``pns migrate`` reports what it did from them. With a bindings index, the
+    PostgreSQL records store's (the ledger and the cluster have no schema versions)."""
+    url, _ = split_bindings(url)
     if url.startswith("sqlite:"):
         from . import sqlite
 
