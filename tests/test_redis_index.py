@@ -275,6 +275,7 @@ def test_a_bad_bindings_url_is_one_clear_line(pg_database: str, bindings: str,
 
 
 def test_bindings_need_a_postgresql_store(tmp_path: Path, redis_cluster: Cluster) -> None:
+    cli("migrate", "--store", f"sqlite:///{tmp_path}/p.db")  # only a store that exists is used
     result = cli("account", "list", "--store", f"sqlite:///{tmp_path}/p.db", "--bindings",
                  redis_cluster.url, check=False)
     assert result.returncode != 0 and "PostgreSQL" in result.stderr
