@@ -47,15 +47,10 @@ def _mask_run(match: re.Match[str]) -> str:
     return run if len(run) > 15 else run[:4] + "*" * (len(run) - 6) + run[-2:]
 
 
-class TextFormatter(logging.Formatter):
-    """``asctime level logger message``; with ``mask``, numbers are masked in tracebacks and
-    stacks too (a traceback quotes exception messages, which may carry a caller's number)."""
+class _MaskedTracebacks(logging.Formatter):
+    """Tracebacks and stacks quote arguments and locals: they are masked like messages."""
 
-    def __init__(self, mask: bool = False):
-        super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
-        self.mask = mask
-        self._second = -1
-        self._asctime = ""
+    mask = False
 
     def formatException(self, ei: Any) -> str:
         text = super().formatException(ei)
@@ -64,6 +59,17 @@ class TextFormatter(logging.Formatter):
     def formatStack(self, stack_info: str) -> str:
         text = super().formatStack(stack_info)
         return mask_number(text) if self.mask else text
+
+
+class TextFormatter(_MaskedTracebacks):
+    """``asctime level logger message``; with ``mask``, numbers are masked in tracebacks and
+    stacks too (a traceback quotes exception messages, which may carry a caller's number)."""
+
+    def __init__(self, mask: bool = False):
+        super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
+        self.mask = mask
+        self._second = -1
+        self._asctime = ""
 
     def format_access(self, created: float, message: str) -> str:
         """What ``format`` makes of an INFO record of pns.access, without the record."""
@@ -75,7 +81,7 @@ class TextFormatter(logging.Formatter):
         return f"{self._asctime},{msecs:03d} INFO {_ACCESS} {message}"
 
 
-class JsonFormatter(logging.Formatter):
+class JsonFormatter(_MaskedTracebacks):
     def __init__(self, mask: bool = False):
         super().__init__()
         self.mask = mask
@@ -92,14 +98,6 @@ class JsonFormatter(logging.Formatter):
         if record.stack_info:
             entry["stack"] = self.formatStack(record.stack_info)
         return json.dumps(entry, ensure_ascii=False)
-
-    def formatException(self, ei: Any) -> str:
-        text = super().formatException(ei)
-        return mask_number(text) if self.mask else text
-
-    def formatStack(self, stack_info: str) -> str:
-        text = super().formatStack(stack_info)
-        return mask_number(text) if self.mask else text
 
     def format_access(self, created: float, message: str) -> str:
         return json.dumps({"ts": _utc(created), "level": "info", "logger": _ACCESS,

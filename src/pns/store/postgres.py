@@ -667,20 +667,9 @@ class PostgresStore:
             kept: list[str] = []
             async with conn.transaction():
                 for x in xs:
-                    # Lock the number first: binds on it wait until it is gone.
-                    await conn.execute("SELECT 1 FROM numbers WHERE x = $1 FOR UPDATE", x)
-                    active = await conn.fetchval(
-                        "SELECT count(*) FROM parties p JOIN bindings b ON b.seq = p.seq "
-                        f"WHERE p.x = $1 AND p.number = b.a AND {_active(2)}",
-                        x, now,
-                    )
-                    if active and not force:
+                    if not await _end_bindings_of(conn, x, force, now):
                         kept.append(x)
                         continue
-                    await conn.execute(
-                        "DELETE FROM bindings WHERE seq IN (SELECT seq FROM parties WHERE x = $1)",
-                        x,
-                    )
                     await conn.execute("DELETE FROM numbers WHERE x = $1", x)
             return kept
 
@@ -711,20 +700,9 @@ class PostgresStore:
             kept: list[str] = []
             async with conn.transaction():
                 for x in xs:
-                    # Lock the number first: binds on it wait until it has moved.
-                    await conn.execute("SELECT 1 FROM numbers WHERE x = $1 FOR UPDATE", x)
-                    active = await conn.fetchval(
-                        "SELECT count(*) FROM parties p JOIN bindings b ON b.seq = p.seq "
-                        f"WHERE p.x = $1 AND p.number = b.a AND {_active(2)}",
-                        x, now,
-                    )
-                    if active and not force:
+                    if not await _end_bindings_of(conn, x, force, now):
                         kept.append(x)
                         continue
-                    await conn.execute(
-                        "DELETE FROM bindings WHERE seq IN (SELECT seq FROM parties WHERE x = $1)",
-                        x,
-                    )
                     await conn.execute("UPDATE numbers SET account_id = $2 WHERE x = $1",
                                        x, account_id)
             return kept
@@ -1240,6 +1218,23 @@ _OPERATOR_COLUMNS = "name, role, token_hash, disabled, created_at"
 def _operator_from_row(row: Sequence[Any]) -> Operator:
     return Operator(name=row[0], role=OperatorRole(row[1]), token_hash=row[2],
                     disabled=bool(row[3]), created_at=row[4])
+
+
+async def _end_bindings_of(conn: Any, x: str, force: bool, now: int) -> bool:
+    """Before a number leaves its account (removed or moved): lock it, so binds on it wait,
+    and end its bindings. False (nothing changed) when it has active bindings and not
+    ``force``."""
+    await conn.execute("SELECT 1 FROM numbers WHERE x = $1 FOR UPDATE", x)
+    active = await conn.fetchval(
+        "SELECT count(*) FROM parties p JOIN bindings b ON b.seq = p.seq "
+        f"WHERE p.x = $1 AND p.number = b.a AND {_active(2)}",
+        x, now,
+    )
+    if active and not force:
+        return False
+    await conn.execute("DELETE FROM bindings WHERE seq IN (SELECT seq FROM parties WHERE x = $1)",
+                       x)
+    return True
 
 
 async def _insert_event(conn: Any, event: OutboxEvent) -> None:
