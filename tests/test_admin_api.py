@@ -454,8 +454,11 @@ def test_failed_deliveries_listed_and_retried(admin_server: Server, admin: Admin
     assert retried.status_code == 200 and retried.json()["state"] == "pending"
     receiver.wait_for(1)
     assert receiver.received[0][0]["X-PNS-Event-Id"] == event_id
-    wait_until(lambda: admin.get("deliveries", state="delivered", account=tenant.access_key
-                                 ).json()["deliveries"][0]["eventId"] == event_id)
+    # The receiver has the POST before the deliverer records its answer: the list may be empty
+    # for a moment.
+    wait_until(lambda: [e["eventId"] for e in admin.get(
+        "deliveries", state="delivered", account=tenant.access_key).json()["deliveries"]]
+        == [event_id])
     assert admin.post(f"deliveries/{event_id}/retry").status_code == 404  # delivered
     assert admin.post("deliveries/nosuchevent/retry").status_code == 404
 
