@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from pns.model import Role, VirtualNumber
+from pns.model import Binding, Role, VirtualNumber, binding_row
 from pns.store import StoreError, open_store
 from pns.store.sqlite import path_from_url
 
@@ -67,6 +67,24 @@ def set_schema_version(url: str, version: int) -> None:
         asyncio.run(_pg(url, "UPDATE pns_schema SET version = $1", version))
 
 
+async def _insert_as_release_1(url: str, bd: Binding) -> None:
+    """A binding as the release with schema version 1 wrote it (its 13 columns only)."""
+    values = binding_row(bd)[:13]
+    if url.startswith("sqlite"):
+        conn = sqlite3.connect(path_from_url(url))
+        with conn:
+            seq = conn.execute(
+                "INSERT INTO bindings (bind_id, account_id, x, a, b, extension, bind_type, "
+                "customer_bind_id, business_id, flag, expire_second, expire_at, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", values).lastrowid
+            conn.executemany("INSERT INTO parties (x, number, seq) VALUES (?, ?, ?)",
+                             [(bd.x, bd.a, seq), (bd.x, bd.b, seq)])
+        conn.close()
+        return
+    await _pg(url, "SELECT pns_insert_binding($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, "
+                   "$12, $13, $14)", *values, T0)
+
+
 def open_and_close(url: str, migrate: bool = True) -> None:
     async def go() -> None:
         store = await open_store(url, migrate=migrate)
@@ -108,7 +126,7 @@ def test_a_store_of_an_older_release_is_upgraded(fresh_store_url: str, how: str,
             x = unique_hk("3")
             await store.add_numbers([VirtualNumber(x, acc.id, 852)])
             bd = binding(acc, x, phone(), phone())
-            await store.insert_binding(bd, T0)
+            await _insert_as_release_1(fresh_store_url, bd)
             return acc.id, bd.bind_id
         finally:
             await store.close()

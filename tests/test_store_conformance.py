@@ -22,6 +22,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
+import msgspec
 import pytest
 
 from pns.ids import new_bind_id
@@ -240,6 +241,27 @@ def test_insert_then_read_every_way(s: SyncStore) -> None:
     assert not s.has_extension_bindings(x, T0)
     assert s.used_extensions(x, T0) == set()
     assert s.get_binding("0" * 32, T0) is None
+
+
+def test_every_field_of_a_binding_round_trips(fresh: SyncStore) -> None:
+    """Fields beyond the columns (modes, lifecycle) come back from every read, on every
+    configuration: one ``attrs`` column keeps them, so a new field needs no store change."""
+    acc = new_account(fresh)
+    x, y = new_numbers(fresh, acc, 2)
+    a, b = phone(), phone()
+    extras = {"y": y, "group_id": "g-1", "api_version": 1, "ext": "\u4e2d\"quoted\"",
+              "customer_user_id": "u-9", "callee_dtmf": "1234", "callee_dtmf_delay": 3,
+              "call_direction": 2, "max_duration": 60, "renew_on_call": 600,
+              "audio_when_call_fail": "busy.wav"}
+    bd = msgspec.structs.replace(binding(acc, x, a, b, cbid="attrs-1"), **extras)
+    fresh.insert_binding(bd, T0)
+    plain = binding(acc, x, phone(), phone())
+    fresh.insert_binding(plain, T0)
+    assert fresh.get_binding(bd.bind_id, T0) == bd
+    assert fresh.find_by_party(x, b, T0) == bd
+    assert fresh.find_by_customer_bind_id(acc.id, "attrs-1", T0) == bd
+    assert fresh.list_bindings(acc.id, 10, 0, T0) == ([bd, plain], 2)
+    assert fresh.find_by_party(x, plain.a, T0) == plain
 
 
 def test_extension_bindings(s: SyncStore) -> None:

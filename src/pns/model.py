@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Any
 
 import msgspec
 
@@ -80,12 +81,69 @@ class Binding(msgspec.Struct, frozen=True):
     expire_second: int
     expire_at: int
     created_at: int
+    # Everything below is kept by every store in one ``attrs`` column (``binding_attrs``):
+    # a field added here, with its default, needs no store change. None of them is a unique
+    # key; a store indexes only the fields above.
+    # -- the binding modes of modes.md (old API AXG, the v1 API) --
+    y: str = ""
+    group_id: str = ""
+    api_version: int = 0
+    ext: str = ""
+    customer_user_id: str = ""
+    callee_dtmf: str = ""
+    callee_dtmf_delay: int = 0
+    parent_bind_id: str = ""
+    call_in_expire_second: int = 0
+    expire_strategy: int = 0
+    captured_at: int = 0
+    # -- a binding's life (lifecycle.md) --
+    call_direction: int = 0
+    max_duration: int = 0
+    renew_on_call: int = 0
+    audio_when_call_fail: str = ""
 
     def active_at(self, now: int) -> bool:
         return self.expire_at == 0 or self.expire_at > now
 
     def parties(self) -> tuple[str, ...]:
         return (self.a, self.b) if self.b else (self.a,)
+
+
+# The fields every store keeps in columns of their own, in this order; the rest go in ``attrs``.
+BINDING_COLUMN_FIELDS = 13
+_ATTR_FIELDS = Binding.__struct_fields__[BINDING_COLUMN_FIELDS:]
+_ATTR_DEFAULTS = Binding.__struct_defaults__
+_encode_attrs = msgspec.json.Encoder().encode
+_decode_attrs = msgspec.json.Decoder(dict[str, str | int]).decode
+
+
+def binding_attrs(binding: Binding) -> str:
+    """The binding's fields beyond the columns, as compact JSON ("" when all are defaults, as
+    for every plain AXB binding: the hot path then decodes nothing)."""
+    changed = {
+        name: value
+        for name, default in zip(_ATTR_FIELDS, _ATTR_DEFAULTS, strict=True)
+        if (value := getattr(binding, name)) != default
+    }
+    return _encode_attrs(changed).decode() if changed else ""
+
+
+def binding_from_row(row: tuple[Any, ...] | list[Any]) -> Binding:
+    """A binding from its 13 column values followed by its ``attrs`` text."""
+    # Written before ``attrs`` existed (a Redis index of 13-field arrays): no attrs.
+    attrs = row[BINDING_COLUMN_FIELDS] if len(row) > BINDING_COLUMN_FIELDS else ""
+    if not attrs:
+        return Binding(*row[:BINDING_COLUMN_FIELDS])
+    known = {k: v for k, v in _decode_attrs(attrs).items() if k in _ATTR_FIELDS}
+    return Binding(*row[:BINDING_COLUMN_FIELDS], **known)  # type: ignore[arg-type]
+
+
+def binding_row(binding: Binding) -> tuple[Any, ...]:
+    """The 13 column values and ``attrs``, in ``binding_from_row``'s order."""
+    return (binding.bind_id, binding.account_id, binding.x, binding.a, binding.b,
+            binding.extension, binding.bind_type, binding.customer_bind_id, binding.business_id,
+            binding.flag, binding.expire_second, binding.expire_at, binding.created_at,
+            binding_attrs(binding))
 
 
 class Candidate(msgspec.Struct, frozen=True):

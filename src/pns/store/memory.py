@@ -19,11 +19,11 @@ from typing import Any
 
 import msgspec
 
-from ..model import Binding
+from ..model import Binding, binding_from_row, binding_row
 
 # Party keys pack X and the number as X * 10^16 + number: numbers have at most 15 digits.
 _SHIFT = 10**16
-_Packed = tuple[int, str, int, str, str, str, str, int, str, str, int, int, int, int]
+_Packed = tuple[int, str, int, str, str, str, str, int, str, str, int, int, int, int, str]
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(_Packed).decode
 
@@ -39,14 +39,12 @@ def _party_key(x: str, number: str) -> int | tuple[str, str]:
 
 
 def pack(seq: int, b: Binding) -> bytes:
-    return _encode((seq, b.bind_id, b.account_id, b.x, b.a, b.b, b.extension, b.bind_type,
-                    b.customer_bind_id, b.business_id, b.flag, b.expire_second, b.expire_at,
-                    b.created_at))
+    return _encode((seq, *binding_row(b)))
 
 
 def unpack(value: bytes) -> tuple[int, Binding]:
     row = _decode(value)
-    return row[0], Binding(*row[1:])
+    return row[0], binding_from_row(row[1:])
 
 
 def _expire_at(value: bytes) -> int:

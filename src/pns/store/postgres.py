@@ -44,6 +44,8 @@ from ..model import (
     PoolUsage,
     Role,
     VirtualNumber,
+    binding_from_row,
+    binding_row,
 )
 from ..vault import Keyring, is_sealed, load_keyring
 from .base import (
@@ -71,7 +73,7 @@ from .rows import (
 T = TypeVar("T")
 _log = logging.getLogger("pns.store.postgres")
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 # The migration to this version seals the secrets older releases stored in plain text.
 SEALED_SECRETS_VERSION = 4
 
@@ -91,7 +93,7 @@ _OPEN_ERRORS = (
 
 _BINDING_COLUMNS = (
     "b.bind_id, b.account_id, b.x, b.a, b.b, b.extension, b.bind_type, b.customer_bind_id, "
-    "b.business_id, b.flag, b.expire_second, b.expire_at, b.created_at"
+    "b.business_id, b.flag, b.expire_second, b.expire_at, b.created_at, b.attrs"
 )
 
 
@@ -343,6 +345,46 @@ _MIGRATIONS: list[str] = [
         lease_until BIGINT NOT NULL DEFAULT 0
     );
     INSERT INTO id_workers (id) SELECT generate_series(0, 1023);
+    """,
+    # 6: the binding's fields beyond its columns (modes, lifecycle), as JSON text; the bind
+    # function takes them.
+    """
+    ALTER TABLE bindings ADD COLUMN attrs TEXT NOT NULL DEFAULT '';
+    DROP FUNCTION pns_insert_binding(TEXT, BIGINT, TEXT, TEXT, TEXT, TEXT, INTEGER, TEXT, TEXT,
+                                     BIGINT, BIGINT, BIGINT, BIGINT, BIGINT);
+    CREATE FUNCTION pns_insert_binding(
+        p_bind_id TEXT, p_account_id BIGINT, p_x TEXT, p_a TEXT, p_b TEXT, p_extension TEXT,
+        p_bind_type INTEGER, p_customer_bind_id TEXT, p_business_id TEXT, p_flag BIGINT,
+        p_expire_second BIGINT, p_expire_at BIGINT, p_created_at BIGINT, p_attrs TEXT,
+        p_now BIGINT
+    ) RETURNS BIGINT LANGUAGE plpgsql AS $$
+    DECLARE
+        new_seq BIGINT;
+    BEGIN
+        DELETE FROM bindings d WHERE d.expire_at BETWEEN 1 AND p_now AND d.seq IN (
+            SELECT p.seq FROM parties p WHERE p.x = p_x AND p.number IN (p_a, p_b)
+            UNION ALL
+            SELECT e.seq FROM bindings e
+                WHERE p_extension <> '' AND e.extension <> ''
+                AND e.x = p_x AND e.extension = p_extension
+            UNION ALL
+            SELECT c.seq FROM bindings c
+                WHERE p_customer_bind_id <> '' AND c.customer_bind_id <> ''
+                AND c.account_id = p_account_id AND c.customer_bind_id = p_customer_bind_id
+        );
+        INSERT INTO bindings (bind_id, account_id, x, a, b, extension, bind_type,
+                              customer_bind_id, business_id, flag, expire_second, expire_at,
+                              created_at, attrs)
+            VALUES (p_bind_id, p_account_id, p_x, p_a, p_b, p_extension, p_bind_type,
+                    p_customer_bind_id, p_business_id, p_flag, p_expire_second, p_expire_at,
+                    p_created_at, p_attrs)
+            RETURNING seq INTO new_seq;
+        INSERT INTO parties (x, number, seq) VALUES (p_x, p_a, new_seq);
+        IF p_b <> '' THEN
+            INSERT INTO parties (x, number, seq) VALUES (p_x, p_b, new_seq);
+        END IF;
+        RETURN new_seq;
+    END $$;
     """,
 ]
 
@@ -795,11 +837,8 @@ class PostgresStore:
         async def work(conn: Any) -> None:
             await conn.execute(
                 "SELECT pns_insert_binding($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, "
-                "$13, $14)",
-                binding.bind_id, binding.account_id, binding.x, binding.a, binding.b,
-                binding.extension, binding.bind_type, binding.customer_bind_id,
-                binding.business_id, binding.flag, binding.expire_second, binding.expire_at,
-                binding.created_at, now,
+                "$13, $14, $15)",
+                *binding_row(binding), now,
             )
 
         try:
@@ -816,7 +855,7 @@ class PostgresStore:
             f"AND {_active(len(params))}",
             *params,
         )
-        return Binding(*row) if row else None
+        return binding_from_row(row) if row else None
 
     async def find_by_customer_bind_id(
         self, account_id: int, customer_bind_id: str, now: int
@@ -853,7 +892,7 @@ class PostgresStore:
                 f"SELECT count(*) FROM bindings b WHERE b.account_id = $1 AND {_active(2)}",
                 account_id, now,
             )
-        return [Binding(*row) for row in rows], int(total)
+        return [binding_from_row(row) for row in rows], int(total)
 
     async def bindings_page(self, account_id: int, x: str, after_bind_id: str, limit: int,
                             now: int) -> list[Binding]:
@@ -865,7 +904,7 @@ class PostgresStore:
             sql += " AND b.x = $5"
             params.append(x)
         rows = await self._pool.fetch(sql + " ORDER BY b.seq LIMIT $4", *params)
-        return [Binding(*row) for row in rows]
+        return [binding_from_row(row) for row in rows]
 
     async def find_by_party(self, x: str, number: str, now: int) -> Binding | None:
         row = await self._hot.fetchrow(
@@ -873,7 +912,7 @@ class PostgresStore:
             f"WHERE p.x = $1 AND p.number = $2 AND {_active(3)}",
             x, number, now,
         )
-        return Binding(*row) if row else None
+        return binding_from_row(row) if row else None
 
     async def find_bindings_by_number(self, number: str, now: int,
                                       limit: int) -> list[Binding]:
@@ -883,7 +922,7 @@ class PostgresStore:
             f") AND {_active(2)} ORDER BY b.seq LIMIT $3",
             number, now, limit,
         )
-        return [Binding(*row) for row in rows]
+        return [binding_from_row(row) for row in rows]
 
     async def find_by_extension(self, x: str, extension: str, now: int) -> Binding | None:
         return await self._one_binding(

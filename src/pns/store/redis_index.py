@@ -56,7 +56,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..ids import bind_id_x
-from ..model import Binding
+from ..model import Binding, binding_from_row, binding_row
 from .base import BindConflict, ConflictKind, StoreError
 
 _log = logging.getLogger("pns.store.redis")
@@ -214,11 +214,13 @@ _WRITES = {"insert", "delete", "drop_x"}
 
 
 def encode_binding(binding: Binding) -> str:
-    return msgspec.json.encode(msgspec.structs.astuple(binding)).decode()
+    """A JSON array: the 13 column fields (the scripts read ``expire_at`` at [12]), then the
+    ``attrs`` text of the fields beyond them."""
+    return msgspec.json.encode(binding_row(binding)).decode()
 
 
 def decode_binding(body: str) -> Binding:
-    return Binding(*msgspec.json.decode(body))
+    return binding_from_row(msgspec.json.decode(body))
 
 
 def _active_at(binding: Binding, now: int) -> Binding | None:

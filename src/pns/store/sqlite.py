@@ -56,6 +56,8 @@ from ..model import (
     PoolUsage,
     Role,
     VirtualNumber,
+    binding_from_row,
+    binding_row,
 )
 from ..vault import Keyring, is_sealed, load_keyring
 from .base import (
@@ -81,7 +83,7 @@ from .rows import (
     secret_context,
 )
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 # The migration to this version seals the secrets older releases stored in plain text.
 SEALED_SECRETS_VERSION = 4
 _log = logging.getLogger("pns.store.sqlite")
@@ -97,7 +99,7 @@ _ACTIVE_ON_X = (
 )
 _BINDING_COLUMNS = (
     "b.bind_id, b.account_id, b.x, b.a, b.b, b.extension, b.bind_type, b.customer_bind_id, "
-    "b.business_id, b.flag, b.expire_second, b.expire_at, b.created_at"
+    "b.business_id, b.flag, b.expire_second, b.expire_at, b.created_at, b.attrs"
 )
 # The hot path's lookup, with positional parameters (cheaper than a dict per query).
 _FIND_BY_PARTY = (
@@ -328,6 +330,10 @@ _MIGRATIONS: list[str] = [
     INSERT INTO id_workers (id)
         WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 1023)
         SELECT i FROM n;
+    """,
+    # 6: the binding's fields beyond its columns (modes, lifecycle), as JSON text.
+    """
+    ALTER TABLE bindings ADD COLUMN attrs TEXT NOT NULL DEFAULT '';
     """,
 ]
 
@@ -971,12 +977,9 @@ class SqliteStore:
                     "AND expire_at BETWEEN 1 AND :now", keys)
             cur = conn.execute(
                 "INSERT INTO bindings (bind_id, account_id, x, a, b, extension, bind_type, "
-                "customer_bind_id, business_id, flag, expire_second, expire_at, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (binding.bind_id, binding.account_id, binding.x, binding.a, binding.b,
-                 binding.extension, binding.bind_type, binding.customer_bind_id,
-                 binding.business_id, binding.flag, binding.expire_second,
-                 binding.expire_at, binding.created_at),
+                "customer_bind_id, business_id, flag, expire_second, expire_at, created_at, "
+                "attrs) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                binding_row(binding),
             )
             seq = cur.lastrowid
             conn.executemany(
@@ -993,7 +996,7 @@ class SqliteStore:
         row = self._read.execute(
             f"SELECT {_BINDING_COLUMNS} FROM bindings b WHERE {where} AND {_ACTIVE}", params
         ).fetchone()
-        return Binding(*row) if row else None
+        return binding_from_row(row) if row else None
 
     async def find_by_customer_bind_id(
         self, account_id: int, customer_bind_id: str, now: int
@@ -1032,7 +1035,7 @@ class SqliteStore:
             ).fetchone()
         finally:
             read.execute("COMMIT")
-        return [Binding(*row) for row in rows], int(total)
+        return [binding_from_row(row) for row in rows], int(total)
 
     async def bindings_page(self, account_id: int, x: str, after_bind_id: str, limit: int,
                             now: int) -> list[Binding]:
@@ -1045,14 +1048,14 @@ class SqliteStore:
         if x:
             sql += " AND b.x = :x"
         rows = self._read.execute(sql + " ORDER BY b.seq LIMIT :limit", params).fetchall()
-        return [Binding(*row) for row in rows]
+        return [binding_from_row(row) for row in rows]
 
     async def find_by_party(self, x: str, number: str, now: int) -> Binding | None:
         if self._index is not None:
             self._sync_index()
             return self._index.find_by_party(x, number, now)
         row = self._read.execute(_FIND_BY_PARTY, (x, number, now)).fetchone()
-        return Binding(*row) if row else None
+        return binding_from_row(row) if row else None
 
     async def find_bindings_by_number(self, number: str, now: int,
                                       limit: int) -> list[Binding]:
@@ -1064,7 +1067,7 @@ class SqliteStore:
             f") AND {_ACTIVE} ORDER BY b.seq LIMIT :limit"
         )
         params = {"n": number, "now": now, "limit": limit}
-        return [Binding(*row) for row in await self._read_aside(sql, params)]
+        return [binding_from_row(row) for row in await self._read_aside(sql, params)]
 
     async def _read_aside(self, sql: str, params: dict[str, Any]) -> list[Any]:
         if self._path.startswith("file:"):  # in memory: only this process's connections
