@@ -20,25 +20,21 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
-from ..ids import WORKER_IDS, snowflake_floor
+from ..ids import snowflake_floor
 from ..model import (
     Account,
     AccountChanges,
-    AuditEntry,
     Binding,
     CallRecord,
     CallRef,
     Candidate,
-    EventState,
     NumberUsage,
-    Operator,
-    OperatorRole,
     OutboxEvent,
     PoolStats,
     PoolUsage,
@@ -52,7 +48,6 @@ from .base import (
     CALL_RETENTION,
     BindConflict,
     ConflictKind,
-    Retention,
     StoreError,
     summarise_pools,
 )
@@ -60,7 +55,6 @@ from .callrefs import CallRefBuffer
 from .rows import (
     ACCOUNT_COLUMNS,
     EVENT_COLUMNS,
-    RECORD_COLUMNS,
     SECRET_COLUMNS,
     account_from_row,
     changes_as_columns,
@@ -69,6 +63,7 @@ from .rows import (
     seal_secret_columns,
     secret_context,
 )
+from .sql import INSERT_EVENT, INSERT_RECORD, Sql, SqlRecords, event_params, record_params
 
 T = TypeVar("T")
 _log = logging.getLogger("pns.store.postgres")
@@ -490,7 +485,7 @@ class _HotConnections:
                 await asyncio.wait_for(conn.close(), timeout=5)
 
 
-class PostgresStore:
+class PostgresStore(SqlRecords):
     def __init__(self, pool: Any, keyring: Keyring, hot: _HotConnections | None = None):
         self._pool = pool
         self._keyring = keyring
@@ -622,6 +617,26 @@ class PostgresStore:
 
     async def ping(self) -> None:
         await self._pool.fetchval("SELECT 1")
+
+    async def _write(self, query: Sql, params: Mapping[str, Any]) -> int:
+        args = query.args(params)
+        return _rowcount(str(await self._retry(lambda conn: conn.execute(query.pg, *args))))
+
+    async def _write_returning(self, query: Sql,
+                               params: Mapping[str, Any]) -> list[Sequence[Any]]:
+        args = query.args(params)
+        return list(await self._retry(lambda conn: conn.fetch(query.pg, *args)))
+
+    async def _fetch(self, query: Sql, params: Mapping[str, Any]) -> list[Sequence[Any]]:
+        return list(await self._pool.fetch(query.pg, *query.args(params)))
+
+    async def _fetch_snapshot(self, queries: Sequence[tuple[Sql, Mapping[str, Any]]]
+                              ) -> list[list[Sequence[Any]]]:
+        async with self._pool.acquire() as conn, conn.transaction(
+            isolation="repeatable_read", readonly=True
+        ):
+            return [list(await conn.fetch(query.pg, *query.args(params)))
+                    for query, params in queries]
 
     async def _retry(self, work: Callable[[Any], Awaitable[T]]) -> T:
         """Run ``work`` on a pooled connection; again after a deadlock or serialisation
@@ -968,41 +983,6 @@ class PostgresStore:
             [c.queried_at for c in calls], [c.queried_by for c in calls],
         )
 
-    async def lease_worker_id(self, holder: str, now: int, lease_seconds: int,
-                              current: int | None = None) -> int | None:
-        async def work(conn: Any) -> Any:
-            if current is not None:
-                renewed = await conn.fetchval(
-                    "UPDATE id_workers SET lease_until = $1 WHERE id = $2 AND holder = $3 "
-                    "AND lease_until > $4 RETURNING id",
-                    now + lease_seconds, current, holder, now)
-                if renewed is not None:
-                    return renewed
-            return await conn.fetchval(
-                "UPDATE id_workers SET holder = $1, lease_until = $2 WHERE id = ("
-                " SELECT id FROM id_workers WHERE lease_until <= $3 AND id < $4 "
-                " ORDER BY lease_until, id LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING id",
-                holder, now + lease_seconds, now, WORKER_IDS)
-
-        worker = await self._retry(work)
-        return int(worker) if worker is not None else None
-
-    async def release_worker_id(self, holder: str, worker_id: int) -> None:
-        await self._pool.execute(
-            "UPDATE id_workers SET lease_until = 0 WHERE id = $1 AND holder = $2",
-            worker_id, holder)
-
-    async def claim_signature(self, key: str, expires_at: int, now: int) -> bool:
-        async def work(conn: Any) -> Any:
-            return await conn.fetchval(
-                "INSERT INTO signatures (key, expires_at) VALUES ($1, $2) "
-                "ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at "
-                "WHERE signatures.expires_at <= $3 RETURNING 1",
-                key, expires_at, now,
-            )
-
-        return await self._retry(work) is not None
-
     async def sweep(self, now: int, limit: int) -> int:
         """Safe in every process at once: each sweep takes rows no other holds (SKIP LOCKED)."""
 
@@ -1039,57 +1019,16 @@ class PostgresStore:
         return int(await self._pool.fetchval("SELECT nextval('call_record_ids')"))
 
     async def save_call_record(self, record: CallRecord, event: OutboxEvent | None) -> bool:
-        values = [getattr(record, field) for field in record.__struct_fields__]
-        placeholders = ", ".join(f"${i}" for i in range(1, len(values) + 1))
-
         async def work(conn: Any) -> bool:
             async with conn.transaction():
-                saved = await conn.fetchval(
-                    f"INSERT INTO call_records ({RECORD_COLUMNS}) VALUES ({placeholders}) "
-                    "ON CONFLICT (call_id) DO NOTHING RETURNING 1",
-                    *values,
-                )
-                if saved is None:
+                params = record_params(record)
+                if await conn.fetchval(INSERT_RECORD.pg, *INSERT_RECORD.args(params)) is None:
                     return False
                 if event is not None:
-                    await _insert_event(conn, event)
+                    await conn.execute(INSERT_EVENT.pg, *INSERT_EVENT.args(event_params(event)))
             return True
 
         return await self._retry(work)
-
-    async def list_call_records(
-        self, account_id: int, start_from: int, start_to: int, bind_id: str, limit: int,
-        offset: int,
-    ) -> tuple[list[CallRecord], int]:
-        where = "account_id = $1 AND start_at >= $2 AND start_at < $3"
-        params: list[Any] = [account_id, start_from, start_to]
-        if bind_id:
-            where += " AND bind_id = $4"
-            params.append(bind_id)
-        page = len(params)
-        async with self._pool.acquire() as conn, conn.transaction(
-            isolation="repeatable_read", readonly=True
-        ):
-            rows = await conn.fetch(
-                f"SELECT {RECORD_COLUMNS} FROM call_records WHERE {where} "
-                f"ORDER BY start_at, id LIMIT ${page + 1} OFFSET ${page + 2}",
-                *params, limit, offset,
-            )
-            total = await conn.fetchval(
-                f"SELECT count(*) FROM call_records WHERE {where}", *params
-            )
-        return [CallRecord(*row) for row in rows], int(total)
-
-    async def get_call_record(self, account_id: int, call_id: str) -> CallRecord | None:
-        row = await self._pool.fetchrow(
-            f"SELECT {RECORD_COLUMNS} FROM call_records WHERE account_id = $1 AND call_id = $2",
-            account_id, call_id,
-        )
-        return CallRecord(*row) if row else None
-
-    async def enqueue_event(self, event: OutboxEvent) -> None:
-        async with self._pool.acquire() as conn:
-            await _insert_event(conn, event)
 
     async def lease_events(self, now: int, limit: int, lease_seconds: int, *, holder: str,
                            skip_accounts: Sequence[int] = ()) -> list[OutboxEvent]:
@@ -1112,60 +1051,6 @@ class PostgresStore:
         events.sort(key=lambda event: (event.next_attempt_at, event.created_at))
         return events
 
-    async def finish_event(
-        self, event_id: str, state: EventState, attempts: int, next_attempt_at: int, error: str,
-        now: int, *, holder: str,
-    ) -> bool:
-        async def work(conn: Any) -> str:
-            return str(await conn.execute(
-                "UPDATE outbox SET state = $1, attempts = $2, next_attempt_at = $3, "
-                "last_error = $4, lease_until = 0, lease_owner = '' "
-                "WHERE event_id = $5 AND lease_owner = $6 AND state = 'pending'",
-                state.value, attempts, next_attempt_at, error[:500], event_id, holder,
-            ))
-
-        return _rowcount(await self._retry(work)) > 0
-
-    async def release_event(self, event_id: str, *, holder: str) -> None:
-        async def work(conn: Any) -> None:
-            await conn.execute(
-                "UPDATE outbox SET lease_until = 0, lease_owner = '' "
-                "WHERE event_id = $1 AND lease_owner = $2 AND state = 'pending'",
-                event_id, holder,
-            )
-
-        await self._retry(work)
-
-    async def list_events(self, account_id: int | None, state: EventState | None,
-                          limit: int) -> list[OutboxEvent]:
-        where = ["TRUE"]
-        params: list[Any] = []
-        if account_id is not None:
-            params.append(account_id)
-            where.append(f"account_id = ${len(params)}")
-        if state is not None:
-            params.append(state.value)
-            where.append(f"state = ${len(params)}")
-        rows = await self._pool.fetch(
-            f"SELECT {EVENT_COLUMNS} FROM outbox WHERE {' AND '.join(where)} "
-            f"ORDER BY created_at LIMIT ${len(params) + 1}",
-            *params, limit,
-        )
-        return [event_from_row(row) for row in rows]
-
-    async def outbox_backlog(self, now: int) -> tuple[int, int]:
-        row = await self._pool.fetchrow(
-            "SELECT count(*), min(created_at) FROM outbox WHERE state = 'pending'"
-        )
-        count, oldest = row[0], row[1]
-        return int(count), (now - int(oldest)) if oldest is not None else 0
-
-    async def outbox_counts(self) -> dict[EventState, int]:
-        rows = await self._pool.fetch("SELECT state, count(*) FROM outbox GROUP BY state")
-        counts = dict.fromkeys(EventState, 0)
-        counts.update({EventState(row[0]): int(row[1]) for row in rows})
-        return counts
-
     async def events_for_calls(self, call_ids: Sequence[str]) -> list[OutboxEvent]:
         if not call_ids:
             return []
@@ -1175,88 +1060,7 @@ class PostgresStore:
         )
         return [event_from_row(row) for row in rows]
 
-    async def requeue_event(self, event_id: str, now: int) -> OutboxEvent | None:
-        # The lease is left alone: an attempt under way finishes first.
-        async def work(conn: Any) -> Any:
-            return await conn.fetchrow(
-                "UPDATE outbox SET state = 'pending', next_attempt_at = $2, created_at = $2 "
-                f"WHERE event_id = $1 AND state <> 'delivered' RETURNING {EVENT_COLUMNS}",
-                event_id, now,
-            )
-
-        row = await self._retry(work)
-        return event_from_row(row) if row else None
-
     # --- operators -------------------------------------------------------------------------
-    async def create_operator(self, operator: Operator) -> bool:
-        created = await self._pool.fetchval(
-            "INSERT INTO operators (name, role, token_hash, disabled, created_at) "
-            "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (name) DO NOTHING RETURNING 1",
-            operator.name, operator.role.value, operator.token_hash, operator.disabled,
-            operator.created_at,
-        )
-        return created is not None
-
-    async def _operator(self, where: str, value: str) -> Operator | None:
-        row = await self._pool.fetchrow(
-            f"SELECT {_OPERATOR_COLUMNS} FROM operators WHERE {where} = $1", value
-        )
-        return _operator_from_row(row) if row else None
-
-    async def get_operator(self, name: str) -> Operator | None:
-        return await self._operator("name", name)
-
-    async def get_operator_by_token_hash(self, token_hash: str) -> Operator | None:
-        return await self._operator("token_hash", token_hash)
-
-    async def list_operators(self) -> list[Operator]:
-        rows = await self._pool.fetch(
-            f"SELECT {_OPERATOR_COLUMNS} FROM operators ORDER BY name")
-        return [_operator_from_row(row) for row in rows]
-
-    async def set_operator_disabled(self, name: str, disabled: bool) -> bool:
-        status = await self._pool.execute(
-            "UPDATE operators SET disabled = $2 WHERE name = $1", name, disabled)
-        return _rowcount(str(status)) > 0
-
-    async def add_audit(self, entry: AuditEntry) -> None:
-        await self._pool.execute(
-            "INSERT INTO operator_audit (at, operator, action, target) VALUES ($1, $2, $3, $4)",
-            entry.at, entry.operator, entry.action, entry.target,
-        )
-
-    async def list_audit(self, limit: int) -> list[AuditEntry]:
-        rows = await self._pool.fetch(
-            "SELECT at, operator, action, target, id FROM operator_audit "
-            "ORDER BY id DESC LIMIT $1", limit)
-        return [AuditEntry(*row) for row in rows]
-
-    async def purge_history(self, now: int, retention: Retention, limit: int) -> int:
-        """Safe in every process at once, as ``sweep`` (SKIP LOCKED)."""
-
-        async def work(conn: Any) -> int:
-            records = await conn.execute(
-                "DELETE FROM call_records WHERE id = ANY(ARRAY(SELECT id FROM call_records "
-                "WHERE reported_at < $1 LIMIT $2 FOR UPDATE SKIP LOCKED))",
-                now - retention.call_records, limit,
-            )
-            events = await conn.execute(
-                "DELETE FROM outbox WHERE event_id = ANY(ARRAY(SELECT event_id FROM outbox "
-                "WHERE state <> 'pending' AND next_attempt_at < $1 LIMIT $2 "
-                "FOR UPDATE SKIP LOCKED))",
-                now - retention.events, limit,
-            )
-            return _rowcount(str(records)) + _rowcount(str(events))
-
-        return await self._retry(work)
-
-
-_OPERATOR_COLUMNS = "name, role, token_hash, disabled, created_at"
-
-
-def _operator_from_row(row: Sequence[Any]) -> Operator:
-    return Operator(name=row[0], role=OperatorRole(row[1]), token_hash=row[2],
-                    disabled=bool(row[3]), created_at=row[4])
 
 
 async def _end_bindings_of(conn: Any, x: str, force: bool, now: int) -> bool:
@@ -1274,15 +1078,6 @@ async def _end_bindings_of(conn: Any, x: str, force: bool, now: int) -> bool:
     await conn.execute("DELETE FROM bindings WHERE seq IN (SELECT seq FROM parties WHERE x = $1)",
                        x)
     return True
-
-
-async def _insert_event(conn: Any, event: OutboxEvent) -> None:
-    await conn.execute(
-        f"INSERT INTO outbox ({EVENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        event.event_id, event.account_id, event.kind, event.body, event.created_at,
-        event.next_attempt_at, event.attempts, event.state.value, event.last_error,
-        event.call_id,
-    )
 
 
 async def _has_sealed_secrets(conn: Any) -> bool:

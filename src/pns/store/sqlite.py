@@ -32,25 +32,21 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
-from ..ids import WORKER_IDS, snowflake_floor
+from ..ids import snowflake_floor
 from ..model import (
     Account,
     AccountChanges,
-    AuditEntry,
     Binding,
     CallRecord,
     CallRef,
     Candidate,
-    EventState,
     NumberUsage,
-    Operator,
-    OperatorRole,
     OutboxEvent,
     PoolStats,
     PoolUsage,
@@ -64,7 +60,6 @@ from .base import (
     CALL_RETENTION,
     BindConflict,
     ConflictKind,
-    Retention,
     StoreError,
     summarise_pools,
 )
@@ -73,15 +68,14 @@ from .memory import BindingIndex
 from .rows import (
     ACCOUNT_COLUMNS,
     EVENT_COLUMNS,
-    RECORD_COLUMNS,
     SECRET_COLUMNS,
     account_from_row,
     changes_as_columns,
     event_from_row,
-    record_values,
     seal_secret_columns,
     secret_context,
 )
+from .sql import INSERT_EVENT, INSERT_RECORD, Sql, SqlRecords, event_params, record_params
 
 SCHEMA_VERSION = 6
 # The migration to this version seals the secrets older releases stored in plain text.
@@ -545,7 +539,7 @@ class _ChangeWatch:
         return self._read.execute("PRAGMA data_version").fetchone()[0]
 
 
-class SqliteStore:
+class SqliteStore(SqlRecords):
     def __init__(self, conn: sqlite3.Connection, read: sqlite3.Connection,
                  path: str = ":memory:", index: bool = False, keyring: Keyring | None = None):
         self._conn = conn  # the write connection: used by the writer thread only
@@ -726,6 +720,29 @@ class SqliteStore:
         """``work`` in a transaction of its own, in the writer thread."""
         assert self._writer is not None, "the store is closed"
         return await self._writer.submit(work, own=True)
+
+    async def _write(self, query: Sql, params: Mapping[str, Any]) -> int:
+        rowcount: int = await self._batched(
+            lambda: self._conn.execute(query.sqlite, params).rowcount)
+        return rowcount
+
+    async def _write_returning(self, query: Sql,
+                               params: Mapping[str, Any]) -> list[Sequence[Any]]:
+        rows: list[Sequence[Any]] = await self._batched(
+            lambda: self._conn.execute(query.sqlite, params).fetchall())
+        return rows
+
+    async def _fetch(self, query: Sql, params: Mapping[str, Any]) -> list[Sequence[Any]]:
+        return self._read.execute(query.sqlite, params).fetchall()
+
+    async def _fetch_snapshot(self, queries: Sequence[tuple[Sql, Mapping[str, Any]]]
+                              ) -> list[list[Sequence[Any]]]:
+        read = self._read
+        read.execute("BEGIN")
+        try:
+            return [read.execute(query.sqlite, params).fetchall() for query, params in queries]
+        finally:
+            read.execute("COMMIT")
 
     async def close(self) -> None:
         if self._index_build is not None:
@@ -1220,42 +1237,6 @@ class SqliteStore:
         """Write every pending call reference now (tests, shutdown)."""
         await self._calls.close()
 
-    async def lease_worker_id(self, holder: str, now: int, lease_seconds: int,
-                              current: int | None = None) -> int | None:
-        def work() -> int | None:
-            if current is not None:
-                renewed = self._conn.execute(
-                    "UPDATE id_workers SET lease_until = ? WHERE id = ? AND holder = ? "
-                    "AND lease_until > ? RETURNING id",
-                    (now + lease_seconds, current, holder, now)).fetchone()
-                if renewed is not None:
-                    return int(renewed[0])
-            taken = self._conn.execute(
-                "UPDATE id_workers SET holder = ?, lease_until = ? WHERE id = ("
-                " SELECT id FROM id_workers WHERE lease_until <= ? AND id < ? "
-                " ORDER BY lease_until, id LIMIT 1) RETURNING id",
-                (holder, now + lease_seconds, now, WORKER_IDS)).fetchone()
-            return int(taken[0]) if taken is not None else None
-
-        return await self._batched(work)
-
-    async def release_worker_id(self, holder: str, worker_id: int) -> None:
-        await self._batched(lambda: self._conn.execute(
-            "UPDATE id_workers SET lease_until = 0 WHERE id = ? AND holder = ?",
-            (worker_id, holder)))
-
-    async def claim_signature(self, key: str, expires_at: int, now: int) -> bool:
-        def work() -> bool:
-            cur = self._conn.execute(
-                "INSERT INTO signatures (key, expires_at) VALUES (?, ?) "
-                "ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at "
-                "WHERE signatures.expires_at <= ?",
-                (key, expires_at, now),
-            )
-            return cur.rowcount > 0
-
-        return await self._batched(work)
-
     async def sweep(self, now: int, limit: int) -> int:
         def work() -> int:
             cur = self._conn.execute(
@@ -1302,56 +1283,14 @@ class SqliteStore:
         return await self._batched(work)
 
     async def save_call_record(self, record: CallRecord, event: OutboxEvent | None) -> bool:
-        values = record_values(record)
-
         def work() -> bool:
-            cur = self._conn.execute(
-                f"INSERT INTO call_records ({RECORD_COLUMNS}) VALUES "
-                f"({', '.join('?' * len(values))}) ON CONFLICT (call_id) DO NOTHING",
-                values,
-            )
-            if cur.rowcount == 0:
+            if not self._conn.execute(INSERT_RECORD.sqlite, record_params(record)).fetchall():
                 return False
             if event is not None:
-                self._insert_event(event)
+                self._conn.execute(INSERT_EVENT.sqlite, event_params(event))
             return True
 
         return await self._batched(work)
-
-    def _insert_event(self, event: OutboxEvent) -> None:
-        self._conn.execute(
-            f"INSERT INTO outbox ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (event.event_id, event.account_id, event.kind, event.body, event.created_at,
-             event.next_attempt_at, event.attempts, event.state.value, event.last_error,
-             event.call_id),
-        )
-
-    async def list_call_records(
-        self, account_id: int, start_from: int, start_to: int, bind_id: str, limit: int,
-        offset: int,
-    ) -> tuple[list[CallRecord], int]:
-        where = "account_id = :account_id AND start_at >= :start_from AND start_at < :start_to"
-        if bind_id:
-            where += " AND bind_id = :bind_id"
-        params = {"account_id": account_id, "start_from": start_from, "start_to": start_to,
-                  "bind_id": bind_id, "limit": limit, "offset": offset}
-        rows = self._read.execute(
-            f"SELECT {RECORD_COLUMNS} FROM call_records WHERE {where} "
-            "ORDER BY start_at, id LIMIT :limit OFFSET :offset", params,
-        ).fetchall()
-        (total,) = self._read.execute(
-            f"SELECT count(*) FROM call_records WHERE {where}", params).fetchone()
-        return [CallRecord(*row) for row in rows], int(total)
-
-    async def get_call_record(self, account_id: int, call_id: str) -> CallRecord | None:
-        row = self._read.execute(
-            f"SELECT {RECORD_COLUMNS} FROM call_records WHERE account_id = ? AND call_id = ?",
-            (account_id, call_id),
-        ).fetchone()
-        return CallRecord(*row) if row else None
-
-    async def enqueue_event(self, event: OutboxEvent) -> None:
-        await self._batched(lambda: self._insert_event(event))
 
     async def lease_events(self, now: int, limit: int, lease_seconds: int, *, holder: str,
                            skip_accounts: Sequence[int] = ()) -> list[OutboxEvent]:
@@ -1370,56 +1309,6 @@ class SqliteStore:
 
         return [event_from_row(row) for row in await self._batched(work)]
 
-    async def finish_event(
-        self, event_id: str, state: EventState, attempts: int, next_attempt_at: int, error: str,
-        now: int, *, holder: str,
-    ) -> bool:
-        def work() -> bool:
-            cur = self._conn.execute(
-                "UPDATE outbox SET state = ?, attempts = ?, next_attempt_at = ?, "
-                "last_error = ?, lease_until = 0, lease_owner = '' "
-                "WHERE event_id = ? AND lease_owner = ? AND state = 'pending'",
-                (state.value, attempts, next_attempt_at, error[:500], event_id, holder),
-            )
-            return cur.rowcount > 0
-
-        return await self._batched(work)
-
-    async def release_event(self, event_id: str, *, holder: str) -> None:
-        await self._batched(lambda: self._conn.execute(
-            "UPDATE outbox SET lease_until = 0, lease_owner = '' "
-            "WHERE event_id = ? AND lease_owner = ? AND state = 'pending'",
-            (event_id, holder),
-        ))
-
-    async def list_events(self, account_id: int | None, state: EventState | None,
-                          limit: int) -> list[OutboxEvent]:
-        where = ["1 = 1"]
-        params: list[Any] = []
-        if account_id is not None:
-            where.append("account_id = ?")
-            params.append(account_id)
-        if state is not None:
-            where.append("state = ?")
-            params.append(state.value)
-        rows = self._read.execute(
-            f"SELECT {EVENT_COLUMNS} FROM outbox WHERE {' AND '.join(where)} "
-            "ORDER BY created_at LIMIT ?", [*params, limit],
-        ).fetchall()
-        return [event_from_row(row) for row in rows]
-
-    async def outbox_backlog(self, now: int) -> tuple[int, int]:
-        count, oldest = self._read.execute(
-            "SELECT count(*), min(created_at) FROM outbox WHERE state = 'pending'"
-        ).fetchone()
-        return int(count), (now - int(oldest)) if oldest is not None else 0
-
-    async def outbox_counts(self) -> dict[EventState, int]:
-        rows = self._read.execute("SELECT state, count(*) FROM outbox GROUP BY state")
-        counts = dict.fromkeys(EventState, 0)
-        counts.update({EventState(state): int(n) for state, n in rows})
-        return counts
-
     async def events_for_calls(self, call_ids: Sequence[str]) -> list[OutboxEvent]:
         if not call_ids:
             return []
@@ -1429,80 +1318,7 @@ class SqliteStore:
         ).fetchall()
         return [event_from_row(row) for row in rows]
 
-    async def requeue_event(self, event_id: str, now: int) -> OutboxEvent | None:
-        # The lease is left alone: an attempt under way finishes first.
-        row = await self._batched(lambda: self._conn.execute(
-            "UPDATE outbox SET state = 'pending', next_attempt_at = ?, created_at = ? "
-            f"WHERE event_id = ? AND state <> 'delivered' RETURNING {EVENT_COLUMNS}",
-            (now, now, event_id),
-        ).fetchone())
-        return event_from_row(row) if row else None
-
     # --- operators -------------------------------------------------------------------------
-    async def create_operator(self, operator: Operator) -> bool:
-        inserted: int = await self._own(lambda: self._conn.execute(
-            "INSERT INTO operators (name, role, token_hash, disabled, created_at) "
-            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO NOTHING",
-            (operator.name, operator.role.value, operator.token_hash,
-             int(operator.disabled), operator.created_at),
-        ).rowcount)
-        return inserted > 0
-
-    def _operator(self, where: str, value: str) -> Operator | None:
-        row = self._read.execute(
-            f"SELECT {_OPERATOR_COLUMNS} FROM operators WHERE {where} = ?", (value,)
-        ).fetchone()
-        return _operator_from_row(row) if row else None
-
-    async def get_operator(self, name: str) -> Operator | None:
-        return self._operator("name", name)
-
-    async def get_operator_by_token_hash(self, token_hash: str) -> Operator | None:
-        return self._operator("token_hash", token_hash)
-
-    async def list_operators(self) -> list[Operator]:
-        rows = self._read.execute(f"SELECT {_OPERATOR_COLUMNS} FROM operators ORDER BY name")
-        return [_operator_from_row(row) for row in rows]
-
-    async def set_operator_disabled(self, name: str, disabled: bool) -> bool:
-        changed: int = await self._own(lambda: self._conn.execute(
-            "UPDATE operators SET disabled = ? WHERE name = ?", (int(disabled), name)).rowcount)
-        return changed > 0
-
-    async def add_audit(self, entry: AuditEntry) -> None:
-        await self._batched(lambda: self._conn.execute(
-            "INSERT INTO operator_audit (at, operator, action, target) VALUES (?, ?, ?, ?)",
-            (entry.at, entry.operator, entry.action, entry.target),
-        ))
-
-    async def list_audit(self, limit: int) -> list[AuditEntry]:
-        rows = self._read.execute(
-            "SELECT at, operator, action, target, id FROM operator_audit "
-            "ORDER BY id DESC LIMIT ?", (limit,))
-        return [AuditEntry(*row) for row in rows]
-    async def purge_history(self, now: int, retention: Retention, limit: int) -> int:
-        def work() -> int:
-            records = self._conn.execute(
-                "DELETE FROM call_records WHERE id IN (SELECT id FROM call_records "
-                "WHERE reported_at < ? LIMIT ?)",
-                (now - retention.call_records, limit),
-            ).rowcount
-            events = self._conn.execute(
-                "DELETE FROM outbox WHERE event_id IN (SELECT event_id FROM outbox "
-                "WHERE state IN ('delivered', 'failed') AND next_attempt_at < ? LIMIT ?)",
-                (now - retention.events, limit),
-            ).rowcount
-            return int(records) + int(events)
-
-        return await self._batched(work)
-
-
-_OPERATOR_COLUMNS = "name, role, token_hash, disabled, created_at"
-
-
-def _operator_from_row(row: Sequence[Any]) -> Operator:
-    return Operator(name=row[0], role=OperatorRole(row[1]), token_hash=row[2],
-                    disabled=bool(row[3]), created_at=row[4])
 
 
 def _pool_usage(conn: sqlite3.Connection, now: int) -> list[PoolUsage]:

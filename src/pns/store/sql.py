@@ -1,0 +1,301 @@
+"""Queries written once for both SQL stores, and the records-side methods built on them.
+
+A query is one text with ``:name`` parameters (``Sql``): SQLite binds those from a dict as they
+are, and asyncpg wants ``$1, $2, …`` with positional values, so ``Sql`` converts the text once,
+at import, and orders the values for each call. Where the dialects differ in one phrase, the
+text has a slot each fills: ``{skip_locked}`` is ``FOR UPDATE SKIP LOCKED`` on PostgreSQL (its
+sweeps and purges run in every process at once and must not wait on each other's rows) and
+nothing on SQLite (one writer thread: nobody else holds a row).
+
+``SqlRecords`` holds the methods whose SQL is the same in both stores (the outbox, call
+records, the replay guard, worker ids, operators and their audit) over four primitives each
+store implements on its driver: so each of those queries, and the code around it, is written
+once, and a store file keeps only what really differs (DDL, transactions, drivers, the binding
+index with its locks).
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ..ids import WORKER_IDS
+from ..model import AuditEntry, CallRecord, EventState, Operator, OperatorRole, OutboxEvent
+from .base import Retention
+from .rows import EVENT_COLUMNS, RECORD_COLUMNS, event_from_row
+
+# ``:name``, but not a PostgreSQL cast (``::bigint``) nor a colon inside a word.
+_PARAM = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
+_SKIP_LOCKED = "{skip_locked}"
+
+
+class Sql:
+    """One query in both dialects."""
+
+    __slots__ = ("names", "pg", "sqlite")
+
+    def __init__(self, text: str):
+        self.sqlite = text.replace(_SKIP_LOCKED, "")
+        names: list[str] = []
+
+        def number(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in names:
+                names.append(name)
+            return f"${names.index(name) + 1}"
+
+        self.pg = _PARAM.sub(number, text.replace(_SKIP_LOCKED, "FOR UPDATE SKIP LOCKED"))
+        self.names = tuple(names)
+
+    def args(self, params: Mapping[str, Any]) -> list[Any]:
+        """The values in the order of PostgreSQL's ``$n``."""
+        return [params[name] for name in self.names]
+
+
+def _placeholders(columns: str) -> str:
+    return ", ".join(f":{column.strip()}" for column in columns.split(","))
+
+
+_OPERATOR_COLUMNS = "name, role, token_hash, disabled, created_at"
+
+INSERT_EVENT = Sql(f"INSERT INTO outbox ({EVENT_COLUMNS}) VALUES ({_placeholders(EVENT_COLUMNS)})")
+INSERT_RECORD = Sql(
+    f"INSERT INTO call_records ({RECORD_COLUMNS}) VALUES ({_placeholders(RECORD_COLUMNS)}) "
+    "ON CONFLICT (call_id) DO NOTHING RETURNING 1")
+_CLAIM_SIGNATURE = Sql(
+    "INSERT INTO signatures (key, expires_at) VALUES (:key, :expires_at) "
+    "ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at "
+    "WHERE signatures.expires_at <= :now RETURNING 1")
+_RELEASE_WORKER_ID = Sql(
+    "UPDATE id_workers SET lease_until = 0 WHERE id = :id AND holder = :holder")
+_FINISH_EVENT = Sql(
+    "UPDATE outbox SET state = :state, attempts = :attempts, "
+    "next_attempt_at = :next_attempt_at, last_error = :error, lease_until = 0, "
+    "lease_owner = '' WHERE event_id = :event_id AND lease_owner = :holder "
+    "AND state = 'pending'")
+_RELEASE_EVENT = Sql(
+    "UPDATE outbox SET lease_until = 0, lease_owner = '' "
+    "WHERE event_id = :event_id AND lease_owner = :holder AND state = 'pending'")
+# The lease is left alone: an attempt under way finishes first.
+_REQUEUE_EVENT = Sql(
+    "UPDATE outbox SET state = 'pending', next_attempt_at = :now, created_at = :now "
+    f"WHERE event_id = :event_id AND state <> 'delivered' RETURNING {EVENT_COLUMNS}")
+_OUTBOX_BACKLOG = Sql(
+    "SELECT count(*), min(created_at) FROM outbox WHERE state = 'pending'")
+_OUTBOX_COUNTS = Sql("SELECT state, count(*) FROM outbox GROUP BY state")
+_GET_CALL_RECORD = Sql(
+    f"SELECT {RECORD_COLUMNS} FROM call_records "
+    "WHERE account_id = :account_id AND call_id = :call_id")
+_CREATE_OPERATOR = Sql(
+    f"INSERT INTO operators ({_OPERATOR_COLUMNS}) VALUES ({_placeholders(_OPERATOR_COLUMNS)}) "
+    "ON CONFLICT (name) DO NOTHING RETURNING 1")
+_OPERATOR_BY = {
+    column: Sql(f"SELECT {_OPERATOR_COLUMNS} FROM operators WHERE {column} = :value")
+    for column in ("name", "token_hash")
+}
+_LIST_OPERATORS = Sql(f"SELECT {_OPERATOR_COLUMNS} FROM operators ORDER BY name")
+_SET_OPERATOR_DISABLED = Sql("UPDATE operators SET disabled = :disabled WHERE name = :name")
+_ADD_AUDIT = Sql(
+    "INSERT INTO operator_audit (at, operator, action, target) "
+    "VALUES (:at, :operator, :action, :target)")
+_LIST_AUDIT = Sql(
+    "SELECT at, operator, action, target, id FROM operator_audit ORDER BY id DESC LIMIT :limit")
+_PURGE_RECORDS = Sql(
+    "DELETE FROM call_records WHERE id IN (SELECT id FROM call_records "
+    "WHERE reported_at < :before LIMIT :limit {skip_locked})")
+_PURGE_EVENTS = Sql(
+    "DELETE FROM outbox WHERE event_id IN (SELECT event_id FROM outbox "
+    "WHERE state <> 'pending' AND next_attempt_at < :before LIMIT :limit {skip_locked})")
+_RENEW_WORKER_ID = Sql(
+    "UPDATE id_workers SET lease_until = :until WHERE id = :id AND holder = :holder "
+    "AND lease_until > :now RETURNING id")
+_TAKE_WORKER_ID = Sql(
+    "UPDATE id_workers SET holder = :holder, lease_until = :until WHERE id = ("
+    " SELECT id FROM id_workers WHERE lease_until <= :now AND id < :ids "
+    " ORDER BY lease_until, id LIMIT 1 {skip_locked}) RETURNING id")
+_RECORDS_WHERE = (
+    "account_id = :account_id AND start_at >= :start_from AND start_at < :start_to")
+_LIST_RECORDS = {
+    by_bind: (
+        Sql(f"SELECT {RECORD_COLUMNS} FROM call_records WHERE {where} "
+            "ORDER BY start_at, id LIMIT :limit OFFSET :offset"),
+        Sql(f"SELECT count(*) FROM call_records WHERE {where}"),
+    )
+    for by_bind, where in ((False, _RECORDS_WHERE),
+                           (True, _RECORDS_WHERE + " AND bind_id = :bind_id"))
+}
+_LIST_EVENTS: dict[tuple[bool, bool], Sql] = {
+    (by_account, by_state): Sql(
+        f"SELECT {EVENT_COLUMNS} FROM outbox WHERE "
+        + " AND ".join(["1 = 1"]
+                       + (["account_id = :account_id"] if by_account else [])
+                       + (["state = :state"] if by_state else []))
+        + " ORDER BY created_at LIMIT :limit")
+    for by_account in (False, True) for by_state in (False, True)
+}
+
+
+def event_params(event: OutboxEvent) -> dict[str, Any]:
+    """An event's columns as ``INSERT_EVENT`` binds them."""
+    return {
+        "event_id": event.event_id, "account_id": event.account_id, "kind": event.kind,
+        "body": event.body, "created_at": event.created_at,
+        "next_attempt_at": event.next_attempt_at, "attempts": event.attempts,
+        "state": event.state.value, "last_error": event.last_error, "call_id": event.call_id,
+    }
+
+
+def record_params(record: CallRecord) -> dict[str, Any]:
+    """A call record's columns as ``INSERT_RECORD`` binds them."""
+    return {field: getattr(record, field) for field in record.__struct_fields__}
+
+
+def _operator_from_row(row: Sequence[Any]) -> Operator:
+    return Operator(name=row[0], role=OperatorRole(row[1]), token_hash=row[2],
+                    disabled=bool(row[3]), created_at=row[4])
+
+
+class SqlRecords(ABC):
+    """The records-side methods both SQL stores share, over four primitives of their own."""
+
+    @abstractmethod
+    async def _write(self, query: Sql, params: Mapping[str, Any]) -> int:
+        """Run a change in a write transaction; returns the rows it changed."""
+
+    @abstractmethod
+    async def _write_returning(self, query: Sql,
+                               params: Mapping[str, Any]) -> list[Sequence[Any]]:
+        """Run a change with ``RETURNING`` in a write transaction; returns its rows."""
+
+    @abstractmethod
+    async def _fetch(self, query: Sql, params: Mapping[str, Any]) -> list[Sequence[Any]]:
+        """Read rows (off the write path: never waits for another writer)."""
+
+    @abstractmethod
+    async def _fetch_snapshot(self, queries: Sequence[tuple[Sql, Mapping[str, Any]]]
+                              ) -> list[list[Sequence[Any]]]:
+        """Read several queries in one snapshot (a page and its total agree)."""
+
+    async def _fetch_one(self, query: Sql, params: Mapping[str, Any]) -> Sequence[Any] | None:
+        rows = await self._fetch(query, params)
+        return rows[0] if rows else None
+
+    # --- the replay guard and worker ids ------------------------------------------------------
+    async def claim_signature(self, key: str, expires_at: int, now: int) -> bool:
+        claimed = await self._write_returning(
+            _CLAIM_SIGNATURE, {"key": key, "expires_at": expires_at, "now": now})
+        return bool(claimed)
+
+    async def lease_worker_id(self, holder: str, now: int, lease_seconds: int,
+                              current: int | None = None) -> int | None:
+        params = {"holder": holder, "until": now + lease_seconds, "now": now, "id": current,
+                  "ids": WORKER_IDS}
+        if current is not None:
+            renewed = await self._write_returning(_RENEW_WORKER_ID, params)
+            if renewed:
+                return int(renewed[0][0])
+        taken = await self._write_returning(_TAKE_WORKER_ID, params)
+        return int(taken[0][0]) if taken else None
+
+    async def release_worker_id(self, holder: str, worker_id: int) -> None:
+        await self._write(_RELEASE_WORKER_ID, {"id": worker_id, "holder": holder})
+
+    # --- call records and the outbox -------------------------------------------------------
+    async def get_call_record(self, account_id: int, call_id: str) -> CallRecord | None:
+        row = await self._fetch_one(_GET_CALL_RECORD,
+                                    {"account_id": account_id, "call_id": call_id})
+        return CallRecord(*row) if row else None
+
+    async def list_call_records(
+        self, account_id: int, start_from: int, start_to: int, bind_id: str, limit: int,
+        offset: int,
+    ) -> tuple[list[CallRecord], int]:
+        page, count = _LIST_RECORDS[bool(bind_id)]
+        params = {"account_id": account_id, "start_from": start_from, "start_to": start_to,
+                  "bind_id": bind_id, "limit": limit, "offset": offset}
+        rows, total = await self._fetch_snapshot([(page, params), (count, params)])
+        return [CallRecord(*row) for row in rows], int(total[0][0])
+
+    async def enqueue_event(self, event: OutboxEvent) -> None:
+        await self._write(INSERT_EVENT, event_params(event))
+
+    async def finish_event(
+        self, event_id: str, state: EventState, attempts: int, next_attempt_at: int, error: str,
+        now: int, *, holder: str,
+    ) -> bool:
+        changed = await self._write(_FINISH_EVENT, {
+            "state": state.value, "attempts": attempts, "next_attempt_at": next_attempt_at,
+            "error": error[:500], "event_id": event_id, "holder": holder,
+        })
+        return changed > 0
+
+    async def release_event(self, event_id: str, *, holder: str) -> None:
+        await self._write(_RELEASE_EVENT, {"event_id": event_id, "holder": holder})
+
+    async def requeue_event(self, event_id: str, now: int) -> OutboxEvent | None:
+        rows = await self._write_returning(_REQUEUE_EVENT, {"event_id": event_id, "now": now})
+        return event_from_row(rows[0]) if rows else None
+
+    async def list_events(self, account_id: int | None, state: EventState | None,
+                          limit: int) -> list[OutboxEvent]:
+        query = _LIST_EVENTS[account_id is not None, state is not None]
+        params: dict[str, Any] = {"limit": limit}
+        if account_id is not None:
+            params["account_id"] = account_id
+        if state is not None:
+            params["state"] = state.value
+        return [event_from_row(row) for row in await self._fetch(query, params)]
+
+    async def outbox_backlog(self, now: int) -> tuple[int, int]:
+        row = await self._fetch_one(_OUTBOX_BACKLOG, {})
+        assert row is not None
+        count, oldest = row[0], row[1]
+        return int(count), (now - int(oldest)) if oldest is not None else 0
+
+    async def outbox_counts(self) -> dict[EventState, int]:
+        counts = dict.fromkeys(EventState, 0)
+        counts.update({EventState(row[0]): int(row[1])
+                       for row in await self._fetch(_OUTBOX_COUNTS, {})})
+        return counts
+
+    async def purge_history(self, now: int, retention: Retention, limit: int) -> int:
+        """Safe in every process at once (``{skip_locked}`` on PostgreSQL)."""
+        records = await self._write(
+            _PURGE_RECORDS, {"before": now - retention.call_records, "limit": limit})
+        events = await self._write(
+            _PURGE_EVENTS, {"before": now - retention.events, "limit": limit})
+        return records + events
+
+    # --- operators of the admin API, and their audit trail ------------------------------------
+    async def create_operator(self, operator: Operator) -> bool:
+        created = await self._write_returning(_CREATE_OPERATOR, {
+            "name": operator.name, "role": operator.role.value,
+            "token_hash": operator.token_hash, "disabled": operator.disabled,
+            "created_at": operator.created_at,
+        })
+        return bool(created)
+
+    async def get_operator(self, name: str) -> Operator | None:
+        row = await self._fetch_one(_OPERATOR_BY["name"], {"value": name})
+        return _operator_from_row(row) if row else None
+
+    async def get_operator_by_token_hash(self, token_hash: str) -> Operator | None:
+        row = await self._fetch_one(_OPERATOR_BY["token_hash"], {"value": token_hash})
+        return _operator_from_row(row) if row else None
+
+    async def list_operators(self) -> list[Operator]:
+        return [_operator_from_row(row) for row in await self._fetch(_LIST_OPERATORS, {})]
+
+    async def set_operator_disabled(self, name: str, disabled: bool) -> bool:
+        changed = await self._write(_SET_OPERATOR_DISABLED,
+                                    {"name": name, "disabled": disabled})
+        return changed > 0
+
+    async def add_audit(self, entry: AuditEntry) -> None:
+        await self._write(_ADD_AUDIT, {"at": entry.at, "operator": entry.operator,
+                                       "action": entry.action, "target": entry.target})
+
+    async def list_audit(self, limit: int) -> list[AuditEntry]:
+        return [AuditEntry(*row) for row in await self._fetch(_LIST_AUDIT, {"limit": limit})]
