@@ -135,3 +135,15 @@ def country_of(digits: str) -> int:
     if number is None:
         raise PnsError(Code.NO_COUNTRY_PREFIX, f"{digits} has no country prefix")
     return number.country_code
+
+
+def country_code_of_region(region: str, field: str = "iso2X") -> int:
+    """The calling code of an ISO-3166 alpha-2 region (``HK`` → 852), as the v1 API's
+    ``iso2X`` names the country to take X from. An unknown region is a parameter error."""
+    code = region.strip().upper()
+    calling_code = 0
+    if len(code) == 2 and code.isascii() and code.isalpha():
+        calling_code = int(phonenumbers.country_code_for_region(code))
+    if not calling_code:
+        raise PnsError(Code.BAD_PARAMETER, f"{field} must be an ISO-3166 alpha-2 region")
+    return calling_code
