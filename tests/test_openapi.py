@@ -294,13 +294,26 @@ def _realistic(live: Fixture) -> st.SearchStrategy[dict[str, Any]]:
         "hangupCode": st.sampled_from([0, 16, 19]),
         "hangup": st.sampled_from([0, 1, 2]),
         "recordFile": st.sampled_from(["", "https://rec.example/1.mp3"]),
+        # The v1 API's own fields, valid: generated bodies break them often enough.
+        "iso2X": st.sampled_from(["", "HK", "hk"]),
+        "recording": st.booleans(), "recoding": st.none(),
+        "bindExpireSecond": st.sampled_from([0, 60, "7200"]),
+        "ext": st.sampled_from(["", "order 1"]),
+        "extensionB": st.sampled_from(["", "12#"]),
+        "dtmfDelayTimeB": st.sampled_from([0, 2]),
+        "bindExpireStrategy": st.sampled_from([0, 1, 2]),
+        "callInExpireStrategy": st.sampled_from([0, 2]),
+        "callInExpireSecond": st.sampled_from([0, 60]),
+        "delayedGetY": st.booleans(),
     })
 
 
 _MIXED = ["phoneA", "phoneB", "caller", "phoneX", "did", "didX", "expireSecond", "flag",
           "extension", "bindId", "customerBindId", "businessId", "callId", "limit", "offset",
           "startTime", "endTime", "startAt", "ringAt", "answerAt", "hangupAt", "hangupCause",
-          "hangupCode", "hangup", "recordFile"]
+          "hangupCode", "hangup", "recordFile", "iso2X", "recording", "recoding",
+          "bindExpireSecond", "ext", "extensionB", "dtmfDelayTimeB", "bindExpireStrategy",
+          "callInExpireStrategy", "callInExpireSecond", "delayedGetY"]
 
 
 def _serialise(body: Any) -> bytes:

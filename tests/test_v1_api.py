@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -272,7 +273,8 @@ def test_v1_mode_fields_are_checked(server: Server, customer: Tenant, mode: str)
     ]
     if mode == "xyb":
         checks += [({"callInExpireStrategy": 3}, 1002), ({"bindExpireStrategy": -1}, 1002),
-                   ({"callInExpireSecond": -5}, 1002), ({"customerUserId": "u" * 129}, 1002),
+                   ({"callInExpireSecond": -5}, 1002), ({"customerUserId": "u" * 65}, 1002),
+                   ({"didY": unique_hk("3")}, 1002),
                    ({"delayedGetY": "no"}, 1002)]
     for fields, expected in checks:
         answer = v1(c, mode, _mode_body(mode, **fields))
@@ -379,3 +381,25 @@ def test_v1_call_records_in_the_newer_shape(server: Server, switch: Tenant,
     assert c.call("redeliverCallRecord", {"callId": call_axb})["code"] == 0
     receiver.wait_for(4)
     assert [r for r in receiver.bodies() if r["callId"] == call_axb] == [body, body]
+
+
+def test_one_extension_length_under_concurrency(server: Server) -> None:
+    """Old 3-digit and v1 4-digit binds racing onto one empty X: whatever wins, the X ends
+    with extensions of one length, and every bind answered 0 is kept."""
+    tenant = create_tenant(server.store_url, numbers=1)
+    x = tenant.numbers[0]
+
+    def bind(i: int) -> dict[str, Any]:
+        with server.client(tenant) as c:
+            if i % 2:
+                return c.bind_extension(unique_hk("1"), x, 0)
+            return v1(c, "axe", {"phoneA": unique_hk("1"), "businessId": "c", "didX": x})
+
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(bind, range(32)))
+    assert {a["code"] for a in answers} <= {0, 10016}, answers
+    won = {a["data"]["bindId"] for a in answers if a["code"] == 0}
+    assert won, answers
+    items = server.client(tenant).list_bindings()["data"]["bindList"]
+    assert {i["bindId"] for i in items} == won
+    assert len({len(i["extension"]) for i in items}) == 1, items

@@ -52,6 +52,8 @@ LIST_MAX = 1000
 _CANDIDATES = 8
 _INSERT_ATTEMPTS = 8
 _MAX_EXTENSION = 8
+# Seconds, times the attempt: the most a bind that met another extension length pauses.
+_LENGTH_RACE_PAUSE = 0.02
 # Extensions of bindings made through the v1 API (NXCloud's extensionX, e.g. "0193").
 V1_EXTENSION_LENGTH = 4
 
@@ -330,7 +332,8 @@ class Service:
             return existing
         if requested_x is not None:
             await self._require_own_number(account, requested_x, a.country_code)
-        for _ in range(_INSERT_ATTEMPTS):
+        length_raced = False
+        for attempt in range(_INSERT_ATTEMPTS):
             if requested_x is not None:
                 x = requested_x.digits
             else:
@@ -370,11 +373,17 @@ class Service:
                 # The extension we picked was taken meanwhile: pick again.
                 continue
             if not await self._one_extension_length(x, length, now):
-                # A bind of another length won a race onto the same X: the later one leaves.
+                # Binds of two lengths raced onto one X: each that sees the other leaves, so
+                # two lengths never stay. Then it looks again after a random pause: the other
+                # length still there is 10016; all gone (every racer left), it binds again.
                 await self.store.delete_binding(binding.bind_id)
-                raise PnsError(Code.INVALID_EXTENSION,
-                               f"extensions of another length were bound on {x} meanwhile")
+                length_raced = True
+                await asyncio.sleep(random.uniform(0, _LENGTH_RACE_PAUSE * (attempt + 1)))
+                continue
             return binding
+        if length_raced:
+            raise PnsError(Code.INVALID_EXTENSION,
+                           "extensions of another length were bound on this X meanwhile")
         raise PnsError(Code.NO_FREE_EXTENSION, "no free extension under contention; retry")
 
     def validate_extension(self, extension: str, length: int | None = None) -> str:

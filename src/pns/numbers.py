@@ -137,13 +137,14 @@ def country_of(digits: str) -> int:
     return number.country_code
 
 
-def country_code_of_region(region: str, field: str = "iso2X") -> int:
-    """The calling code of an ISO-3166 alpha-2 region (``HK`` → 852), as the v1 API's
-    ``iso2X`` names the country to take X from. An unknown region is a parameter error."""
-    code = region.strip().upper()
-    calling_code = 0
-    if len(code) == 2 and code.isascii() and code.isalpha():
-        calling_code = int(phonenumbers.country_code_for_region(code))
-    if not calling_code:
-        raise PnsError(Code.BAD_PARAMETER, f"{field} must be an ISO-3166 alpha-2 region")
-    return calling_code
+
+def region_country_code(iso2: str) -> int:
+    """The country code of an ISO-3166 alpha-2 region (v1's ``iso2X``, e.g. ``HK`` → 852);
+    1002 when it is not one."""
+    region = iso2.strip().upper()
+    code = 0
+    if len(region) == 2 and region.isascii() and region.isalpha():
+        code = int(phonenumbers.country_code_for_region(region))
+    if not code:
+        raise PnsError(Code.BAD_PARAMETER, f"iso2X: unknown region {iso2[:8]!r}")
+    return code

@@ -70,7 +70,7 @@ _FIELD_DOCS = {
              "parties' country; another country is 10004)",
     "extensionB": "Digits (0-9 * #) the switch keys into B's line after B answers A's call",
     "dtmfDelayTimeB": "Seconds to wait before keying extensionB (0-300; required with it)",
-    "customerUserId": "Your user's or device's id, at most 128 characters",
+    "customerUserId": "Your user's or device's id, at most 64 characters",
     "delayedGetY": "Allocate Y at the first call-in instead of at the bind",
     "bindExpireStrategy": "0 keep, 1 reset, 2 extend the lifetime on each answered call",
     "callInExpireSecond": "Lifetime from the first call-in, in seconds",

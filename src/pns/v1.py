@@ -15,7 +15,7 @@ from .api import Action, Api
 from .core import MAX_EXPIRE_SECOND, V1_EXTENSION_LENGTH
 from .errors import Code, PnsError
 from .model import FLAG_RECORD, Account, Binding, Role
-from .numbers import country_code_of_region
+from .numbers import region_country_code
 from .wire import (
     V1BindAXBBody,
     V1BindAXBody,
@@ -31,7 +31,7 @@ from .wire import (
 # NXCloud's default lifetime of a v1 binding when bindExpireSecond is absent.
 DEFAULT_BIND_EXPIRE_SECOND = 7200
 MAX_EXT = 1024
-MAX_CUSTOMER_USER_ID = 128
+MAX_CUSTOMER_USER_ID = 64
 MAX_CALLEE_DTMF = 32
 MAX_DTMF_DELAY = 300
 _DTMF_DIGITS = frozenset("0123456789*#")
@@ -63,18 +63,27 @@ def v1_fields(req: V1Common) -> V1Fields:
                        "bindExpireSecond must be an integer from 0 to 100 years")
     if len(req.ext) > MAX_EXT:
         raise PnsError(Code.BAD_PARAMETER, f"ext is longer than {MAX_EXT} characters")
-    country_code = country_code_of_region(req.iso2X) if req.iso2X.strip() else None
+    country_code = region_country_code(req.iso2X) if req.iso2X.strip() else None
     return V1Fields(FLAG_RECORD if record else 0, expire_second, req.ext, country_code)
 
 
 def _core_arguments(req: V1Common, now: int) -> dict[str, Any]:
-    """The keyword arguments every mode's bind takes from the common fields."""
+    """The keyword arguments every mode's bind takes from the common fields: ``iso2X`` goes
+    to AXB and AXE as its calling code (``country_code``), to the other modes as the region
+    (``iso2``), both checked here."""
     fields = v1_fields(req)
     return {
         "expire_second": fields.expire_second, "customer_bind_id": req.customerBindId,
         "flag": fields.flag, "business_id": req.businessId, "phone_x": req.didX, "now": now,
         "api_version": 1, "ext": fields.ext, "country_code": fields.country_code,
     }
+
+
+def _mode_arguments(req: V1Common, now: int) -> dict[str, Any]:
+    arguments = _core_arguments(req, now)
+    del arguments["country_code"]
+    arguments["iso2"] = req.iso2X.strip()
+    return arguments
 
 
 def _answer(binding: Binding, with_y: bool = False, with_extension: bool = False
@@ -141,14 +150,14 @@ async def _bind_axe(api: Api, account: Account, req: V1BindAXEBody, now: int) ->
 
 
 async def _bind_ax(api: Api, account: Account, req: V1BindAXBody, now: int) -> dict[str, Any]:
-    arguments = _core_arguments(req, now)
+    arguments = _mode_arguments(req, now)
     binding = await _mode(api, "bind_ax")(account, phone_a=req.phoneA, **arguments)
     return _answer(binding)
 
 
 async def _bind_axyb(api: Api, account: Account, req: V1BindAXYBBody,
                      now: int) -> dict[str, Any]:
-    arguments = _core_arguments(req, now)
+    arguments = _mode_arguments(req, now)
     binding = await _mode(api, "bind_axyb")(
         account, phone_a=req.phoneA, phone_b=req.phoneB, phone_y=req.didY, **arguments,
     )
@@ -157,10 +166,9 @@ async def _bind_axyb(api: Api, account: Account, req: V1BindAXYBBody,
 
 async def _bind_axeyb(api: Api, account: Account, req: V1BindAXEYBBody,
                       now: int) -> dict[str, Any]:
-    arguments = _core_arguments(req, now)
+    arguments = _mode_arguments(req, now)
     binding = await _mode(api, "bind_axeyb")(
-        account, phone_a=req.phoneA, phone_b=req.phoneB, phone_y=req.didY,
-        extension_length=V1_EXTENSION_LENGTH, **arguments,
+        account, phone_a=req.phoneA, phone_b=req.phoneB, phone_y=req.didY, **arguments,
     )
     return _answer(binding, with_y=True, with_extension=True)
 
@@ -174,13 +182,17 @@ async def _bind_xyb(api: Api, account: Account, req: V1BindXYBBody, now: int) ->
     if not 0 <= call_in_expire_second <= MAX_EXPIRE_SECOND:
         raise PnsError(Code.BAD_PARAMETER,
                        "callInExpireSecond must be an integer from 0 to 100 years")
-    arguments = _core_arguments(req, now)
+    if req.delayedGetY and req.didY.strip():
+        raise PnsError(Code.BAD_PARAMETER, "didY and delayedGetY exclude each other")
+    bind_strategy = _strategy(req.bindExpireStrategy, "bindExpireStrategy")
+    call_in_strategy = _strategy(req.callInExpireStrategy, "callInExpireStrategy")
+    arguments = _mode_arguments(req, now)
     arguments.update(
         phone_b=req.phoneB, phone_y=req.didY, customer_user_id=req.customerUserId,
-        delayed_get_y=req.delayedGetY,
-        bind_expire_strategy=_strategy(req.bindExpireStrategy, "bindExpireStrategy"),
-        call_in_expire_second=call_in_expire_second,
-        call_in_expire_strategy=_strategy(req.callInExpireStrategy, "callInExpireStrategy"),
+        delayed_y=req.delayedGetY, call_in_expire_second=call_in_expire_second,
+        # modes.md: callInExpireStrategy, else bindExpireStrategy.
+        expire_strategy=call_in_strategy if req.callInExpireStrategy is not None
+        else bind_strategy,
     )
     binding = await _mode(api, "bind_xyb")(account, **arguments)
     return _answer(binding, with_y=True)
@@ -188,10 +200,8 @@ async def _bind_xyb(api: Api, account: Account, req: V1BindXYBBody, now: int) ->
 
 async def _bind_nxeyb(api: Api, account: Account, req: V1BindNXEYBBody,
                       now: int) -> dict[str, Any]:
-    arguments = _core_arguments(req, now)
-    binding = await _mode(api, "bind_nxeyb")(
-        account, phone_b=req.phoneB, extension_length=V1_EXTENSION_LENGTH, **arguments,
-    )
+    arguments = _mode_arguments(req, now)
+    binding = await _mode(api, "bind_nxeyb")(account, phone_b=req.phoneB, **arguments)
     return _answer(binding, with_extension=True)
 
 
