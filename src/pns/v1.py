@@ -168,7 +168,8 @@ async def _bind_axeyb(api: Api, account: Account, req: V1BindAXEYBBody,
                       now: int) -> dict[str, Any]:
     arguments = _mode_arguments(req, now)
     binding = await _mode(api, "bind_axeyb")(
-        account, phone_a=req.phoneA, phone_b=req.phoneB, phone_y=req.didY, **arguments,
+        account, phone_a=req.phoneA, phone_b=req.phoneB, phone_y=req.didY,
+        extension_length=V1_EXTENSION_LENGTH, **arguments,
     )
     return _answer(binding, with_y=True, with_extension=True)
 
@@ -201,7 +202,8 @@ async def _bind_xyb(api: Api, account: Account, req: V1BindXYBBody, now: int) ->
 async def _bind_nxeyb(api: Api, account: Account, req: V1BindNXEYBBody,
                       now: int) -> dict[str, Any]:
     arguments = _mode_arguments(req, now)
-    binding = await _mode(api, "bind_nxeyb")(account, phone_b=req.phoneB, **arguments)
+    binding = await _mode(api, "bind_nxeyb")(account, phone_b=req.phoneB,
+                                              extension_length=V1_EXTENSION_LENGTH, **arguments)
     return _answer(binding, with_extension=True)
 
 
