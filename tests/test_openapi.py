@@ -32,6 +32,7 @@ from schemathesis.core import NotSet
 from pns.api import ACTIONS
 from pns.client import signed_headers
 from pns.model import Role
+from pns.v1 import V1_PATHS
 
 from .conftest import Server, Tenant, create_tenant, unique_hk
 
@@ -92,7 +93,8 @@ def test_openapi_document_is_valid(server: Server) -> None:
     schema.validate()  # against the OpenAPI meta-schema; raises when invalid
     operations = {(op.ok().method.upper(), op.ok().path) for op in schema.get_all_operations()
                   if not op.ok().path.startswith("/admin/api/")}  # test_admin_api.py's
-    assert operations == {("POST", f"/api/pns/{a}") for a in ACTIONS} | {("GET", "/healthz")}
+    assert operations == ({("POST", f"/api/pns/{a}") for a in ACTIONS} | {("GET", "/healthz")}
+                          | {("POST", path) for path in V1_PATHS})
     schemes = document["components"]["securitySchemes"]
     assert {(s["type"], s["in"], s["name"]) for s in schemes.values()
             if s["type"] == "apiKey"} == {("apiKey", "header", "accessKey"),
@@ -105,6 +107,12 @@ def test_openapi_document_is_valid(server: Server) -> None:
         assert {p["name"] for p in post["parameters"] if p["in"] == "header"} >= {"bizType", "ts"}
         assert post["security"] == [{"accessKey": [], "sign": []}]
         assert post["requestBody"]["content"]["application/json"]["schema"]
+    for path, action in V1_PATHS.items():
+        post = document["paths"][path]["post"]
+        assert post["operationId"] == "v1" + action[0].upper() + action[1:]
+        header = next(p for p in post["parameters"] if p["name"] == "action")
+        assert header["required"] and header["schema"]["enum"] == [action]
+        assert post["security"] == [{"accessKey": [], "sign": []}]
     envelope = document["components"]["schemas"]["Envelope"]
     assert set(envelope["required"]) == {"code", "msg", "requestId"}
     # The alias is what the document describes; it is the same API as POST /api/pns/.
@@ -133,6 +141,23 @@ def test_request_schemas_require_what_the_actions_require() -> None:
         body = _resolve(document, post["requestBody"]["content"]["application/json"]["schema"])
         assert set(body["required"]) == required, action
         assert required <= set(body["properties"]), action
+    v1_required = {"axb": {"businessId", "phoneA", "phoneB"}, "axe": {"businessId", "phoneA"},
+                   "ax": {"businessId", "phoneA"}, "axyb": {"businessId", "phoneA", "phoneB"},
+                   "axeyb": {"businessId", "phoneB"}, "xyb": {"businessId", "phoneB"},
+                   "nxeyb": {"businessId", "phoneB"}}
+    for mode, required in v1_required.items():
+        post = document["paths"][f"/v1/pns/bind/{mode}"]["post"]
+        body = _resolve(document, post["requestBody"]["content"]["application/json"]["schema"])
+        assert set(body["required"]) == required, mode
+        assert {"recording", "recoding", "bindExpireSecond", "ext", "didX", "iso2X",
+                "customerBindId"} <= set(body["properties"]), mode
+    xyb = _resolve(document, document["paths"]["/v1/pns/bind/xyb"]["post"]["requestBody"]
+                   ["content"]["application/json"]["schema"])
+    assert {"customerUserId", "delayedGetY", "bindExpireStrategy", "callInExpireSecond",
+            "callInExpireStrategy", "didY"} <= set(xyb["properties"])
+    axb = _resolve(document, document["paths"]["/v1/pns/bind/axb"]["post"]["requestBody"]
+                   ["content"]["application/json"]["schema"])
+    assert {"extensionB", "dtmfDelayTimeB"} <= set(axb["properties"])
     unbind = _resolve(document, document["paths"]["/api/pns/unbindAXB"]["post"]["requestBody"]
                       ["content"]["application/json"]["schema"])
     assert unbind["anyOf"] == [{"required": ["bindId"]}, {"required": ["customerBindId"]}]
@@ -165,7 +190,20 @@ def test_answers_are_typed_per_action_with_their_codes() -> None:
         assert all("type" in spec for spec in data["properties"].values()), action
     query = _resolve(document, document["paths"]["/api/pns/queryAXB"]["post"]["responses"]
                      ["200"]["content"]["application/json"]["schema"])["properties"]["data"]
-    assert {"callee", "callId", "flag", "bindType"} <= set(query["properties"])
+    assert {"callee", "callId", "flag", "bindType", "calleeDtmf", "calleeDtmfDelay"} \
+        <= set(query["properties"])
+    v1_data = {"axb": set(), "ax": set(), "axyb": set(), "xyb": set(),
+               "axe": {"extensionX"}, "axeyb": {"extensionX"}, "nxeyb": {"extensionX"}}
+    for mode, extra in v1_data.items():
+        action = V1_PATHS[f"/v1/pns/bind/{mode}"]
+        post = document["paths"][f"/v1/pns/bind/{mode}"]["post"]
+        answer = _resolve(document, post["responses"]["200"]["content"]["application/json"]
+                          ["schema"])
+        codes = answer["properties"]["code"]["enum"]
+        assert codes == action_codes(action, v1=True) and 1006 in codes
+        assert (10016 in codes) == bool(extra), mode
+        assert set(answer["properties"]["data"]["required"]) == \
+            {"bindId", "didX", "expireAt"} | extra, mode
 
 
 def test_docs_page_and_its_assets_come_from_pns(server: Server) -> None:
@@ -240,7 +278,7 @@ def _realistic(live: Fixture) -> st.SearchStrategy[dict[str, Any]]:
     times = st.sampled_from([0, 1, int(time.time())])
     return st.fixed_dictionaries({
         "phoneA": numbers, "phoneB": numbers, "caller": numbers,
-        "phoneX": xs, "did": xs,
+        "phoneX": xs, "did": xs, "didX": xs,
         "expireSecond": st.sampled_from([0, 1, 3600, "60"]),
         "flag": st.sampled_from([0, 1, "1"]),
         "extension": st.sampled_from(["101", "1234", "", "12a"]),
@@ -256,13 +294,26 @@ def _realistic(live: Fixture) -> st.SearchStrategy[dict[str, Any]]:
         "hangupCode": st.sampled_from([0, 16, 19]),
         "hangup": st.sampled_from([0, 1, 2]),
         "recordFile": st.sampled_from(["", "https://rec.example/1.mp3"]),
+        # The v1 API's own fields, valid: generated bodies break them often enough.
+        "iso2X": st.sampled_from(["", "HK", "hk"]),
+        "recording": st.booleans(), "recoding": st.none(),
+        "bindExpireSecond": st.sampled_from([0, 60, "7200"]),
+        "ext": st.sampled_from(["", "order 1"]),
+        "extensionB": st.sampled_from(["", "12#"]),
+        "dtmfDelayTimeB": st.sampled_from([0, 2]),
+        "bindExpireStrategy": st.sampled_from([0, 1, 2]),
+        "callInExpireStrategy": st.sampled_from([0, 2]),
+        "callInExpireSecond": st.sampled_from([0, 60]),
+        "delayedGetY": st.booleans(),
     })
 
 
-_MIXED = ["phoneA", "phoneB", "caller", "phoneX", "did", "expireSecond", "flag", "extension",
-          "bindId", "customerBindId", "businessId", "callId", "limit", "offset", "startTime",
-          "endTime", "startAt", "ringAt", "answerAt", "hangupAt", "hangupCause", "hangupCode",
-          "hangup", "recordFile"]
+_MIXED = ["phoneA", "phoneB", "caller", "phoneX", "did", "didX", "expireSecond", "flag",
+          "extension", "bindId", "customerBindId", "businessId", "callId", "limit", "offset",
+          "startTime", "endTime", "startAt", "ringAt", "answerAt", "hangupAt", "hangupCause",
+          "hangupCode", "hangup", "recordFile", "iso2X", "recording", "recoding",
+          "bindExpireSecond", "ext", "extensionB", "dtmfDelayTimeB", "bindExpireStrategy",
+          "callInExpireStrategy", "callInExpireSecond", "delayedGetY"]
 
 
 def _serialise(body: Any) -> bytes:
@@ -284,11 +335,15 @@ def assert_envelope(response: httpx.Response) -> None:
         assert isinstance(envelope["data"], dict), envelope
 
 
-@pytest.mark.parametrize("action", list(ACTIONS))
-def test_schemathesis_every_operation(live: Fixture, action: str) -> None:
-    operation = live.schema["/api/pns/" + action]["POST"]
+OPERATIONS = [(f"/api/pns/{action}", action) for action in ACTIONS] + list(V1_PATHS.items())
+
+
+@pytest.mark.parametrize(("path", "action"), OPERATIONS)
+def test_schemathesis_every_operation(live: Fixture, path: str, action: str) -> None:
+    operation = live.schema[path]["POST"]
     caller = live.switch if action == "reportCall" else live.customer
     codes: dict[int, int] = {}
+    unavailable: set[str] = set()
 
     for mode in schemathesis.GenerationMode:
 
@@ -308,10 +363,13 @@ def test_schemathesis_every_operation(live: Fixture, action: str) -> None:
             code = response.json()["code"]
             assert code not in (1001, 1003, 1004, 1006, 1007), response.text  # we signed it
             codes[code] = codes.get(code, 0) + 1
+            if "mode not available" in response.json()["msg"]:
+                unavailable.add(path)
 
         run()
-    # The mix reached past the parameter checks at least sometimes.
-    assert set(codes) - {1002}, codes
+    # The mix reached past the parameter checks at least sometimes (for a v1 mode whose core
+    # is not in this build yet, up to src/pns/v1.py's `_mode`).
+    assert set(codes) - {1002} or path in unavailable, codes
 
 
 def test_healthz_as_documented(live: Fixture) -> None:

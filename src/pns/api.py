@@ -79,12 +79,14 @@ class Api:
         self._clock = clock
         self.limiter = limiter or FailureLimiter()
 
-    async def handle(self, headers: Mapping[str, str], body: bytes, client: str = "") -> Response:
-        """Answer one ``POST /api/pns/``; ``headers`` has lower-case names."""
+    async def handle(self, headers: Mapping[str, str], body: bytes, client: str = "",
+                     actions: Mapping[str, Action] | None = None) -> Response:
+        """Answer one ``POST /api/pns/``; ``headers`` has lower-case names. ``actions``: the
+        table the action header is read in (the v1 paths have their own)."""
         request_id = new_snowflake()
         action_name = headers.get("action", "")
         try:
-            data = await self._run(headers, body, client)
+            data = await self._run(headers, body, client, ACTIONS if actions is None else actions)
             return Response(200, envelope(Code.OK, "success", request_id, data), request_id,
                             action_name, 0)
         except PnsError as exc:
@@ -95,8 +97,8 @@ class Api:
             return Response(500, envelope(Code.INTERNAL, DEFAULT_MSG[Code.INTERNAL], request_id),
                             request_id, action_name, int(Code.INTERNAL))
 
-    async def _run(self, headers: Mapping[str, str], body: bytes,
-                   client: str) -> dict[str, Any] | None:
+    async def _run(self, headers: Mapping[str, str], body: bytes, client: str,
+                   actions: Mapping[str, Action]) -> dict[str, Any] | None:
         for name in REQUIRED_HEADERS:
             if not headers.get(name):
                 raise PnsError(Code.MISSING_HEADER,
@@ -104,7 +106,7 @@ class Api:
         action_name = headers["action"]
         if headers["biztype"] != BIZ_TYPE_PNS:
             raise PnsError(Code.BAD_PARAMETER, "bizType must be 5")
-        action = ACTIONS.get(action_name)
+        action = actions.get(action_name)
         if action is None:
             raise PnsError(Code.BAD_PARAMETER, f"unknown action {action_name[:64]!r}")
         now = self._clock()
@@ -193,6 +195,9 @@ def query_data(answer: QueryAnswer) -> dict[str, Any]:
     }
     if answer.extension is not None:
         data["extension"] = answer.extension
+    if answer.callee_dtmf:
+        data["calleeDtmf"] = answer.callee_dtmf
+        data["calleeDtmfDelay"] = answer.callee_dtmf_delay
     return data
 
 

@@ -6,17 +6,19 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from .api import ACTIONS, REQUIRED_HEADERS, Api, envelope
+from .api import ACTIONS, REQUIRED_HEADERS, Action, Api, envelope
 from .errors import Code
 from .http import Reply, Request
 from .ids import new_snowflake
 from .logs import access_log
 from .metrics import Metrics
 from .openapi import DOCS_ASSETS, OPENAPI_JSON
+from .v1 import V1_ACTIONS, V1_PATHS
 
 log = logging.getLogger("pns.access")
 
-API_PATHS = frozenset({"/api/pns/", "/api/pns"})
+# The old actions' endpoint, also at NXCloud's newer address for them.
+API_PATHS = frozenset({"/api/pns/", "/api/pns", "/v1/api/pns/", "/v1/api/pns"})
 # Handed whole to the admin handler (admin API and console), when one is mounted here.
 ADMIN_PREFIXES = ("/admin/", "/console")
 # The headers the API reads, as the HTTP layer keeps them (bytes) and as the API takes them:
@@ -73,6 +75,9 @@ class App:
             if request.method != "POST":
                 return error_reply(405)
             return self._api(api_headers(request.headers), request.body, request.client)
+        v1_action = V1_PATHS.get(path)
+        if v1_action is not None:
+            return self._v1(request, v1_action)
         if path == "/healthz":
             if request.method != "GET":
                 return error_reply(405)
@@ -109,11 +114,26 @@ class App:
         headers["action"] = action
         return self._api(headers, request.body, request.client)
 
-    async def _api(self, headers: dict[str, str], body: bytes, client: str) -> Reply:
+    def _v1(self, request: Request, action: str) -> Reply | Awaitable[Reply]:
+        """``POST /v1/pns/bind/{mode}``: the action header is required (1001 without it, as
+        for any signed request) and must name the path's mode (1002)."""
+        if request.method != "POST":
+            return error_reply(405)
+        headers = api_headers(request.headers)
+        header = headers.get("action")
+        if header and header != action:
+            return Reply(200, envelope(
+                Code.BAD_PARAMETER, f"action header must be {action} on {request.path}",
+                new_snowflake()))
+        return self._api(headers, request.body, request.client, V1_ACTIONS)
+
+    async def _api(self, headers: dict[str, str], body: bytes, client: str,
+                   actions: dict[str, Action] | None = None) -> Reply:
         started = time.perf_counter()
-        response = await self.api.handle(headers, body, client)
+        response = await self.api.handle(headers, body, client, actions)
         elapsed = time.perf_counter() - started
-        action = response.action if response.action in ACTIONS else "unknown"
+        known = ACTIONS if actions is None else actions
+        action = response.action if response.action in known else "unknown"
         self.metrics.observe(action, response.code, elapsed)
         reason = ALLOCATION_FAILURES.get(response.code)
         if reason is not None and action.startswith("bind"):

@@ -16,7 +16,7 @@ from typing import Any
 
 import msgspec
 
-from .model import CallRecord, CallRef, OutboxEvent
+from .model import Binding, CallRecord, CallRef, OutboxEvent
 
 KIND_CALL_RECORD = "callRecord"
 KIND_BINDING_ERROR = "bindingError"
@@ -84,6 +84,59 @@ def record_fields(record: CallRecord) -> dict[str, Any]:
         "hangupAt": record.hangup_at, "hangupCause": record.hangup_cause,
         "hangupCode": record.hangup_code, "hangup": record.hangup,
         "recordFile": record.record_file,
+    }
+
+
+# NXCloud's pnsType of each bindType (modes.md); 4 is the v1 AXE among v1 bindings.
+PNS_TYPES = {0: "axb", 1: "ax", 2: "axg", 3: "axyb", 4: "axe", 5: "axeyb", 6: "xyb", 7: "nxeyb"}
+_BIND_TYPE_AXYB = 3
+
+
+def _display(binding: Binding, caller: str) -> str:
+    """The number the callee was shown: the one it can dial to reach the caller again
+    (modes.md): X, or Y in the modes with Y, except B's calls in AXYB, which show X."""
+    if not binding.y or (binding.bind_type == _BIND_TYPE_AXYB and caller == binding.b):
+        return binding.x
+    return binding.y
+
+
+def v1_record_fields(record: CallRecord, binding: Binding) -> dict[str, Any]:
+    """The CDR of a binding made through the v1 API, in NXCloud's newer shape (§6.2): the
+    call, and in ``legList`` its inbound leg (callType 1: caller → number dialled) and its
+    outbound leg (callType 2: the number shown → callee), both from the switch's report.
+    ``callStatus`` is a string there; the recording covers the bridged call, so it is on both
+    legs; the switch reports no per-leg uuid or carrier id (empty)."""
+    answered = record.answer_at
+    ring_end = answered or record.hangup_at
+    leg = {
+        "callStartAt": record.start_at,
+        "callAnswerAt": answered,
+        "callFinishAt": record.hangup_at,
+        "duration": record.duration,
+        "callRecordFile": record.record_file,
+        "hangupType": record.hangup,
+        "hangupCause": record.hangup_cause,
+        "hangupCode": record.hangup_code,
+        "uuid": "",
+        "fsCallStatus": record.call_status,
+        "fsCallStatusMsg": record.call_status_msg,
+        "vosCallId": "",
+        "allExtension": binding.extension,
+    }
+    inbound = {"callType": 1, "caller": record.caller, "callee": record.did, **leg,
+               "callRingAt": 0, "ringDuration": 0}
+    outbound = {"callType": 2, "caller": _display(binding, record.caller),
+                "callee": record.callee, **leg, "callRingAt": record.ring_at,
+                "ringDuration": max(ring_end - record.ring_at, 0) if record.ring_at else 0}
+    return {
+        "bindId": record.bind_id, "customerBindId": record.customer_bind_id,
+        "businessId": record.business_id, "callId": record.call_id, "caller": record.caller,
+        "did": record.did, "didX": binding.x, "didY": binding.y,
+        "extensionX": binding.extension, "callee": record.callee,
+        "pnsType": PNS_TYPES.get(binding.bind_type, ""),
+        "callStatus": str(record.call_status), "callStatusMsg": record.call_status_msg,
+        "ext": binding.ext, "customerUserId": binding.customer_user_id,
+        "legList": [inbound, outbound],
     }
 
 

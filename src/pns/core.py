@@ -10,7 +10,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any, Generic, TypeVar
 
 import msgspec
@@ -23,6 +23,7 @@ from .callbacks import (
     join_record,
     new_event,
     record_fields,
+    v1_record_fields,
 )
 from .errors import Code, PnsError
 from .ids import new_bind_id, new_snowflake
@@ -50,6 +51,11 @@ MAX_FLAG = 2**31 - 1
 LIST_MAX = 1000
 _CANDIDATES = 8
 _INSERT_ATTEMPTS = 8
+_MAX_EXTENSION = 8
+# Seconds, times the attempt: the most a bind that met another extension length pauses.
+_LENGTH_RACE_PAUSE = 0.02
+# Extensions of bindings made through the v1 API (NXCloud's extensionX, e.g. "0193").
+V1_EXTENSION_LENGTH = 4
 
 
 class Settings(msgspec.Struct, frozen=True):
@@ -64,6 +70,9 @@ class QueryAnswer(msgspec.Struct, frozen=True):
     bind_type: int
     prompts: Account | None
     extension: str | None
+    # v1 AXB with extensionB, A→B only: the digits the switch keys into B's line once B answers.
+    callee_dtmf: str = ""
+    callee_dtmf_delay: int = 0
 
 
 class _TtlCache(Generic[K, V]):
@@ -139,7 +148,7 @@ def _check_common(
 
 def _same_request(
     existing: Binding, a: str, b: str, x: str | None, flag: int, expire_second: int,
-    extension: str | None, bind_type: int,
+    extension: str | None, bind_type: int, attrs: Mapping[str, object],
 ) -> bool:
     return (
         existing.a == a
@@ -149,7 +158,24 @@ def _same_request(
         and existing.expire_second == expire_second
         and existing.bind_type == bind_type
         and (extension is None or existing.extension == extension)
+        and all(getattr(existing, name) == value for name, value in attrs.items())
     )
+
+
+def _v1_attrs(api_version: int, ext: str, **more: object) -> dict[str, object]:
+    """The attributes a bind stores beyond the columns: for the v1 API, its version, ``ext``
+    and the mode's own fields. Also what a repeated customerBindId must repeat (a binding of
+    the other API is another request)."""
+    if not api_version:
+        return {"api_version": 0}
+    return {"api_version": api_version, "ext": ext, **more}
+
+
+def _check_country(country_code: int | None, parties: int) -> None:
+    """``iso2X`` (as a calling code) must be the parties' country: X shares it."""
+    if country_code is not None and country_code != parties:
+        raise PnsError(Code.COUNTRY_MISMATCH,
+                       f"iso2X names country code {country_code}, the parties have {parties}")
 
 
 class Service:
@@ -176,7 +202,16 @@ class Service:
         business_id: str = "",
         phone_x: str = "",
         now: int | None = None,
+        *,
+        api_version: int = 0,
+        ext: str = "",
+        callee_dtmf: str = "",
+        callee_dtmf_delay: int = 0,
+        country_code: int | None = None,
     ) -> Binding:
+        """``api_version`` 1 for the v1 API, which adds ``ext`` (copied into call records),
+        ``callee_dtmf`` and its delay (keyed into B's line on A's calls) and ``country_code``
+        (``iso2X``: the country to take X from, which must be the parties')."""
         now = int(time.time()) if now is None else now
         a = require_international(phone_a, "phoneA")
         b = require_international(phone_b, "phoneB")
@@ -185,11 +220,14 @@ class Service:
         if a.digits == b.digits:
             raise PnsError(Code.SAME_NUMBER)
         _check_common(customer_bind_id, business_id, flag, expire_second)
+        _check_country(country_code, a.country_code)
+        attrs = _v1_attrs(api_version, ext, callee_dtmf=callee_dtmf,
+                          callee_dtmf_delay=callee_dtmf_delay)
         requested_x = self._parse_x(phone_x) if phone_x else None
         existing = await self._existing(
             account, customer_bind_id, a.digits, b.digits,
             requested_x.digits if requested_x else None, flag, expire_second, None, BIND_TYPE_AXB,
-            now,
+            now, attrs,
         )
         if existing is not None:
             return existing
@@ -205,6 +243,7 @@ class Service:
                 extension="", bind_type=BIND_TYPE_AXB, customer_bind_id=customer_bind_id,
                 business_id=business_id, flag=flag, expire_second=expire_second,
                 expire_at=expire_at_for(expire_second, now), created_at=now,
+                **attrs,  # type: ignore[arg-type]
             )
             try:
                 await self.store.insert_binding(binding, now)
@@ -216,7 +255,7 @@ class Service:
                     raced = await self._existing(
                         account, customer_bind_id, a.digits, b.digits,
                         requested_x.digits if requested_x else None, flag, expire_second, None,
-                        BIND_TYPE_AXB, now,
+                        BIND_TYPE_AXB, now, attrs,
                     )
                     if raced is not None:
                         return raced
@@ -245,7 +284,7 @@ class Service:
             exhausted_message(stats.numbers, stats.held_by_a, stats.held_by_b, a.country_code),
         )
 
-    # --- bindAXBExtension --------------------------------------------------------------------
+    # --- bindAXBExtension and v1 AXE ---------------------------------------------------------
     async def bind_extension(
         self,
         account: Account,
@@ -258,44 +297,67 @@ class Service:
         flag: int = 0,
         business_id: str = "",
         now: int | None = None,
+        *,
+        api_version: int = 0,
+        ext: str = "",
+        extension_length: int | None = None,
+        country_code: int | None = None,
     ) -> Binding:
+        """A + X + extension (+ B). The v1 API (``api_version`` 1, v1 AXE) may leave
+        ``phone_x`` empty (X is then chosen like a pair's, in ``country_code`` when given),
+        stores ``ext`` and uses ``extension_length`` (4) instead of the configured length.
+        Every extension on one X has one length: another length there is 10016."""
         now = int(time.time()) if now is None else now
+        length = extension_length or self.settings.extension_length
         a = require_international(phone_a, "phoneA")
-        if not phone_x.strip():
-            raise PnsError(Code.BAD_PARAMETER, "phoneX is required")
-        x = self._parse_x(phone_x)
+        requested_x = self._parse_x(phone_x) if phone_x.strip() else None
         b = require_international(phone_b, "phoneB") if phone_b.strip() else None
-        if a.country_code != x.country_code or (b and b.country_code != x.country_code):
+        country = requested_x.country_code if requested_x else a.country_code
+        if a.country_code != country or (b and b.country_code != country):
             raise PnsError(Code.COUNTRY_MISMATCH, "phoneA/phoneB and phoneX differ in country code")
         if b is not None and a.digits == b.digits:
             raise PnsError(Code.SAME_NUMBER)
         _check_common(customer_bind_id, business_id, flag, expire_second)
-        requested_ext = self.validate_extension(extension) if extension else None
+        _check_country(country_code, a.country_code)
+        requested_ext = self.validate_extension(extension, length) if extension else None
+        attrs = _v1_attrs(api_version, ext)
         b_digits = b.digits if b else ""
+        parties = (a.digits, b_digits) if b_digits else (a.digits,)
         existing = await self._existing(
-            account, customer_bind_id, a.digits, b_digits, x.digits, flag, expire_second,
-            requested_ext, BIND_TYPE_EXTENSION, now,
+            account, customer_bind_id, a.digits, b_digits,
+            requested_x.digits if requested_x else None, flag, expire_second, requested_ext,
+            BIND_TYPE_EXTENSION, now, attrs,
         )
         if existing is not None:
             return existing
-        await self._require_own_number(account, x, a.country_code)
-        for _ in range(_INSERT_ATTEMPTS):
-            ext = requested_ext or await self.allocate_extension(x.digits, now)
+        if requested_x is not None:
+            await self._require_own_number(account, requested_x, a.country_code)
+        length_raced = False
+        for attempt in range(_INSERT_ATTEMPTS):
+            if requested_x is not None:
+                x = requested_x.digits
+            else:
+                x = await self._allocate_extension_x(account, a, parties, length, now)
+            used = await self.store.used_extensions(x, now)
+            if any(len(other) != length for other in used):
+                raise PnsError(Code.INVALID_EXTENSION,
+                               f"the extensions on {x} have another length than {length} digits")
+            ext_chosen = requested_ext or _free_extension(used, length)
             binding = Binding(
-                bind_id=new_bind_id(x.digits), account_id=account.id, x=x.digits, a=a.digits,
-                b=b_digits, extension=ext, bind_type=BIND_TYPE_EXTENSION,
+                bind_id=new_bind_id(x), account_id=account.id, x=x, a=a.digits,
+                b=b_digits, extension=ext_chosen, bind_type=BIND_TYPE_EXTENSION,
                 customer_bind_id=customer_bind_id, business_id=business_id, flag=flag,
                 expire_second=expire_second, expire_at=expire_at_for(expire_second, now),
-                created_at=now,
+                created_at=now, **attrs,  # type: ignore[arg-type]
             )
             try:
                 await self.store.insert_binding(binding, now)
-                return binding
             except BindConflict as conflict:
                 if conflict.kind is ConflictKind.CUSTOMER_BIND_ID:
                     raced = await self._existing(
-                        account, customer_bind_id, a.digits, b_digits, x.digits, flag,
-                        expire_second, requested_ext, BIND_TYPE_EXTENSION, now,
+                        account, customer_bind_id, a.digits, b_digits,
+                        requested_x.digits if requested_x else None, flag, expire_second,
+                        requested_ext, BIND_TYPE_EXTENSION, now, attrs,
                     )
                     if raced is not None:
                         return raced
@@ -303,29 +365,60 @@ class Service:
                 if conflict.kind is ConflictKind.PARTY or await self._party_bound(binding, now):
                     # Both keys may be taken; which one a store reports first is its own
                     # business, so the party conflict is decided here, the same on every store.
+                    if requested_x is None:
+                        continue  # a party was bound on the chosen X meanwhile: choose again
                     raise PnsError(Code.PARTY_ALREADY_BOUND) from None
                 if requested_ext is not None:
                     raise PnsError(Code.EXTENSION_TAKEN) from None
                 # The extension we picked was taken meanwhile: pick again.
+                continue
+            if not await self._one_extension_length(x, length, now):
+                # Binds of two lengths raced onto one X: each that sees the other leaves, so
+                # two lengths never stay. Then it looks again after a random pause: the other
+                # length still there is 10016; all gone (every racer left), it binds again.
+                await self.store.delete_binding(binding.bind_id)
+                length_raced = True
+                await asyncio.sleep(random.uniform(0, _LENGTH_RACE_PAUSE * (attempt + 1)))
+                continue
+            return binding
+        if length_raced:
+            raise PnsError(Code.INVALID_EXTENSION,
+                           "extensions of another length were bound on this X meanwhile")
         raise PnsError(Code.NO_FREE_EXTENSION, "no free extension under contention; retry")
 
-    def validate_extension(self, extension: str) -> str:
-        length = self.settings.extension_length
+    def validate_extension(self, extension: str, length: int | None = None) -> str:
+        length = length or self.settings.extension_length
         if len(extension) != length or not extension.isascii() or not extension.isdigit():
             raise PnsError(Code.INVALID_EXTENSION, f"extension must be {length} digits")
         return extension
 
-    async def allocate_extension(self, x: str, now: int) -> str:
-        """A random free extension on X, so concurrent binds rarely collide."""
-        length = self.settings.extension_length
-        used = await self.store.used_extensions(x, now)
-        total = 10**length
-        if len(used) >= total:
-            raise PnsError(Code.NO_FREE_EXTENSION)
-        while True:
-            ext = f"{random.randrange(total):0{length}d}"
-            if ext not in used:
-                return ext
+    async def _one_extension_length(self, x: str, length: int, now: int) -> bool:
+        """Are all active extensions on X of ``length`` digits (or none there)?"""
+        return all(len(used) == length for used in await self.store.used_extensions(x, now))
+
+    async def _allocate_extension_x(self, account: Account, a: Number,
+                                    parties: tuple[str, ...], length: int, now: int) -> str:
+        """X for an extension binding without a requested X: the least loaded of the
+        account's numbers of A's country where no party is bound and the extensions have
+        ``length`` digits."""
+        candidates = await self.store.free_numbers(account.id, a.country_code, parties, now,
+                                                   _CANDIDATES)
+        fitting = [c for c in candidates if await self._one_extension_length(c.x, length, now)]
+        if fitting:
+            return choose_x(fitting).x
+        if candidates:
+            raise PnsError(Code.INVALID_EXTENSION,
+                           f"every free number carries extensions of another length than "
+                           f"{length} digits")
+        stats = await self.store.pool_stats(account.id, a.country_code, a.digits, a.digits, now)
+        if stats.numbers == 0:
+            raise PnsError(
+                Code.NO_VIRTUAL_NUMBER,
+                f"the account has no virtual number in country code {a.country_code}",
+            )
+        raise PnsError(Code.NUMBERS_EXHAUSTED,
+                       f"virtual numbers exhausted: phoneA is already bound on all "
+                       f"{stats.numbers} number(s) in country code {a.country_code}")
 
     # --- unbind and list -----------------------------------------------------------------
     async def unbind(
@@ -405,9 +498,12 @@ class Service:
                 bind_type=binding.bind_type, queried_at=now, queried_by=account.id,
             )
         )
+        # extensionB of a v1 AXB is keyed into B's line, so only on A's calls to B.
+        dtmf = binding.callee_dtmf if callee == binding.b and binding.callee_dtmf else ""
         return QueryAnswer(
             callee=callee, call_id=call_id, flag=binding.flag, bind_type=binding.bind_type,
-            prompts=owner, extension=extension,
+            prompts=owner, extension=extension, callee_dtmf=dtmf,
+            callee_dtmf_delay=binding.callee_dtmf_delay if dtmf else 0,
         )
 
     def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
@@ -462,7 +558,7 @@ class Service:
         owner = await self.accounts.by_id(call.account_id)
         event = None
         if owner is not None and owner.callback_url:
-            event = new_event(owner.id, KIND_CALL_RECORD, record_fields(record), now,
+            event = new_event(owner.id, KIND_CALL_RECORD, await self._cdr(record), now,
                               call_id=record.call_id)
         if await self.store.save_call_record(record, event):
             if event is not None:
@@ -472,6 +568,20 @@ class Service:
         if existing is None:  # this callId was reported for another account's call
             raise PnsError(Code.BINDING_NOT_EXIST, "callId already reported for another call")
         return existing
+
+    async def _cdr(self, record: CallRecord) -> dict[str, Any]:
+        """A record's callback body: NXCloud's newer shape when its binding was made through
+        the v1 API, the old flat one otherwise. The binding is read as it was when the call
+        started (an expired one is still found until swept); one deleted since (unbound,
+        swept) is unknown, and its record goes out in the old shape."""
+        binding = None
+        if record.bind_id:
+            binding = await self.store.get_binding(record.bind_id,
+                                                   record.start_at or record.reported_at)
+        if binding is not None and binding.api_version == 1 \
+                and binding.account_id == record.account_id:
+            return v1_record_fields(record, binding)
+        return record_fields(record)
 
     async def _call_from_binding(self, report: CallReport, now: int) -> CallRef | None:
         """Rebuild a call's reference from did and caller when its callId is unknown."""
@@ -509,7 +619,7 @@ class Service:
             raise PnsError(Code.BINDING_NOT_EXIST, "no call record with this callId")
         if not account.callback_url:
             raise PnsError(Code.BAD_PARAMETER, "the account has no callback URL")
-        event = new_event(account.id, KIND_CALL_RECORD, record_fields(record), now,
+        event = new_event(account.id, KIND_CALL_RECORD, await self._cdr(record), now,
                           call_id=call_id)
         await self.store.enqueue_event(event)
         self.on_event()
@@ -518,9 +628,10 @@ class Service:
     async def _by_extension(
         self, x: str, extension: str, owner: Account | None, now: int
     ) -> Binding:
-        length = self.settings.extension_length
         binding = None
-        if len(extension) == length and extension.isascii() and extension.isdigit():
+        # Old extensions have the configured length, v1 ones 4 digits: any short digit string
+        # is looked up.
+        if 0 < len(extension) <= _MAX_EXTENSION and extension.isascii() and extension.isdigit():
             binding = await self.store.find_by_extension(x, extension, now)
         if binding is None:
             raise PnsError(Code.BINDING_NOT_EXIST, data=prompt_data(owner))
@@ -549,6 +660,7 @@ class Service:
     async def _existing(
         self, account: Account, customer_bind_id: str, a: str, b: str, x: str | None,
         flag: int, expire_second: int, extension: str | None, bind_type: int, now: int,
+        attrs: Mapping[str, object],
     ) -> Binding | None:
         """Idempotency: a repeated customerBindId with the same request returns its binding."""
         if not customer_bind_id:
@@ -556,9 +668,20 @@ class Service:
         existing = await self.store.find_by_customer_bind_id(account.id, customer_bind_id, now)
         if existing is None:
             return None
-        if _same_request(existing, a, b, x, flag, expire_second, extension, bind_type):
+        if _same_request(existing, a, b, x, flag, expire_second, extension, bind_type, attrs):
             return existing
         raise PnsError(Code.CUSTOMER_BIND_ID_REUSED)
+
+
+def _free_extension(used: set[str], length: int) -> str:
+    """A random free extension of ``length`` digits, so concurrent binds rarely collide."""
+    total = 10**length
+    if len(used) >= total:
+        raise PnsError(Code.NO_FREE_EXTENSION)
+    while True:
+        ext = f"{random.randrange(total):0{length}d}"
+        if ext not in used:
+            return ext
 
 
 def _same_call(call: CallRef, report: CallReport, reporter: Account | None) -> bool:

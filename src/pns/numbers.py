@@ -135,3 +135,16 @@ def country_of(digits: str) -> int:
     if number is None:
         raise PnsError(Code.NO_COUNTRY_PREFIX, f"{digits} has no country prefix")
     return number.country_code
+
+
+
+def region_country_code(iso2: str) -> int:
+    """The country code of an ISO-3166 alpha-2 region (v1's ``iso2X``, e.g. ``HK`` → 852);
+    1002 when it is not one."""
+    region = iso2.strip().upper()
+    code = 0
+    if len(region) == 2 and region.isascii() and region.isalpha():
+        code = int(phonenumbers.country_code_for_region(region))
+    if not code:
+        raise PnsError(Code.BAD_PARAMETER, f"iso2X: unknown region {iso2[:8]!r}")
+    return code

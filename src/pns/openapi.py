@@ -17,8 +17,9 @@ from typing import Any
 import msgspec
 
 from . import __version__
-from .api import ACTIONS
+from .api import ACTIONS, Action
 from .errors import DEFAULT_MSG, Code
+from .v1 import DEFAULT_BIND_EXPIRE_SECOND, MAX_EXT, V1_ACTIONS, V1_PATHS
 from .wire import ONE_OF_FIELDS, REQUIRED_FIELDS
 
 _SUMMARIES = {
@@ -30,6 +31,15 @@ _SUMMARIES = {
     "reportCall": "The switch reports a finished call (switch role)",
     "getCallRecords": "List call records by time range or bindId, paged",
     "redeliverCallRecord": "Queue one more delivery of a call record",
+}
+_V1_SUMMARIES = {
+    "bindAXB": "v1 AXB: A and B reach each other through X",
+    "bindAXE": "v1 AXE: anyone dialling X and the 4-digit extension E reaches A",
+    "bindAXEYB": "v1 AXEYB: A dials X + E to reach B, shown Y; then A and B talk through Y",
+    "bindXYB": "v1 XYB: the first caller of X becomes A and reaches B through Y",
+    "bindAX": "v1 AX: anyone but A dialling X reaches A; X is A's alone",
+    "bindAXYB": "v1 AXYB: A dials X to reach B (shown Y); B dials Y to reach A",
+    "bindNXEYB": "v1 NXEYB: each caller of X + E reaches B through a Y of its own",
 }
 
 _FIELD_DOCS = {
@@ -48,6 +58,23 @@ _FIELD_DOCS = {
     "caller": "The calling number (country code optional: read against X's country)",
     "did": "The dialled virtual number X, with its country code",
     "callId": "From the query's answer",
+    # The v1 API.
+    "didX": "Ask for this virtual number X (must be the account's); else one is chosen",
+    "didY": "Ask for this virtual number Y (must be the account's); else one is chosen",
+    "recording": "Record the calls (default false)",
+    "recoding": "NXCloud's misspelling of recording, accepted too; both given must agree",
+    "bindExpireSecond": f"Lifetime in seconds (default {DEFAULT_BIND_EXPIRE_SECOND}), "
+                        "0 = never expires",
+    "ext": f"Free text up to {MAX_EXT} characters, copied into the call records",
+    "iso2X": "ISO-3166 alpha-2 region to take X from when didX is absent (default: the "
+             "parties' country; another country is 10004)",
+    "extensionB": "Digits (0-9 * #) the switch keys into B's line after B answers A's call",
+    "dtmfDelayTimeB": "Seconds to wait before keying extensionB (0-300; required with it)",
+    "customerUserId": "Your user's or device's id, at most 64 characters",
+    "delayedGetY": "Allocate Y at the first call-in instead of at the bind",
+    "bindExpireStrategy": "0 keep, 1 reset, 2 extend the lifetime on each answered call",
+    "callInExpireSecond": "Lifetime from the first call-in, in seconds",
+    "callInExpireStrategy": "0 keep, 1 reset, 2 extend, after the call-in",
 }
 
 # Codes every action can answer, besides its own (state-changing actions add 1006).
@@ -67,12 +94,19 @@ ACTION_CODES: dict[str, tuple[Code, ...]] = {
     "getCallRecords": (Code.LIMIT_OUT_OF_RANGE, Code.OFFSET_OUT_OF_RANGE),
     "redeliverCallRecord": (Code.BINDING_NOT_EXIST,),
 }
+_V1_PAIR_CODES = (*_BIND_CODES, Code.NUMBERS_EXHAUSTED)
+_V1_EXTENSION_CODES = (*_V1_PAIR_CODES, Code.INVALID_EXTENSION, Code.NO_FREE_EXTENSION)
+V1_ACTION_CODES: dict[str, tuple[Code, ...]] = {
+    "bindAXB": _V1_PAIR_CODES, "bindAX": _V1_PAIR_CODES, "bindAXYB": _V1_PAIR_CODES,
+    "bindXYB": _V1_PAIR_CODES, "bindAXE": _V1_EXTENSION_CODES,
+    "bindAXEYB": _V1_EXTENSION_CODES, "bindNXEYB": _V1_EXTENSION_CODES,
+}
 
 
-def action_codes(action: str) -> list[int]:
-    """Every code ``action`` can answer with, in order."""
-    codes = {*_COMMON_CODES, *ACTION_CODES[action]}
-    if ACTIONS[action].changes_state:
+def action_codes(action: str, v1: bool = False) -> list[int]:
+    """Every code ``action`` (of the v1 paths when ``v1``) can answer with, in order."""
+    codes = {*_COMMON_CODES, *(V1_ACTION_CODES if v1 else ACTION_CODES)[action]}
+    if (V1_ACTIONS if v1 else ACTIONS)[action].changes_state:
         codes.add(Code.REPLAYED)
     return sorted(int(c) for c in codes)
 
@@ -106,11 +140,28 @@ DATA_SCHEMAS: dict[str, dict[str, Any] | None] = {
     "getAXBList": _obj(["bindList", "total"], bindList={"type": "array", "items": _BINDING_ITEM},
                        total=_I),
     "queryAXB": _obj(list(_PROMPTS), callee=_S, callId=_S, flag=_I, bindType=_I, extension=_S,
+                     calleeDtmf={**_S, "description": "v1 AXB with extensionB, A's calls: "
+                                 "digits to key into B's line once B answers"},
+                     calleeDtmfDelay={**_I, "description": "seconds to wait before"},
                      **_PROMPTS),
     "reportCall": _obj(["id", "callId"], id=_I, callId=_S),
     "getCallRecords": _obj(["records", "total"], records={"type": "array", "items": _RECORD},
                            total=_I),
     "redeliverCallRecord": _obj(["eventId"], eventId=_S),
+}
+
+# What ``data`` holds in a v1 bind's answer.
+_V1_DATA = {"bindId": _S, "didX": _S, "expireAt": {**_I, "description": "epoch seconds, 0 = never"}}
+_V1_Y = {"didY": {**_S, "description": "absent while Y is not allocated (delayedGetY)"}}
+_V1_E = {"extensionX": {**_S, "description": "4 digits"}}
+V1_DATA_SCHEMAS: dict[str, dict[str, Any]] = {
+    "bindAXB": _obj(list(_V1_DATA), **_V1_DATA),
+    "bindAX": _obj(list(_V1_DATA), **_V1_DATA),
+    "bindAXE": _obj([*_V1_DATA, "extensionX"], **_V1_DATA, **_V1_E),
+    "bindAXYB": _obj(list(_V1_DATA), **_V1_DATA, **_V1_Y),
+    "bindXYB": _obj(list(_V1_DATA), **_V1_DATA, **_V1_Y),
+    "bindAXEYB": _obj([*_V1_DATA, "extensionX"], **_V1_DATA, **_V1_Y, **_V1_E),
+    "bindNXEYB": _obj([*_V1_DATA, "extensionX"], **_V1_DATA, **_V1_E),
 }
 
 _PARAMETERS = [
@@ -147,55 +198,83 @@ def _request_schema(name: str, schema: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
-def _answer_schema(action: str) -> dict[str, Any]:
-    codes = action_codes(action)
+def _answer_schema(action: str, v1: bool = False) -> dict[str, Any]:
+    codes = action_codes(action, v1)
     properties: dict[str, Any] = {
         "code": {"type": "integer", "enum": codes},
         "msg": {"type": "string"},
         "requestId": {"type": "string", "pattern": "^[0-9]{19}$"},
     }
-    data = DATA_SCHEMAS[action]
+    data = V1_DATA_SCHEMAS[action] if v1 else DATA_SCHEMAS[action]
     if data is not None:
         properties["data"] = data
     return {"type": "object", "required": ["code", "msg", "requestId"],
             "properties": properties}
 
 
-def _codes_text(action: str) -> str:
-    lines = [f"- {code}: {DEFAULT_MSG[Code(code)]}" for code in action_codes(action)]
+def _codes_text(action: str, v1: bool = False) -> str:
+    lines = [f"- {code}: {DEFAULT_MSG[Code(code)]}" for code in action_codes(action, v1)]
     return "Codes this action answers with (HTTP 200 unless said):\n" + "\n".join(lines)
 
 
+def _operation(operation_id: str, summary: str, description: str, answer: str,
+               schema: dict[str, Any], action: str | None = None) -> dict[str, Any]:
+    """One signed POST; ``action``: the value its action header must have, when it has one."""
+    envelope = {"$ref": "#/components/schemas/Envelope"}
+    parameters = _PARAMETERS
+    if action is not None:
+        parameters = [*_PARAMETERS, {
+            "name": "action", "in": "header", "required": True,
+            "description": "Must name this path's mode (else 1002); it is part of the signed "
+                           "string", "schema": {"type": "string", "enum": [action]}}]
+    return {"post": {
+        "operationId": operation_id,
+        "summary": summary,
+        "description": description,
+        "parameters": parameters,
+        "security": [{"accessKey": [], "sign": []}],
+        "requestBody": {"required": True,
+                        "content": {"application/json": {"schema": schema}}},
+        "responses": {
+            "200": {"description": "An envelope; code 0 is success",
+                    "content": {"application/json": {
+                        "schema": {"$ref": f"#/components/schemas/{answer}"}}}},
+            "413": {"description": "Body over 64 KiB (code 1002)",
+                    "content": {"application/json": {"schema": envelope}}},
+            "500": {"description": "Unexpected failure (code 10009)",
+                    "content": {"application/json": {"schema": envelope}}},
+        },
+    }}
+
+
+def _roles(spec: Action) -> str:
+    return " or ".join(sorted(role.value for role in spec.roles))
+
+
 def build_openapi() -> dict[str, Any]:
+    bodies = [a.body for a in ACTIONS.values()] + [a.body for a in V1_ACTIONS.values()]
     (schemas, components) = msgspec.json.schema_components(
-        list(a.body for a in ACTIONS.values()), ref_template="#/components/schemas/{name}")
+        bodies, ref_template="#/components/schemas/{name}")
     for name in list(components):
         components[name] = _request_schema(name, components[name])
-    envelope = {"$ref": "#/components/schemas/Envelope"}
     paths: dict[str, Any] = {}
-    for (action, spec), schema in zip(ACTIONS.items(), schemas, strict=True):
+    for (action, spec), schema in zip(ACTIONS.items(), schemas[:len(ACTIONS)], strict=True):
         answer = f"{action}Answer"
         components[answer] = _answer_schema(action)
-        roles = " or ".join(sorted(role.value for role in spec.roles))
-        paths[f"/api/pns/{action}"] = {"post": {
-            "operationId": action,
-            "summary": _SUMMARIES[action],
-            "description": f"Role: {roles}. Same as `POST /api/pns/` with header "
-                           f"`action: {action}`.\n\n{_codes_text(action)}",
-            "parameters": _PARAMETERS,
-            "security": [{"accessKey": [], "sign": []}],
-            "requestBody": {"required": True,
-                            "content": {"application/json": {"schema": schema}}},
-            "responses": {
-                "200": {"description": "An envelope; code 0 is success",
-                        "content": {"application/json": {
-                            "schema": {"$ref": f"#/components/schemas/{answer}"}}}},
-                "413": {"description": "Body over 64 KiB (code 1002)",
-                        "content": {"application/json": {"schema": envelope}}},
-                "500": {"description": "Unexpected failure (code 10009)",
-                        "content": {"application/json": {"schema": envelope}}},
-            },
-        }}
+        paths[f"/api/pns/{action}"] = _operation(
+            action, _SUMMARIES[action],
+            f"Role: {_roles(spec)}. Same as `POST /api/pns/` (or `POST /v1/api/pns/`) with "
+            f"header `action: {action}`.\n\n{_codes_text(action)}", answer, schema)
+    v1_schemas = schemas[len(ACTIONS):]
+    path_of = {action: path for path, action in V1_PATHS.items()}
+    for (action, spec), schema in zip(V1_ACTIONS.items(), v1_schemas, strict=True):
+        answer = f"v1{action[0].upper()}{action[1:]}Answer"
+        components[answer] = _answer_schema(action, v1=True)
+        paths[path_of[action]] = _operation(
+            f"v1{action[0].upper()}{action[1:]}", _V1_SUMMARIES[action],
+            f"Role: {_roles(spec)}. NXCloud's v1 API; header `action: {action}`. The binding "
+            f"is made with the v1 API: its call records take the newer CDR shape."
+            f"\n\n{_codes_text(action, v1=True)}", answer, schema, action)
     paths["/healthz"] = {"get": {"operationId": "healthz", "security": [], "responses": {
         "200": {"description": "The store answers"},
         "503": {"description": "The store does not answer"}}}}

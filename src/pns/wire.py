@@ -64,6 +64,63 @@ class QueryBody(msgspec.Struct):
     extension: str | None = None
 
 
+# --- the v1 API: one path and body per mode (nxcloud-pns-api.md §5, modes.md "v1 API") ---------
+class V1Common(msgspec.Struct):
+    """The fields every v1 bind takes. ``recoding`` is NXCloud's own misspelling of
+    ``recording`` on some pages: both are read."""
+
+    businessId: str = ""
+    customerBindId: str = ""
+    recording: bool | None = None
+    recoding: bool | None = None
+    bindExpireSecond: IntField = None
+    ext: str = ""
+    didX: str = ""
+    iso2X: str = ""
+
+
+class V1BindAXBBody(V1Common):
+    phoneA: str = ""
+    phoneB: str = ""
+    extensionB: str = ""
+    dtmfDelayTimeB: IntField = None
+
+
+class V1BindAXEBody(V1Common):
+    phoneA: str = ""
+
+
+class V1BindAXBody(V1Common):
+    phoneA: str = ""
+
+
+class V1BindAXYBBody(V1Common):
+    phoneA: str = ""
+    phoneB: str = ""
+    didY: str = ""
+
+
+class V1BindAXEYBBody(V1Common):
+    # Without A: the first caller of X + E becomes A (modes.md).
+    phoneA: str = ""
+    phoneB: str = ""
+    didY: str = ""
+
+
+class V1BindXYBBody(V1Common):
+    phoneB: str = ""
+    didY: str = ""
+    customerUserId: str = ""
+    delayedGetY: bool = False
+    bindExpireStrategy: IntField = None
+    callInExpireSecond: IntField = None
+    callInExpireStrategy: IntField = None
+
+
+class V1BindNXEYBBody(V1Common):
+    phoneB: str = ""
+
+
 # The fields each body must carry (checked by the actions; listed here once for the decoder's
 # empty-body rule and for /openapi.json), keyed by struct name. ``unbindAXB`` needs one of two.
 REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
@@ -71,6 +128,13 @@ REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
     "BindExtensionBody": ("phoneA", "phoneX", "expireSecond"),
     "QueryBody": ("caller", "did"),
     "CallReport": ("callId",),
+    "V1BindAXBBody": ("businessId", "phoneA", "phoneB"),
+    "V1BindAXEBody": ("businessId", "phoneA"),
+    "V1BindAXBody": ("businessId", "phoneA"),
+    "V1BindAXYBBody": ("businessId", "phoneA", "phoneB"),
+    "V1BindAXEYBBody": ("businessId", "phoneB"),
+    "V1BindXYBBody": ("businessId", "phoneB"),
+    "V1BindNXEYBBody": ("businessId", "phoneB"),
     "RedeliverBody": ("callId",),
 }
 ONE_OF_FIELDS: dict[str, tuple[str, ...]] = {"UnbindBody": ("bindId", "customerBindId")}
