@@ -3,6 +3,8 @@
 
 - `display`: the number the callee is shown, as From user and display name, instead of X;
   without it (or when it is not a number) X is shown as before;
+- `maxDuration`: the switch ends an answered call that long after the answer, with a BYE to
+  each side in the identities that side knows, and reports it as ALLOTTED_TIMEOUT (602);
 - `calleeDtmf` + `calleeDtmfDelay`: handed to the callee's gateway in an X-PNS-Callee-Dtmf
   header, for the media side to key in after the answer; absent when the answer has none.
 """
@@ -89,6 +91,57 @@ def test_without_display_or_with_a_bad_one_x_is_shown(stub_switch: Switch) -> No
         assert "evil" not in inv.text.lower() and inv.header("X-Evil") is None, inv.text
 
 
+def test_a_call_is_ended_at_max_duration_and_reported_allotted_timeout(
+        stub_switch: Switch) -> None:
+    did, display = "85235554821", "85235557821"
+    a, b, call_id = "85251114821", "85262224821", "52" * 9 + "1"
+    _stub(stub_switch).connect(did, b, call_id, maxDuration=2, display=display)
+    # neither party hangs up: both wait for a BYE, which only the switch can send
+    caller, callee = stub_switch.calls([(a, did)], uac="uac_wait_bye.xml", uas="uas_load.xml",
+                                       arriving=1)
+    assert_ok(caller)
+    assert_ok(callee)
+    [to_caller] = [m for m in received(caller) if m.method == "BYE"]
+    [to_callee] = [m for m in received(callee) if m.method == "BYE"]
+    # each BYE is in the identities that side knows: X towards the caller, display to the callee
+    assert user_of(to_caller.header("From") or "") == did, to_caller.text
+    assert user_of(to_caller.header("To") or "") == a, to_caller.text
+    assert user_of(to_callee.header("From") or "") == display, to_callee.text
+    assert user_of(to_callee.header("To") or "") == b, to_callee.text
+    [inv] = invites(callee)
+    assert to_callee.call_id == inv.call_id  # the masked Call-ID the callee knows
+    assert_no_trace(callee, [a, did], "callee B")
+    assert_no_trace(caller, [b, display], "caller A")
+
+    report = _report(stub_switch, call_id)
+    assert (report["hangupCause"], report["hangupCode"], report["hangup"]) == (
+        "ALLOTTED_TIMEOUT", 602, 1), report
+    assert report["answerAt"] > 0
+    # cut at the limit: not before it, and long before the parties' own 10 s receive timeout
+    assert 2 <= report["hangupAt"] - report["answerAt"] <= 5, report
+
+
+def test_max_duration_zero_or_bad_sets_no_limit(stub_switch: Switch) -> None:
+    """0 (no limit), a negative or an out-of-range value: the call lasts until a party hangs
+    up, and is reported as a normal clearing."""
+    stub = _stub(stub_switch)
+    rows, ids = [], []
+    for i, value in enumerate((0, -5, 90000, "x", None)):
+        did, call_id = f"8523555483{i}", f"{'53' * 9}{i}"
+        stub.connect(did, f"8526222483{i}", call_id, maxDuration=value)
+        rows.append((f"8525111483{i}", did))
+        ids.append(call_id)
+    # the caller hangs up after 3 s of talk: longer than the 2 s of the test above
+    caller, callee = stub_switch.calls(rows, uac="uac_load.xml", uas="uas_load.xml",
+                                       arriving=len(rows), rate=20, limit=5, pause_ms=3000)
+    assert_ok(caller)
+    assert_ok(callee)
+    for call_id in ids:
+        report = _report(stub_switch, call_id)
+        assert (report["hangupCause"], report["hangupCode"], report["hangup"]) == (
+            "NORMAL_CLEARING", 16, 0), report
+
+
 def test_the_callee_dtmf_goes_to_the_gateway_only_when_given(stub_switch: Switch) -> None:
     stub = _stub(stub_switch)
     cases = {  # did -> (answer fields, the header the gateway must get)
@@ -99,6 +152,8 @@ def test_the_callee_dtmf_goes_to_the_gateway_only_when_given(stub_switch: Switch
         "85235554845": ({"calleeDtmf": "", "calleeDtmfDelay": 2}, None),
         "85235554846": ({"calleeDtmf": None}, None),
         "85235554847": ({"calleeDtmf": "12\r\nX-Evil: 1"}, None),
+        "85235554848": ({"calleeDtmf": "9", "calleeDtmfDelay": "soon"}, "9;delay=0"),
+        "85235554849": ({"calleeDtmf": "8", "calleeDtmfDelay": 7200}, "8;delay=0"),
     }
     rows, callee_of = [], {}
     for i, (did, (fields, _)) in enumerate(cases.items()):
