@@ -121,6 +121,22 @@ def test_a_call_is_ended_at_max_duration_and_reported_allotted_timeout(
     assert 2 <= report["hangupAt"] - report["answerAt"] <= 5, report
 
 
+def test_a_re_invite_does_not_extend_max_duration(stub_switch: Switch) -> None:
+    """The limit counts from the answer: a re-INVITE 2.5 s into a 3 s call does not restart it
+    (restarted, the call would last about 5.5 s)."""
+    did, a, b, call_id = "85235554825", "85251114825", "85262224825", "52" * 9 + "5"
+    _stub(stub_switch).connect(did, b, call_id, maxDuration=3)
+    caller, callee = stub_switch.calls([(a, did)], uac="uac_reinvite_wait_bye.xml",
+                                       uas="uas.xml", arriving=1, pause_ms=2500)
+    assert_ok(caller)
+    assert_ok(callee)
+    assert [m.method for m in received(callee) if m.method in ("INVITE", "BYE")] == [
+        "INVITE", "INVITE", "BYE"]
+    report = _report(stub_switch, call_id)
+    assert report["hangupCause"] == "ALLOTTED_TIMEOUT", report
+    assert 3 <= report["hangupAt"] - report["answerAt"] <= 4, report
+
+
 def test_max_duration_zero_or_bad_sets_no_limit(stub_switch: Switch) -> None:
     """0 (no limit), a negative or an out-of-range value: the call lasts until a party hangs
     up, and is reported as a normal clearing."""
