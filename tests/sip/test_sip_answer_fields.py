@@ -5,6 +5,7 @@
   without it (or when it is not a number) X is shown as before;
 - `maxDuration`: the switch ends an answered call that long after the answer, with a BYE to
   each side in the identities that side knows, and reports it as ALLOTTED_TIMEOUT (602);
+  (DIALOG_TIMEOUT ends a call without one the same way, as RECOVERY_ON_TIMER_EXPIRE);
 - `calleeDtmf` + `calleeDtmfDelay`: handed to the callee's gateway in an X-PNS-Callee-Dtmf
   header, for the media side to key in after the answer; absent when the answer has none.
 """
@@ -13,9 +14,10 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 
-from .conftest import Switch
+from .conftest import Switch, _start_switch
 from .sipkit import display_of, user_of
 from .test_sip_switch import assert_no_trace, assert_ok, invites, received
 
@@ -135,6 +137,37 @@ def test_a_re_invite_does_not_extend_max_duration(stub_switch: Switch) -> None:
     report = _report(stub_switch, call_id)
     assert report["hangupCause"] == "ALLOTTED_TIMEOUT", report
     assert 3 <= report["hangupAt"] - report["answerAt"] <= 4, report
+
+
+def test_a_call_past_the_dialog_timeout_is_ended_in_each_sides_identities(
+        stub_switch: Switch, tmp_path: Path) -> None:
+    """Without maxDuration, DIALOG_TIMEOUT (12 h by default, 2 s here) ends an answered call the
+    same way: a BYE to each side that holds nothing of the other, reported
+    RECOVERY_ON_TIMER_EXPIRE (102)."""
+    stub = _stub(stub_switch)
+    did, a, b, call_id = "85235554861", "85251114861", "85262224861", "56" * 9 + "1"
+    stub.connect(did, b, call_id)
+    sw = _start_switch(tmp_path, stub_switch.kamailio.settings["PNS_URL"], stub.access_key,
+                       stub.access_secret, timeout=1, ivr=False, extra={"DIALOG_TIMEOUT": "2"})
+    try:
+        caller, callee = sw.calls([(a, did)], uac="uac_wait_bye.xml", uas="uas_load.xml",
+                                  arriving=1)
+    finally:
+        sw.kamailio.stop()
+    assert_ok(caller)
+    assert_ok(callee)
+    [to_caller] = [m for m in received(caller) if m.method == "BYE"]
+    [to_callee] = [m for m in received(callee) if m.method == "BYE"]
+    assert user_of(to_caller.header("From") or "") == did, to_caller.text
+    assert user_of(to_callee.header("From") or "") == did, to_callee.text
+    assert user_of(to_callee.header("To") or "") == b, to_callee.text
+    [inv] = invites(callee)
+    assert to_callee.call_id == inv.call_id
+    assert_no_trace(callee, [a], "callee B")
+    assert_no_trace(caller, [b], "caller A")
+    report = _report(stub_switch, call_id)
+    assert (report["hangupCause"], report["hangupCode"], report["hangup"]) == (
+        "RECOVERY_ON_TIMER_EXPIRE", 102, 1), report
 
 
 def test_max_duration_zero_or_bad_sets_no_limit(stub_switch: Switch) -> None:
