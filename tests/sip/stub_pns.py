@@ -2,9 +2,10 @@
 
 It checks each queryAXB exactly as the real service does (headers, `bizType`, the MD5 signature
 over the raw body, the `ts` window) and answers per `did` from a table the test fills in: a
-delay, an HTTP status, a raw body, or an envelope. It records every request so a test can look at
-what Kamailio sent. A `reportCall` is taken (code 0) unless `report_answers` holds answers for
-its callId: those are given first, one per attempt. Runs in a thread of the test process.
+delay, an HTTP status, a raw body, or an envelope (`connect` builds a success answer with any
+data fields). It records every request so a test can look at what Kamailio sent. A
+`reportCall` is taken (code 0) unless `report_answers` holds answers for its callId: those are
+given first, one per attempt. Runs in a thread of the test process.
 """
 
 from __future__ import annotations
@@ -43,6 +44,16 @@ class StubPns:
     report_answers: dict[str, list[Answer]] = field(default_factory=dict)
     requests: list[Recorded] = field(default_factory=list)
     _server: ThreadingHTTPServer | None = None
+
+    def connect(self, did: str, callee: str, call_id: str, **data: Any) -> Answer:
+        """Makes queries for `did` succeed: route to `callee` under `call_id`, with any further
+        `data` fields of the answer (e.g. display, maxDuration, calleeDtmf, calleeDtmfDelay: the
+        fields pns adds to the success answer, as the switch reads them)."""
+        answer = Answer(envelope={"code": 0, "msg": "success", "requestId": "1" * 19,
+                                  "data": {"callee": callee, "callId": call_id, "flag": 0,
+                                           "bindType": 0, **data}})
+        self.answers[did] = answer
+        return answer
 
     def sign(self, ts: str, body: bytes, action: str = "queryAXB") -> str:
         text = (
