@@ -526,3 +526,21 @@ def test_a_large_store_answers_while_its_index_is_built(tmp_path: Path,
             await writer.close()
 
     asyncio.run(go())
+
+
+# --- 5. the serving process keeps its start-up objects out of the collector's walks ----------
+def test_start_up_objects_are_frozen_out_of_full_collections() -> None:
+    """``pns serve`` freezes what exists once it is ready: a full collection afterwards walks
+    only the objects made since, not the tens of thousands made at start."""
+    import gc
+
+    from pns.serve import freeze_start_up_objects
+
+    before = len(gc.get_objects())
+    freeze_start_up_objects()
+    try:
+        assert gc.get_freeze_count() >= before // 2
+        assert len(gc.get_objects()) < before // 2
+    finally:
+        gc.unfreeze()
+    assert len(gc.get_objects()) >= before // 2
