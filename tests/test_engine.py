@@ -544,3 +544,20 @@ def test_start_up_objects_are_frozen_out_of_full_collections() -> None:
     finally:
         gc.unfreeze()
     assert len(gc.get_objects()) >= before // 2
+
+
+def test_cached_numbers_leave_the_collectors_walks() -> None:
+    """Parsed numbers are cached by the ten thousand (binds, callers): the cache holds plain
+    tuples, which the collector stops tracking, so a full collection does not walk them;
+    callers still get a ``Number``."""
+    import gc
+
+    from pns.numbers import Number, _parse_international, parse_international
+
+    raw = "+852 " + unique_hk("9")[3:]
+    number = parse_international(raw)
+    assert isinstance(number, Number) and number.country_code == 852
+    gc.collect()
+    cached = _parse_international(raw)
+    assert cached == tuple(number) and not gc.is_tracked(cached)
+    assert parse_international("+0") is None
