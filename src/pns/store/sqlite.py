@@ -15,7 +15,8 @@ Threads and connections, so that the event loop never waits on SQLite's write lo
   reader never waits for a writer, of this process or another. Nothing on the read path writes.
 - With ``index`` on (``pns serve``), the bindings that ``queryAXB`` needs are also kept in
   memory (``memory.BindingIndex``), rebuilt from the file at start and brought up to date before
-  each answer whenever ``PRAGMA data_version`` says the file changed: new bindings by their
+  each answer whenever the WAL-index header (``walheader``; else ``PRAGMA data_version``) says
+  the file changed: new bindings by their
   ``seq`` (always increasing), ended ones from the ``binding_deletions`` log that a trigger
   fills, whoever wrote them (this process, the CLI, another server).
 """
