@@ -382,6 +382,78 @@ def test_index_sees_the_cli_before_the_next_answer(tmp_path: Path) -> None:
         other.stop()
 
 
+def _other_process(path: str, sql: str) -> str:
+    """Run ``sql`` in a process of its own (autocommit); its first row, as text."""
+    script = ("import sqlite3, sys\n"
+              "conn = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+              "print(conn.execute(sys.argv[2]).fetchone())\n")
+    done = subprocess.run([sys.executable, "-c", script, path, sql], capture_output=True,
+                          text=True, timeout=30, check=True)
+    return done.stdout.strip()
+
+
+def test_the_index_notices_commits_from_the_wal_header(tmp_path: Path) -> None:
+    """On a file store the index's change check reads the WAL-index header from SQLite's own
+    map of ``-shm`` (no PRAGMA per answer): a commit by another process changes it, and a
+    binding that process ends is not answered."""
+    url = f"sqlite:///{tmp_path}/pns.db"
+    path = path_from_url(url)
+
+    async def go() -> None:
+        served = await open_store(url, index=True)
+        writer = await open_store(url)
+        try:
+            acc = await writer.create_account("c", Role.CUSTOMER, "k", "s", T0)
+            x, a, b = unique_hk("3"), unique_hk("1"), unique_hk("2")
+            await writer.add_numbers([VirtualNumber(x, acc.id, 852)])
+            await writer.insert_binding(_binding(acc.id, x, a, b, "7" * 32), T0)
+            assert await served.find_by_party(x, a, T0) is not None
+            watch = served._changes  # type: ignore[attr-defined]
+            assert watch._header is not None  # the header, not the PRAGMA
+            before = watch.token()
+            assert watch.token() == before  # nothing committed: nothing to read
+            _other_process(path, "DELETE FROM bindings WHERE bind_id = '" + "7" * 32 + "'")
+            assert watch.token() != before
+            assert await served.find_by_party(x, a, T0) is None
+            assert await served.find_by_party(x, b, T0) is None
+        finally:
+            await served.close()
+            await writer.close()
+
+    asyncio.run(go())
+
+
+def test_closing_an_indexed_store_keeps_the_other_connections_locks(tmp_path: Path) -> None:
+    """Mapping the header must never drop this process's POSIX locks on ``-shm``: once an
+    indexed store on the file has opened and closed, a read transaction of another connection
+    in this process still holds its read mark, so another process cannot reset the WAL under
+    it (a checkpoint in TRUNCATE mode reports busy)."""
+    url = f"sqlite:///{tmp_path}/pns.db"
+    path = path_from_url(url)
+
+    async def go() -> None:
+        writer = await open_store(url)
+        await writer.create_account("c", Role.CUSTOMER, "k", "s", T0)
+        reader = sqlite3.connect(path, isolation_level=None)
+        try:
+            reader.execute("BEGIN")
+            assert reader.execute("SELECT count(*) FROM accounts").fetchone()[0] == 1
+            for _ in range(2):
+                served = await open_store(url, index=True)
+                assert served._changes._header is not None  # type: ignore[attr-defined]
+                await served.close()
+            await writer.create_account("d", Role.CUSTOMER, "k2", "s", T0)
+            busy = _other_process(path, "PRAGMA wal_checkpoint(TRUNCATE)")
+            assert busy.startswith("(1,"), busy
+            assert reader.execute("SELECT count(*) FROM accounts").fetchone()[0] == 1
+            reader.execute("COMMIT")
+        finally:
+            reader.close()
+            await writer.close()
+
+    asyncio.run(go())
+
+
 def _binding(account_id: int, x: str, a: str, b: str, bind_id: str) -> Binding:
     return Binding(bind_id, account_id, x, a, b, "", 0, "", "", 0, 0, 0, T0)
 
@@ -454,3 +526,38 @@ def test_a_large_store_answers_while_its_index_is_built(tmp_path: Path,
             await writer.close()
 
     asyncio.run(go())
+
+
+# --- 5. the serving process keeps its start-up objects out of the collector's walks ----------
+def test_start_up_objects_are_frozen_out_of_full_collections() -> None:
+    """``pns serve`` freezes what exists once it is ready: a full collection afterwards walks
+    only the objects made since, not the tens of thousands made at start."""
+    import gc
+
+    from pns.serve import freeze_start_up_objects
+
+    before = len(gc.get_objects())
+    freeze_start_up_objects()
+    try:
+        assert gc.get_freeze_count() >= before // 2
+        assert len(gc.get_objects()) < before // 2
+    finally:
+        gc.unfreeze()
+    assert len(gc.get_objects()) >= before // 2
+
+
+def test_cached_numbers_leave_the_collectors_walks() -> None:
+    """Parsed numbers are cached by the ten thousand (binds, callers): the cache holds plain
+    tuples, which the collector stops tracking, so a full collection does not walk them;
+    callers still get a ``Number``."""
+    import gc
+
+    from pns.numbers import Number, _parse_international, parse_international
+
+    raw = "+852 " + unique_hk("9")[3:]
+    number = parse_international(raw)
+    assert isinstance(number, Number) and number.country_code == 852
+    gc.collect()
+    cached = _parse_international(raw)
+    assert cached == tuple(number) and not gc.is_tracked(cached)
+    assert parse_international("+0") is None

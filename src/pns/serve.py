@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import secrets
@@ -164,6 +165,7 @@ async def run_server(
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    freeze_start_up_objects()
     log.info("pns listening on http://%s:%d store=%s", host, server.port, redact(store_url))
     if ready is not None:
         ready.set()
@@ -183,6 +185,16 @@ async def run_server(
                 await store.release_worker_id(holder, leased)
         await store.close()
         log.info("stopped")
+
+
+def freeze_start_up_objects() -> None:
+    """Keep the objects made at start (modules, classes, functions, the store's and the
+    caches' containers: tens of thousands, alive as long as the process) out of the garbage
+    collector's walks. Unfrozen, each full collection walked them all and paused the loop for
+    up to ~60 ms every few seconds under load, a p99 of its own; frozen, a collection walks
+    only what requests made since."""
+    gc.collect()
+    gc.freeze()
 
 
 def install_event_loop() -> None:
