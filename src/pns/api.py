@@ -190,6 +190,7 @@ def query_data(answer: QueryAnswer) -> dict[str, Any]:
         "bindType": answer.bind_type,
         "audioWhenDtmfNeed": prompts.audio_when_dtmf_need if prompts else "",
         "audioWhenDtmfErr": prompts.audio_when_dtmf_err if prompts else "",
+        "display": answer.display,
     }
     if answer.extension is not None:
         data["extension"] = answer.extension

@@ -27,8 +27,11 @@ from .callbacks import (
 from .errors import Code, PnsError
 from .ids import new_bind_id, new_snowflake
 from .model import (
+    BIND_TYPE_AX,
     BIND_TYPE_AXB,
+    BIND_TYPE_AXYB,
     BIND_TYPE_EXTENSION,
+    EXCLUSIVE,
     Account,
     Binding,
     CallRecord,
@@ -36,7 +39,13 @@ from .model import (
     Candidate,
     Role,
 )
-from .numbers import Number, normalise_caller, parse_international, require_international
+from .numbers import (
+    Number,
+    normalise_caller,
+    parse_international,
+    region_country_code,
+    require_international,
+)
 from .store.base import BindConflict, ConflictKind, Store
 
 log = logging.getLogger("pns.core")
@@ -47,6 +56,7 @@ MAX_CUSTOMER_BIND_ID = 64
 MAX_BUSINESS_ID = 128
 MAX_EXPIRE_SECOND = 100 * 365 * 86400
 MAX_FLAG = 2**31 - 1
+MAX_EXT = 1024
 LIST_MAX = 1000
 _CANDIDATES = 8
 _INSERT_ATTEMPTS = 8
@@ -64,6 +74,8 @@ class QueryAnswer(msgspec.Struct, frozen=True):
     bind_type: int
     prompts: Account | None
     extension: str | None
+    # The number the callee is shown (modes.md): X, or Y in the modes with a Y.
+    display: str = ""
 
 
 class _TtlCache(Generic[K, V]):
@@ -230,7 +242,7 @@ class Service:
         """Choose X for a new pair: among the account's free numbers of the country, the one
         with the fewest active bindings. When none is free, 10010 says why."""
         candidates = await self.store.free_numbers(
-            account.id, a.country_code, (a.digits, b.digits), now, _CANDIDATES
+            account.id, a.country_code, (a.digits, b.digits, EXCLUSIVE), now, _CANDIDATES
         )
         if candidates:
             return choose_x(candidates).x
@@ -244,6 +256,105 @@ class Service:
             Code.NUMBERS_EXHAUSTED,
             exhausted_message(stats.numbers, stats.held_by_a, stats.held_by_b, a.country_code),
         )
+
+    # --- the binding modes of modes.md ------------------------------------------------------
+    async def bind_ax(
+        self,
+        account: Account,
+        phone_a: str,
+        expire_second: int,
+        phone_x: str = "",
+        customer_bind_id: str = "",
+        flag: int = 0,
+        business_id: str = "",
+        api_version: int = 0,
+        ext: str = "",
+        iso2: str = "",
+        now: int | None = None,
+    ) -> Binding:
+        """AX: X held by A alone; anyone but A calling X reaches A (display X)."""
+        now = int(time.time()) if now is None else now
+        a = require_international(phone_a, "phoneA")
+        _check_common(customer_bind_id, business_id, flag, expire_second)
+        _check_ext(ext)
+        requested_x = self._parse_x(phone_x) if phone_x else None
+        country = region_country_code(iso2) if iso2 and requested_x is None else a.country_code
+
+        def make(x: str) -> Binding:
+            return Binding(
+                bind_id=new_bind_id(x), account_id=account.id, x=x, a=a.digits, b="",
+                extension="", bind_type=BIND_TYPE_AX, customer_bind_id=customer_bind_id,
+                business_id=business_id, flag=flag, expire_second=expire_second,
+                expire_at=expire_at_for(expire_second, now), created_at=now,
+                api_version=api_version, ext=ext,
+            )
+
+        return await self._bind_alone(account, make, requested_x, country, (a.digits,), now)
+
+    async def _bind_alone(
+        self, account: Account, make: Callable[[str], Binding], requested_x: Number | None,
+        country_code: int, parties: tuple[str, ...], now: int,
+    ) -> Binding:
+        """Insert a binding that holds its X alone (AX; XYB until its call): on the requested
+        X, or on a number of the pool with no active binding at all. Idempotent by
+        customerBindId like every bind."""
+        probe = make(requested_x.digits if requested_x else "")
+        existing = await self._existing_like(account, probe, now)
+        if existing is not None:
+            return existing
+        if requested_x is not None:
+            await self._require_own_number(account, requested_x, country_code)
+        for _ in range(_INSERT_ATTEMPTS):
+            if requested_x is not None:
+                x = requested_x.digits
+            else:
+                candidates = await self.store.free_numbers(
+                    account.id, country_code, (*parties, EXCLUSIVE), now, _CANDIDATES * 4)
+                empty = [c for c in candidates if c.active_bindings == 0]
+                if not empty:
+                    if not candidates and not await self._has_pool(account, country_code, now):
+                        raise PnsError(Code.NO_VIRTUAL_NUMBER, "the account has no virtual "
+                                       f"number in country code {country_code}")
+                    raise PnsError(Code.NUMBERS_EXHAUSTED, "virtual numbers exhausted: no "
+                                   "number of the pool is free of bindings")
+                x = choose_x(empty).x
+            binding = make(x)
+            try:
+                await self.store.insert_binding(binding, now)
+                return binding
+            except BindConflict as conflict:
+                if conflict.kind is ConflictKind.CUSTOMER_BIND_ID:
+                    raced = await self._existing_like(account, probe, now)
+                    if raced is not None:
+                        return raced
+                    continue
+                if requested_x is not None:
+                    raise PnsError(Code.PARTY_ALREADY_BOUND,
+                                   "the requested number has other bindings") from None
+        raise PnsError(Code.NUMBERS_EXHAUSTED, "virtual numbers exhausted under contention; retry")
+
+    async def _has_pool(self, account: Account, country_code: int, now: int) -> bool:
+        stats = await self.store.pool_stats(account.id, country_code, "", "", now)
+        return stats.numbers > 0
+
+    async def _existing_like(self, account: Account, probe: Binding,
+                             now: int) -> Binding | None:
+        """Idempotency for the modes: a repeated customerBindId with the same request (same
+        kind, parties, flag, expiry, and X/Y when asked for) returns its binding."""
+        if not probe.customer_bind_id:
+            return None
+        existing = await self.store.find_by_customer_bind_id(
+            account.id, probe.customer_bind_id, now)
+        if existing is None:
+            return None
+        if (existing.bind_type == probe.bind_type and existing.a == probe.a
+                and existing.b == probe.b and existing.flag == probe.flag
+                and existing.expire_second == probe.expire_second
+                and (not probe.x or existing.x == probe.x)
+                and (not probe.y or existing.y == probe.y)
+                and (not probe.group_id or existing.group_id == probe.group_id)):
+            return existing
+        raise PnsError(Code.CUSTOMER_BIND_ID_REUSED)
 
     # --- bindAXBExtension --------------------------------------------------------------------
     async def bind_extension(
@@ -385,12 +496,16 @@ class Service:
                 if caller_digits is not None
                 else None
             )
-            callee = _party_callee(found, caller_digits) if found is not None else None
+            if found is None:
+                # Off the hot path (no binding for this caller): is X held alone?
+                found = await self.store.find_by_party(x.digits, EXCLUSIVE, now)
+            callee = _party_callee(found, caller_digits, x.digits) if found is not None else None
             if found is None or callee is None:
                 if found is None and await self.store.has_extension_bindings(x.digits, now):
                     return QueryAnswer(
                         callee="", call_id=new_snowflake(), flag=0,
                         bind_type=BIND_TYPE_EXTENSION, prompts=owner, extension=None,
+                        display=x.digits,
                     )
                 if account.role is Role.SWITCH:
                     self._in_background(self.notify_binding_error(owner, caller, x.digits, now))
@@ -407,7 +522,7 @@ class Service:
         )
         return QueryAnswer(
             callee=callee, call_id=call_id, flag=binding.flag, bind_type=binding.bind_type,
-            prompts=owner, extension=extension,
+            prompts=owner, extension=extension, display=binding.display(x.digits),
         )
 
     def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
@@ -480,7 +595,9 @@ class Service:
         if x is None or caller is None:
             return None
         binding = await self.store.find_by_party(x.digits, caller, now)
-        callee = _party_callee(binding, caller) if binding is not None else None
+        if binding is None:
+            binding = await self.store.find_by_party(x.digits, EXCLUSIVE, now)
+        callee = _party_callee(binding, caller, x.digits) if binding is not None else None
         if binding is None or callee is None:
             return None
         return CallRef(
@@ -561,6 +678,11 @@ class Service:
         raise PnsError(Code.CUSTOMER_BIND_ID_REUSED)
 
 
+def _check_ext(ext: str) -> None:
+    if len(ext) > MAX_EXT:
+        raise PnsError(Code.BAD_PARAMETER, "ext is longer than 1024 characters")
+
+
 def _same_call(call: CallRef, report: CallReport, reporter: Account | None) -> bool:
     """Is ``call`` the reporter's own query, and the call the report describes?"""
     if reporter is not None and call.queried_by and call.queried_by != reporter.id:
@@ -574,8 +696,18 @@ def _same_call(call: CallRef, report: CallReport, reporter: Account | None) -> b
     return True
 
 
-def _party_callee(binding: Binding, caller: str | None) -> str | None:
-    """Without an extension: the other party; A of an extension binding without B has none."""
+def _party_callee(binding: Binding, caller: str | None, on: str) -> str | None:
+    """Without an extension, the callee of ``caller`` dialling ``on`` (modes.md's table):
+    the other party; A of an extension binding without B has none; in AX anyone but A
+    reaches A; in the Y modes A reaches B on X and the parties reach each other on Y."""
+    if binding.bind_type == BIND_TYPE_AX:
+        return None if caller == binding.a else binding.a
+    if binding.bind_type == BIND_TYPE_AXYB:
+        if on == binding.x:
+            return binding.b if caller == binding.a else None
+        if caller == binding.b and binding.captured_at:
+            return binding.a
+        return None
     if caller == binding.a:
         return binding.b or None
     if caller == binding.b:

@@ -135,3 +135,11 @@ def country_of(digits: str) -> int:
     if number is None:
         raise PnsError(Code.NO_COUNTRY_PREFIX, f"{digits} has no country prefix")
     return number.country_code
+
+
+def region_country_code(iso2: str) -> int:
+    """The country code of an ISO-3166 alpha-2 region (v1's ``iso2X``); 1002 if unknown."""
+    code = phonenumbers.country_code_for_region(iso2.strip().upper()) if iso2.isascii() else 0
+    if not code:
+        raise PnsError(Code.BAD_PARAMETER, f"unknown region {iso2[:8]!r}")
+    return int(code)

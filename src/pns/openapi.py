@@ -83,12 +83,17 @@ def _obj(required: list[str], **properties: Any) -> dict[str, Any]:
 
 _S = {"type": "string"}
 _I = {"type": "integer"}
+_BIND_TYPES = "0 AXB, 1 AX, 2 AXG, 3 AXYB, 4 extension (AXE), 5 AXEYB, 6 XYB, 7 NXEYB"
 _BINDING_ITEM = _obj(
     ["customerId", "businessId", "bindId", "customerBindId", "phoneA", "phoneB", "did", "flag",
      "expireAt", "bindType"],
     customerId=_S, businessId=_S, bindId=_S, customerBindId=_S, phoneA=_S, phoneB=_S, did=_S,
     flag=_I, expireAt={**_I, "description": "epoch seconds, 0 = never"},
-    bindType={**_I, "description": "0 AXB, 4 extension"}, extension=_S)
+    bindType={**_I, "description": _BIND_TYPES}, extension=_S,
+    didY={**_S, "description": "the second virtual number Y (AXYB, AXEYB, XYB, NXEYB)"},
+    groupId={**_S, "description": "the group of an AXG binding"},
+    customerUserId={**_S, "description": "XYB: as given at the bind"},
+    parentBindId={**_S, "description": "NXEYB: the binding whose call made this one"})
 _PROMPTS = {"audioWhenCallFail": _S, "audioWhenDtmfNeed": _S, "audioWhenDtmfErr": _S}
 _RECORD = _obj(
     ["id", "callId", "did", "caller", "callee", "callStatus", "duration", "startAt", "hangupAt"],
@@ -105,7 +110,10 @@ DATA_SCHEMAS: dict[str, dict[str, Any] | None] = {
     "unbindAXB": None,
     "getAXBList": _obj(["bindList", "total"], bindList={"type": "array", "items": _BINDING_ITEM},
                        total=_I),
-    "queryAXB": _obj(list(_PROMPTS), callee=_S, callId=_S, flag=_I, bindType=_I, extension=_S,
+    "queryAXB": _obj(list(_PROMPTS), callee=_S, callId=_S, flag=_I,
+                     bindType={**_I, "description": _BIND_TYPES}, extension=_S,
+                     display={**_S, "description": "the number the callee is shown: X, or Y "
+                              "in the modes with a Y (present in every success answer)"},
                      **_PROMPTS),
     "reportCall": _obj(["id", "callId"], id=_I, callId=_S),
     "getCallRecords": _obj(["records", "total"], records={"type": "array", "items": _RECORD},

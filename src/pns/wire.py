@@ -152,7 +152,8 @@ def int_field(value: IntField, name: str, required: bool, code: Code = Code.BAD_
 
 
 def binding_item(binding: Binding) -> dict[str, Any]:
-    """A getAXBList item: NXCloud's list fields plus bindType."""
+    """A getAXBList item: NXCloud's list fields plus bindType, and the fields of the other
+    modes where they apply (modes.md)."""
     item: dict[str, Any] = {
         "customerId": str(binding.account_id),
         "businessId": binding.business_id,
@@ -167,6 +168,14 @@ def binding_item(binding: Binding) -> dict[str, Any]:
     }
     if binding.extension:
         item["extension"] = binding.extension
+    if binding.y:
+        item["didY"] = binding.y
+    if binding.group_id:
+        item["groupId"] = binding.group_id
+    if binding.customer_user_id:
+        item["customerUserId"] = binding.customer_user_id
+    if binding.parent_bind_id:
+        item["parentBindId"] = binding.parent_bind_id
     return item
 
 

@@ -19,7 +19,14 @@ from typing import Any
 
 import msgspec
 
-from ..model import Binding, binding_from_row, binding_row
+from ..model import (
+    BIND_TYPE_AXB,
+    BIND_TYPE_EXTENSION,
+    EXCLUSIVE,
+    Binding,
+    binding_from_row,
+    binding_row,
+)
 
 # Party keys pack X and the number as X * 10^16 + number: numbers have at most 15 digits.
 _SHIFT = 10**16
@@ -60,8 +67,8 @@ class BindingIndex:
 
     def add(self, seq: int, binding: Binding) -> None:
         value = pack(seq, binding)
-        for party in binding.parties():
-            self._parties[_party_key(binding.x, party)] = value
+        for number, party in binding.party_keys():
+            self._parties[_party_key(number, party)] = value
         if binding.extension:
             self._extensions.setdefault(binding.x, {})[binding.extension] = value
 
@@ -73,6 +80,13 @@ class BindingIndex:
         for row in rows:
             value = _encode(row)
             x, a, b, extension = row[3], row[4], row[5], row[6]
+            if row[14] or row[7] not in (BIND_TYPE_AXB, BIND_TYPE_EXTENSION):
+                # Another mode: its keys may sit on Y or be "*" (``Binding.party_keys``).
+                for number, party in binding_from_row(row[1:]).party_keys():
+                    parties[_party_key(number, party)] = value
+                if extension:
+                    self._extensions.setdefault(x, {})[extension] = value
+                continue
             x_key = x_keys.get(x)
             if x_key is None:
                 x_key = x_keys[x] = int(x) * _SHIFT if _plain(x) else -1
@@ -84,13 +98,17 @@ class BindingIndex:
             if extension:
                 self._extensions.setdefault(x, {})[extension] = value
 
-    def remove(self, seq: int, x: str, a: str, b: str, extension: str) -> None:
-        """Forget binding ``seq``; keys a later binding holds already are left alone."""
-        for party in (a, b) if b else (a,):
-            key = _party_key(x, party)
-            value = self._parties.get(key)
-            if value is not None and _decode(value)[0] == seq:
-                del self._parties[key]
+    def remove(self, seq: int, x: str, a: str, b: str, extension: str, y: str = "") -> None:
+        """Forget binding ``seq``: every key it may hold (on X and Y; A, B and "*"); keys a
+        later binding holds already are left alone."""
+        for number in (x, y) if y else (x,):
+            for party in (a, b, EXCLUSIVE):
+                if not party:
+                    continue
+                key = _party_key(number, party)
+                value = self._parties.get(key)
+                if value is not None and _decode(value)[0] == seq:
+                    del self._parties[key]
         if extension:
             on_x = self._extensions.get(x)
             value = on_x.get(extension) if on_x else None

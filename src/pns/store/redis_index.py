@@ -86,7 +86,7 @@ local function drop(id)
   if not body then return false end
   local r = cjson.decode(body)
   redis.call('HDEL', KEYS[1], id)
-  for _, n in ipairs({r[4], r[5]}) do
+  for _, n in ipairs({r[4], r[5], '*'}) do
     if n ~= '' and redis.call('HGET', KEYS[2], n) == id then redis.call('HDEL', KEYS[2], n) end
   end
   if r[6] ~= '' and redis.call('HGET', KEYS[3], r[6]) == id then
@@ -104,7 +104,8 @@ local function holder(hash, field)
 end
 """
 
-# KEYS b, p, e; ARGV now, bindId, body, deadline (epoch ms, 0 = none).
+# KEYS b, p, e; ARGV now, bindId, body, deadline (epoch ms, 0 = none), exclusive (0/1), then
+# the parties the binding holds on X ("*": X held alone, no other active binding on X).
 # Returns the number of bindings stored on X, or the name of the key lost.
 _INSERT = _PRELUDE + """
 local id, body = ARGV[2], ARGV[3]
@@ -118,14 +119,21 @@ if existing then
   if existing == body then return redis.call('HLEN', KEYS[1]) end
   return 'duplicate'
 end
-local r = cjson.decode(body)
-local a, b, ext = r[4], r[5], r[6]
-if a == b then return 'party' end
-if holder(KEYS[2], a) or (b ~= '' and holder(KEYS[2], b)) then return 'party' end
+local ext = cjson.decode(body)[6]
+local seen = {}
+for i = 6, #ARGV do
+  if seen[ARGV[i]] or holder(KEYS[2], ARGV[i]) then return 'party' end
+  seen[ARGV[i]] = true
+end
+if holder(KEYS[2], '*') then return 'party' end
 if ext ~= '' and holder(KEYS[3], ext) then return 'extension' end
+if ARGV[5] == '1' then
+  for _, other in ipairs(redis.call('HVALS', KEYS[1])) do
+    if active(other) then return 'party' end
+  end
+end
 redis.call('HSET', KEYS[1], id, body)
-redis.call('HSET', KEYS[2], a, id)
-if b ~= '' then redis.call('HSET', KEYS[2], b, id) end
+for i = 6, #ARGV do redis.call('HSET', KEYS[2], ARGV[i], id) end
 if ext ~= '' then redis.call('HSET', KEYS[3], ext, id) end
 return redis.call('HLEN', KEYS[1])
 """
@@ -402,8 +410,12 @@ class RedisBindingIndex:
         """
         if bind_id_x(binding.bind_id) != binding.x:
             raise StoreError("this bindId does not name its X (make it with ids.new_bind_id)")
+        on_x = [party for number, party in binding.party_keys() if number == binding.x]
+        if len(on_x) != len(binding.party_keys()):
+            raise StoreError("this bindings index keeps keys on X only: no mode with a Y yet")
         result = await self._script("insert", self._keys(binding.x), (
-            now, binding.bind_id, encode_binding(binding), deadline_ms))
+            now, binding.bind_id, encode_binding(binding), deadline_ms,
+            int(binding.exclusive()), *on_x))
         if result == "party":
             raise BindConflict(ConflictKind.PARTY)
         if result == "extension":

@@ -83,7 +83,7 @@ from .rows import (
     secret_context,
 )
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 # The migration to this version seals the secrets older releases stored in plain text.
 SEALED_SECRETS_VERSION = 4
 _log = logging.getLogger("pns.store.sqlite")
@@ -105,6 +105,19 @@ _BINDING_COLUMNS = (
 _FIND_BY_PARTY = (
     f"SELECT {_BINDING_COLUMNS} FROM parties p JOIN bindings b ON b.seq = p.seq "
     "WHERE p.x = ? AND p.number = ? AND NOT (b.expire_at BETWEEN 1 AND ?)"
+)
+# X exclusivity (AX, XYB before its call): is the number held alone, or held at all?
+_HELD_ALONE = (
+    "SELECT 1 FROM parties p JOIN bindings b ON b.seq = p.seq "
+    "WHERE p.x = ? AND p.number = '*' AND NOT (b.expire_at BETWEEN 1 AND ?)"
+)
+_ANY_ON_X = (
+    "SELECT 1 FROM parties p JOIN bindings b ON b.seq = p.seq "
+    "WHERE p.x = ? AND NOT (b.expire_at BETWEEN 1 AND ?) LIMIT 1"
+)
+_ANY_EXTENSION_ON_X = (
+    "SELECT 1 FROM bindings b WHERE b.x = ? AND b.extension <> '' "
+    "AND NOT (b.expire_at BETWEEN 1 AND ?) LIMIT 1"
 )
 _SELECT_CALL = (
     "SELECT call_id, bind_id, account_id, x, caller, callee, customer_bind_id, business_id, "
@@ -334,6 +347,26 @@ _MIGRATIONS: list[str] = [
     # 6: the binding's fields beyond its columns (modes, lifecycle), as JSON text.
     """
     ALTER TABLE bindings ADD COLUMN attrs TEXT NOT NULL DEFAULT '';
+    """,
+    # 7: the binding modes (modes.md). A binding's I1 keys may sit on its second number Y
+    # and on the party "*" (X held alone): the cleanup trigger and the deletion log that the
+    # read index follows name Y (read from attrs) and "*" too.
+    """
+    ALTER TABLE bindings ADD COLUMN y TEXT GENERATED ALWAYS AS (
+        CASE WHEN attrs = '' THEN '' ELSE coalesce(json_extract(attrs, '$.y'), '') END
+    ) VIRTUAL;
+    ALTER TABLE binding_deletions ADD COLUMN y TEXT NOT NULL DEFAULT '';
+    DROP TRIGGER bindings_cleanup_delete;
+    CREATE TRIGGER bindings_cleanup_delete AFTER DELETE ON bindings BEGIN
+        DELETE FROM parties WHERE x IN (OLD.x, OLD.y) AND number IN (OLD.a, OLD.b, '*')
+            AND seq = OLD.seq;
+        UPDATE numbers SET active = active - 1 WHERE x = OLD.x;
+    END;
+    DROP TRIGGER bindings_log_delete;
+    CREATE TRIGGER bindings_log_delete AFTER DELETE ON bindings BEGIN
+        INSERT INTO binding_deletions (seq, x, a, b, extension, y)
+        VALUES (OLD.seq, OLD.x, OLD.a, OLD.b, OLD.extension, OLD.y);
+    END;
     """,
 ]
 
@@ -907,15 +940,15 @@ class SqliteStore:
     async def free_numbers(
         self, account_id: int, country_code: int, parties: Sequence[str], now: int, limit: int
     ) -> list[Candidate]:
-        a, b = [*parties, ""][:2]
+        named = {f"p{i}": party for i, party in enumerate([*parties, ""])}
         rows = self._read.execute(
             "SELECT n.x, n.active FROM numbers n "
             "WHERE n.account_id = :account_id AND n.country_code = :cc AND n.enabled = 1 "
             "AND NOT EXISTS (SELECT 1 FROM parties p JOIN bindings b ON b.seq = p.seq "
-            f"  WHERE p.x = n.x AND p.number IN (:a, :b) AND {_ACTIVE}) "
-            "ORDER BY n.active LIMIT :limit",
-            {"account_id": account_id, "cc": country_code, "a": a, "b": b, "now": now,
-             "limit": limit},
+            f"  WHERE p.x = n.x AND p.number IN ({', '.join(':' + k for k in named)}) "
+            f"AND {_ACTIVE}) ORDER BY n.active LIMIT :limit",
+            {"account_id": account_id, "cc": country_code, "now": now, "limit": limit,
+             **named},
         )
         return [Candidate(r[0], r[1]) for r in rows]
 
@@ -951,44 +984,35 @@ class SqliteStore:
 
     # --- bindings --------------------------------------------------------------------------
     async def insert_binding(self, binding: Binding, now: int) -> None:
-        keys = {
-            "x": binding.x, "a": binding.a, "b": binding.b, "ext": binding.extension,
-            "account_id": binding.account_id, "cbid": binding.customer_bind_id, "now": now,
-        }
         conn = self._conn
 
         def work() -> None:
-            # Expired rows still hold their unique keys until swept: release them first,
-            # each key by its own index.
-            conn.execute(
-                "DELETE FROM bindings WHERE seq IN (SELECT p.seq FROM parties p "
-                "JOIN bindings b ON b.seq = p.seq WHERE p.x = :x AND p.number IN (:a, :b) "
-                "AND b.expire_at BETWEEN 1 AND :now)",
-                keys,
-            )
-            if binding.extension:
-                conn.execute(
-                    "DELETE FROM bindings WHERE x = :x AND extension = :ext "
-                    "AND extension <> '' AND expire_at BETWEEN 1 AND :now", keys)
-            if binding.customer_bind_id:
-                conn.execute(
-                    "DELETE FROM bindings WHERE account_id = :account_id "
-                    "AND customer_bind_id = :cbid AND customer_bind_id <> '' "
-                    "AND expire_at BETWEEN 1 AND :now", keys)
-            cur = conn.execute(
-                "INSERT INTO bindings (bind_id, account_id, x, a, b, extension, bind_type, "
-                "customer_bind_id, business_id, flag, expire_second, expire_at, created_at, "
-                "attrs) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                binding_row(binding),
-            )
-            seq = cur.lastrowid
-            conn.executemany(
-                "INSERT INTO parties (x, number, seq) VALUES (?, ?, ?)",
-                [(binding.x, party, seq) for party in binding.parties()],
-            )
+            _insert(conn, binding, now)
 
         try:
             await self._batched(work)
+        except sqlite3.IntegrityError as exc:
+            raise BindConflict(_conflict_kind(str(exc))) from exc
+
+    async def replace_binding(self, old: Binding, new: Binding, now: int) -> bool:
+        """Compare-and-swap: put ``new`` in place of ``old`` (same bindId) only if the stored
+        binding is still exactly ``old`` and active; False otherwise. A delete and an insert
+        with a new seq in one transaction, so the read index of every process sees it."""
+        conn = self._conn
+        row = binding_row(old)
+
+        def work() -> bool:
+            stored = conn.execute(
+                f"SELECT {_BINDING_COLUMNS} FROM bindings b WHERE b.bind_id = ?",
+                (old.bind_id,)).fetchone()
+            if stored is None or tuple(stored) != row or not old.active_at(now):
+                return False
+            conn.execute("DELETE FROM bindings WHERE bind_id = ?", (old.bind_id,))
+            _insert(conn, new, now)
+            return True
+
+        try:
+            return await self._batched(work)
         except sqlite3.IntegrityError as exc:
             raise BindConflict(_conflict_kind(str(exc))) from exc
 
@@ -1194,9 +1218,9 @@ class SqliteStore:
                 index.add_rows(batch)
                 self._index_seq = batch[-1][0]
             for row in read.execute(
-                    "SELECT id, seq, x, a, b, extension FROM binding_deletions WHERE id > ? "
+                    "SELECT id, seq, x, a, b, extension, y FROM binding_deletions WHERE id > ? "
                     "ORDER BY id", (self._index_deletion,)):
-                index.remove(row[1], row[2], row[3], row[4], row[5])
+                index.remove(row[1], row[2], row[3], row[4], row[5], row[6])
                 self._index_deletion = row[0]
         finally:
             read.execute("COMMIT")
@@ -1553,6 +1577,48 @@ def _split_statements(script: str) -> list[str]:
     if buffer.strip():
         statements.append(buffer.strip())
     return statements
+
+
+def _insert(conn: sqlite3.Connection, binding: Binding, now: int) -> None:
+    """One bind inside the writer's transaction: expired holders of its keys released first
+    (each key by its own index), X exclusivity checked (the writer is alone, so the check and
+    the insert are atomic), then the binding and its party keys."""
+    keys = binding.party_keys()
+    by_number: dict[str, list[str]] = {}
+    for number, party in keys:
+        by_number.setdefault(number, []).append(party)
+    for number, parties in by_number.items():
+        marks = ", ".join("?" * len(parties))
+        conn.execute(
+            "DELETE FROM bindings WHERE seq IN (SELECT p.seq FROM parties p "
+            f"JOIN bindings b ON b.seq = p.seq WHERE p.x = ? AND p.number IN ({marks}) "
+            "AND b.expire_at BETWEEN 1 AND ?)", (number, *parties, now))
+    if binding.extension:
+        conn.execute(
+            "DELETE FROM bindings WHERE x = ? AND extension = ? "
+            "AND extension <> '' AND expire_at BETWEEN 1 AND ?",
+            (binding.x, binding.extension, now))
+    if binding.customer_bind_id:
+        conn.execute(
+            "DELETE FROM bindings WHERE account_id = ? "
+            "AND customer_bind_id = ? AND customer_bind_id <> '' "
+            "AND expire_at BETWEEN 1 AND ?", (binding.account_id, binding.customer_bind_id, now))
+    for number in {binding.x, *by_number}:
+        if conn.execute(_HELD_ALONE, (number, now)).fetchone() is not None:
+            raise sqlite3.IntegrityError("X exclusivity: parties")
+    if binding.exclusive() and (
+            conn.execute(_ANY_ON_X, (binding.x, now)).fetchone() is not None
+            or conn.execute(_ANY_EXTENSION_ON_X, (binding.x, now)).fetchone() is not None):
+        raise sqlite3.IntegrityError("X exclusivity: parties")
+    cur = conn.execute(
+        "INSERT INTO bindings (bind_id, account_id, x, a, b, extension, bind_type, "
+        "customer_bind_id, business_id, flag, expire_second, expire_at, created_at, "
+        "attrs) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        binding_row(binding),
+    )
+    seq = cur.lastrowid
+    conn.executemany("INSERT INTO parties (x, number, seq) VALUES (?, ?, ?)",
+                     [(number, party, seq) for number, party in keys])
 
 
 def _conflict_kind(message: str) -> ConflictKind:

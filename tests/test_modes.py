@@ -1,0 +1,152 @@
+"""The binding modes of ``shared/spec/modes.md``, route by route, on every store.
+
+Binds of the v1-only modes go through ``pns.core.Service`` on the server's store (the v1 HTTP
+surface is another branch's); every query goes through the old endpoint's ``queryAXB`` of a
+running server, so the answer's ``display`` and ``bindType`` are checked on the wire, and on
+SQLite the server's in-memory read index must see binds made by this other process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, TypeVar
+
+import pytest
+
+from pns.core import Service
+from pns.errors import Code, PnsError
+from pns.model import BIND_TYPE_AX, BIND_TYPE_AXB, Account
+from pns.store import open_store
+
+from .conftest import Server, Tenant, unique_hk
+
+T = TypeVar("T")
+
+
+class Binder:
+    """A Service on the server's store, run on a loop of its own (the tests are sync)."""
+
+    def __init__(self, url: str):
+        self.loop = asyncio.new_event_loop()
+        self.store = self.loop.run_until_complete(open_store(url))
+        self.service = Service(self.store)
+
+    def run(self, work: Callable[[], Awaitable[T]]) -> T:
+        return self.loop.run_until_complete(work())
+
+    def account(self, tenant: Tenant) -> Account:
+        account = self.run(lambda: self.store.get_account(tenant.access_key))
+        assert account is not None
+        return account
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.store.close())
+        self.loop.close()
+
+
+@pytest.fixture(scope="module")
+def binder(server: Server) -> Iterator[Binder]:
+    b = Binder(server.store_url)
+    yield b
+    b.close()
+
+
+def _code(binder: Binder, work: Callable[[], Awaitable[Any]]) -> int:
+    try:
+        binder.run(work)
+    except PnsError as exc:
+        return int(exc.code)
+    return 0
+
+
+def _route(server: Server, switch: Tenant, caller: str, did: str) -> tuple[int, dict[str, Any]]:
+    answer = server.client(switch).query(caller, did)
+    return answer["code"], answer.get("data", {})
+
+
+def test_ax_routes_anyone_but_a_to_a_shown_x(server: Server, binder: Binder, customer: Tenant,
+                                             switch: Tenant) -> None:
+    account = binder.account(customer)
+    a, c = unique_hk("6"), unique_hk("6")
+    bound = binder.run(lambda: binder.service.bind_ax(account, a, 600, customer_bind_id="ax1"))
+    assert bound.bind_type == BIND_TYPE_AX and bound.x in customer.numbers and bound.b == ""
+    code, data = _route(server, switch, c, bound.x)
+    assert code == 0 and data["callee"] == a and data["display"] == bound.x
+    assert data["bindType"] == BIND_TYPE_AX
+    code, data = _route(server, switch, unique_hk("6"), bound.x)  # anyone
+    assert code == 0 and data["callee"] == a
+    assert _route(server, switch, a, bound.x)[0] == Code.BINDING_NOT_EXIST  # (A, X) → 10013
+    # Idempotent by customerBindId; another request under it is refused.
+    again = binder.run(lambda: binder.service.bind_ax(account, a, 600, customer_bind_id="ax1"))
+    assert again == bound
+    assert _code(binder, lambda: binder.service.bind_ax(
+        account, unique_hk("6"), 600, customer_bind_id="ax1")) == Code.CUSTOMER_BIND_ID_REUSED
+    # Listed with its bindType.
+    listed = server.client(customer).call("getAXBList", {})["data"]["bindList"]
+    item = next(i for i in listed if i["bindId"] == bound.bind_id)
+    assert item["bindType"] == BIND_TYPE_AX and item["phoneA"] == a and item["phoneB"] == ""
+
+
+def test_ax_holds_x_alone(server: Server, binder: Binder, customer: Tenant,
+                          switch: Tenant) -> None:
+    account = binder.account(customer)
+    client = server.client(customer)
+    x0, x1, x2 = customer.numbers
+    pair = client.bind_axb(unique_hk("6"), unique_hk("6"), 600, phoneX=x0)
+    assert pair["code"] == 0
+    # X with a binding cannot be an AX's; a free one can.
+    assert _code(binder, lambda: binder.service.bind_ax(
+        account, unique_hk("6"), 600, phone_x=x0)) == Code.PARTY_ALREADY_BOUND
+    ax = binder.run(lambda: binder.service.bind_ax(account, unique_hk("6"), 600, phone_x=x1))
+    # No other binding on an AX's X: AXB, extension, another AX.
+    assert client.bind_axb(unique_hk("6"), unique_hk("6"), 600, phoneX=x1)["code"] == \
+        Code.PARTY_ALREADY_BOUND
+    assert client.call("bindAXBExtension", {"phoneA": unique_hk("6"), "phoneX": x1,
+                                            "expireSecond": 600})["code"] == \
+        Code.PARTY_ALREADY_BOUND
+    assert _code(binder, lambda: binder.service.bind_ax(
+        account, unique_hk("6"), 600, phone_x=x1)) == Code.PARTY_ALREADY_BOUND
+    # Allocation skips it: AXB binds land on x0 and x2 only, AX on none left.
+    for _ in range(4):
+        data = client.bind_axb(unique_hk("6"), unique_hk("6"), 600)["data"]
+        assert data["did"] in (x0, x2)
+    assert _code(binder, lambda: binder.service.bind_ax(
+        account, unique_hk("6"), 600)) == Code.NUMBERS_EXHAUSTED
+    # Unbound, X is free for anyone again.
+    assert client.call("unbindAXB", {"bindId": ax.bind_id})["code"] == 0
+    assert client.bind_axb(unique_hk("6"), unique_hk("6"), 600, phoneX=x1)["code"] == 0
+
+
+def test_ax_expired_releases_x(server: Server, binder: Binder, customer: Tenant) -> None:
+    account = binder.account(customer)
+    x = customer.numbers[0]
+    now = int(time.time())
+    binder.run(lambda: binder.service.bind_ax(account, unique_hk("6"), 1, phone_x=x,
+                                              now=now - 10))
+    # Expired (never swept): X takes any binding.
+    assert server.client(customer).bind_axb(unique_hk("6"), unique_hk("6"), 600,
+                                            phoneX=x)["code"] == 0
+
+
+def test_axb_answers_show_x(server: Server, customer: Tenant, switch: Tenant) -> None:
+    a, b = unique_hk("6"), unique_hk("6")
+    data = server.client(customer).bind_axb(a, b, 600)["data"]
+    code, answer = _route(server, switch, a, data["did"])
+    assert code == 0 and answer["callee"] == b and answer["display"] == data["did"]
+    assert answer["bindType"] == BIND_TYPE_AXB
+
+
+def test_bad_input_is_a_code(binder: Binder, customer: Tenant) -> None:
+    account = binder.account(customer)
+    assert _code(binder, lambda: binder.service.bind_ax(
+        account, "12", 600)) in (Code.NO_COUNTRY_PREFIX, Code.NUMBER_EMPTY, Code.BAD_PARAMETER)
+    assert _code(binder, lambda: binder.service.bind_ax(
+        account, unique_hk("6"), 600, ext="e" * 1025)) == Code.BAD_PARAMETER
+    assert _code(binder, lambda: binder.service.bind_ax(
+        account, unique_hk("6"), 600, iso2="ZZ")) == Code.BAD_PARAMETER
+    # A region without numbers of the account: 10008.
+    assert _code(binder, lambda: binder.service.bind_ax(
+        account, unique_hk("6"), 600, iso2="DE")) == Code.NO_VIRTUAL_NUMBER
+
