@@ -31,6 +31,7 @@ from .model import (
     BIND_TYPE_AXB,
     BIND_TYPE_AXYB,
     BIND_TYPE_EXTENSION,
+    BIND_TYPE_XYB,
     EXCLUSIVE,
     Account,
     Binding,
@@ -291,6 +292,158 @@ class Service:
 
         return await self._bind_alone(account, make, requested_x, country, (a.digits,), now)
 
+    async def bind_axyb(
+        self,
+        account: Account,
+        phone_a: str,
+        phone_b: str,
+        expire_second: int,
+        phone_x: str = "",
+        phone_y: str = "",
+        customer_bind_id: str = "",
+        flag: int = 0,
+        business_id: str = "",
+        api_version: int = 0,
+        ext: str = "",
+        iso2: str = "",
+        now: int | None = None,
+    ) -> Binding:
+        """AXYB: A calling X reaches B (shown Y); B calling Y reaches A (shown Y, the number
+        B dials back) once A has called. X and Y each carry both parties (I1)."""
+        now = int(time.time()) if now is None else now
+        a = require_international(phone_a, "phoneA")
+        b = require_international(phone_b, "phoneB")
+        if a.country_code != b.country_code:
+            raise PnsError(Code.COUNTRY_MISMATCH, "phoneA and phoneB have different country codes")
+        if a.digits == b.digits:
+            raise PnsError(Code.SAME_NUMBER)
+        _check_common(customer_bind_id, business_id, flag, expire_second)
+        _check_ext(ext)
+        requested_x = self._parse_x(phone_x) if phone_x else None
+        requested_y = self._parse_x(phone_y) if phone_y else None
+        country = region_country_code(iso2) if iso2 and requested_x is None else a.country_code
+
+        def make(x: str, y: str) -> Binding:
+            return Binding(
+                bind_id=new_bind_id(x), account_id=account.id, x=x, a=a.digits, b=b.digits,
+                extension="", bind_type=BIND_TYPE_AXYB, customer_bind_id=customer_bind_id,
+                business_id=business_id, flag=flag, expire_second=expire_second,
+                expire_at=expire_at_for(expire_second, now), created_at=now, y=y,
+                api_version=api_version, ext=ext,
+            )
+
+        return await self._bind_two(account, make, requested_x, requested_y, country,
+                                    (a.digits, b.digits), (a.digits, b.digits), now)
+
+    async def bind_xyb(
+        self,
+        account: Account,
+        phone_b: str,
+        expire_second: int,
+        phone_x: str = "",
+        phone_y: str = "",
+        customer_bind_id: str = "",
+        flag: int = 0,
+        business_id: str = "",
+        api_version: int = 0,
+        ext: str = "",
+        iso2: str = "",
+        customer_user_id: str = "",
+        call_in_expire_second: int = 0,
+        expire_strategy: int = 0,
+        delayed_y: bool = False,
+        now: int | None = None,
+    ) -> Binding:
+        """XYB: X held alone until its first call; that caller becomes A (captured atomically
+        in ``query``), X is released, and A and B reach each other on Y (shown Y).
+
+        ``expire_strategy`` is v1's ``callInExpireStrategy`` (else ``bindExpireStrategy``): 0
+        keep, 1 reset, 2 extend, by ``call_in_expire_second`` (else ``expire_second``) at each
+        answered query after the call-in. ``delayed_y``: Y is allocated at the call-in."""
+        now = int(time.time()) if now is None else now
+        b = require_international(phone_b, "phoneB")
+        _check_common(customer_bind_id, business_id, flag, expire_second)
+        _check_ext(ext)
+        if len(customer_user_id) > MAX_CUSTOMER_BIND_ID:
+            raise PnsError(Code.BAD_PARAMETER, "customerUserId is longer than 64 characters")
+        if not 0 <= call_in_expire_second <= MAX_EXPIRE_SECOND:
+            raise PnsError(Code.BAD_PARAMETER, "callInExpireSecond must be 0 to 100 years")
+        if expire_strategy not in (0, 1, 2):
+            raise PnsError(Code.BAD_PARAMETER, "the expire strategy must be 0, 1 or 2")
+        if delayed_y and phone_y:
+            raise PnsError(Code.BAD_PARAMETER, "didY and delayedGetY exclude each other")
+        requested_x = self._parse_x(phone_x) if phone_x else None
+        requested_y = self._parse_x(phone_y) if phone_y else None
+        country = region_country_code(iso2) if iso2 and requested_x is None else b.country_code
+
+        def make(x: str, y: str) -> Binding:
+            return Binding(
+                bind_id=new_bind_id(x), account_id=account.id, x=x, a="", b=b.digits,
+                extension="", bind_type=BIND_TYPE_XYB, customer_bind_id=customer_bind_id,
+                business_id=business_id, flag=flag, expire_second=expire_second,
+                expire_at=expire_at_for(expire_second, now), created_at=now, y=y,
+                api_version=api_version, ext=ext, customer_user_id=customer_user_id,
+                call_in_expire_second=call_in_expire_second, expire_strategy=expire_strategy,
+            )
+
+        if delayed_y:
+            return await self._bind_alone(account, lambda x: make(x, ""), requested_x,
+                                          country, (b.digits,), now)
+        return await self._bind_two(account, make, requested_x, requested_y, country,
+                                    (b.digits, EXCLUSIVE), (b.digits,), now, x_alone=True)
+
+    async def _bind_two(
+        self, account: Account, make: Callable[[str, str], Binding],
+        requested_x: Number | None, requested_y: Number | None, country_code: int,
+        on_x: tuple[str, ...], on_y: tuple[str, ...], now: int, x_alone: bool = False,
+    ) -> Binding:
+        """Insert a binding with an X and a Y: each requested, or allocated (least loaded)
+        where the parties it will carry are free; Y is never X. Retried on a lost race."""
+        probe = make(requested_x.digits if requested_x else "",
+                     requested_y.digits if requested_y else "")
+        existing = await self._existing_like(account, probe, now)
+        if existing is not None:
+            return existing
+        for requested in (requested_x, requested_y):
+            if requested is not None:
+                await self._require_own_number(account, requested, country_code)
+        if requested_x and requested_y and requested_x.digits == requested_y.digits:
+            raise PnsError(Code.BAD_PARAMETER, "didX and didY must differ")
+        for _ in range(_INSERT_ATTEMPTS):
+            x = requested_x.digits if requested_x else await self._pick(
+                account, country_code, (*on_x, EXCLUSIVE), now, (requested_y.digits,)
+                if requested_y else (), empty=x_alone)
+            y = requested_y.digits if requested_y else await self._pick(
+                account, country_code, (*on_y, EXCLUSIVE), now, (x,))
+            binding = make(x, y)
+            try:
+                await self.store.insert_binding(binding, now)
+                return binding
+            except BindConflict as conflict:
+                if conflict.kind is ConflictKind.CUSTOMER_BIND_ID:
+                    raced = await self._existing_like(account, probe, now)
+                    if raced is not None:
+                        return raced
+                    continue
+                if requested_x is not None and requested_y is not None:
+                    raise PnsError(Code.PARTY_ALREADY_BOUND) from None
+        raise PnsError(Code.NUMBERS_EXHAUSTED, "virtual numbers exhausted under contention; retry")
+
+    async def _pick(self, account: Account, country_code: int, parties: tuple[str, ...],
+                    now: int, exclude: tuple[str, ...], empty: bool = False) -> str:
+        """A number of the pool where none of ``parties`` is bound (with no binding at all
+        if ``empty``), least loaded, not one of ``exclude``; 10008/10010 when none."""
+        candidates = [c for c in await self.store.free_numbers(
+            account.id, country_code, parties, now, _CANDIDATES * 4)
+            if c.x not in exclude and (not empty or c.active_bindings == 0)]
+        if candidates:
+            return choose_x(candidates).x
+        if not await self._has_pool(account, country_code, now):
+            raise PnsError(Code.NO_VIRTUAL_NUMBER,
+                           f"the account has no virtual number in country code {country_code}")
+        raise PnsError(Code.NUMBERS_EXHAUSTED, "virtual numbers exhausted: no number of the "
+                       "pool is free for these parties")
+
     async def _bind_alone(
         self, account: Account, make: Callable[[str], Binding], requested_x: Number | None,
         country_code: int, parties: tuple[str, ...], now: int,
@@ -510,7 +663,12 @@ class Service:
                 if account.role is Role.SWITCH:
                     self._in_background(self.notify_binding_error(owner, caller, x.digits, now))
                 raise PnsError(Code.BINDING_NOT_EXIST, data=prompt_data(owner))
-            binding = found
+            answered = await self._answered(found, caller_digits, x.digits, now)
+            if answered is None:
+                raise PnsError(Code.BINDING_NOT_EXIST, data=prompt_data(owner))
+            binding = found = answered
+            if binding.bind_type == BIND_TYPE_XYB and callee == "":
+                callee = binding.b
         call_id = new_snowflake()
         await self.store.record_call(
             CallRef(
@@ -524,6 +682,49 @@ class Service:
             callee=callee, call_id=call_id, flag=binding.flag, bind_type=binding.bind_type,
             prompts=owner, extension=extension, display=binding.display(x.digits),
         )
+
+    async def _answered(self, binding: Binding, caller: str | None, on: str,
+                        now: int) -> Binding | None:
+        """What an answered query changes (modes.md), atomically by compare-and-swap: the
+        first caller of an XYB's X is captured as A (None: another caller won); A's first
+        answered query of an AXYB opens Y to B; an XYB's expiry strategy after its call-in."""
+        kind = binding.bind_type
+        if kind == BIND_TYPE_XYB and not binding.captured_at:
+            if caller is None or caller == binding.b:
+                return None
+            y = binding.y or await self._delayed_y(binding, caller, now)
+            period = binding.call_in_expire_second
+            captured = msgspec.structs.replace(
+                binding, a=caller, y=y, captured_at=now,
+                expire_at=now + period if period else binding.expire_at)
+            try:
+                return captured if await self.store.replace_binding(binding, captured, now) \
+                    else None
+            except BindConflict:
+                return None  # the caller is bound on Y already
+        if kind == BIND_TYPE_AXYB and not binding.captured_at and on == binding.x:
+            opened = msgspec.structs.replace(binding, captured_at=now)
+            if await self.store.replace_binding(binding, opened, now):
+                return opened
+            return binding
+        if kind == BIND_TYPE_XYB and binding.expire_strategy and binding.expire_at:
+            period = binding.call_in_expire_second or binding.expire_second
+            expire_at = (now + period if binding.expire_strategy == 1
+                         else binding.expire_at + period)
+            renewed = msgspec.structs.replace(binding, expire_at=expire_at)
+            if await self.store.replace_binding(binding, renewed, now):
+                return renewed
+        return binding
+
+    async def _delayed_y(self, binding: Binding, caller: str, now: int) -> str:
+        """XYB with delayedGetY: Y allocated at the call-in, where A and B are both free."""
+        number = parse_international(binding.x)
+        country = number.country_code if number is not None else 0
+        account = await self.accounts.by_id(binding.account_id)
+        if account is None:
+            raise PnsError(Code.BINDING_NOT_EXIST)
+        return await self._pick(account, country, (caller, binding.b, EXCLUSIVE), now,
+                                (binding.x,))
 
     def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
         """Run a write the answer need not wait for (the query path never waits on a write:
@@ -702,6 +903,9 @@ def _party_callee(binding: Binding, caller: str | None, on: str) -> str | None:
     reaches A; in the Y modes A reaches B on X and the parties reach each other on Y."""
     if binding.bind_type == BIND_TYPE_AX:
         return None if caller == binding.a else binding.a
+    if binding.bind_type == BIND_TYPE_XYB and not binding.captured_at:
+        # Anyone but B calling X: captured as A by ``Service._answered``.
+        return "" if on == binding.x and caller != binding.b else None
     if binding.bind_type == BIND_TYPE_AXYB:
         if on == binding.x:
             return binding.b if caller == binding.a else None

@@ -4,7 +4,9 @@ Every invariant is keyed by the virtual number X, so X is the shard key: each me
 names one X or one account. Guarantees a store must keep (the conformance suite tests them):
 
 - ``insert_binding`` is atomic and enforces I1 (a number is a party of at most one active
-  binding on an X), I2 (an extension is used at most once among active bindings on an X) and I3
+  binding on an X, and on a Y: the keys of ``Binding.party_keys``), X exclusivity (a
+  binding that holds its X alone, ``Binding.exclusive``, shares it with no active binding),
+  I2 (an extension is used at most once among active bindings on an X) and I3
   (a ``customerBindId`` belongs to at most one active binding of an account) with the store's own
   unique keys, under any concurrency, across processes. Expired rows never block an insert.
 - Reads never return an expired binding, whether the sweeper has run or not.
@@ -144,6 +146,13 @@ class BindingIndex(Protocol):
     async def get_binding(self, bind_id: str, now: int) -> Binding | None: ...
 
     async def delete_binding(self, bind_id: str) -> bool: ...
+
+    async def replace_binding(self, old: Binding, new: Binding, now: int) -> bool:
+        """Compare-and-swap of one binding (same bindId): ``new`` replaces ``old`` only if
+        the stored binding is still exactly ``old`` and active at ``now``; False otherwise,
+        nothing changed. Its keys change with it (I1 and X exclusivity checked as for an
+        insert: ``BindConflict``, nothing changed). Of two concurrent replacements of one
+        ``old``, at most one succeeds (the captures of modes.md rely on it)."""
 
     async def find_by_party(self, x: str, number: str, now: int) -> Binding | None: ...
 
