@@ -9,6 +9,7 @@ SQLite the server's in-memory read index must see binds made by this other proce
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +23,7 @@ from pns.model import BIND_TYPE_AX, BIND_TYPE_AXB, BIND_TYPE_AXYB, BIND_TYPE_XYB
 from pns.store import open_store
 from pns.store.base import StoreError
 
-from .conftest import Server, Tenant, unique_hk
+from .conftest import Server, Tenant, cli, unique_hk
 
 T = TypeVar("T")
 
@@ -185,6 +186,14 @@ def test_axyb_routes(server: Server, binder: Binder, customer: Tenant, switch: T
     item = next(i for i in client.call("getAXBList", {})["data"]["bindList"]
                 if i["bindId"] == bound.bind_id)
     assert item["didY"] == bound.y and item["bindType"] == BIND_TYPE_AXYB
+    # The operators' CLI lists and shows it with its Y.
+    listed = [json.loads(line) for line in cli(
+        "bindings", "list", "--account", customer.access_key, "--store", server.store_url,
+        "--json").stdout.splitlines()]
+    assert any(i["bindId"] == bound.bind_id and i["didY"] == bound.y and i["bindType"] == 3
+               for i in listed)
+    table = cli("bindings", "show", bound.bind_id, "--store", server.store_url).stdout
+    assert "didY" in table and bound.y in table
     # Unbound: both numbers are free of A and B at once.
     assert client.call("unbindAXB", {"bindId": bound.bind_id})["code"] == 0
     assert _route(server, switch, a, bound.x)[0] == Code.BINDING_NOT_EXIST
