@@ -35,6 +35,7 @@ class ModelBinding:
     extension: str
     expire_at: int
     cbid: str = ""
+    alone: bool = False  # AX: X held by this binding alone
 
     def active(self, now: int) -> bool:
         return self.expire_at == 0 or self.expire_at > now
@@ -46,6 +47,12 @@ class Model:
 
     def active(self, now: int) -> list[ModelBinding]:
         return [b for b in self.bindings.values() if b.active(now)]
+
+    def on(self, x: str, now: int) -> list[ModelBinding]:
+        return [b for b in self.active(now) if b.x == x]
+
+    def alone(self, x: str, now: int) -> ModelBinding | None:
+        return next((b for b in self.on(x, now) if b.alone), None)
 
     def holder(self, x: str, number: str, now: int) -> ModelBinding | None:
         for b in self.active(now):
@@ -90,7 +97,8 @@ def machine_for(store_url: str) -> type[RuleBasedStateMachine]:
             binding, code = self.call(self.service.bind_axb(
                 self.account, pa, pb, expire, phone_x=x, now=self.now))
             free = [cx for cx in self.xs if self.model.holder(cx, pa, self.now) is None
-                    and self.model.holder(cx, pb, self.now) is None]
+                    and self.model.holder(cx, pb, self.now) is None
+                    and self.model.alone(cx, self.now) is None]
             if pa == pb:
                 assert code is Code.SAME_NUMBER
                 return
@@ -120,7 +128,8 @@ def machine_for(store_url: str) -> type[RuleBasedStateMachine]:
             pa, x = self.people[a], self.xs[xi]
             binding, code = self.call(self.service.bind_extension(
                 self.account, pa, x, expire, extension=ext or "", now=self.now))
-            if self.model.holder(x, pa, self.now) is not None:
+            if (self.model.holder(x, pa, self.now) is not None
+                    or self.model.alone(x, self.now) is not None):
                 assert code is Code.PARTY_ALREADY_BOUND
                 return
             taken = {m.extension for m in self.model.active(self.now) if m.x == x}
@@ -131,6 +140,25 @@ def machine_for(store_url: str) -> type[RuleBasedStateMachine]:
             assert binding.extension not in taken
             self.model.bindings[binding.bind_id] = ModelBinding(
                 binding.bind_id, x, pa, "", binding.extension, binding.expire_at)
+
+        @rule(a=st.integers(0, PEOPLE - 1), expire=st.sampled_from([0, 5]),
+              want_x=st.none() | st.integers(0, XS - 1))
+        def bind_ax(self, a: int, expire: int, want_x: int | None) -> None:
+            """AX holds its X alone: only a number with no active binding takes it."""
+            pa = self.people[a]
+            x = self.xs[want_x] if want_x is not None else ""
+            binding, code = self.call(self.service.bind_ax(
+                self.account, pa, expire, phone_x=x, now=self.now))
+            empty = [cx for cx in self.xs if not self.model.on(cx, self.now)]
+            if want_x is not None and x not in empty:
+                assert code is Code.PARTY_ALREADY_BOUND, code
+                return
+            if not empty:
+                assert code is Code.NUMBERS_EXHAUSTED, code
+                return
+            assert binding is not None and binding.x in empty, code
+            self.model.bindings[binding.bind_id] = ModelBinding(
+                binding.bind_id, binding.x, pa, "", "", binding.expire_at, alone=True)
 
         @precondition(lambda self: bool(self.model.bindings))
         @rule(pick=st.integers(0, 1000))
@@ -174,6 +202,8 @@ def machine_for(store_url: str) -> type[RuleBasedStateMachine]:
                 if m is not None:
                     expected = m.b if caller == m.a else m.a
                     expected = expected or None
+                elif (alone := self.model.alone(x, self.now)) is not None:
+                    expected = alone.a  # AX: anyone but A reaches A
                 if m is None and any(mm.extension for mm in active):
                     assert answer is not None and answer.callee == "" and answer.bind_type == 4
                     return

@@ -431,11 +431,14 @@ class Service:
 
     async def _pick(self, account: Account, country_code: int, parties: tuple[str, ...],
                     now: int, exclude: tuple[str, ...], empty: bool = False) -> str:
-        """A number of the pool where none of ``parties`` is bound (with no binding at all
-        if ``empty``), least loaded, not one of ``exclude``; 10008/10010 when none."""
+        """A number of the pool where none of ``parties`` is bound, least loaded, not one of
+        ``exclude``; 10008/10010 when none. For a binding that holds its number alone
+        (``empty``) one with no binding stored is preferred; the store's count includes
+        expired bindings not yet swept, so a fuller one is tried too and the insert decides."""
         candidates = [c for c in await self.store.free_numbers(
-            account.id, country_code, parties, now, _CANDIDATES * 4)
-            if c.x not in exclude and (not empty or c.active_bindings == 0)]
+            account.id, country_code, parties, now, _CANDIDATES * 4) if c.x not in exclude]
+        if empty:
+            candidates = [c for c in candidates if c.active_bindings == 0] or candidates
         if candidates:
             return choose_x(candidates).x
         if not await self._has_pool(account, country_code, now):
@@ -457,20 +460,10 @@ class Service:
             return existing
         if requested_x is not None:
             await self._require_own_number(account, requested_x, country_code)
+        tried: list[str] = []  # numbers whose other bindings refused this one
         for _ in range(_INSERT_ATTEMPTS):
-            if requested_x is not None:
-                x = requested_x.digits
-            else:
-                candidates = await self.store.free_numbers(
-                    account.id, country_code, (*parties, EXCLUSIVE), now, _CANDIDATES * 4)
-                empty = [c for c in candidates if c.active_bindings == 0]
-                if not empty:
-                    if not candidates and not await self._has_pool(account, country_code, now):
-                        raise PnsError(Code.NO_VIRTUAL_NUMBER, "the account has no virtual "
-                                       f"number in country code {country_code}")
-                    raise PnsError(Code.NUMBERS_EXHAUSTED, "virtual numbers exhausted: no "
-                                   "number of the pool is free of bindings")
-                x = choose_x(empty).x
+            x = requested_x.digits if requested_x is not None else await self._pick(
+                account, country_code, (*parties, EXCLUSIVE), now, tuple(tried), empty=True)
             binding = make(x)
             try:
                 await self.store.insert_binding(binding, now)
@@ -484,6 +477,7 @@ class Service:
                 if requested_x is not None:
                     raise PnsError(Code.PARTY_ALREADY_BOUND,
                                    "the requested number has other bindings") from None
+                tried.append(x)
         raise PnsError(Code.NUMBERS_EXHAUSTED, "virtual numbers exhausted under contention; retry")
 
     async def _has_pool(self, account: Account, country_code: int, now: int) -> bool:
