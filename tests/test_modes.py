@@ -23,7 +23,7 @@ from pns.model import BIND_TYPE_AX, BIND_TYPE_AXB, BIND_TYPE_AXYB, BIND_TYPE_XYB
 from pns.store import open_store
 from pns.store.base import StoreError
 
-from .conftest import Server, Tenant, cli, unique_hk
+from .conftest import Server, Tenant, cli, create_tenant, unique_hk
 
 T = TypeVar("T")
 
@@ -261,3 +261,90 @@ def test_xyb_delayed_y_and_strategies(server: Server, binder: Binder, customer: 
     assert later is not None and later.expire_at == first.expire_at + 100
     assert _code(binder, lambda: binder.service.bind_xyb(
         account, b, 600, expire_strategy=3)) == Code.BAD_PARAMETER
+
+
+# --- AXG groups, on the old endpoint ----------------------------------------------------------
+def _group(client: Any, phones: list[str], **extra: Any) -> str:
+    answer = client.call("createGroup", {"phones": ",".join(phones), **extra})
+    assert answer["code"] == 0, answer
+    # NXCloud answers groupId at the top level of the envelope; data carries it too.
+    assert answer["groupId"] == answer["data"]["groupId"]
+    return str(answer["groupId"])
+
+
+def test_axg_members_reach_a_and_a_reaches_b(server: Server, customer: Tenant,
+                                             switch: Tenant) -> None:
+    client = server.client(customer)
+    members = [unique_hk("6") for _ in range(3)]
+    a, outsider = unique_hk("6"), unique_hk("6")
+    group_id = _group(client, members, groupName="sales", remark="r")
+    listed = client.call("listGroup", {})["data"]
+    item = next(g for g in listed["groups"] if g["groupId"] == group_id)
+    assert item == {"customerId": str(customer.account_id), "groupName": "sales",
+                    "groupId": group_id, "phones": ",".join(sorted(members)), "remark": "r"}
+    assert listed["total"] >= 1
+    bound = client.call("bindAXG", {"phoneA": a, "groupId": group_id, "expireSecond": 600,
+                                    "phoneB": members[1]})
+    assert bound["code"] == 0, bound
+    x = bound["data"]["did"]
+    for m in members:
+        code, data = _route(server, switch, m, x)
+        assert code == 0 and data["callee"] == a and data["display"] == x
+        assert data["bindType"] == 2
+    code, data = _route(server, switch, a, x)
+    assert code == 0 and data["callee"] == members[1]
+    assert _route(server, switch, outsider, x)[0] == Code.BINDING_NOT_EXIST
+    item = next(i for i in client.call("getAXBList", {})["data"]["bindList"]
+                if i["bindId"] == bound["data"]["bindId"])
+    assert item["groupId"] == group_id and item["bindType"] == 2
+    # A member bound on X elsewhere: I1 with members on X.
+    assert client.bind_axb(members[0], unique_hk("6"), 600, phoneX=x)["code"] == \
+        Code.PARTY_ALREADY_BOUND
+    # Adding a member gives reach at once; removing one ends it at once.
+    assert client.call("updateGroup", {"groupId": group_id, "operateType": 0,
+                                       "phones": outsider})["code"] == 0
+    assert _route(server, switch, outsider, x)[1]["callee"] == a
+    assert client.call("updateGroup", {"groupId": group_id, "operateType": 1,
+                                       "phones": members[0]})["code"] == 0
+    assert _route(server, switch, members[0], x)[0] == Code.BINDING_NOT_EXIST
+    assert client.bind_axb(members[0], unique_hk("6"), 600, phoneX=x)["code"] == 0
+    # A change that would break I1 on X changes nothing: members[0] is now bound on X.
+    assert client.call("updateGroup", {"groupId": group_id, "operateType": 2,
+                                       "phones": f"{members[0]},{members[2]}"})["code"] == \
+        Code.PARTY_ALREADY_BOUND
+    assert _route(server, switch, outsider, x)[1]["callee"] == a
+    # In use: not deleted; unbound, it goes.
+    assert client.call("deleteGroup", {"groupId": group_id})["code"] == Code.GROUP_IN_USE
+    assert client.call("unbindAXB", {"bindId": bound["data"]["bindId"]})["code"] == 0
+    assert client.call("deleteGroup", {"groupId": group_id})["code"] == 0
+    assert client.call("deleteGroup", {"groupId": group_id})["code"] == Code.GROUP_NOT_EXIST
+
+
+def test_axg_refusals(server: Server, customer: Tenant, switch: Tenant) -> None:
+    client = server.client(customer)
+    members = [unique_hk("6"), unique_hk("6")]
+    group_id = _group(client, members)
+    assert client.call("createGroup", {"phones": f"{unique_hk('6')},4915112345678"})["code"] \
+        == Code.GROUP_INVALID
+    many = ",".join(unique_hk("6") for _ in range(201))
+    assert client.call("createGroup", {"phones": many})["code"] == Code.GROUP_INVALID
+    assert client.call("bindAXG", {"phoneA": unique_hk("6"), "groupId": "nope",
+                                   "expireSecond": 60})["code"] == Code.GROUP_NOT_EXIST
+    assert client.call("bindAXG", {"phoneA": unique_hk("6"), "groupId": group_id,
+                                   "expireSecond": 60, "phoneB": unique_hk("6")})["code"] == \
+        Code.NOT_GROUP_MEMBER
+    # Without phoneB, A calling X gets 10013.
+    a = unique_hk("6")
+    bound = client.call("bindAXG", {"phoneA": a, "groupId": group_id, "expireSecond": 60})
+    assert bound["code"] == 0
+    assert _route(server, switch, a, bound["data"]["did"])[0] == Code.BINDING_NOT_EXIST
+    # Another account cannot see or use the group.
+    other = create_tenant(server.store_url, numbers=1)
+    assert server.client(other).call("bindAXG", {"phoneA": unique_hk("6"), "groupId": group_id,
+                                                 "expireSecond": 60})["code"] == \
+        Code.GROUP_NOT_EXIST
+    assert client.call("updateGroup", {"groupId": group_id, "operateType": 3,
+                                       "phones": members[0]})["code"] == Code.BAD_PARAMETER
+    assert client.call("updateGroup", {"groupId": group_id, "operateType": 1,
+                                       "phones": ",".join(members)})["code"] == \
+        Code.GROUP_INVALID

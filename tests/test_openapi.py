@@ -147,7 +147,8 @@ def test_answers_are_typed_per_action_with_their_codes() -> None:
                    "getAXBList": {"bindList", "total"},
                    "queryAXB": {"audioWhenCallFail", "audioWhenDtmfNeed", "audioWhenDtmfErr"},
                    "reportCall": {"id", "callId"}, "getCallRecords": {"records", "total"},
-                   "redeliverCallRecord": {"eventId"}}
+                   "redeliverCallRecord": {"eventId"}, "createGroup": {"groupId"},
+                   "listGroup": {"groups", "total"}, "bindAXG": {"bindId", "did", "expireAt"}}
     never = {10003, 10005, 10006}  # NXCloud's codes pns never produces
     for action in ACTIONS:
         post = document["paths"][f"/api/pns/{action}"]["post"]
@@ -158,14 +159,17 @@ def test_answers_are_typed_per_action_with_their_codes() -> None:
         assert (1006 in codes) == ACTIONS[action].changes_state
         assert all(str(code) in post["description"] for code in codes)
         data = answer["properties"].get("data")
-        if action == "unbindAXB":
+        if action in ("unbindAXB", "updateGroup", "deleteGroup"):
             assert data is None
             continue
         assert data["type"] == "object" and set(data["required"]) == data_fields[action]
         assert all("type" in spec for spec in data["properties"].values()), action
     query = _resolve(document, document["paths"]["/api/pns/queryAXB"]["post"]["responses"]
                      ["200"]["content"]["application/json"]["schema"])["properties"]["data"]
-    assert {"callee", "callId", "flag", "bindType"} <= set(query["properties"])
+    assert {"callee", "callId", "flag", "bindType", "display"} <= set(query["properties"])
+    created = _resolve(document, document["paths"]["/api/pns/createGroup"]["post"]["responses"]
+                       ["200"]["content"]["application/json"]["schema"])
+    assert created["properties"]["groupId"]["type"] == "string"  # also at the top level
 
 
 def test_docs_page_and_its_assets_come_from_pns(server: Server) -> None:
@@ -256,13 +260,18 @@ def _realistic(live: Fixture) -> st.SearchStrategy[dict[str, Any]]:
         "hangupCode": st.sampled_from([0, 16, 19]),
         "hangup": st.sampled_from([0, 1, 2]),
         "recordFile": st.sampled_from(["", "https://rec.example/1.mp3"]),
+        "phones": st.lists(numbers, min_size=1, max_size=3).map(",".join),
+        "groupId": st.sampled_from(["unknown-group", ""]),
+        "operateType": st.sampled_from([0, 1, 2, "1", 3]),
+        "groupName": st.sampled_from(["", "sales"]),
+        "remark": st.sampled_from(["", "r"]),
     })
 
 
 _MIXED = ["phoneA", "phoneB", "caller", "phoneX", "did", "expireSecond", "flag", "extension",
           "bindId", "customerBindId", "businessId", "callId", "limit", "offset", "startTime",
           "endTime", "startAt", "ringAt", "answerAt", "hangupAt", "hangupCause", "hangupCode",
-          "hangup", "recordFile"]
+          "hangup", "recordFile", "phones", "groupId", "operateType", "groupName", "remark"]
 
 
 def _serialise(body: Any) -> bytes:

@@ -29,6 +29,7 @@ from .ids import new_bind_id, new_snowflake
 from .model import (
     BIND_TYPE_AX,
     BIND_TYPE_AXB,
+    BIND_TYPE_AXG,
     BIND_TYPE_AXYB,
     BIND_TYPE_EXTENSION,
     BIND_TYPE_XYB,
@@ -38,6 +39,7 @@ from .model import (
     CallRecord,
     CallRef,
     Candidate,
+    Group,
     Role,
 )
 from .numbers import (
@@ -58,6 +60,7 @@ MAX_BUSINESS_ID = 128
 MAX_EXPIRE_SECOND = 100 * 365 * 86400
 MAX_FLAG = 2**31 - 1
 MAX_EXT = 1024
+MAX_GROUP = 200
 LIST_MAX = 1000
 _CANDIDATES = 8
 _INSERT_ATTEMPTS = 8
@@ -446,6 +449,162 @@ class Service:
                            f"the account has no virtual number in country code {country_code}")
         raise PnsError(Code.NUMBERS_EXHAUSTED, "virtual numbers exhausted: no number of the "
                        "pool is free for these parties")
+
+    # --- AXG groups (old API) --------------------------------------------------------------
+    def _group_numbers(self, phones: str, country_code: int | None) -> tuple[str, ...]:
+        """``phones``: 1-200 distinct numbers of one country code (10020 otherwise)."""
+        parsed = [require_international(p, "phones") for p in phones.split(",") if p.strip()]
+        digits = tuple(sorted({n.digits for n in parsed}))
+        countries = {n.country_code for n in parsed} | (
+            {country_code} if country_code is not None else set())
+        if not 1 <= len(digits) <= MAX_GROUP or len(countries) != 1:
+            raise PnsError(Code.GROUP_INVALID)
+        return digits
+
+    async def create_group(self, account: Account, phones: str, name: str = "",
+                           remark: str = "", now: int | None = None) -> Group:
+        now = int(time.time()) if now is None else now
+        if not phones.strip():
+            raise PnsError(Code.BAD_PARAMETER, "phones is required")
+        if len(name) > 64 or len(remark) > 256:
+            raise PnsError(Code.BAD_PARAMETER, "groupName is at most 64 characters and remark "
+                           "at most 256")
+        members = self._group_numbers(phones, None)
+        number = parse_international(members[0])
+        group_id = new_snowflake()
+        group = Group(group_id=group_id, account_id=account.id, name=name or group_id,
+                      remark=remark, country_code=number.country_code if number else 0,
+                      members=members, created_at=now)
+        await self.store.create_group(group)
+        return group
+
+    async def _group(self, account: Account, group_id: str) -> Group:
+        if not group_id:
+            raise PnsError(Code.BAD_PARAMETER, "groupId is required")
+        group = await self.store.get_group(account.id, group_id)
+        if group is None:
+            raise PnsError(Code.GROUP_NOT_EXIST)
+        return group
+
+    async def group_bindings(self, account: Account, group_id: str, now: int) -> list[Binding]:
+        """The group's active bindings (a walk over the account's bindings: group changes
+        are rare, and this needs no index of its own on any store)."""
+        found: list[Binding] = []
+        cursor = ""
+        while True:
+            page = await self.store.bindings_page(account.id, "", cursor, LIST_MAX, now)
+            found += [b for b in page if b.group_id == group_id]
+            if len(page) < LIST_MAX:
+                return found
+            cursor = page[-1].bind_id
+
+    async def update_group(self, account: Account, group_id: str, operate_type: int,
+                           phones: str, now: int | None = None) -> Group:
+        """Add (0), remove (1) or replace (2) members, and every binding of the group with
+        them, all or nothing: a member bound on an X of the group is 10017, nothing changed.
+        A removed member's reach ends at once; a removed phoneB leaves A without a callee."""
+        now = int(time.time()) if now is None else now
+        if operate_type not in (0, 1, 2):
+            raise PnsError(Code.BAD_PARAMETER, "operateType must be 0, 1 or 2")
+        if not phones.strip():
+            raise PnsError(Code.BAD_PARAMETER, "phones is required")
+        for _ in range(_INSERT_ATTEMPTS):
+            group = await self._group(account, group_id)
+            given = set(self._group_numbers(phones, group.country_code))
+            current = set(group.members)
+            members = (current | given if operate_type == 0 else current - given
+                       if operate_type == 1 else given)
+            if not 1 <= len(members) <= MAX_GROUP:
+                raise PnsError(Code.GROUP_INVALID)
+            changed = msgspec.structs.replace(group, members=tuple(sorted(members)))
+            joined = ",".join(changed.members)
+            replacements = []
+            for binding in await self.group_bindings(account, group_id, now):
+                if binding.a in members:
+                    raise PnsError(Code.PARTY_ALREADY_BOUND,
+                                   "a new member is phoneA of a binding of the group")
+                b = binding.b if binding.b in members else ""
+                replacements.append(
+                    (binding, msgspec.structs.replace(binding, members=joined, b=b)))
+            try:
+                if await self.store.change_group(changed, replacements, now):
+                    return changed
+            except BindConflict:
+                raise PnsError(Code.PARTY_ALREADY_BOUND, "a new member is already bound on "
+                               "an X of the group; nothing changed") from None
+        raise PnsError(Code.INTERNAL, "the group's bindings kept changing; retry")
+
+    async def delete_group(self, account: Account, group_id: str,
+                           now: int | None = None) -> None:
+        now = int(time.time()) if now is None else now
+        await self._group(account, group_id)
+        if await self.group_bindings(account, group_id, now):
+            raise PnsError(Code.GROUP_IN_USE)
+        if not await self.store.delete_group(account.id, group_id):
+            raise PnsError(Code.GROUP_NOT_EXIST)
+
+    async def list_groups(self, account: Account, limit: int, offset: int
+                          ) -> tuple[list[Group], int]:
+        if not 0 <= limit <= LIST_MAX:
+            raise PnsError(Code.LIMIT_OUT_OF_RANGE, "limit must be an integer from 0 to 1000")
+        if offset < 0:
+            raise PnsError(Code.OFFSET_OUT_OF_RANGE, "offset must be an integer >= 0")
+        return await self.store.list_groups(account.id, limit or LIST_MAX, offset)
+
+    async def bind_axg(
+        self,
+        account: Account,
+        phone_a: str,
+        group_id: str,
+        expire_second: int,
+        phone_x: str = "",
+        phone_b: str = "",
+        customer_bind_id: str = "",
+        flag: int = 0,
+        business_id: str = "",
+        now: int | None = None,
+    ) -> Binding:
+        """AXG: every member of the group calling X reaches A (display X); A calling X
+        reaches ``phone_b`` (a member) or nobody. A and every member are parties on X (I1)."""
+        now = int(time.time()) if now is None else now
+        a = require_international(phone_a, "phoneA")
+        _check_common(customer_bind_id, business_id, flag, expire_second)
+        group = await self._group(account, group_id)
+        if a.country_code != group.country_code:
+            raise PnsError(Code.COUNTRY_MISMATCH, "phoneA and the group differ in country code")
+        if a.digits in group.members:
+            raise PnsError(Code.BAD_PARAMETER, "phoneA is a member of the group")
+        b = require_international(phone_b, "phoneB").digits if phone_b.strip() else ""
+        if b and b not in group.members:
+            raise PnsError(Code.NOT_GROUP_MEMBER)
+        requested_x = self._parse_x(phone_x) if phone_x else None
+        probe = Binding(
+            bind_id="", account_id=account.id, x=requested_x.digits if requested_x else "",
+            a=a.digits, b=b, extension="", bind_type=BIND_TYPE_AXG,
+            customer_bind_id=customer_bind_id, business_id=business_id, flag=flag,
+            expire_second=expire_second, expire_at=expire_at_for(expire_second, now),
+            created_at=now, group_id=group.group_id, members=",".join(group.members))
+        existing = await self._existing_like(account, probe, now)
+        if existing is not None:
+            return existing
+        if requested_x is not None:
+            await self._require_own_number(account, requested_x, a.country_code)
+        for _ in range(_INSERT_ATTEMPTS):
+            x = requested_x.digits if requested_x is not None else await self._pick(
+                account, a.country_code, (a.digits, *group.members, EXCLUSIVE), now, ())
+            binding = msgspec.structs.replace(probe, bind_id=new_bind_id(x), x=x)
+            try:
+                await self.store.insert_binding(binding, now)
+                return binding
+            except BindConflict as conflict:
+                if conflict.kind is ConflictKind.CUSTOMER_BIND_ID:
+                    raced = await self._existing_like(account, probe, now)
+                    if raced is not None:
+                        return raced
+                    continue
+                if requested_x is not None:
+                    raise PnsError(Code.PARTY_ALREADY_BOUND) from None
+        raise PnsError(Code.NUMBERS_EXHAUSTED, "virtual numbers exhausted under contention; retry")
 
     async def _bind_alone(
         self, account: Account, make: Callable[[str], Binding], requested_x: Number | None,
@@ -897,6 +1056,8 @@ def _party_callee(binding: Binding, caller: str | None, on: str) -> str | None:
     reaches A; in the Y modes A reaches B on X and the parties reach each other on Y."""
     if binding.bind_type == BIND_TYPE_AX:
         return None if caller == binding.a else binding.a
+    if binding.bind_type == BIND_TYPE_AXG:
+        return (binding.b or None) if caller == binding.a else binding.a
     if binding.bind_type == BIND_TYPE_XYB and not binding.captured_at:
         # Anyone but B calling X: captured as A by ``Service._answered``.
         return "" if on == binding.x and caller != binding.b else None

@@ -115,6 +115,9 @@ class Binding(msgspec.Struct, frozen=True):
     max_duration: int = 0
     renew_on_call: int = 0
     audio_when_call_fail: str = ""
+    # -- AXG: the group's members when the binding was made or its group last changed
+    # (comma-separated); each is a party on X (I1), so ``queryAXB`` finds them by key --
+    members: str = ""
 
     def active_at(self, now: int) -> bool:
         return self.expire_at == 0 or self.expire_at > now
@@ -136,11 +139,13 @@ class Binding(msgspec.Struct, frozen=True):
         on_y = tuple((y, p) for p in (a, b) if p) if y else ()
         if kind == BIND_TYPE_AX:
             return ((x, a), (x, EXCLUSIVE))
+        if kind == BIND_TYPE_AXG:
+            return ((x, a), *((x, m) for m in self.members.split(",") if m))
         if kind == BIND_TYPE_AXYB:
             return tuple((x, p) for p in (a, b) if p) + on_y
         if kind == BIND_TYPE_XYB:
             return on_y if self.captured_at else ((x, EXCLUSIVE), *on_y)
-        if kind in (BIND_TYPE_AXEYB, BIND_TYPE_NXEYB):
+        if kind == BIND_TYPE_AXEYB or (kind == BIND_TYPE_NXEYB and not self.parent_bind_id):
             return on_y
         return tuple((x, p) for p in (a, b) if p)
 
@@ -192,6 +197,18 @@ class Candidate(msgspec.Struct, frozen=True):
 
     x: str
     active_bindings: int
+
+
+class Group(msgspec.Struct, frozen=True):
+    """An AXG group (modes.md): up to 200 numbers of one country code, owned by one account."""
+
+    group_id: str
+    account_id: int
+    name: str
+    remark: str
+    country_code: int
+    members: tuple[str, ...]
+    created_at: int
 
 
 class PoolStats(msgspec.Struct, frozen=True):

@@ -30,6 +30,11 @@ _SUMMARIES = {
     "reportCall": "The switch reports a finished call (switch role)",
     "getCallRecords": "List call records by time range or bindId, paged",
     "redeliverCallRecord": "Queue one more delivery of a call record",
+    "createGroup": "Create an AXG group of 1-200 numbers of one country code",
+    "updateGroup": "Add (0), remove (1) or replace (2) a group's numbers",
+    "deleteGroup": "Delete a group without active bindings",
+    "listGroup": "List the account's groups, paged",
+    "bindAXG": "Bind A to a group: every member calling X reaches A",
 }
 
 _FIELD_DOCS = {
@@ -48,6 +53,11 @@ _FIELD_DOCS = {
     "caller": "The calling number (country code optional: read against X's country)",
     "did": "The dialled virtual number X, with its country code",
     "callId": "From the query's answer",
+    "phones": "Comma-separated numbers with their country code (1-200, one country code)",
+    "groupName": "At most 64 characters (default: the groupId)",
+    "remark": "At most 256 characters",
+    "groupId": "From createGroup's answer",
+    "operateType": "0 add, 1 remove, 2 replace the group's numbers",
 }
 
 # Codes every action can answer, besides its own (state-changing actions add 1006).
@@ -66,6 +76,13 @@ ACTION_CODES: dict[str, tuple[Code, ...]] = {
     "reportCall": (Code.BINDING_NOT_EXIST,),
     "getCallRecords": (Code.LIMIT_OUT_OF_RANGE, Code.OFFSET_OUT_OF_RANGE),
     "redeliverCallRecord": (Code.BINDING_NOT_EXIST,),
+    "createGroup": (Code.GROUP_INVALID,),
+    "updateGroup": (Code.GROUP_NOT_EXIST,
+                    Code.GROUP_INVALID, Code.PARTY_ALREADY_BOUND),
+    "deleteGroup": (Code.GROUP_NOT_EXIST, Code.GROUP_IN_USE),
+    "listGroup": (Code.LIMIT_OUT_OF_RANGE, Code.OFFSET_OUT_OF_RANGE),
+    "bindAXG": (*_BIND_CODES, Code.NUMBERS_EXHAUSTED, Code.GROUP_NOT_EXIST,
+                Code.NOT_GROUP_MEMBER),
 }
 
 
@@ -119,6 +136,13 @@ DATA_SCHEMAS: dict[str, dict[str, Any] | None] = {
     "getCallRecords": _obj(["records", "total"], records={"type": "array", "items": _RECORD},
                            total=_I),
     "redeliverCallRecord": _obj(["eventId"], eventId=_S),
+    "createGroup": _obj(["groupId"], groupId=_S),
+    "updateGroup": None,
+    "deleteGroup": None,
+    "listGroup": _obj(["groups", "total"], groups={"type": "array", "items": _obj(
+        ["customerId", "groupName", "groupId", "phones", "remark"], customerId=_S,
+        groupName=_S, groupId=_S, phones=_S, remark=_S)}, total=_I),
+    "bindAXG": _obj(["bindId", "did", "expireAt"], bindId=_S, did=_S, expireAt=_I),
 }
 
 _PARAMETERS = [
@@ -165,6 +189,8 @@ def _answer_schema(action: str) -> dict[str, Any]:
     data = DATA_SCHEMAS[action]
     if data is not None:
         properties["data"] = data
+    for name in ACTIONS[action].top_level:  # NXCloud's createGroup: groupId beside data too
+        properties[name] = data["properties"][name] if data else {"type": "string"}
     return {"type": "object", "required": ["code", "msg", "requestId"],
             "properties": properties}
 

@@ -18,7 +18,7 @@ from typing import Any
 import msgspec
 
 from .errors import Code, PnsError
-from .model import Binding
+from .model import Binding, Group
 
 IntField = int | str | None
 
@@ -64,12 +64,43 @@ class QueryBody(msgspec.Struct):
     extension: str | None = None
 
 
+class CreateGroupBody(msgspec.Struct):
+    phones: str = ""
+    groupName: str = ""
+    remark: str = ""
+
+
+class UpdateGroupBody(msgspec.Struct):
+    groupId: str = ""
+    operateType: IntField = None
+    phones: str = ""
+
+
+class GroupIdBody(msgspec.Struct):
+    groupId: str = ""
+
+
+class BindAXGBody(msgspec.Struct):
+    phoneA: str = ""
+    groupId: str = ""
+    expireSecond: IntField = None
+    phoneX: str = ""
+    phoneB: str = ""
+    customerBindId: str = ""
+    flag: IntField = 0
+    businessId: str = ""
+
+
 # The fields each body must carry (checked by the actions; listed here once for the decoder's
 # empty-body rule and for /openapi.json), keyed by struct name. ``unbindAXB`` needs one of two.
 REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
     "BindAXBBody": ("phoneA", "phoneB", "expireSecond"),
     "BindExtensionBody": ("phoneA", "phoneX", "expireSecond"),
     "QueryBody": ("caller", "did"),
+    "CreateGroupBody": ("phones",),
+    "UpdateGroupBody": ("groupId", "operateType", "phones"),
+    "GroupIdBody": ("groupId",),
+    "BindAXGBody": ("phoneA", "groupId", "expireSecond"),
     "CallReport": ("callId",),
     "RedeliverBody": ("callId",),
 }
@@ -177,6 +208,13 @@ def binding_item(binding: Binding) -> dict[str, Any]:
     if binding.parent_bind_id:
         item["parentBindId"] = binding.parent_bind_id
     return item
+
+
+def group_item(group: Group) -> dict[str, Any]:
+    """A listGroup item (modes.md)."""
+    return {"customerId": str(group.account_id), "groupName": group.name,
+            "groupId": group.group_id, "phones": ",".join(group.members),
+            "remark": group.remark}
 
 
 class CallRecordsBody(msgspec.Struct):

@@ -44,6 +44,7 @@ from ..model import (
     CallRef,
     Candidate,
     EventState,
+    Group,
     NumberUsage,
     Operator,
     OutboxEvent,
@@ -228,6 +229,24 @@ class RecordsStore(Protocol):
 
     async def outbox_backlog(self, now: int) -> tuple[int, int]: ...
 
+    # --- AXG groups (modes.md), by account ---------------------------------------------------
+    async def create_group(self, group: Group) -> None: ...
+
+    async def get_group(self, account_id: int, group_id: str) -> Group | None:
+        """The account's group (None for another account's)."""
+
+    async def list_groups(self, account_id: int, limit: int, offset: int
+                          ) -> tuple[list[Group], int]: ...
+
+    async def change_group(self, group: Group,
+                           replacements: Sequence[tuple[Binding, Binding]], now: int) -> bool:
+        """Store the group's members (and name, remark) and replace its bindings (each a
+        compare-and-swap as ``replace_binding``) in one transaction: all or nothing. False
+        when a binding changed since it was read; ``BindConflict`` when a new member is
+        bound on an X of the group (I1)."""
+
+    async def delete_group(self, account_id: int, group_id: str) -> bool: ...
+
 
 class BindingLedger(Protocol):
     """The account's side of bindings when the index lives elsewhere: I3, listing, sweeping.
@@ -251,6 +270,9 @@ class BindingLedger(Protocol):
         ``lease_until``. Raises ``StoreError`` for a repeated bindId."""
 
     async def set_lease(self, bind_id: str, lease_until: int) -> None: ...
+
+    async def update(self, binding: Binding) -> None:
+        """Store the new copy of a binding the index replaced (same bindId)."""
 
     async def lease_of(self, bind_id: str) -> int | None: ...
 

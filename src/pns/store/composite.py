@@ -37,6 +37,7 @@ from ..model import (
     CallRef,
     Candidate,
     EventState,
+    Group,
     NumberUsage,
     OutboxEvent,
     PoolStats,
@@ -51,7 +52,6 @@ from .base import (
     BindingLedger,
     ConflictKind,
     RecordsStore,
-    StoreError,
     summarise_pools,
 )
 
@@ -207,10 +207,39 @@ class CompositeStore:
         await self._hint(found.account_id, found.x, stored)
         return removed > 0
 
+    async def change_group(self, group: Group,
+                           replacements: Sequence[tuple[Binding, Binding]], now: int) -> bool:
+        """Each binding of the group is swapped on its X's shard; if one cannot be, those
+        already swapped are swapped back and nothing else changes. Then the records side: the
+        ledger's copies and the group's members. Not one transaction: a crash in between
+        leaves the index ahead of the listing until the group's next change; routing (the
+        index) is never behind the members a change committed."""
+        done: list[tuple[Binding, Binding]] = []
+        try:
+            for old, new in replacements:
+                if not await self.index.replace_binding(old, new, now):
+                    await self._undo(done, now)
+                    return False
+                done.append((old, new))
+        except BindConflict:
+            await self._undo(done, now)
+            raise
+        for _, new in done:
+            await self.ledger.update(new)
+        return await self.records.change_group(group, (), now)
+
+    async def _undo(self, done: list[tuple[Binding, Binding]], now: int) -> None:
+        for old, new in reversed(done):
+            if not await self.index.replace_binding(new, old, now):
+                _log.error("could not restore binding %s after a refused group change",
+                           old.bind_id)
+
     async def replace_binding(self, old: Binding, new: Binding, now: int) -> bool:
-        """Not yet on a sharded index: the captures of XYB and AXYB need a compare-and-swap
-        in the index and the ledger; binds of those modes are refused here already."""
-        raise StoreError("this store does not yet keep the binding modes with a Y")
+        """The index swaps (its compare-and-swap decides), then the ledger's copy follows."""
+        if not await self.index.replace_binding(old, new, now):
+            return False
+        await self.ledger.update(new)
+        return True
 
     async def get_binding(self, bind_id: str, now: int) -> Binding | None:
         return await self.index.get_binding(bind_id, now)

@@ -22,7 +22,6 @@ import msgspec
 from ..model import (
     BIND_TYPE_AXB,
     BIND_TYPE_EXTENSION,
-    EXCLUSIVE,
     Binding,
     binding_from_row,
     binding_row,
@@ -64,11 +63,17 @@ class BindingIndex:
         self._extensions: dict[str, dict[str, bytes]] = {}
         # X's part of a party key, per X (as many as the store has numbers).
         self._x_keys: dict[str, int] = {}
+        # The party keys of bindings of the other modes (on Y, "*", a group's members), by
+        # seq, so ``remove`` forgets every one of them.
+        self._mode_keys: dict[int, list[int | tuple[str, str]]] = {}
 
     def add(self, seq: int, binding: Binding) -> None:
         value = pack(seq, binding)
-        for number, party in binding.party_keys():
-            self._parties[_party_key(number, party)] = value
+        keys = [_party_key(number, party) for number, party in binding.party_keys()]
+        for key in keys:
+            self._parties[key] = value
+        if binding.bind_type not in (BIND_TYPE_AXB, BIND_TYPE_EXTENSION):
+            self._mode_keys[seq] = keys
         if binding.extension:
             self._extensions.setdefault(binding.x, {})[binding.extension] = value
 
@@ -81,9 +86,13 @@ class BindingIndex:
             value = _encode(row)
             x, a, b, extension = row[3], row[4], row[5], row[6]
             if row[14] or row[7] not in (BIND_TYPE_AXB, BIND_TYPE_EXTENSION):
-                # Another mode: its keys may sit on Y or be "*" (``Binding.party_keys``).
-                for number, party in binding_from_row(row[1:]).party_keys():
-                    parties[_party_key(number, party)] = value
+                # Another mode: its keys may sit on Y, be "*" or a group's members
+                # (``Binding.party_keys``).
+                keys = [_party_key(number, party)
+                        for number, party in binding_from_row(row[1:]).party_keys()]
+                for key in keys:
+                    parties[key] = value
+                self._mode_keys[row[0]] = keys
                 if extension:
                     self._extensions.setdefault(x, {})[extension] = value
                 continue
@@ -98,17 +107,16 @@ class BindingIndex:
             if extension:
                 self._extensions.setdefault(x, {})[extension] = value
 
-    def remove(self, seq: int, x: str, a: str, b: str, extension: str, y: str = "") -> None:
-        """Forget binding ``seq``: every key it may hold (on X and Y; A, B and "*"); keys a
-        later binding holds already are left alone."""
-        for number in (x, y) if y else (x,):
-            for party in (a, b, EXCLUSIVE):
-                if not party:
-                    continue
-                key = _party_key(number, party)
-                value = self._parties.get(key)
-                if value is not None and _decode(value)[0] == seq:
-                    del self._parties[key]
+    def remove(self, seq: int, x: str, a: str, b: str, extension: str) -> None:
+        """Forget binding ``seq``: every key it holds; keys a later binding holds already are
+        left alone."""
+        keys = self._mode_keys.pop(seq, None)
+        if keys is None:
+            keys = [_party_key(x, party) for party in (a, b) if party]
+        for key in keys:
+            value = self._parties.get(key)
+            if value is not None and _decode(value)[0] == seq:
+                del self._parties[key]
         if extension:
             on_x = self._extensions.get(x)
             value = on_x.get(extension) if on_x else None

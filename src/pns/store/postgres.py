@@ -36,6 +36,7 @@ from ..model import (
     CallRef,
     Candidate,
     EventState,
+    Group,
     NumberUsage,
     Operator,
     OperatorRole,
@@ -386,11 +387,11 @@ _MIGRATIONS: list[str] = [
         RETURN new_seq;
     END $$;
     """,
-    # 7: the binding modes (modes.md). A binding's I1 keys (``Binding.party_keys``) may sit on its
-    # second number Y and on the party "*" (X held alone): the bind function takes its keys
-    # as arrays and keeps X exclusivity under the counters' row locks (every bind on a number
-    # locks that number's counter first, in number order, then checks), and the cleanup
-    # trigger removes keys on Y and "*" too.
+    # 7: the binding modes (modes.md). A binding's I1 keys (``Binding.party_keys``) may sit on
+    # its second number Y, on the party "*" (X held alone) and on an AXG group's members: the
+    # bind function takes its keys as arrays and keeps X exclusivity under the counters' row
+    # locks (every bind on a number locks that number's counter first, in number order, then
+    # checks), and the cleanup trigger removes them all. AXG groups and their members.
     """
     DROP FUNCTION pns_insert_binding(TEXT, BIGINT, TEXT, TEXT, TEXT, TEXT, INTEGER, TEXT, TEXT,
                                      BIGINT, BIGINT, BIGINT, BIGINT, TEXT, BIGINT);
@@ -409,8 +410,24 @@ _MIGRATIONS: list[str] = [
         DELETE FROM parties p USING old_rows o
             WHERE o.attrs <> '' AND p.x = pns_y(o.attrs) AND p.number IN (o.a, o.b)
             AND p.seq = o.seq;
+        DELETE FROM parties p USING old_rows o
+            WHERE o.bind_type = 2 AND p.x = o.x AND p.seq = o.seq;
         RETURN NULL;
     END $$;
+    CREATE TABLE groups (
+        group_id TEXT PRIMARY KEY,
+        account_id BIGINT NOT NULL,
+        name TEXT NOT NULL,
+        remark TEXT NOT NULL,
+        country_code INTEGER NOT NULL,
+        created_at BIGINT NOT NULL
+    );
+    CREATE INDEX groups_account ON groups (account_id, created_at);
+    CREATE TABLE group_members (
+        group_id TEXT NOT NULL,
+        number TEXT NOT NULL,
+        PRIMARY KEY (group_id, number)
+    );
     CREATE FUNCTION pns_insert_binding(
         p_bind_id TEXT, p_account_id BIGINT, p_x TEXT, p_a TEXT, p_b TEXT, p_extension TEXT,
         p_bind_type INTEGER, p_customer_bind_id TEXT, p_business_id TEXT, p_flag BIGINT,
@@ -466,6 +483,34 @@ _CONFLICTS = {
     "bindings_extension": ConflictKind.EXTENSION,
     "bindings_customer_bind_id": ConflictKind.CUSTOMER_BIND_ID,
 }
+
+
+class _Stale(Exception):
+    """A compare-and-swap found the binding changed: the transaction's work is undone."""
+
+
+_GROUP_COLUMNS = (
+    "g.group_id, g.account_id, g.name, g.remark, g.country_code, g.created_at, "
+    "(SELECT coalesce(string_agg(number, ',' ORDER BY number), '') FROM group_members m "
+    "WHERE m.group_id = g.group_id)"
+)
+
+
+def _group_from_row(row: Any) -> Group:
+    return Group(group_id=str(row[0]), account_id=int(row[1]), name=str(row[2]),
+                 remark=str(row[3]), country_code=int(row[4]), created_at=int(row[5]),
+                 members=tuple(str(row[6]).split(",")) if row[6] else ())
+
+
+async def _replace(conn: Any, old: Binding, new: Binding, now: int) -> bool:
+    row = await conn.fetchrow(
+        f"SELECT {_BINDING_COLUMNS} FROM bindings b WHERE b.bind_id = $1 FOR UPDATE",
+        old.bind_id)
+    if row is None or tuple(row) != binding_row(old) or not old.active_at(now):
+        return False
+    await conn.execute("DELETE FROM bindings WHERE bind_id = $1", old.bind_id)
+    await _insert(conn, new, now)
+    return True
 
 
 async def _insert(conn: Any, binding: Binding, now: int) -> None:
@@ -936,19 +981,86 @@ class PostgresStore:
         binding is exactly ``old`` and active (its row locked meanwhile); False otherwise."""
         async def work(conn: Any) -> bool:
             async with conn.transaction():
-                row = await conn.fetchrow(
-                    f"SELECT {_BINDING_COLUMNS} FROM bindings b WHERE b.bind_id = $1 "
-                    "FOR UPDATE", old.bind_id)
-                if row is None or tuple(row) != binding_row(old) or not old.active_at(now):
-                    return False
-                await conn.execute("DELETE FROM bindings WHERE bind_id = $1", old.bind_id)
-                await _insert(conn, new, now)
-                return True
+                return await _replace(conn, old, new, now)
 
         try:
             return bool(await self._retry(work))
         except asyncpg.UniqueViolationError as exc:
             raise BindConflict(_conflict(exc)) from exc
+
+    # --- AXG groups ----------------------------------------------------------------------------
+    async def create_group(self, group: Group) -> None:
+        async def work(conn: Any) -> None:
+            async with conn.transaction():
+                await conn.execute(
+                    "INSERT INTO groups (group_id, account_id, name, remark, country_code, "
+                    "created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+                    group.group_id, group.account_id, group.name, group.remark,
+                    group.country_code, group.created_at)
+                await conn.execute(
+                    "INSERT INTO group_members (group_id, number) "
+                    "SELECT $1, unnest($2::text[])", group.group_id, list(group.members))
+
+        await self._retry(work)
+
+    async def get_group(self, account_id: int, group_id: str) -> Group | None:
+        row = await self._pool.fetchrow(
+            f"SELECT {_GROUP_COLUMNS} FROM groups g WHERE g.group_id = $1 AND g.account_id = $2",
+            group_id, account_id)
+        return _group_from_row(row) if row else None
+
+    async def list_groups(self, account_id: int, limit: int, offset: int
+                          ) -> tuple[list[Group], int]:
+        async with self._pool.acquire() as conn, conn.transaction(
+            isolation="repeatable_read", readonly=True
+        ):
+            rows = await conn.fetch(
+                f"SELECT {_GROUP_COLUMNS} FROM groups g WHERE g.account_id = $1 "
+                "ORDER BY g.created_at, g.group_id LIMIT $2 OFFSET $3",
+                account_id, limit, offset)
+            total = await conn.fetchval("SELECT count(*) FROM groups WHERE account_id = $1",
+                                        account_id)
+        return [_group_from_row(row) for row in rows], int(total)
+
+    async def change_group(self, group: Group,
+                           replacements: Sequence[tuple[Binding, Binding]], now: int) -> bool:
+        """The group's new members and its bindings' new keys, all or nothing: False (nothing
+        changed) when a binding is no longer what was read; ``BindConflict`` on I1."""
+        async def work(conn: Any) -> bool:
+            try:
+                async with conn.transaction():
+                    await conn.execute(
+                        "UPDATE groups SET name = $2, remark = $3 WHERE group_id = $1",
+                        group.group_id, group.name, group.remark)
+                    await conn.execute("DELETE FROM group_members WHERE group_id = $1",
+                                       group.group_id)
+                    await conn.execute(
+                        "INSERT INTO group_members (group_id, number) "
+                        "SELECT $1, unnest($2::text[])", group.group_id, list(group.members))
+                    for old, new in replacements:
+                        if not await _replace(conn, old, new, now):
+                            raise _Stale
+            except _Stale:
+                return False
+            return True
+
+        try:
+            return bool(await self._retry(work))
+        except asyncpg.UniqueViolationError as exc:
+            raise BindConflict(_conflict(exc)) from exc
+
+    async def delete_group(self, account_id: int, group_id: str) -> bool:
+        async def work(conn: Any) -> bool:
+            async with conn.transaction():
+                gone = await conn.execute(
+                    "DELETE FROM groups WHERE group_id = $1 AND account_id = $2",
+                    group_id, account_id)
+                await conn.execute("DELETE FROM group_members WHERE group_id = $1 "
+                                   "AND NOT EXISTS (SELECT 1 FROM groups WHERE group_id = $1)",
+                                   group_id)
+                return _rowcount(str(gone)) > 0
+
+        return bool(await self._retry(work))
 
     async def _one_binding(self, where: str, *params: Any) -> Binding | None:
         row = await self._pool.fetchrow(

@@ -86,7 +86,14 @@ local function drop(id)
   if not body then return false end
   local r = cjson.decode(body)
   redis.call('HDEL', KEYS[1], id)
-  for _, n in ipairs({r[4], r[5], '*'}) do
+  local fields = {r[4], r[5], '*'}
+  if r[14] and r[14] ~= '' then
+    local members = cjson.decode(r[14]).members
+    if members then
+      for m in string.gmatch(members, '[^,]+') do fields[#fields + 1] = m end
+    end
+  end
+  for _, n in ipairs(fields) do
     if n ~= '' and redis.call('HGET', KEYS[2], n) == id then redis.call('HDEL', KEYS[2], n) end
   end
   if r[6] ~= '' and redis.call('HGET', KEYS[3], r[6]) == id then
@@ -133,6 +140,39 @@ if ARGV[5] == '1' then
   end
 end
 redis.call('HSET', KEYS[1], id, body)
+for i = 6, #ARGV do redis.call('HSET', KEYS[2], ARGV[i], id) end
+if ext ~= '' then redis.call('HSET', KEYS[3], ext, id) end
+return redis.call('HLEN', KEYS[1])
+"""
+
+# KEYS b, p, e; ARGV now, bindId, old body, new body, exclusive (0/1), then the parties the new
+# binding holds on X: compare-and-swap of one binding. Returns 'stale' (the stored binding is
+# not the old one, or it expired), the name of a key held by another binding, or the number of
+# bindings stored on X.
+_REPLACE = _PRELUDE + """
+local id = ARGV[2]
+local current = redis.call('HGET', KEYS[1], id)
+if current ~= ARGV[3] or not active(current) then return 'stale' end
+local function free(hash, field)
+  local h = holder(hash, field)
+  return h == nil or h == id
+end
+local ext = cjson.decode(ARGV[4])[6]
+local seen = {}
+for i = 6, #ARGV do
+  if seen[ARGV[i]] or not free(KEYS[2], ARGV[i]) then return 'party' end
+  seen[ARGV[i]] = true
+end
+if not free(KEYS[2], '*') then return 'party' end
+if ext ~= '' and not free(KEYS[3], ext) then return 'extension' end
+if ARGV[5] == '1' then
+  local all = redis.call('HGETALL', KEYS[1])
+  for i = 1, #all, 2 do
+    if all[i] ~= id and active(all[i + 1]) then return 'party' end
+  end
+end
+drop(id)
+redis.call('HSET', KEYS[1], id, ARGV[4])
 for i = 6, #ARGV do redis.call('HSET', KEYS[2], ARGV[i], id) end
 if ext ~= '' then redis.call('HSET', KEYS[3], ext, id) end
 return redis.call('HLEN', KEYS[1])
@@ -215,10 +255,10 @@ return n
 """
 
 _SCRIPTS = {
-    "insert": _INSERT, "delete": _DELETE, "find": _FIND, "extensions": _EXTENSIONS,
-    "probe": _PROBE, "active": _ACTIVE, "drop_x": _DROP_X,
+    "insert": _INSERT, "replace": _REPLACE, "delete": _DELETE, "find": _FIND,
+    "extensions": _EXTENSIONS, "probe": _PROBE, "active": _ACTIVE, "drop_x": _DROP_X,
 }
-_WRITES = {"insert", "delete", "drop_x"}
+_WRITES = {"insert", "replace", "delete", "drop_x"}
 
 
 def encode_binding(binding: Binding) -> str:
@@ -410,12 +450,9 @@ class RedisBindingIndex:
         """
         if bind_id_x(binding.bind_id) != binding.x:
             raise StoreError("this bindId does not name its X (make it with ids.new_bind_id)")
-        on_x = [party for number, party in binding.party_keys() if number == binding.x]
-        if len(on_x) != len(binding.party_keys()):
-            raise StoreError("this bindings index keeps keys on X only: no mode with a Y yet")
         result = await self._script("insert", self._keys(binding.x), (
             now, binding.bind_id, encode_binding(binding), deadline_ms,
-            int(binding.exclusive()), *on_x))
+            int(binding.exclusive()), *self._parties_on_x(binding)))
         if result == "party":
             raise BindConflict(ConflictKind.PARTY)
         if result == "extension":
@@ -427,9 +464,28 @@ class RedisBindingIndex:
         return int(result)
 
     async def replace_binding(self, old: Binding, new: Binding, now: int) -> bool:
-        """Not yet: the modes that change a binding in place all have a Y, which this index
-        does not keep yet (``insert_on_x`` refuses them)."""
-        raise StoreError("this bindings index does not yet keep the binding modes with a Y")
+        """Compare-and-swap of one binding on its X, in one script (the records side's copy
+        is the caller's: ``CompositeStore.replace_binding``)."""
+        if old.bind_id != new.bind_id or old.x != new.x:
+            raise StoreError("a replacement keeps its bindId and X")
+        result = await self._script("replace", self._keys(new.x), (
+            now, new.bind_id, encode_binding(old), encode_binding(new), int(new.exclusive()),
+            *self._parties_on_x(new)))
+        if result == "stale":
+            return False
+        if result in ("party", "extension"):
+            raise BindConflict(ConflictKind(result))
+        return True
+
+    @staticmethod
+    def _parties_on_x(binding: Binding) -> list[str]:
+        """The binding's keys, all on X (this index keeps no Y yet: a mode with one is
+        refused rather than leave I1 on Y unkept across slots)."""
+        keys = binding.party_keys()
+        on_x = [party for number, party in keys if number == binding.x]
+        if len(on_x) != len(keys):
+            raise StoreError("this bindings index keeps keys on X only: no mode with a Y yet")
+        return on_x
 
     async def get_binding(self, bind_id: str, now: int) -> Binding | None:
         found = await self.stored_binding(bind_id)

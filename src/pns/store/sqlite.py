@@ -48,6 +48,7 @@ from ..model import (
     CallRef,
     Candidate,
     EventState,
+    Group,
     NumberUsage,
     Operator,
     OperatorRole,
@@ -348,25 +349,34 @@ _MIGRATIONS: list[str] = [
     """
     ALTER TABLE bindings ADD COLUMN attrs TEXT NOT NULL DEFAULT '';
     """,
-    # 7: the binding modes (modes.md). A binding's I1 keys may sit on its second number Y
-    # and on the party "*" (X held alone): the cleanup trigger and the deletion log that the
-    # read index follows name Y (read from attrs) and "*" too.
+    # 7: the binding modes (modes.md). A binding's I1 keys may sit on its second number Y,
+    # on the party "*" (X held alone) and on an AXG group's members: the cleanup trigger
+    # removes them all (Y read from attrs). AXG groups and their members, by account.
     """
     ALTER TABLE bindings ADD COLUMN y TEXT GENERATED ALWAYS AS (
         CASE WHEN attrs = '' THEN '' ELSE coalesce(json_extract(attrs, '$.y'), '') END
     ) VIRTUAL;
-    ALTER TABLE binding_deletions ADD COLUMN y TEXT NOT NULL DEFAULT '';
     DROP TRIGGER bindings_cleanup_delete;
     CREATE TRIGGER bindings_cleanup_delete AFTER DELETE ON bindings BEGIN
         DELETE FROM parties WHERE x IN (OLD.x, OLD.y) AND number IN (OLD.a, OLD.b, '*')
             AND seq = OLD.seq;
+        DELETE FROM parties WHERE OLD.bind_type = 2 AND x = OLD.x AND seq = OLD.seq;
         UPDATE numbers SET active = active - 1 WHERE x = OLD.x;
     END;
-    DROP TRIGGER bindings_log_delete;
-    CREATE TRIGGER bindings_log_delete AFTER DELETE ON bindings BEGIN
-        INSERT INTO binding_deletions (seq, x, a, b, extension, y)
-        VALUES (OLD.seq, OLD.x, OLD.a, OLD.b, OLD.extension, OLD.y);
-    END;
+    CREATE TABLE groups (
+        group_id TEXT PRIMARY KEY,
+        account_id INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        remark TEXT NOT NULL,
+        country_code INTEGER NOT NULL,
+        created_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX groups_account ON groups(account_id, created_at);
+    CREATE TABLE group_members (
+        group_id TEXT NOT NULL,
+        number TEXT NOT NULL,
+        PRIMARY KEY (group_id, number)
+    ) WITHOUT ROWID;
     """,
 ]
 
@@ -999,22 +1009,86 @@ class SqliteStore:
         binding is still exactly ``old`` and active; False otherwise. A delete and an insert
         with a new seq in one transaction, so the read index of every process sees it."""
         conn = self._conn
-        row = binding_row(old)
 
         def work() -> bool:
-            stored = conn.execute(
-                f"SELECT {_BINDING_COLUMNS} FROM bindings b WHERE b.bind_id = ?",
-                (old.bind_id,)).fetchone()
-            if stored is None or tuple(stored) != row or not old.active_at(now):
-                return False
-            conn.execute("DELETE FROM bindings WHERE bind_id = ?", (old.bind_id,))
-            _insert(conn, new, now)
-            return True
+            return _replace(conn, old, new, now)
 
         try:
             return await self._batched(work)
         except sqlite3.IntegrityError as exc:
             raise BindConflict(_conflict_kind(str(exc))) from exc
+
+    # --- AXG groups ----------------------------------------------------------------------------
+    async def create_group(self, group: Group) -> None:
+        conn = self._conn
+
+        def work() -> None:
+            conn.execute(
+                "INSERT INTO groups (group_id, account_id, name, remark, country_code, "
+                "created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (group.group_id, group.account_id, group.name, group.remark,
+                 group.country_code, group.created_at))
+            conn.executemany("INSERT INTO group_members (group_id, number) VALUES (?, ?)",
+                             [(group.group_id, m) for m in group.members])
+
+        await self._batched(work)
+
+    async def get_group(self, account_id: int, group_id: str) -> Group | None:
+        row = self._read.execute(
+            f"SELECT {_GROUP_COLUMNS} FROM groups g WHERE g.group_id = ? AND g.account_id = ?",
+            (group_id, account_id)).fetchone()
+        return _group_from_row(row) if row else None
+
+    async def list_groups(self, account_id: int, limit: int, offset: int
+                          ) -> tuple[list[Group], int]:
+        read = self._read
+        read.execute("BEGIN")
+        try:
+            rows = read.execute(
+                f"SELECT {_GROUP_COLUMNS} FROM groups g WHERE g.account_id = ? "
+                "ORDER BY g.created_at, g.group_id LIMIT ? OFFSET ?",
+                (account_id, limit, offset)).fetchall()
+            (total,) = read.execute("SELECT count(*) FROM groups WHERE account_id = ?",
+                                    (account_id,)).fetchone()
+        finally:
+            read.execute("COMMIT")
+        return [_group_from_row(row) for row in rows], int(total)
+
+    async def change_group(self, group: Group,
+                           replacements: Sequence[tuple[Binding, Binding]], now: int) -> bool:
+        """The group's new members and its bindings' new keys, all or nothing: False (nothing
+        changed) when a binding is no longer what was read; ``BindConflict`` on I1."""
+        conn = self._conn
+
+        def work() -> bool:
+            conn.execute("UPDATE groups SET name = ?, remark = ? WHERE group_id = ?",
+                         (group.name, group.remark, group.group_id))
+            conn.execute("DELETE FROM group_members WHERE group_id = ?", (group.group_id,))
+            conn.executemany("INSERT INTO group_members (group_id, number) VALUES (?, ?)",
+                             [(group.group_id, m) for m in group.members])
+            for old, new in replacements:
+                if not _replace(conn, old, new, now):
+                    raise _Stale
+            return True
+
+        try:
+            return await self._batched(work)
+        except _Stale:
+            return False
+        except sqlite3.IntegrityError as exc:
+            raise BindConflict(_conflict_kind(str(exc))) from exc
+
+    async def delete_group(self, account_id: int, group_id: str) -> bool:
+        conn = self._conn
+
+        def work() -> bool:
+            cur = conn.execute("DELETE FROM groups WHERE group_id = ? AND account_id = ?",
+                               (group_id, account_id))
+            if cur.rowcount:
+                conn.execute("DELETE FROM group_members WHERE group_id = ?", (group_id,))
+            return cur.rowcount > 0
+
+        return await self._batched(work)
 
     def _one_binding(self, where: str, params: dict[str, Any]) -> Binding | None:
         row = self._read.execute(
@@ -1218,9 +1292,9 @@ class SqliteStore:
                 index.add_rows(batch)
                 self._index_seq = batch[-1][0]
             for row in read.execute(
-                    "SELECT id, seq, x, a, b, extension, y FROM binding_deletions WHERE id > ? "
+                    "SELECT id, seq, x, a, b, extension FROM binding_deletions WHERE id > ? "
                     "ORDER BY id", (self._index_deletion,)):
-                index.remove(row[1], row[2], row[3], row[4], row[5], row[6])
+                index.remove(row[1], row[2], row[3], row[4], row[5])
                 self._index_deletion = row[0]
         finally:
             read.execute("COMMIT")
@@ -1577,6 +1651,34 @@ def _split_statements(script: str) -> list[str]:
     if buffer.strip():
         statements.append(buffer.strip())
     return statements
+
+
+class _Stale(Exception):
+    """A compare-and-swap found the binding changed: the transaction's work is undone."""
+
+
+_GROUP_COLUMNS = (
+    "g.group_id, g.account_id, g.name, g.remark, g.country_code, g.created_at, "
+    "(SELECT group_concat(number, ',') FROM (SELECT number FROM group_members m "
+    "WHERE m.group_id = g.group_id ORDER BY number))"
+)
+
+
+def _group_from_row(row: Sequence[Any]) -> Group:
+    return Group(group_id=str(row[0]), account_id=int(row[1]), name=str(row[2]),
+                 remark=str(row[3]), country_code=int(row[4]), created_at=int(row[5]),
+                 members=tuple(str(row[6]).split(",")) if row[6] else ())
+
+
+def _replace(conn: sqlite3.Connection, old: Binding, new: Binding, now: int) -> bool:
+    stored = conn.execute(
+        f"SELECT {_BINDING_COLUMNS} FROM bindings b WHERE b.bind_id = ?",
+        (old.bind_id,)).fetchone()
+    if stored is None or tuple(stored) != binding_row(old) or not old.active_at(now):
+        return False
+    conn.execute("DELETE FROM bindings WHERE bind_id = ?", (old.bind_id,))
+    _insert(conn, new, now)
+    return True
 
 
 def _insert(conn: sqlite3.Connection, binding: Binding, now: int) -> None:
