@@ -19,7 +19,15 @@ import pytest
 
 from pns.core import Service
 from pns.errors import Code, PnsError
-from pns.model import BIND_TYPE_AX, BIND_TYPE_AXB, BIND_TYPE_AXYB, BIND_TYPE_XYB, Account
+from pns.model import (
+    BIND_TYPE_AX,
+    BIND_TYPE_AXB,
+    BIND_TYPE_AXEYB,
+    BIND_TYPE_AXYB,
+    BIND_TYPE_NXEYB,
+    BIND_TYPE_XYB,
+    Account,
+)
 from pns.store import open_store
 from pns.store.base import StoreError
 
@@ -348,3 +356,90 @@ def test_axg_refusals(server: Server, customer: Tenant, switch: Tenant) -> None:
     assert client.call("updateGroup", {"groupId": group_id, "operateType": 1,
                                        "phones": ",".join(members)})["code"] == \
         Code.GROUP_INVALID
+
+
+# --- AXEYB and NXEYB --------------------------------------------------------------------------
+def _route_ext(server: Server, switch: Tenant, caller: str, did: str,
+               extension: str) -> tuple[int, dict[str, Any]]:
+    answer = server.client(switch).query(caller, did, extension)
+    return answer["code"], answer.get("data", {})
+
+
+def test_axeyb_with_a(server: Server, binder: Binder, customer: Tenant, switch: Tenant) -> None:
+    account = binder.account(customer)
+    a, b = unique_hk("6"), unique_hk("6")
+    if not _y_modes(server):
+        with pytest.raises(StoreError):
+            binder.run(lambda: binder.service.bind_axeyb(account, b, 600, phone_a=a,
+                                                         extension_length=4))
+        return
+    bound = binder.run(lambda: binder.service.bind_axeyb(account, b, 600, phone_a=a,
+                                                         extension_length=4))
+    assert bound.bind_type == BIND_TYPE_AXEYB and len(bound.extension) == 4
+    assert bound.x != bound.y
+    code, data = _route_ext(server, switch, a, bound.x, bound.extension)
+    assert code == 0 and data["callee"] == b and data["display"] == bound.y
+    assert data["bindType"] == BIND_TYPE_AXEYB
+    assert _route_ext(server, switch, unique_hk("6"), bound.x, bound.extension)[0] == \
+        Code.BINDING_NOT_EXIST
+    assert _route(server, switch, a, bound.y)[1]["callee"] == b
+    code, data = _route(server, switch, b, bound.y)
+    assert code == 0 and data["callee"] == a and data["display"] == bound.y
+    # One extension length per X: a 3-digit extension next to a 4-digit one is 10016.
+    assert _code(binder, lambda: binder.service.bind_axeyb(
+        account, unique_hk("6"), 600, phone_x=bound.x, extension="123",
+        extension_length=3)) == Code.INVALID_EXTENSION
+
+
+def test_axeyb_without_a_captures_one_first_caller(server: Server, binder: Binder,
+                                                   customer: Tenant, switch: Tenant) -> None:
+    if not _y_modes(server):
+        return
+    account = binder.account(customer)
+    b, first, second = unique_hk("6"), unique_hk("6"), unique_hk("6")
+    bound = binder.run(lambda: binder.service.bind_axeyb(account, b, 600,
+                                                         extension_length=4))
+    assert bound.a == ""
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(
+            lambda caller: _route_ext(server, switch, caller, bound.x, bound.extension),
+            [first, second]))
+    assert sorted(code for code, _ in answers) == [0, Code.BINDING_NOT_EXIST]
+    winner = (first, second)[[code for code, _ in answers].index(0)]
+    loser = second if winner == first else first
+    assert _route_ext(server, switch, winner, bound.x, bound.extension)[1]["callee"] == b
+    assert _route_ext(server, switch, loser, bound.x, bound.extension)[0] == \
+        Code.BINDING_NOT_EXIST
+    code, data = _route(server, switch, b, bound.y)
+    assert code == 0 and data["callee"] == winner and data["display"] == bound.y
+
+
+def test_nxeyb_makes_a_child_per_caller(server: Server, binder: Binder, customer: Tenant,
+                                        switch: Tenant) -> None:
+    account = binder.account(customer)
+    b, a1, a2 = unique_hk("6"), unique_hk("6"), unique_hk("6")
+    parent = binder.run(lambda: binder.service.bind_nxeyb(account, b, 600,
+                                                          extension_length=4))
+    assert parent.bind_type == BIND_TYPE_NXEYB and parent.y == ""
+    code, data = _route_ext(server, switch, a1, parent.x, parent.extension)
+    assert code == 0 and data["callee"] == b and data["bindType"] == BIND_TYPE_NXEYB
+    y1 = data["display"]
+    assert y1 in customer.numbers and y1 != parent.x
+    # The child binding A1-Y1-B: both ways on Y1, shown Y1.
+    code, data = _route(server, switch, b, y1)
+    assert code == 0 and data["callee"] == a1 and data["display"] == y1
+    assert _route(server, switch, a1, y1)[1]["callee"] == b
+    # Another caller gets another Y (B is bound on Y1).
+    code, data = _route_ext(server, switch, a2, parent.x, parent.extension)
+    assert code == 0 and data["callee"] == b and data["display"] not in (y1, parent.x)
+    # No Y left where B is free: 10010 with the fail prompt.
+    code, data = _route_ext(server, switch, unique_hk("6"), parent.x, parent.extension)
+    assert code == Code.NUMBERS_EXHAUSTED and data["audioWhenCallFail"] == "fail.wav"
+    listed = server.client(customer).call("getAXBList", {})["data"]["bindList"]
+    children = [i for i in listed if i.get("parentBindId") == parent.bind_id]
+    assert len(children) == 2 and all(i["bindType"] == BIND_TYPE_NXEYB for i in children)
+    # Unbinding the parent ends its children.
+    assert server.client(customer).call("unbindAXB", {"bindId": parent.bind_id})["code"] == 0
+    assert _route(server, switch, b, y1)[0] == Code.BINDING_NOT_EXIST
+    listed = server.client(customer).call("getAXBList", {})["data"]["bindList"]
+    assert not [i for i in listed if i.get("parentBindId") == parent.bind_id]

@@ -29,9 +29,11 @@ from .ids import new_bind_id, new_snowflake
 from .model import (
     BIND_TYPE_AX,
     BIND_TYPE_AXB,
+    BIND_TYPE_AXEYB,
     BIND_TYPE_AXG,
     BIND_TYPE_AXYB,
     BIND_TYPE_EXTENSION,
+    BIND_TYPE_NXEYB,
     BIND_TYPE_XYB,
     EXCLUSIVE,
     Account,
@@ -450,6 +452,154 @@ class Service:
         raise PnsError(Code.NUMBERS_EXHAUSTED, "virtual numbers exhausted: no number of the "
                        "pool is free for these parties")
 
+    async def bind_axeyb(
+        self,
+        account: Account,
+        phone_b: str,
+        expire_second: int,
+        phone_a: str = "",
+        phone_x: str = "",
+        phone_y: str = "",
+        extension: str = "",
+        customer_bind_id: str = "",
+        flag: int = 0,
+        business_id: str = "",
+        api_version: int = 0,
+        ext: str = "",
+        iso2: str = "",
+        extension_length: int | None = None,
+        now: int | None = None,
+    ) -> Binding:
+        """AXEYB: (A, X, E) reaches B (shown Y); then A and B reach each other on Y. Without
+        A, the first caller of X+E becomes A (captured atomically in ``query``)."""
+        now = int(time.time()) if now is None else now
+        b = require_international(phone_b, "phoneB")
+        a = require_international(phone_a, "phoneA") if phone_a.strip() else None
+        if a is not None and a.country_code != b.country_code:
+            raise PnsError(Code.COUNTRY_MISMATCH, "phoneA and phoneB have different country codes")
+        if a is not None and a.digits == b.digits:
+            raise PnsError(Code.SAME_NUMBER)
+        _check_common(customer_bind_id, business_id, flag, expire_second)
+        _check_ext(ext)
+        length = extension_length or self.settings.extension_length
+        requested_ext = _valid_extension(extension, length) if extension else None
+        requested_x = self._parse_x(phone_x) if phone_x else None
+        requested_y = self._parse_x(phone_y) if phone_y else None
+        country = region_country_code(iso2) if iso2 and requested_x is None else b.country_code
+        a_digits = a.digits if a else ""
+        parties = (a_digits, b.digits) if a else (b.digits,)
+
+        async def make(x: str, y: str) -> Binding:
+            extension = requested_ext or await self._free_extension(x, length, now)
+            return Binding(
+                bind_id=new_bind_id(x), account_id=account.id, x=x, a=a_digits, b=b.digits,
+                extension=extension, bind_type=BIND_TYPE_AXEYB,
+                customer_bind_id=customer_bind_id, business_id=business_id, flag=flag,
+                expire_second=expire_second, expire_at=expire_at_for(expire_second, now),
+                created_at=now, y=y, api_version=api_version, ext=ext)
+
+        return await self._bind_extension_mode(
+            account, make, requested_x, requested_y, country, parties, requested_ext, now)
+
+    async def bind_nxeyb(
+        self,
+        account: Account,
+        phone_b: str,
+        expire_second: int,
+        phone_x: str = "",
+        extension: str = "",
+        customer_bind_id: str = "",
+        flag: int = 0,
+        business_id: str = "",
+        api_version: int = 0,
+        ext: str = "",
+        iso2: str = "",
+        extension_length: int | None = None,
+        now: int | None = None,
+    ) -> Binding:
+        """NXEYB: B on X + E. Each caller Aᵢ of X+E reaches B shown Yᵢ, a number allocated at
+        that query where Aᵢ and B are free, through a child binding Aᵢ-Yᵢ-B made then."""
+        now = int(time.time()) if now is None else now
+        b = require_international(phone_b, "phoneB")
+        _check_common(customer_bind_id, business_id, flag, expire_second)
+        _check_ext(ext)
+        length = extension_length or self.settings.extension_length
+        requested_ext = _valid_extension(extension, length) if extension else None
+        requested_x = self._parse_x(phone_x) if phone_x else None
+        country = region_country_code(iso2) if iso2 and requested_x is None else b.country_code
+
+        async def make(x: str, y: str) -> Binding:
+            extension = requested_ext or await self._free_extension(x, length, now)
+            return Binding(
+                bind_id=new_bind_id(x), account_id=account.id, x=x, a="", b=b.digits,
+                extension=extension, bind_type=BIND_TYPE_NXEYB,
+                customer_bind_id=customer_bind_id, business_id=business_id, flag=flag,
+                expire_second=expire_second, expire_at=expire_at_for(expire_second, now),
+                created_at=now, api_version=api_version, ext=ext)
+
+        return await self._bind_extension_mode(
+            account, make, requested_x, None, country, None, requested_ext, now)
+
+    async def _free_extension(self, x: str, length: int, now: int) -> str:
+        """A random free extension of ``length`` digits on X; 10016 when X's active
+        extensions have another length (one length per X)."""
+        used = await self.store.used_extensions(x, now)
+        if any(len(e) != length for e in used):
+            raise PnsError(Code.INVALID_EXTENSION, "the extensions on this number have "
+                           "another length")
+        total = 10**length
+        if len(used) >= total:
+            raise PnsError(Code.NO_FREE_EXTENSION)
+        while True:
+            extension = f"{random.randrange(total):0{length}d}"
+            if extension not in used:
+                return extension
+
+    async def _bind_extension_mode(
+        self, account: Account, make: Callable[[str, str], Awaitable[Binding]],
+        requested_x: Number | None, requested_y: Number | None, country_code: int,
+        y_parties: tuple[str, ...] | None, requested_ext: str | None, now: int,
+    ) -> Binding:
+        """Insert an AXEYB (with a Y carrying ``y_parties``) or an NXEYB parent (no Y): X
+        any number of the pool not held alone, least loaded; the extension requested or free."""
+        probe = await make(requested_x.digits if requested_x else "0",
+                           requested_y.digits if requested_y else "")
+        probe = msgspec.structs.replace(probe, x=requested_x.digits if requested_x else "")
+        existing = await self._existing_like(account, probe, now)
+        if existing is not None:
+            return existing
+        for requested in (requested_x, requested_y):
+            if requested is not None:
+                await self._require_own_number(account, requested, country_code)
+        for _ in range(_INSERT_ATTEMPTS):
+            x = requested_x.digits if requested_x else await self._pick(
+                account, country_code, (EXCLUSIVE,), now, ())
+            if requested_ext is not None:
+                used = await self.store.used_extensions(x, now)
+                if any(len(e) != len(requested_ext) for e in used):
+                    raise PnsError(Code.INVALID_EXTENSION, "the extensions on this number "
+                                   "have another length")
+            y = ""
+            if y_parties is not None:
+                y = requested_y.digits if requested_y else await self._pick(
+                    account, country_code, (*y_parties, EXCLUSIVE), now, (x,))
+            binding = await make(x, y)
+            try:
+                await self.store.insert_binding(binding, now)
+                return binding
+            except BindConflict as conflict:
+                if conflict.kind is ConflictKind.CUSTOMER_BIND_ID:
+                    raced = await self._existing_like(account, probe, now)
+                    if raced is not None:
+                        return raced
+                    continue
+                if conflict.kind is ConflictKind.EXTENSION and requested_ext is not None:
+                    raise PnsError(Code.EXTENSION_TAKEN) from None
+                if conflict.kind is ConflictKind.PARTY and (requested_x or requested_y) and (
+                        y_parties is None or requested_y is not None):
+                    raise PnsError(Code.PARTY_ALREADY_BOUND) from None
+        raise PnsError(Code.NUMBERS_EXHAUSTED, "virtual numbers exhausted under contention; retry")
+
     # --- AXG groups (old API) --------------------------------------------------------------
     def _group_numbers(self, phones: str, country_code: int | None) -> tuple[str, ...]:
         """``phones``: 1-200 distinct numbers of one country code (10020 otherwise)."""
@@ -759,6 +909,11 @@ class Service:
             raise PnsError(Code.BINDING_NOT_EXIST)
         if not await self.store.delete_binding(binding.bind_id):
             raise PnsError(Code.BINDING_NOT_EXIST)
+        if binding.bind_type == BIND_TYPE_NXEYB and not binding.parent_bind_id:
+            # Its children end with it: they are the bindings of B made from this one.
+            for child in await self.store.find_bindings_by_number(binding.b, now, LIST_MAX):
+                if child.parent_bind_id == binding.bind_id:
+                    await self.store.delete_binding(child.bind_id)
         return binding
 
     async def list_bindings(
@@ -794,7 +949,11 @@ class Service:
         if extension is not None:
             binding = await self._by_extension(x.digits, extension, owner, now)
             callee = _extension_callee(binding, caller_digits)
-            if callee is None:
+            if callee == "" and caller_digits is not None:
+                # A first caller of an AXEYB without A, or any caller of an NXEYB.
+                taken = await self._extension_call_in(binding, caller_digits, owner, now)
+                binding, callee = (taken, taken.b) if taken is not None else (binding, None)
+            if not callee:
                 raise PnsError(Code.BINDING_NOT_EXIST, data=prompt_data(owner))
         else:
             found = (
@@ -868,6 +1027,43 @@ class Service:
             if await self.store.replace_binding(binding, renewed, now):
                 return renewed
         return binding
+
+    async def _extension_call_in(self, binding: Binding, caller: str, owner: Account | None,
+                                 now: int) -> Binding | None:
+        """AXEYB without A: the caller captured as A by compare-and-swap (None: another
+        caller won, or the caller is bound on Y). NXEYB: a child binding caller-Yᵢ-B on a Yᵢ
+        allocated now where both are free (10010 with the prompts when there is none)."""
+        if binding.bind_type == BIND_TYPE_AXEYB:
+            captured = msgspec.structs.replace(binding, a=caller, captured_at=now)
+            try:
+                if await self.store.replace_binding(binding, captured, now):
+                    return captured
+            except BindConflict:
+                pass
+            return None
+        account = owner or await self.accounts.by_id(binding.account_id)
+        number = parse_international(binding.x)
+        if account is None or number is None:
+            return None
+        for _ in range(_INSERT_ATTEMPTS):
+            try:
+                y = await self._pick(account, number.country_code,
+                                     (caller, binding.b, EXCLUSIVE), now, (binding.x,))
+            except PnsError as exc:
+                raise PnsError(exc.code, exc.msg, data=prompt_data(owner)) from None
+            child = Binding(
+                bind_id=new_bind_id(y), account_id=binding.account_id, x=y, a=caller,
+                b=binding.b, extension="", bind_type=BIND_TYPE_NXEYB, customer_bind_id="",
+                business_id=binding.business_id, flag=binding.flag,
+                expire_second=binding.expire_second, expire_at=binding.expire_at,
+                created_at=now, parent_bind_id=binding.bind_id,
+                api_version=binding.api_version, ext=binding.ext)
+            try:
+                await self.store.insert_binding(child, now)
+                return child
+            except BindConflict:
+                continue  # Yᵢ was taken meanwhile: choose again
+        raise PnsError(Code.NUMBERS_EXHAUSTED, data=prompt_data(owner))
 
     async def _delayed_y(self, binding: Binding, caller: str, now: int) -> str:
         """XYB with delayedGetY: Y allocated at the call-in, where A and B are both free."""
@@ -989,9 +1185,10 @@ class Service:
     async def _by_extension(
         self, x: str, extension: str, owner: Account | None, now: int
     ) -> Binding:
-        length = self.settings.extension_length
         binding = None
-        if len(extension) == length and extension.isascii() and extension.isdigit():
+        # 3 digits (old API, or 4 with --extension-length 4) or 4 (the v1 modes).
+        if len(extension) in (self.settings.extension_length, 4) and extension.isascii() \
+                and extension.isdigit():
             binding = await self.store.find_by_extension(x, extension, now)
         if binding is None:
             raise PnsError(Code.BINDING_NOT_EXIST, data=prompt_data(owner))
@@ -1030,6 +1227,12 @@ class Service:
         if _same_request(existing, a, b, x, flag, expire_second, extension, bind_type):
             return existing
         raise PnsError(Code.CUSTOMER_BIND_ID_REUSED)
+
+
+def _valid_extension(extension: str, length: int) -> str:
+    if len(extension) != length or not extension.isascii() or not extension.isdigit():
+        raise PnsError(Code.INVALID_EXTENSION, f"extension must be {length} digits")
+    return extension
 
 
 def _check_ext(ext: str) -> None:
@@ -1076,7 +1279,14 @@ def _party_callee(binding: Binding, caller: str | None, on: str) -> str | None:
 
 def _extension_callee(binding: Binding, caller: str | None) -> str | None:
     """With an extension: with a B, only A and B reach each other; without, anyone but A
-    reaches A."""
+    reaches A. AXEYB: A reaches B; without A yet, "" (anyone but B: captured as A). NXEYB:
+    "" for anyone but B (a child binding is made)."""
+    if binding.bind_type == BIND_TYPE_AXEYB:
+        if binding.a:
+            return binding.b if caller == binding.a else None
+        return "" if caller != binding.b else None
+    if binding.bind_type == BIND_TYPE_NXEYB:
+        return "" if caller != binding.b else None
     if binding.b:
         if caller == binding.a:
             return binding.b

@@ -152,6 +152,8 @@ class Binding(msgspec.Struct, frozen=True):
     def display(self, on: str) -> str:
         """The number the callee is shown when a call reached this binding on ``on``
         (modes.md: the number it can dial to reach the caller again)."""
+        if self.parent_bind_id:  # an NXEYB child: its X is the caller's Yᵢ
+            return self.x
         return self.y if self.y and self.bind_type in _Y_DISPLAY else on
 
 
