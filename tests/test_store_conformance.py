@@ -29,6 +29,7 @@ from pns.ids import new_bind_id
 from pns.model import (
     BIND_TYPE_AXB,
     BIND_TYPE_EXTENSION,
+    BIND_TYPE_NXEYB,
     BIND_TYPE_XYB,
     EXCLUSIVE,
     Account,
@@ -1122,3 +1123,21 @@ def test_concurrent_captures_of_one_binding_have_one_winner(s: SyncStore,
     s.insert_binding(binding(account, x, phone(), phone()), T0)
     # A stale compare changes nothing.
     assert not s.replace_binding(held, msgspec.structs.replace(held, a=phone()), T0)
+
+
+def test_a_number_with_any_key_of_a_binding_is_not_removed_without_force(s: SyncStore) -> None:
+    account = new_account(s)
+    x, y, e = new_numbers(s, account, 3)
+    held = _xyb(account, x, y, phone())
+    s.insert_binding(held, T0)
+    # Held alone on X, B on Y: neither number leaves quietly.
+    assert s.remove_numbers([x], False, T0) == [x]
+    assert s.remove_numbers([y], False, T0) == [y]
+    # An NXEYB parent holds only an extension on its X.
+    parent = msgspec.structs.replace(binding(account, e, "", phone()), a="",
+                                     bind_type=BIND_TYPE_NXEYB, extension="1234")
+    s.insert_binding(parent, T0)
+    assert s.remove_numbers([e], False, T0) == [e]
+    assert s.remove_numbers([y, e], True, T0) == []
+    assert s.get_binding(held.bind_id, T0) is None and s.get_binding(parent.bind_id, T0) is None
+    assert s.find_by_party(x, EXCLUSIVE, T0) is None

@@ -1477,15 +1477,17 @@ async def _end_bindings_of(conn: Any, x: str, force: bool, now: int) -> bool:
     and end its bindings. False (nothing changed) when it has active bindings and not
     ``force``."""
     await conn.execute("SELECT 1 FROM numbers WHERE x = $1 FOR UPDATE", x)
+    # Any key on X: a party (of a binding on X, or whose Y is X), "*", or an extension.
     active = await conn.fetchval(
-        "SELECT count(*) FROM parties p JOIN bindings b ON b.seq = p.seq "
-        f"WHERE p.x = $1 AND p.number = b.a AND {_active(2)}",
+        "SELECT EXISTS (SELECT 1 FROM parties p JOIN bindings b ON b.seq = p.seq "
+        f"WHERE p.x = $1 AND {_active(2)}) OR EXISTS (SELECT 1 FROM bindings b "
+        f"WHERE b.x = $1 AND b.extension <> '' AND {_active(2)})",
         x, now,
     )
     if active and not force:
         return False
-    await conn.execute("DELETE FROM bindings WHERE seq IN (SELECT seq FROM parties WHERE x = $1)",
-                       x)
+    await conn.execute("DELETE FROM bindings WHERE seq IN (SELECT seq FROM parties WHERE x = $1) "
+                       "OR (x = $1 AND extension <> '')", x)
     return True
 
 

@@ -852,17 +852,11 @@ class SqliteStore:
         def work() -> list[str]:
             kept: list[str] = []
             for x in xs:
-                active = self._conn.execute(
-                    f"SELECT count(*) FROM parties p JOIN bindings b ON b.seq = p.seq "
-                    f"WHERE p.x = :x AND p.number = b.a AND {_ACTIVE}",
-                    {"x": x, "now": now},
-                ).fetchone()[0]
+                active = _has_bindings(self._conn, x, now)
                 if active and not force:
                     kept.append(x)
                     continue
-                self._conn.execute(
-                    "DELETE FROM bindings WHERE seq IN (SELECT seq FROM parties WHERE x = ?)",
-                    (x,))
+                _end_bindings_on(self._conn, x)
                 self._conn.execute("DELETE FROM numbers WHERE x = ?", (x,))
             return kept
 
@@ -901,16 +895,11 @@ class SqliteStore:
         def work() -> list[str]:
             kept: list[str] = []
             for x in xs:
-                active = self._conn.execute(
-                    f"SELECT count(*) FROM parties p JOIN bindings b ON b.seq = p.seq "
-                    f"WHERE p.x = :x AND p.number = b.a AND {_ACTIVE}",
-                    {"x": x, "now": now},
-                ).fetchone()[0]
+                active = _has_bindings(self._conn, x, now)
                 if active and not force:
                     kept.append(x)
                     continue
-                self._conn.execute(
-                    "DELETE FROM bindings WHERE seq IN (SELECT seq FROM parties WHERE x = ?)", (x,))
+                _end_bindings_on(self._conn, x)
                 self._conn.execute("UPDATE numbers SET account_id = ? WHERE x = ?",
                                    (account_id, x))
             return kept
@@ -1651,6 +1640,18 @@ def _split_statements(script: str) -> list[str]:
     if buffer.strip():
         statements.append(buffer.strip())
     return statements
+
+
+def _has_bindings(conn: sqlite3.Connection, x: str, now: int) -> bool:
+    """Does any active binding hold a key on X: a party (X or Y), "*", or an extension?"""
+    return (conn.execute(_ANY_ON_X, (x, now)).fetchone() is not None
+            or conn.execute(_ANY_EXTENSION_ON_X, (x, now)).fetchone() is not None)
+
+
+def _end_bindings_on(conn: sqlite3.Connection, x: str) -> None:
+    """End every binding with a key on X (its number leaves the account)."""
+    conn.execute("DELETE FROM bindings WHERE seq IN (SELECT seq FROM parties WHERE x = ?) "
+                 "OR (x = ? AND extension <> '')", (x, x))
 
 
 class _Stale(Exception):
