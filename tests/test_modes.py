@@ -27,6 +27,7 @@ from pns.model import (
     BIND_TYPE_NXEYB,
     BIND_TYPE_XYB,
     Account,
+    Binding,
 )
 from pns.store import open_store
 
@@ -162,19 +163,9 @@ def test_bad_input_is_a_code(binder: Binder, customer: Tenant) -> None:
 
 
 
-def _y_modes(server: Server) -> bool:
-    """The sharded index (pg+redis) does not keep the modes with a Y yet: they are refused
-    there with 10006, which the tests check instead."""
-    return "bindings=" not in server.store_url
-
-
 def test_axyb_routes(server: Server, binder: Binder, customer: Tenant, switch: Tenant) -> None:
     account = binder.account(customer)
     a, b = unique_hk("6"), unique_hk("6")
-    if not _y_modes(server):
-        assert _code(binder, lambda: binder.service.bind_axyb(account, a, b, 600)) == \
-            Code.BIND_FAILED
-        return
     bound = binder.run(lambda: binder.service.bind_axyb(account, a, b, 600))
     assert bound.bind_type == BIND_TYPE_AXYB and bound.x != bound.y
     assert {bound.x, bound.y} <= set(customer.numbers)
@@ -211,10 +202,6 @@ def test_xyb_first_caller_is_captured(server: Server, binder: Binder, customer: 
                                       switch: Tenant) -> None:
     account = binder.account(customer)
     b, a, other = unique_hk("6"), unique_hk("6"), unique_hk("6")
-    if not _y_modes(server):
-        assert _code(binder, lambda: binder.service.bind_xyb(account, b, 600)) == \
-            Code.BIND_FAILED
-        return
     bound = binder.run(lambda: binder.service.bind_xyb(
         account, b, 600, customer_user_id="u-1", call_in_expire_second=300))
     assert bound.bind_type == BIND_TYPE_XYB and bound.a == "" and bound.y
@@ -251,10 +238,6 @@ def test_xyb_delayed_y_and_strategies(server: Server, binder: Binder, customer: 
                                       switch: Tenant) -> None:
     account = binder.account(customer)
     b, a = unique_hk("6"), unique_hk("6")
-    if not _y_modes(server):
-        assert _code(binder, lambda: binder.service.bind_xyb(
-            account, b, 600, delayed_y=True)) == Code.BIND_FAILED
-        return
     bound = binder.run(lambda: binder.service.bind_xyb(
         account, b, 600, delayed_y=True, expire_strategy=2, call_in_expire_second=100))
     assert bound.y == ""
@@ -369,10 +352,6 @@ def _route_ext(server: Server, switch: Tenant, caller: str, did: str,
 def test_axeyb_with_a(server: Server, binder: Binder, customer: Tenant, switch: Tenant) -> None:
     account = binder.account(customer)
     a, b = unique_hk("6"), unique_hk("6")
-    if not _y_modes(server):
-        assert _code(binder, lambda: binder.service.bind_axeyb(
-            account, b, 600, phone_a=a, extension_length=4)) == Code.BIND_FAILED
-        return
     bound = binder.run(lambda: binder.service.bind_axeyb(account, b, 600, phone_a=a,
                                                          extension_length=4))
     assert bound.bind_type == BIND_TYPE_AXEYB and len(bound.extension) == 4
@@ -393,8 +372,6 @@ def test_axeyb_with_a(server: Server, binder: Binder, customer: Tenant, switch: 
 
 def test_axeyb_without_a_captures_one_first_caller(server: Server, binder: Binder,
                                                    customer: Tenant, switch: Tenant) -> None:
-    if not _y_modes(server):
-        return
     account = binder.account(customer)
     b, first, second = unique_hk("6"), unique_hk("6"), unique_hk("6")
     bound = binder.run(lambda: binder.service.bind_axeyb(account, b, 600,
@@ -443,3 +420,27 @@ def test_nxeyb_makes_a_child_per_caller(server: Server, binder: Binder, customer
     assert _route(server, switch, b, y1)[0] == Code.BINDING_NOT_EXIST
     listed = server.client(customer).call("getAXBList", {})["data"]["bindList"]
     assert not [i for i in listed if i.get("parentBindId") == parent.bind_id]
+
+
+def test_i1_on_y_under_concurrent_binds(server: Server, binder: Binder,
+                                        customer: Tenant) -> None:
+    """Two binds of one A on one Y through two Xs at once: exactly one wins, and the loser
+    leaves nothing behind on its X (on Redis Cluster, Y's slot decides)."""
+    account = binder.account(customer)
+    x0, x1, y = customer.numbers
+    a = unique_hk("6")
+
+    async def both() -> list[Any]:
+        return list(await asyncio.gather(
+            binder.service.bind_axyb(account, a, unique_hk("6"), 600, phone_x=x0, phone_y=y),
+            binder.service.bind_axyb(account, a, unique_hk("6"), 600, phone_x=x1, phone_y=y),
+            return_exceptions=True))
+
+    results = binder.run(both)
+    wins = [r for r in results if isinstance(r, Binding)]
+    losses = [r for r in results if isinstance(r, PnsError)]
+    assert len(wins) == 1 and len(losses) == 1, results
+    assert losses[0].code == Code.PARTY_ALREADY_BOUND
+    loser_x = x1 if wins[0].x == x0 else x0
+    assert server.client(customer).bind_axb(a, unique_hk("6"), 600,
+                                            phoneX=loser_x)["code"] == 0

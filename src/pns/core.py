@@ -51,7 +51,7 @@ from .numbers import (
     region_country_code,
     require_international,
 )
-from .store.base import BindConflict, ConflictKind, ModeUnsupported, Store
+from .store.base import BindConflict, ConflictKind, Store
 
 log = logging.getLogger("pns.core")
 K = TypeVar("K")
@@ -422,7 +422,7 @@ class Service:
                 account, country_code, (*on_y, EXCLUSIVE), now, (x,))
             binding = make(x, y)
             try:
-                await self._insert(binding, now)
+                await self.store.insert_binding(binding, now)
                 return binding
             except BindConflict as conflict:
                 if conflict.kind is ConflictKind.CUSTOMER_BIND_ID:
@@ -585,7 +585,7 @@ class Service:
                     account, country_code, (*y_parties, EXCLUSIVE), now, (x,))
             binding = await make(x, y)
             try:
-                await self._insert(binding, now)
+                await self.store.insert_binding(binding, now)
                 return binding
             except BindConflict as conflict:
                 if conflict.kind is ConflictKind.CUSTOMER_BIND_ID:
@@ -744,7 +744,7 @@ class Service:
                 account, a.country_code, (a.digits, *group.members, EXCLUSIVE), now, ())
             binding = msgspec.structs.replace(probe, bind_id=new_bind_id(x), x=x)
             try:
-                await self._insert(binding, now)
+                await self.store.insert_binding(binding, now)
                 return binding
             except BindConflict as conflict:
                 if conflict.kind is ConflictKind.CUSTOMER_BIND_ID:
@@ -775,7 +775,7 @@ class Service:
                 account, country_code, (*parties, EXCLUSIVE), now, tuple(tried), empty=True)
             binding = make(x)
             try:
-                await self._insert(binding, now)
+                await self.store.insert_binding(binding, now)
                 return binding
             except BindConflict as conflict:
                 if conflict.kind is ConflictKind.CUSTOMER_BIND_ID:
@@ -788,13 +788,6 @@ class Service:
                                    "the requested number has other bindings") from None
                 tried.append(x)
         raise PnsError(Code.NUMBERS_EXHAUSTED, "virtual numbers exhausted under contention; retry")
-
-    async def _insert(self, binding: Binding, now: int) -> None:
-        """A mode's insert; a store that does not keep the mode refuses it with 10006."""
-        try:
-            await self.store.insert_binding(binding, now)
-        except ModeUnsupported as exc:
-            raise PnsError(Code.BIND_FAILED, str(exc)) from None
 
     async def _has_pool(self, account: Account, country_code: int, now: int) -> bool:
         stats = await self.store.pool_stats(account.id, country_code, "", "", now)

@@ -128,10 +128,6 @@ class StoreError(Exception):
     """An operator-facing store failure with a clear one-line message (CLI, migrations)."""
 
 
-class ModeUnsupported(StoreError):
-    """This store does not keep bindings of this mode (yet): the bind is refused, cleanly."""
-
-
 class BindingIndex(Protocol):
     """Everything that names one X: bindings, their parties and extensions, the query.
 

@@ -56,15 +56,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..ids import bind_id_x
-from ..model import (
-    BIND_TYPE_AXEYB,
-    BIND_TYPE_AXYB,
-    BIND_TYPE_XYB,
-    Binding,
-    binding_from_row,
-    binding_row,
-)
-from .base import BindConflict, ConflictKind, ModeUnsupported, StoreError
+from ..model import Binding, binding_from_row, binding_row
+from .base import BindConflict, ConflictKind, StoreError
 
 _log = logging.getLogger("pns.store.redis")
 
@@ -118,9 +111,11 @@ local function holder(hash, field)
 end
 """
 
-# KEYS b, p, e; ARGV now, bindId, body, deadline (epoch ms, 0 = none), exclusive (0/1), then
-# the parties the binding holds on X ("*": X held alone, no other active binding on X).
-# Returns the number of bindings stored on X, or the name of the key lost.
+# KEYS b, p, e; ARGV now, bindId, body, deadline (epoch ms, 0 = none), mode, then the parties
+# the binding holds on this number ("*": held alone). Mode 0 a binding on its X; 1 one that
+# holds its X alone (no other active binding there); 2 the copy of a binding on its Y (its
+# extension is X's, not claimed here). Returns the number of bindings stored on the number,
+# or the name of the key lost.
 _INSERT = _PRELUDE + """
 local id, body = ARGV[2], ARGV[3]
 local deadline = tonumber(ARGV[4])
@@ -133,7 +128,7 @@ if existing then
   if existing == body then return redis.call('HLEN', KEYS[1]) end
   return 'duplicate'
 end
-local ext = cjson.decode(body)[6]
+local ext = ARGV[5] == '2' and '' or cjson.decode(body)[6]
 local seen = {}
 for i = 6, #ARGV do
   if seen[ARGV[i]] or holder(KEYS[2], ARGV[i]) then return 'party' end
@@ -152,10 +147,10 @@ if ext ~= '' then redis.call('HSET', KEYS[3], ext, id) end
 return redis.call('HLEN', KEYS[1])
 """
 
-# KEYS b, p, e; ARGV now, bindId, old body, new body, exclusive (0/1), then the parties the new
-# binding holds on X: compare-and-swap of one binding. Returns 'stale' (the stored binding is
-# not the old one, or it expired), the name of a key held by another binding, or the number of
-# bindings stored on X.
+# KEYS b, p, e; ARGV now, bindId, old body, new body, mode (as insert), then the parties the
+# new binding holds on this number: compare-and-swap of one binding. Returns 'stale' (the
+# stored binding is not the old one, or it expired), the name of a key held by another
+# binding, or the number of bindings stored on the number.
 _REPLACE = _PRELUDE + """
 local id = ARGV[2]
 local current = redis.call('HGET', KEYS[1], id)
@@ -164,7 +159,7 @@ local function free(hash, field)
   local h = holder(hash, field)
   return h == nil or h == id
 end
-local ext = cjson.decode(ARGV[4])[6]
+local ext = ARGV[5] == '2' and '' or cjson.decode(ARGV[4])[6]
 local seen = {}
 for i = 6, #ARGV do
   if seen[ARGV[i]] or not free(KEYS[2], ARGV[i]) then return 'party' end
@@ -266,8 +261,6 @@ _SCRIPTS = {
     "extensions": _EXTENSIONS, "probe": _PROBE, "active": _ACTIVE, "drop_x": _DROP_X,
 }
 _WRITES = {"insert", "replace", "delete", "drop_x"}
-# The modes whose one binding holds keys on two numbers (two slots): not kept here yet.
-_WITH_Y = frozenset({BIND_TYPE_AXYB, BIND_TYPE_AXEYB, BIND_TYPE_XYB})
 
 
 def encode_binding(binding: Binding) -> str:
@@ -278,6 +271,18 @@ def encode_binding(binding: Binding) -> str:
 
 def decode_binding(body: str) -> Binding:
     return binding_from_row(msgspec.json.decode(body))
+
+
+def _raise_lost(result: Any) -> None:
+    """An insert's or a swap's refusal as the store's exception."""
+    if result == "party":
+        raise BindConflict(ConflictKind.PARTY)
+    if result == "extension":
+        raise BindConflict(ConflictKind.EXTENSION)
+    if result == "duplicate":
+        raise StoreError("this bindId exists")
+    if result == "late":
+        raise StoreError("the reservation's deadline passed before the insert")
 
 
 def _active_at(binding: Binding, now: int) -> Binding | None:
@@ -456,46 +461,84 @@ class RedisBindingIndex:
 
         With ``deadline_ms`` (epoch ms on the master's clock) the script refuses to insert
         after it (``StoreError``): the records side may then decide the binding never came.
+
+        A binding with a Y is inserted on Y first (its copy and its keys there, in Y's slot:
+        I1 on Y is decided by Y's master), then on X; if X refuses it, the copy on Y is
+        removed again. Whoever finds a copy on Y without its binding on X (a crash between
+        the two scripts) removes it: the records side's settling of the reservation does.
         """
         if bind_id_x(binding.bind_id) != binding.x:
             raise StoreError("this bindId does not name its X (make it with ids.new_bind_id)")
-        result = await self._script("insert", self._keys(binding.x), (
-            now, binding.bind_id, encode_binding(binding), deadline_ms,
-            int(binding.exclusive()), *self._parties_on_x(binding)))
-        if result == "party":
-            raise BindConflict(ConflictKind.PARTY)
-        if result == "extension":
-            raise BindConflict(ConflictKind.EXTENSION)
-        if result == "duplicate":
-            raise StoreError(f"bindId {binding.bind_id} exists")
-        if result == "late":
-            raise StoreError("the reservation's deadline passed before the insert")
+        on_x, on_y = self._split_keys(binding)
+        if on_y:
+            _raise_lost(await self._script("insert", self._keys(binding.y), (
+                now, binding.bind_id, encode_binding(binding), deadline_ms, 2, *on_y)))
+        try:
+            result = await self._script("insert", self._keys(binding.x), (
+                now, binding.bind_id, encode_binding(binding), deadline_ms,
+                int(binding.exclusive()), *on_x))
+            _raise_lost(result)
+        except IndexUnavailable:
+            raise  # an unknown outcome: the records side settles it, the copy on Y too
+        except (BindConflict, StoreError):
+            if on_y:
+                await self._delete_copies([binding.y], [binding.bind_id], 0, False)
+            raise
         return int(result)
 
     async def replace_binding(self, old: Binding, new: Binding, now: int) -> bool:
-        """Compare-and-swap of one binding on its X, in one script (the records side's copy
-        is the caller's: ``CompositeStore.replace_binding``)."""
-        if old.bind_id != new.bind_id or old.x != new.x:
-            raise StoreError("a replacement keeps its bindId and X")
-        result = await self._script("replace", self._keys(new.x), (
-            now, new.bind_id, encode_binding(old), encode_binding(new), int(new.exclusive()),
-            *self._parties_on_x(new)))
-        if result == "stale":
-            return False
-        if result in ("party", "extension"):
-            raise BindConflict(ConflictKind(result))
+        """Compare-and-swap of one binding: on Y first (where it has one), then on X, each in
+        one script; a refusal on X swaps Y back. The records side's copy is the caller's
+        (``CompositeStore.replace_binding``)."""
+        if old.bind_id != new.bind_id or old.x != new.x or (old.y and old.y != new.y):
+            raise StoreError("a replacement keeps its bindId, X and Y")
+        on_x, on_y = self._split_keys(new)
+        if on_y:
+            if old.y:
+                swapped = await self._script("replace", self._keys(new.y), (
+                    now, new.bind_id, encode_binding(old), encode_binding(new), 2, *on_y))
+            else:  # Y given at the call-in (XYB with delayedGetY)
+                swapped = await self._script("insert", self._keys(new.y), (
+                    now, new.bind_id, encode_binding(new), 0, 2, *on_y))
+            if swapped == "stale":
+                return False
+            _raise_lost(swapped)
+        try:
+            result = await self._script("replace", self._keys(new.x), (
+                now, new.bind_id, encode_binding(old), encode_binding(new),
+                int(new.exclusive()), *on_x))
+            if result == "stale":
+                await self._undo_y(old, new, now)
+                return False
+            _raise_lost(result)
+        except BindConflict:
+            await self._undo_y(old, new, now)
+            raise
         return True
 
+    async def _undo_y(self, old: Binding, new: Binding, now: int) -> None:
+        if not new.y:
+            return
+        if old.y:
+            await self._script("replace", self._keys(new.y), (
+                now, new.bind_id, encode_binding(new), encode_binding(old), 2,
+                *self._split_keys(old)[1]))
+        else:
+            await self._delete_copies([new.y], [new.bind_id], 0, False)
+
     @staticmethod
-    def _parties_on_x(binding: Binding) -> list[str]:
-        """The binding's keys, all on X (this index keeps no Y yet: a mode with one is
-        refused rather than leave I1 on Y unkept across slots)."""
-        keys = binding.party_keys()
-        on_x = [party for number, party in keys if number == binding.x]
-        if len(on_x) != len(keys) or binding.bind_type in _WITH_Y:
-            raise ModeUnsupported("the Redis Cluster index does not keep the modes with a Y "
-                                  "(AXYB, AXEYB, XYB) yet")
-        return on_x
+    def _split_keys(binding: Binding) -> tuple[list[str], list[str]]:
+        """The binding's parties on X and on Y (``Binding.party_keys``)."""
+        on_x: list[str] = []
+        on_y: list[str] = []
+        for number, party in binding.party_keys():
+            if number == binding.x:
+                on_x.append(party)
+            elif number == binding.y:
+                on_y.append(party)
+            else:
+                raise StoreError("a binding's keys are on its X and its Y only")
+        return on_x, on_y
 
     async def get_binding(self, bind_id: str, now: int) -> Binding | None:
         found = await self.stored_binding(bind_id)
@@ -511,19 +554,30 @@ class RedisBindingIndex:
         return decode_binding(body) if body else None
 
     async def delete_binding(self, bind_id: str) -> bool:
-        removed, _ = await self.delete_bindings(bind_id_x(bind_id) or "", [bind_id], 0,
-                                                expired_only=False)
+        found = await self.stored_binding(bind_id)
+        removed, _ = await self.delete_bindings(
+            bind_id_x(bind_id) or "", [bind_id], 0, expired_only=False,
+            ys=[found.y] if found is not None and found.y else [])
         return removed > 0
 
     async def delete_bindings(self, x: str, bind_ids: Sequence[str], now: int,
-                              expired_only: bool) -> tuple[int, int]:
-        """Remove these bindings of X (only those expired at ``now``, if asked); returns
-        (removed, bindings still stored on X)."""
+                              expired_only: bool, ys: Sequence[str] = ()) -> tuple[int, int]:
+        """Remove these bindings of X (only those expired at ``now``, if asked), and their
+        copies on the numbers ``ys`` (their Ys); returns (removed, bindings still stored on
+        X). The copies go after X; a copy left by a crash in between keeps its keys on Y
+        (and answers there) until the records side finishes the unbind or the sweeper its
+        expiry, both of which come here again."""
         if not x or not bind_ids:
             return 0, 0
         removed, stored = await self._script(
             "delete", self._keys(x), (now, int(expired_only), *bind_ids))
+        await self._delete_copies(ys, bind_ids, now, expired_only)
         return int(removed), int(stored)
+
+    async def _delete_copies(self, ys: Sequence[str], bind_ids: Sequence[str], now: int,
+                             expired_only: bool) -> None:
+        for y in dict.fromkeys(y for y in ys if y):
+            await self._script("delete", self._keys(y), (now, int(expired_only), *bind_ids))
 
     async def drop_x(self, x: str) -> int:
         return int(await self._script("drop_x", self._keys(x), ()))
