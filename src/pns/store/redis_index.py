@@ -7,6 +7,11 @@ change of an X is one Lua script: atomic on that master, with no cross-slot step
 - ``P{X}:p`` hash party number → bindId (I1: a field holds one binding);
 - ``P{X}:e`` hash extension → bindId (I2).
 
+A binding of a mode with a second number Y (modes.md) is also kept in Y's slot: a copy of it
+in ``P{Y}:b`` and its Y keys in ``P{Y}:p``, so I1 on Y is decided by Y's master, one script,
+as on X. Y's script runs first, X's second; a refusal on X removes the copy again, and a swap
+(``replace_binding``) goes Y then X, undone on Y when X refuses.
+
 An expired binding still holds its fields until swept or until an insert on its X releases it;
 every read checks ``expireAt`` against the caller's clock, so it is never answered. A bindId
 names its X (``ids.bind_id_x``): get and delete by bindId go straight to X's slot.
