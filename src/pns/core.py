@@ -489,8 +489,7 @@ class Service:
         a_digits = a.digits if a else ""
         parties = (a_digits, b.digits) if a else (b.digits,)
 
-        async def make(x: str, y: str) -> Binding:
-            extension = requested_ext or await self._free_extension(x, length, now)
+        def make(x: str, y: str, extension: str) -> Binding:
             return Binding(
                 bind_id=new_bind_id(x), account_id=account.id, x=x, a=a_digits, b=b.digits,
                 extension=extension, bind_type=BIND_TYPE_AXEYB,
@@ -499,7 +498,8 @@ class Service:
                 created_at=now, y=y, api_version=api_version, ext=ext)
 
         return await self._bind_extension_mode(
-            account, make, requested_x, requested_y, country, parties, requested_ext, now)
+            account, make, requested_x, requested_y, country, parties, requested_ext, length,
+            now)
 
     async def bind_nxeyb(
         self,
@@ -528,8 +528,7 @@ class Service:
         requested_x = self._parse_x(phone_x) if phone_x else None
         country = region_country_code(iso2) if iso2 and requested_x is None else b.country_code
 
-        async def make(x: str, y: str) -> Binding:
-            extension = requested_ext or await self._free_extension(x, length, now)
+        def make(x: str, y: str, extension: str) -> Binding:
             return Binding(
                 bind_id=new_bind_id(x), account_id=account.id, x=x, a="", b=b.digits,
                 extension=extension, bind_type=BIND_TYPE_NXEYB,
@@ -538,7 +537,7 @@ class Service:
                 created_at=now, api_version=api_version, ext=ext)
 
         return await self._bind_extension_mode(
-            account, make, requested_x, None, country, None, requested_ext, now)
+            account, make, requested_x, None, country, None, requested_ext, length, now)
 
     async def _free_extension(self, x: str, length: int, now: int) -> str:
         """A random free extension of ``length`` digits on X; 10016 when X's active
@@ -556,15 +555,14 @@ class Service:
                 return extension
 
     async def _bind_extension_mode(
-        self, account: Account, make: Callable[[str, str], Awaitable[Binding]],
+        self, account: Account, make: Callable[[str, str, str], Binding],
         requested_x: Number | None, requested_y: Number | None, country_code: int,
-        y_parties: tuple[str, ...] | None, requested_ext: str | None, now: int,
+        y_parties: tuple[str, ...] | None, requested_ext: str | None, length: int, now: int,
     ) -> Binding:
         """Insert an AXEYB (with a Y carrying ``y_parties``) or an NXEYB parent (no Y): X
         any number of the pool not held alone, least loaded; the extension requested or free."""
-        probe = await make(requested_x.digits if requested_x else "0",
-                           requested_y.digits if requested_y else "")
-        probe = msgspec.structs.replace(probe, x=requested_x.digits if requested_x else "")
+        probe = make(requested_x.digits if requested_x else "",
+                     requested_y.digits if requested_y else "", requested_ext or "")
         existing = await self._existing_like(account, probe, now)
         if existing is not None:
             return existing
@@ -583,7 +581,7 @@ class Service:
             if y_parties is not None:
                 y = requested_y.digits if requested_y else await self._pick(
                     account, country_code, (*y_parties, EXCLUSIVE), now, (x,))
-            binding = await make(x, y)
+            binding = make(x, y, requested_ext or await self._free_extension(x, length, now))
             try:
                 await self.store.insert_binding(binding, now)
                 return binding
