@@ -444,3 +444,41 @@ def test_i1_on_y_under_concurrent_binds(server: Server, binder: Binder,
     loser_x = x1 if wins[0].x == x0 else x0
     assert server.client(customer).bind_axb(a, unique_hk("6"), 600,
                                             phoneX=loser_x)["code"] == 0
+
+
+def test_v1_axb_carries_keys_for_b(server: Server, binder: Binder, customer: Tenant,
+                                   switch: Tenant) -> None:
+    """AXB with v1's extensionB and dtmfDelayTimeB: A's answer carries calleeDtmf and
+    calleeDtmfDelay; B's does not."""
+    account = binder.account(customer)
+    a, b = unique_hk("6"), unique_hk("6")
+    bound = binder.run(lambda: binder.service.bind_axb(
+        account, a, b, 600, api_version=1, ext="order-7", callee_dtmf="1234#",
+        callee_dtmf_delay=2))
+    assert bound.ext == "order-7" and bound.api_version == 1
+    code, data = _route(server, switch, a, bound.x)
+    assert code == 0 and data["calleeDtmf"] == "1234#" and data["calleeDtmfDelay"] == 2
+    code, data = _route(server, switch, b, bound.x)
+    assert code == 0 and data["callee"] == a and "calleeDtmf" not in data
+    assert _code(binder, lambda: binder.service.bind_axb(
+        account, a, unique_hk("6"), 600, callee_dtmf="12x")) == Code.BAD_PARAMETER
+
+
+def test_v1_axe_allocates_x_with_4_digit_extensions(server: Server, binder: Binder,
+                                                    customer: Tenant, switch: Tenant) -> None:
+    account = binder.account(customer)
+    a, caller = unique_hk("6"), unique_hk("6")
+    bound = binder.run(lambda: binder.service.bind_extension(
+        account, a, "", 600, api_version=1, extension_length=4))
+    assert bound.x in customer.numbers and len(bound.extension) == 4
+    code, data = _route_ext(server, switch, caller, bound.x, bound.extension)
+    assert code == 0 and data["callee"] == a and data["display"] == bound.x
+    assert data["bindType"] == 4
+    assert _route_ext(server, switch, a, bound.x, bound.extension)[0] == Code.BINDING_NOT_EXIST
+    # The old API's 3-digit extensions cannot share that X.
+    assert server.client(customer).call("bindAXBExtension", {
+        "phoneA": unique_hk("6"), "phoneX": bound.x, "expireSecond": 60,
+        "extension": "123"})["code"] == Code.INVALID_EXTENSION
+    # Without X, the old API still requires one.
+    assert _code(binder, lambda: binder.service.bind_extension(
+        account, a, "", 600)) == Code.BAD_PARAMETER
