@@ -205,9 +205,6 @@ def query_data(answer: QueryAnswer) -> dict[str, Any]:
     }
     if answer.extension is not None:
         data["extension"] = answer.extension
-    if answer.callee_dtmf:
-        data["calleeDtmf"] = answer.callee_dtmf
-        data["calleeDtmfDelay"] = answer.callee_dtmf_delay
     return data
 
 

@@ -82,9 +82,6 @@ class QueryAnswer(msgspec.Struct, frozen=True):
     extension: str | None
     # The number the callee is shown (modes.md): X, or Y in the modes with a Y.
     display: str = ""
-    # AXB made with v1's extensionB: what the switch keys into B's line after B answers A.
-    callee_dtmf: str = ""
-    callee_dtmf_delay: int = 0
 
 
 class _TtlCache(Generic[K, V]):
@@ -196,16 +193,8 @@ class Service:
         flag: int = 0,
         business_id: str = "",
         phone_x: str = "",
-        api_version: int = 0,
-        ext: str = "",
-        iso2: str = "",
-        callee_dtmf: str = "",
-        callee_dtmf_delay: int = 0,
         now: int | None = None,
     ) -> Binding:
-        """bindAXB, and v1's AXB (``api_version`` 1, ``ext``, ``iso2`` for X's region; and
-        ``callee_dtmf`` with ``callee_dtmf_delay``: v1's extensionB and dtmfDelayTimeB, which
-        A's answers carry for the switch to key into B's line)."""
         now = int(time.time()) if now is None else now
         a = require_international(phone_a, "phoneA")
         b = require_international(phone_b, "phoneB")
@@ -214,12 +203,6 @@ class Service:
         if a.digits == b.digits:
             raise PnsError(Code.SAME_NUMBER)
         _check_common(customer_bind_id, business_id, flag, expire_second)
-        _check_ext(ext)
-        if len(callee_dtmf) > 32 or not all(c in "0123456789*#" for c in callee_dtmf):
-            raise PnsError(Code.BAD_PARAMETER, "extensionB is at most 32 of 0-9, * and #")
-        if not 0 <= callee_dtmf_delay <= 3600:
-            raise PnsError(Code.BAD_PARAMETER, "dtmfDelayTimeB must be 0 to 3600")
-        country = region_country_code(iso2) if iso2 and not phone_x else a.country_code
         requested_x = self._parse_x(phone_x) if phone_x else None
         existing = await self._existing(
             account, customer_bind_id, a.digits, b.digits,
@@ -234,14 +217,12 @@ class Service:
             if requested_x is not None:
                 x = requested_x.digits
             else:
-                x = await self.allocate_x(account, a, b, now, country)
+                x = await self.allocate_x(account, a, b, now)
             binding = Binding(
                 bind_id=new_bind_id(x), account_id=account.id, x=x, a=a.digits, b=b.digits,
                 extension="", bind_type=BIND_TYPE_AXB, customer_bind_id=customer_bind_id,
                 business_id=business_id, flag=flag, expire_second=expire_second,
                 expire_at=expire_at_for(expire_second, now), created_at=now,
-                api_version=api_version, ext=ext, callee_dtmf=callee_dtmf,
-                callee_dtmf_delay=callee_dtmf_delay,
             )
             try:
                 await self.store.insert_binding(binding, now)
@@ -263,26 +244,23 @@ class Service:
                 # Another bind took a party on the chosen X meanwhile: choose again.
         raise PnsError(Code.NUMBERS_EXHAUSTED, "virtual numbers exhausted under contention; retry")
 
-    async def allocate_x(self, account: Account, a: Number, b: Number, now: int,
-                         country_code: int | None = None) -> str:
-        """Choose X for a new pair: among the account's free numbers of the country (A's, or
-        ``country_code``), the one with the fewest active bindings. When none is free, 10010
-        says why."""
-        country = a.country_code if country_code is None else country_code
+    async def allocate_x(self, account: Account, a: Number, b: Number, now: int) -> str:
+        """Choose X for a new pair: among the account's free numbers of the country, the one
+        with the fewest active bindings. When none is free, 10010 says why."""
         candidates = await self.store.free_numbers(
-            account.id, country, (a.digits, b.digits, EXCLUSIVE), now, _CANDIDATES
+            account.id, a.country_code, (a.digits, b.digits, EXCLUSIVE), now, _CANDIDATES
         )
         if candidates:
             return choose_x(candidates).x
-        stats = await self.store.pool_stats(account.id, country, a.digits, b.digits, now)
+        stats = await self.store.pool_stats(account.id, a.country_code, a.digits, b.digits, now)
         if stats.numbers == 0:
             raise PnsError(
                 Code.NO_VIRTUAL_NUMBER,
-                f"the account has no virtual number in country code {country}",
+                f"the account has no virtual number in country code {a.country_code}",
             )
         raise PnsError(
             Code.NUMBERS_EXHAUSTED,
-            exhausted_message(stats.numbers, stats.held_by_a, stats.held_by_b, country),
+            exhausted_message(stats.numbers, stats.held_by_a, stats.held_by_b, a.country_code),
         )
 
     # --- the binding modes of modes.md ------------------------------------------------------
@@ -561,12 +539,6 @@ class Service:
         return await self._bind_extension_mode(
             account, make, requested_x, None, country, None, requested_ext, length, now)
 
-    async def _same_length(self, x: str, length: int, now: int) -> None:
-        """One extension length per X: 10016 when X's active extensions have another."""
-        if any(len(e) != length for e in await self.store.used_extensions(x, now)):
-            raise PnsError(Code.INVALID_EXTENSION, "the extensions on this number have "
-                           "another length")
-
     async def _free_extension(self, x: str, length: int, now: int) -> str:
         """A random free extension of ``length`` digits on X; 10016 when X's active
         extensions have another length (one length per X)."""
@@ -601,7 +573,10 @@ class Service:
             x = requested_x.digits if requested_x else await self._pick(
                 account, country_code, (EXCLUSIVE,), now, ())
             if requested_ext is not None:
-                await self._same_length(x, length, now)
+                used = await self.store.used_extensions(x, now)
+                if any(len(e) != len(requested_ext) for e in used):
+                    raise PnsError(Code.INVALID_EXTENSION, "the extensions on this number "
+                                   "have another length")
             y = ""
             if y_parties is not None:
                 y = requested_y.digits if requested_y else await self._pick(
@@ -847,53 +822,36 @@ class Service:
         customer_bind_id: str = "",
         flag: int = 0,
         business_id: str = "",
-        api_version: int = 0,
-        ext: str = "",
-        iso2: str = "",
-        extension_length: int | None = None,
         now: int | None = None,
     ) -> Binding:
-        """bindAXBExtension, and v1's AXE (``api_version`` 1): there X may be left out and is
-        then allocated (where A and B are free and X is not held alone), and extensions have
-        ``extension_length`` digits (4). One extension length per X (10016)."""
         now = int(time.time()) if now is None else now
         a = require_international(phone_a, "phoneA")
-        if not phone_x.strip() and not api_version:
+        if not phone_x.strip():
             raise PnsError(Code.BAD_PARAMETER, "phoneX is required")
-        x = self._parse_x(phone_x) if phone_x.strip() else None
+        x = self._parse_x(phone_x)
         b = require_international(phone_b, "phoneB") if phone_b.strip() else None
-        country = x.country_code if x else (
-            region_country_code(iso2) if iso2 else a.country_code)
-        if a.country_code != country or (b and b.country_code != country):
+        if a.country_code != x.country_code or (b and b.country_code != x.country_code):
             raise PnsError(Code.COUNTRY_MISMATCH, "phoneA/phoneB and phoneX differ in country code")
         if b is not None and a.digits == b.digits:
             raise PnsError(Code.SAME_NUMBER)
         _check_common(customer_bind_id, business_id, flag, expire_second)
-        _check_ext(ext)
-        length = extension_length or self.settings.extension_length
-        requested_ext = _valid_extension(extension, length) if extension else None
+        requested_ext = self.validate_extension(extension) if extension else None
         b_digits = b.digits if b else ""
         existing = await self._existing(
-            account, customer_bind_id, a.digits, b_digits, x.digits if x else None, flag,
-            expire_second, requested_ext, BIND_TYPE_EXTENSION, now,
+            account, customer_bind_id, a.digits, b_digits, x.digits, flag, expire_second,
+            requested_ext, BIND_TYPE_EXTENSION, now,
         )
         if existing is not None:
             return existing
-        if x is not None:
-            await self._require_own_number(account, x, a.country_code)
-        parties = (a.digits, b_digits, EXCLUSIVE) if b_digits else (a.digits, EXCLUSIVE)
+        await self._require_own_number(account, x, a.country_code)
         for _ in range(_INSERT_ATTEMPTS):
-            on = x.digits if x is not None else await self._pick(
-                account, country, parties, now, ())
-            if requested_ext is not None:
-                await self._same_length(on, length, now)
-            chosen = requested_ext or await self._free_extension(on, length, now)
+            ext = requested_ext or await self.allocate_extension(x.digits, now)
             binding = Binding(
-                bind_id=new_bind_id(on), account_id=account.id, x=on, a=a.digits,
-                b=b_digits, extension=chosen, bind_type=BIND_TYPE_EXTENSION,
+                bind_id=new_bind_id(x.digits), account_id=account.id, x=x.digits, a=a.digits,
+                b=b_digits, extension=ext, bind_type=BIND_TYPE_EXTENSION,
                 customer_bind_id=customer_bind_id, business_id=business_id, flag=flag,
                 expire_second=expire_second, expire_at=expire_at_for(expire_second, now),
-                created_at=now, api_version=api_version, ext=ext,
+                created_at=now,
             )
             try:
                 await self.store.insert_binding(binding, now)
@@ -901,15 +859,12 @@ class Service:
             except BindConflict as conflict:
                 if conflict.kind is ConflictKind.CUSTOMER_BIND_ID:
                     raced = await self._existing(
-                        account, customer_bind_id, a.digits, b_digits,
-                        x.digits if x else None, flag, expire_second, requested_ext,
-                        BIND_TYPE_EXTENSION, now,
+                        account, customer_bind_id, a.digits, b_digits, x.digits, flag,
+                        expire_second, requested_ext, BIND_TYPE_EXTENSION, now,
                     )
                     if raced is not None:
                         return raced
                     continue
-                if x is None:
-                    continue  # the allocated X was taken meanwhile: choose again
                 if conflict.kind is ConflictKind.PARTY or await self._party_bound(binding, now):
                     # Both keys may be taken; which one a store reports first is its own
                     # business, so the party conflict is decided here, the same on every store.
@@ -918,6 +873,24 @@ class Service:
                     raise PnsError(Code.EXTENSION_TAKEN) from None
                 # The extension we picked was taken meanwhile: pick again.
         raise PnsError(Code.NO_FREE_EXTENSION, "no free extension under contention; retry")
+
+    def validate_extension(self, extension: str) -> str:
+        length = self.settings.extension_length
+        if len(extension) != length or not extension.isascii() or not extension.isdigit():
+            raise PnsError(Code.INVALID_EXTENSION, f"extension must be {length} digits")
+        return extension
+
+    async def allocate_extension(self, x: str, now: int) -> str:
+        """A random free extension on X, so concurrent binds rarely collide."""
+        length = self.settings.extension_length
+        used = await self.store.used_extensions(x, now)
+        total = 10**length
+        if len(used) >= total:
+            raise PnsError(Code.NO_FREE_EXTENSION)
+        while True:
+            ext = f"{random.randrange(total):0{length}d}"
+            if ext not in used:
+                return ext
 
     # --- unbind and list -----------------------------------------------------------------
     async def unbind(
@@ -1018,7 +991,6 @@ class Service:
         return QueryAnswer(
             callee=callee, call_id=call_id, flag=binding.flag, bind_type=binding.bind_type,
             prompts=owner, extension=extension, display=binding.display(x.digits),
-            **_dtmf_for(binding, callee),
         )
 
     async def _answered(self, binding: Binding, caller: str | None, on: str,
@@ -1253,14 +1225,6 @@ class Service:
         if _same_request(existing, a, b, x, flag, expire_second, extension, bind_type):
             return existing
         raise PnsError(Code.CUSTOMER_BIND_ID_REUSED)
-
-
-def _dtmf_for(binding: Binding, callee: str) -> dict[str, Any]:
-    """An AXB's keys for B's line, in the answers that reach B from A."""
-    if binding.callee_dtmf and binding.bind_type == BIND_TYPE_AXB and callee == binding.b:
-        return {"callee_dtmf": binding.callee_dtmf,
-                "callee_dtmf_delay": binding.callee_dtmf_delay}
-    return {}
 
 
 def _valid_extension(extension: str, length: int) -> str:

@@ -131,9 +131,6 @@ DATA_SCHEMAS: dict[str, dict[str, Any] | None] = {
                      bindType={**_I, "description": _BIND_TYPES}, extension=_S,
                      display={**_S, "description": "the number the callee is shown: X, or Y "
                               "in the modes with a Y (present in every success answer)"},
-                     calleeDtmf={**_S, "description": "AXB bound with v1's extensionB: keys "
-                                 "to send into B's line after B answers (A's calls only)"},
-                     calleeDtmfDelay={**_I, "description": "seconds to wait before them"},
                      **_PROMPTS),
     "reportCall": _obj(["id", "callId"], id=_I, callId=_S),
     "getCallRecords": _obj(["records", "total"], records={"type": "array", "items": _RECORD},
