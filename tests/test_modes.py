@@ -395,8 +395,8 @@ def test_nxeyb_makes_a_child_per_caller(server: Server, binder: Binder, customer
                                         switch: Tenant) -> None:
     account = binder.account(customer)
     b, a1, a2 = unique_hk("6"), unique_hk("6"), unique_hk("6")
-    parent = binder.run(lambda: binder.service.bind_nxeyb(account, b, 600,
-                                                          extension_length=4))
+    parent = binder.run(lambda: binder.service.bind_nxeyb(account, b, 600, api_version=1))
+    assert len(parent.extension) == 4  # v1's extensions have 4 digits
     assert parent.bind_type == BIND_TYPE_NXEYB and parent.y == ""
     code, data = _route_ext(server, switch, a1, parent.x, parent.extension)
     assert code == 0 and data["callee"] == b and data["bindType"] == BIND_TYPE_NXEYB

@@ -63,6 +63,8 @@ MAX_EXPIRE_SECOND = 100 * 365 * 86400
 MAX_FLAG = 2**31 - 1
 MAX_EXT = 1024
 MAX_GROUP = 200
+# Extensions of the modes bound through the v1 API (modes.md: 4 digits).
+_V1_EXTENSION_LENGTH = 4
 LIST_MAX = 1000
 _CANDIDATES = 8
 _INSERT_ATTEMPTS = 8
@@ -481,7 +483,8 @@ class Service:
             raise PnsError(Code.SAME_NUMBER)
         _check_common(customer_bind_id, business_id, flag, expire_second)
         _check_ext(ext)
-        length = extension_length or self.settings.extension_length
+        length = extension_length or (_V1_EXTENSION_LENGTH if api_version
+                                      else self.settings.extension_length)
         requested_ext = _valid_extension(extension, length) if extension else None
         requested_x = self._parse_x(phone_x) if phone_x else None
         requested_y = self._parse_x(phone_y) if phone_y else None
@@ -523,7 +526,8 @@ class Service:
         b = require_international(phone_b, "phoneB")
         _check_common(customer_bind_id, business_id, flag, expire_second)
         _check_ext(ext)
-        length = extension_length or self.settings.extension_length
+        length = extension_length or (_V1_EXTENSION_LENGTH if api_version
+                                      else self.settings.extension_length)
         requested_ext = _valid_extension(extension, length) if extension else None
         requested_x = self._parse_x(phone_x) if phone_x else None
         country = region_country_code(iso2) if iso2 and requested_x is None else b.country_code
