@@ -1141,3 +1141,25 @@ def test_a_number_with_any_key_of_a_binding_is_not_removed_without_force(s: Sync
     assert s.remove_numbers([y, e], True, T0) == []
     assert s.get_binding(held.bind_id, T0) is None and s.get_binding(parent.bind_id, T0) is None
     assert s.find_by_party(x, EXCLUSIVE, T0) is None
+
+
+def test_concurrent_binds_never_share_a_number_held_alone(s: SyncStore, store_url: str) -> None:
+    """Binds racing on one X, some holding it alone (XYB), others plain: either one binding
+    that holds X alone is there and nothing else, or only plain ones."""
+    account = new_account(s)
+    x, y = new_numbers(s, account, 2)
+    n = 6
+
+    async def bind(store: Store, i: int) -> bool:
+        new = (_xyb(account, x, y, phone()) if i % 2 else binding(account, x, phone(), phone()))
+        try:
+            await store.insert_binding(new, T0)
+        except BindConflict:
+            return False
+        return True
+
+    results = in_threads(store_url, n, bind)
+    assert all(isinstance(r, bool) for r in results), results
+    alone = [i for i, won in enumerate(results) if won and i % 2]
+    plain = [i for i, won in enumerate(results) if won and not i % 2]
+    assert (len(alone) == 1 and not plain) or (not alone and plain), results
