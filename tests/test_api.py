@@ -56,7 +56,8 @@ def test_seed_example_bind_then_query(server: Server, customer: Tenant, switch: 
     for prompt in ("audioWhenCallFail", "audioWhenDtmfNeed", "audioWhenDtmfErr"):
         assert isinstance(q[prompt], str)
     assert set(q) == {"callee", "callId", "flag", "audioWhenCallFail", "bindType",
-                      "audioWhenDtmfNeed", "audioWhenDtmfErr"}
+                      "audioWhenDtmfNeed", "audioWhenDtmfErr", "display"}
+    assert q["display"] == data["did"]  # AXB: the callee is shown X
     # And the other way round.
     assert server.client(switch).query(A, data["did"])["data"]["callee"] == B
 
@@ -350,7 +351,7 @@ def test_auth_refusals(server: Server, customer: Tenant, switch: Tenant) -> None
     headers = signed_headers(key, secret, "getAXBList", body)
     assert code(_post(server, headers, body.replace(b",", b", "))[1]) == 1003
     # Unknown action: signed correctly, still 1002.
-    headers = signed_headers(key, secret, "bindAXG", body)
+    headers = signed_headers(key, secret, "bindAXY", body)
     assert code(_post(server, headers, body)[1]) == 1002
     # A switch cannot bind.
     assert_envelope(server.client(switch).bind_axb(*fresh_pair(), 0), 1005)

@@ -35,6 +35,8 @@ class ModelBinding:
     extension: str
     expire_at: int
     cbid: str = ""
+    alone: bool = False  # AX: X held by this binding alone
+    members: frozenset[str] = frozenset()  # AXG: the group's members, parties on X
 
     def active(self, now: int) -> bool:
         return self.expire_at == 0 or self.expire_at > now
@@ -47,9 +49,15 @@ class Model:
     def active(self, now: int) -> list[ModelBinding]:
         return [b for b in self.bindings.values() if b.active(now)]
 
+    def on(self, x: str, now: int) -> list[ModelBinding]:
+        return [b for b in self.active(now) if b.x == x]
+
+    def alone(self, x: str, now: int) -> ModelBinding | None:
+        return next((b for b in self.on(x, now) if b.alone), None)
+
     def holder(self, x: str, number: str, now: int) -> ModelBinding | None:
         for b in self.active(now):
-            if b.x == x and number in (b.a, b.b):
+            if b.x == x and (number in (b.a, b.b) or number in b.members):
                 return b
         return None
 
@@ -71,6 +79,10 @@ def machine_for(store_url: str) -> type[RuleBasedStateMachine]:
             self.loop.run_until_complete(self.store.add_numbers(
                 [VirtualNumber(x, self.account.id, 852) for x in self.xs]))
             self.model = Model()
+            self.group_members = frozenset(self.people[:2])
+            group = self.loop.run_until_complete(self.service.create_group(
+                self.account, ",".join(self.group_members), now=self.now))
+            self.group_id = group.group_id
 
         def teardown(self) -> None:
             self.loop.run_until_complete(self.store.close())
@@ -90,7 +102,8 @@ def machine_for(store_url: str) -> type[RuleBasedStateMachine]:
             binding, code = self.call(self.service.bind_axb(
                 self.account, pa, pb, expire, phone_x=x, now=self.now))
             free = [cx for cx in self.xs if self.model.holder(cx, pa, self.now) is None
-                    and self.model.holder(cx, pb, self.now) is None]
+                    and self.model.holder(cx, pb, self.now) is None
+                    and self.model.alone(cx, self.now) is None]
             if pa == pb:
                 assert code is Code.SAME_NUMBER
                 return
@@ -120,7 +133,8 @@ def machine_for(store_url: str) -> type[RuleBasedStateMachine]:
             pa, x = self.people[a], self.xs[xi]
             binding, code = self.call(self.service.bind_extension(
                 self.account, pa, x, expire, extension=ext or "", now=self.now))
-            if self.model.holder(x, pa, self.now) is not None:
+            if (self.model.holder(x, pa, self.now) is not None
+                    or self.model.alone(x, self.now) is not None):
                 assert code is Code.PARTY_ALREADY_BOUND
                 return
             taken = {m.extension for m in self.model.active(self.now) if m.x == x}
@@ -131,6 +145,73 @@ def machine_for(store_url: str) -> type[RuleBasedStateMachine]:
             assert binding.extension not in taken
             self.model.bindings[binding.bind_id] = ModelBinding(
                 binding.bind_id, x, pa, "", binding.extension, binding.expire_at)
+
+        @rule(a=st.integers(0, PEOPLE - 1), expire=st.sampled_from([0, 5]),
+              want_x=st.none() | st.integers(0, XS - 1))
+        def bind_ax(self, a: int, expire: int, want_x: int | None) -> None:
+            """AX holds its X alone: only a number with no active binding takes it."""
+            pa = self.people[a]
+            x = self.xs[want_x] if want_x is not None else ""
+            binding, code = self.call(self.service.bind_ax(
+                self.account, pa, expire, phone_x=x, now=self.now))
+            empty = [cx for cx in self.xs if not self.model.on(cx, self.now)]
+            if want_x is not None and x not in empty:
+                assert code is Code.PARTY_ALREADY_BOUND, code
+                return
+            if not empty:
+                assert code is Code.NUMBERS_EXHAUSTED, code
+                return
+            assert binding is not None and binding.x in empty, code
+            self.model.bindings[binding.bind_id] = ModelBinding(
+                binding.bind_id, binding.x, pa, "", "", binding.expire_at, alone=True)
+
+        @rule(a=st.integers(0, PEOPLE - 1), want_x=st.none() | st.integers(0, XS - 1))
+        def bind_axg(self, a: int, want_x: int | None) -> None:
+            """AXG: A and every member are parties on X."""
+            pa = self.people[a]
+            x = self.xs[want_x] if want_x is not None else ""
+            binding, code = self.call(self.service.bind_axg(
+                self.account, pa, self.group_id, 30, phone_x=x, now=self.now))
+            if pa in self.group_members:
+                assert code is Code.BAD_PARAMETER, code
+                return
+            parties = {pa, *self.group_members}
+            free = [cx for cx in self.xs if self.model.alone(cx, self.now) is None
+                    and all(self.model.holder(cx, p, self.now) is None for p in parties)]
+            if want_x is not None and x not in free:
+                assert code is Code.PARTY_ALREADY_BOUND, code
+                return
+            if not free:
+                assert code is Code.NUMBERS_EXHAUSTED, code
+                return
+            assert binding is not None and binding.x in free, code
+            self.model.bindings[binding.bind_id] = ModelBinding(
+                binding.bind_id, binding.x, pa, "", "", binding.expire_at,
+                members=self.group_members)
+
+        @rule(op=st.sampled_from([0, 1, 2]), picks=st.sets(st.integers(0, PEOPLE - 1),
+                                                            min_size=1, max_size=3))
+        def update_group(self, op: int, picks: set[int]) -> None:
+            """All or nothing: a member bound on an X of the group (or its A) is 10017."""
+            given = {self.people[i] for i in picks}
+            old = self.group_members
+            new = frozenset(old | given if op == 0 else old - given if op == 1 else given)
+            _, code = self.call(self.service.update_group(
+                self.account, self.group_id, op, ",".join(given), now=self.now))
+            if not new:
+                assert code is Code.GROUP_INVALID, code
+                return
+            ours = [m for m in self.model.active(self.now) if m.members]
+            clash = any(m.a in new for m in ours) or any(
+                (h := self.model.holder(m.x, p, self.now)) is not None and h is not m
+                for m in ours for p in new - old)
+            if clash:
+                assert code is Code.PARTY_ALREADY_BOUND, code
+                return
+            assert code is None, code
+            self.group_members = new
+            for m in ours:
+                m.members = new
 
         @precondition(lambda self: bool(self.model.bindings))
         @rule(pick=st.integers(0, 1000))
@@ -171,9 +252,13 @@ def machine_for(store_url: str) -> type[RuleBasedStateMachine]:
             else:
                 m = self.model.holder(x, caller, self.now)
                 expected = None
-                if m is not None:
+                if m is not None and m.members:  # AXG: members reach A; A reaches B
+                    expected = (m.b or None) if caller == m.a else m.a
+                elif m is not None:
                     expected = m.b if caller == m.a else m.a
                     expected = expected or None
+                elif (alone := self.model.alone(x, self.now)) is not None:
+                    expected = alone.a  # AX: anyone but A reaches A
                 if m is None and any(mm.extension for mm in active):
                     assert answer is not None and answer.callee == "" and answer.bind_type == 4
                     return

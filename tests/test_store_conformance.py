@@ -29,6 +29,9 @@ from pns.ids import new_bind_id
 from pns.model import (
     BIND_TYPE_AXB,
     BIND_TYPE_EXTENSION,
+    BIND_TYPE_NXEYB,
+    BIND_TYPE_XYB,
+    EXCLUSIVE,
     Account,
     AccountChanges,
     AuditEntry,
@@ -1069,3 +1072,94 @@ def test_race_two_servers_one_database(store_url: str) -> None:
     finally:
         for server in servers:
             server.stop()
+
+
+# --- the binding modes (modes.md): keys on Y and "*", compare-and-swap ------------------------
+def _xyb(account: Account, x: str, y: str, b: str) -> Binding:
+    return Binding(bind_id=new_bind_id(x), account_id=account.id, x=x, a="", b=b, extension="",
+                   bind_type=BIND_TYPE_XYB, customer_bind_id="", business_id="", flag=0,
+                   expire_second=0, expire_at=0, created_at=T0, y=y)
+
+
+def test_a_binding_held_alone_shares_its_x_with_none(s: SyncStore) -> None:
+    account = new_account(s)
+    x, y, other = new_numbers(s, account, 3)
+    held = _xyb(account, x, y, phone())
+    s.insert_binding(held, T0)
+    assert conflict(s, binding(account, x, phone(), phone())) is PARTY
+    assert conflict(s, binding(account, x, phone(), ext="123")) is PARTY
+    # I1 on Y: B is a party there.
+    assert conflict(s, binding(account, y, held.b, phone())) is PARTY
+    assert s.find_by_party(x, EXCLUSIVE, T0) == held
+    assert s.find_by_party(y, held.b, T0) == held
+    # An X with a binding cannot be held alone.
+    s.insert_binding(binding(account, other, phone(), phone()), T0)
+    assert conflict(s, _xyb(account, other, y, phone())) is PARTY
+    assert s.delete_binding(held.bind_id)
+    assert s.find_by_party(y, held.b, T0) is None and s.find_by_party(x, EXCLUSIVE, T0) is None
+    s.insert_binding(binding(account, x, phone(), phone()), T0)
+
+
+def test_concurrent_captures_of_one_binding_have_one_winner(s: SyncStore,
+                                                            store_url: str) -> None:
+    account = new_account(s)
+    x, y = new_numbers(s, account, 2)
+    held = _xyb(account, x, y, phone())
+    s.insert_binding(held, T0)
+    callers = [phone() for _ in range(4)]
+
+    async def capture(store: Store, i: int) -> bool:
+        captured = msgspec.structs.replace(held, a=callers[i], captured_at=T0)
+        return await store.replace_binding(held, captured, T0)
+
+    results = in_threads(store_url, len(callers), capture)
+    assert results.count(True) == 1 and results.count(False) == len(callers) - 1, results
+    winner = callers[results.index(True)]
+    stored = s.get_binding(held.bind_id, T0)
+    assert stored is not None and stored.a == winner and stored.captured_at == T0
+    # Keys moved with it: X is free, A and B are parties on Y.
+    assert s.find_by_party(x, EXCLUSIVE, T0) is None
+    assert s.find_by_party(y, winner, T0) == stored
+    s.insert_binding(binding(account, x, phone(), phone()), T0)
+    # A stale compare changes nothing.
+    assert not s.replace_binding(held, msgspec.structs.replace(held, a=phone()), T0)
+
+
+def test_a_number_with_any_key_of_a_binding_is_not_removed_without_force(s: SyncStore) -> None:
+    account = new_account(s)
+    x, y, e = new_numbers(s, account, 3)
+    held = _xyb(account, x, y, phone())
+    s.insert_binding(held, T0)
+    # Held alone on X, B on Y: neither number leaves quietly.
+    assert s.remove_numbers([x], False, T0) == [x]
+    assert s.remove_numbers([y], False, T0) == [y]
+    # An NXEYB parent holds only an extension on its X.
+    parent = msgspec.structs.replace(binding(account, e, "", phone()), a="",
+                                     bind_type=BIND_TYPE_NXEYB, extension="1234")
+    s.insert_binding(parent, T0)
+    assert s.remove_numbers([e], False, T0) == [e]
+    assert s.remove_numbers([y, e], True, T0) == []
+    assert s.get_binding(held.bind_id, T0) is None and s.get_binding(parent.bind_id, T0) is None
+    assert s.find_by_party(x, EXCLUSIVE, T0) is None
+
+
+def test_concurrent_binds_never_share_a_number_held_alone(s: SyncStore, store_url: str) -> None:
+    """Binds racing on one X, some holding it alone (XYB), others plain: either one binding
+    that holds X alone is there and nothing else, or only plain ones."""
+    account = new_account(s)
+    x, y = new_numbers(s, account, 2)
+    n = 6
+
+    async def bind(store: Store, i: int) -> bool:
+        new = (_xyb(account, x, y, phone()) if i % 2 else binding(account, x, phone(), phone()))
+        try:
+            await store.insert_binding(new, T0)
+        except BindConflict:
+            return False
+        return True
+
+    results = in_threads(store_url, n, bind)
+    assert all(isinstance(r, bool) for r in results), results
+    alone = [i for i, won in enumerate(results) if won and i % 2]
+    plain = [i for i, won in enumerate(results) if won and not i % 2]
+    assert (len(alone) == 1 and not plain) or (not alone and plain), results

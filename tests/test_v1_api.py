@@ -13,7 +13,6 @@ import httpx
 import pytest
 
 from pns.client import PnsClient, encode_body, signed_headers
-from pns.core import Service
 from pns.model import Role
 
 from .conftest import Server, Tenant, create_tenant, unique_hk
@@ -247,9 +246,6 @@ MODE_BODIES: dict[str, dict[str, Any]] = {
             "callInExpireSecond": 60, "callInExpireStrategy": 1, "bindExpireStrategy": 2},
     "nxeyb": {"phoneB": "PB"},
 }
-CORE_METHOD = {"ax": "bind_ax", "axyb": "bind_axyb", "axeyb": "bind_axeyb", "xyb": "bind_xyb",
-               "nxeyb": "bind_nxeyb"}
-
 
 def _mode_body(mode: str, **fields: Any) -> dict[str, Any]:
     numbers = {"PA": unique_hk("1"), "PB": unique_hk("2")}
@@ -280,12 +276,7 @@ def test_v1_mode_fields_are_checked(server: Server, customer: Tenant, mode: str)
         answer = v1(c, mode, _mode_body(mode, **fields))
         assert answer["code"] == expected, (fields, answer)
     answer = v1(c, mode, _mode_body(mode))
-    # Until branch `modes` brings the core's bind of this mode, the path says so (1002); the
-    # lead drops this branch of the test with `_mode` in src/pns/v1.py at merge.
-    if not hasattr(Service, CORE_METHOD[mode]):
-        assert answer["code"] == 1002 and "mode not available" in answer["msg"], answer
-    else:
-        assert answer["code"] == 0 and answer["data"]["didX"] in customer.numbers, answer
+    assert answer["code"] == 0 and answer["data"]["didX"] in customer.numbers, answer
 
 
 # --- the old actions at NXCloud's newer address ---------------------------------------------

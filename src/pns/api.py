@@ -22,14 +22,19 @@ from .model import Account, Role
 from .ratelimit import FailureLimiter
 from .wire import (
     BindAXBBody,
+    BindAXGBody,
     BindExtensionBody,
     CallRecordsBody,
+    CreateGroupBody,
+    GroupIdBody,
     ListBody,
     QueryBody,
     RedeliverBody,
     UnbindBody,
+    UpdateGroupBody,
     binding_item,
     decode,
+    group_item,
     int_field,
 )
 
@@ -44,12 +49,14 @@ Handler = Callable[["Api", Account, Any, int], Awaitable[dict[str, Any] | None]]
 
 class Action(NamedTuple):
     """An action: the body it takes (decoded before the handler runs; also what /openapi.json
-    describes), its handler, who may call it, and whether it changes state (replay guard)."""
+    describes), its handler, who may call it, whether it changes state (replay guard), and
+    the fields of ``data`` also given at the envelope's top level (NXCloud's createGroup)."""
 
     body: type[msgspec.Struct]
     handler: Handler
     roles: frozenset[Role]
     changes_state: bool
+    top_level: tuple[str, ...] = ()
 
 
 class Response(NamedTuple):
@@ -60,8 +67,11 @@ class Response(NamedTuple):
     code: int
 
 
-def envelope(code: Code | int, msg: str, request_id: str, data: Any = None) -> bytes:
+def envelope(code: Code | int, msg: str, request_id: str, data: Any = None,
+             top_level: tuple[str, ...] = ()) -> bytes:
     answer: dict[str, Any] = {"code": int(code), "msg": msg, "requestId": request_id}
+    for name in top_level:
+        answer[name] = data[name]
     if data is not None:
         answer["data"] = data
     return _encode(answer)
@@ -86,9 +96,11 @@ class Api:
         request_id = new_snowflake()
         action_name = headers.get("action", "")
         try:
-            data = await self._run(headers, body, client, ACTIONS if actions is None else actions)
-            return Response(200, envelope(Code.OK, "success", request_id, data), request_id,
-                            action_name, 0)
+            table = ACTIONS if actions is None else actions
+            data = await self._run(headers, body, client, table)
+            top_level = table[action_name].top_level
+            return Response(200, envelope(Code.OK, "success", request_id, data, top_level),
+                            request_id, action_name, 0)
         except PnsError as exc:
             return Response(200, envelope(exc.code, exc.msg, request_id, exc.data), request_id,
                             action_name, int(exc.code))
@@ -192,6 +204,7 @@ def query_data(answer: QueryAnswer) -> dict[str, Any]:
         "bindType": answer.bind_type,
         "audioWhenDtmfNeed": prompts.audio_when_dtmf_need if prompts else "",
         "audioWhenDtmfErr": prompts.audio_when_dtmf_err if prompts else "",
+        "display": answer.display,
     }
     if answer.extension is not None:
         data["extension"] = answer.extension
@@ -223,6 +236,41 @@ async def _redeliver(api: Api, account: Account, req: RedeliverBody, now: int) -
     return {"eventId": await api.service.redeliver(account, req.callId, now)}
 
 
+async def _create_group(api: Api, account: Account, req: CreateGroupBody,
+                        now: int) -> dict[str, Any]:
+    group = await api.service.create_group(account, req.phones, req.groupName, req.remark, now)
+    return {"groupId": group.group_id}
+
+
+async def _update_group(api: Api, account: Account, req: UpdateGroupBody, now: int) -> None:
+    await api.service.update_group(
+        account, req.groupId, int_field(req.operateType, "operateType", required=True),
+        req.phones, now)
+    return None
+
+
+async def _delete_group(api: Api, account: Account, req: GroupIdBody, now: int) -> None:
+    await api.service.delete_group(account, req.groupId, now)
+    return None
+
+
+async def _list_groups(api: Api, account: Account, req: ListBody, now: int) -> dict[str, Any]:
+    limit = int_field(req.limit, "limit", required=False, code=Code.LIMIT_OUT_OF_RANGE)
+    offset = int_field(req.offset, "offset", required=False, code=Code.OFFSET_OUT_OF_RANGE)
+    groups, total = await api.service.list_groups(account, limit, offset)
+    return {"groups": [group_item(g) for g in groups], "total": total}
+
+
+async def _bind_axg(api: Api, account: Account, req: BindAXGBody, now: int) -> dict[str, Any]:
+    binding = await api.service.bind_axg(
+        account, req.phoneA, req.groupId,
+        expire_second=int_field(req.expireSecond, "expireSecond", required=True),
+        phone_x=req.phoneX, phone_b=req.phoneB, customer_bind_id=req.customerBindId,
+        flag=int_field(req.flag, "flag", required=False), business_id=req.businessId, now=now,
+    )
+    return {"bindId": binding.bind_id, "did": binding.x, "expireAt": binding.expire_at}
+
+
 _CUSTOMER = frozenset({Role.CUSTOMER})
 _SWITCH = frozenset({Role.SWITCH})
 _ANYONE = frozenset({Role.CUSTOMER, Role.SWITCH})
@@ -236,4 +284,9 @@ ACTIONS: dict[str, Action] = {
     "reportCall": Action(CallReport, _report_call, _SWITCH, True),
     "getCallRecords": Action(CallRecordsBody, _call_records, _CUSTOMER, False),
     "redeliverCallRecord": Action(RedeliverBody, _redeliver, _CUSTOMER, True),
+    "createGroup": Action(CreateGroupBody, _create_group, _CUSTOMER, True, ("groupId",)),
+    "updateGroup": Action(UpdateGroupBody, _update_group, _CUSTOMER, True),
+    "deleteGroup": Action(GroupIdBody, _delete_group, _CUSTOMER, True),
+    "listGroup": Action(ListBody, _list_groups, _CUSTOMER, False),
+    "bindAXG": Action(BindAXGBody, _bind_axg, _CUSTOMER, True),
 }

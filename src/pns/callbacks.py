@@ -89,15 +89,6 @@ def record_fields(record: CallRecord) -> dict[str, Any]:
 
 # NXCloud's pnsType of each bindType (modes.md); 4 is the v1 AXE among v1 bindings.
 PNS_TYPES = {0: "axb", 1: "ax", 2: "axg", 3: "axyb", 4: "axe", 5: "axeyb", 6: "xyb", 7: "nxeyb"}
-_BIND_TYPE_AXYB = 3
-
-
-def _display(binding: Binding, caller: str) -> str:
-    """The number the callee was shown: the one it can dial to reach the caller again
-    (modes.md): X, or Y in the modes with Y, except B's calls in AXYB, which show X."""
-    if not binding.y or (binding.bind_type == _BIND_TYPE_AXYB and caller == binding.b):
-        return binding.x
-    return binding.y
 
 
 def v1_record_fields(record: CallRecord, binding: Binding) -> dict[str, Any]:
@@ -125,7 +116,7 @@ def v1_record_fields(record: CallRecord, binding: Binding) -> dict[str, Any]:
     }
     inbound = {"callType": 1, "caller": record.caller, "callee": record.did, **leg,
                "callRingAt": 0, "ringDuration": 0}
-    outbound = {"callType": 2, "caller": _display(binding, record.caller),
+    outbound = {"callType": 2, "caller": binding.display(record.did, record.caller),
                 "callee": record.callee, **leg, "callRingAt": record.ring_at,
                 "ringDuration": max(ring_end - record.ring_at, 0) if record.ring_at else 0}
     return {

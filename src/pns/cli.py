@@ -942,8 +942,9 @@ def _binding_json(b: Binding) -> dict[str, Any]:
     return binding_item(b)
 
 
-_BINDING_COLUMNS = ("bindId", "customerBindId", "phoneA", "phoneB", "did", "extension",
-                    "bindType", "flag", "expireAt", "businessId", "customerId")
+_BINDING_COLUMNS = ("bindId", "customerBindId", "phoneA", "phoneB", "did", "didY",
+                    "extension", "bindType", "groupId", "customerUserId", "flag", "expireAt",
+                    "businessId", "customerId")
 
 
 @bindings.command("list")

@@ -28,16 +28,30 @@ from .callbacks import (
 from .errors import Code, PnsError
 from .ids import new_bind_id, new_snowflake
 from .model import (
+    BIND_TYPE_AX,
     BIND_TYPE_AXB,
+    BIND_TYPE_AXEYB,
+    BIND_TYPE_AXG,
+    BIND_TYPE_AXYB,
     BIND_TYPE_EXTENSION,
+    BIND_TYPE_NXEYB,
+    BIND_TYPE_XYB,
+    EXCLUSIVE,
     Account,
     Binding,
     CallRecord,
     CallRef,
     Candidate,
+    Group,
     Role,
 )
-from .numbers import Number, normalise_caller, parse_international, require_international
+from .numbers import (
+    Number,
+    normalise_caller,
+    parse_international,
+    region_country_code,
+    require_international,
+)
 from .store.base import BindConflict, ConflictKind, Store
 
 log = logging.getLogger("pns.core")
@@ -48,6 +62,10 @@ MAX_CUSTOMER_BIND_ID = 64
 MAX_BUSINESS_ID = 128
 MAX_EXPIRE_SECOND = 100 * 365 * 86400
 MAX_FLAG = 2**31 - 1
+MAX_EXT = 1024
+MAX_GROUP = 200
+# Extensions of the modes bound through the v1 API (modes.md: 4 digits).
+_V1_EXTENSION_LENGTH = 4
 LIST_MAX = 1000
 _CANDIDATES = 8
 _INSERT_ATTEMPTS = 8
@@ -73,6 +91,8 @@ class QueryAnswer(msgspec.Struct, frozen=True):
     # v1 AXB with extensionB, A→B only: the digits the switch keys into B's line once B answers.
     callee_dtmf: str = ""
     callee_dtmf_delay: int = 0
+    # The number the callee is shown (modes.md): X, or Y in the modes with a Y.
+    display: str = ""
 
 
 class _TtlCache(Generic[K, V]):
@@ -269,7 +289,7 @@ class Service:
         """Choose X for a new pair: among the account's free numbers of the country, the one
         with the fewest active bindings. When none is free, 10010 says why."""
         candidates = await self.store.free_numbers(
-            account.id, a.country_code, (a.digits, b.digits), now, _CANDIDATES
+            account.id, a.country_code, (a.digits, b.digits, EXCLUSIVE), now, _CANDIDATES
         )
         if candidates:
             return choose_x(candidates).x
@@ -283,6 +303,555 @@ class Service:
             Code.NUMBERS_EXHAUSTED,
             exhausted_message(stats.numbers, stats.held_by_a, stats.held_by_b, a.country_code),
         )
+
+    # --- the binding modes of modes.md ------------------------------------------------------
+    async def bind_ax(
+        self,
+        account: Account,
+        phone_a: str,
+        expire_second: int,
+        phone_x: str = "",
+        customer_bind_id: str = "",
+        flag: int = 0,
+        business_id: str = "",
+        api_version: int = 0,
+        ext: str = "",
+        iso2: str = "",
+        now: int | None = None,
+    ) -> Binding:
+        """AX: X held by A alone; anyone but A calling X reaches A (display X)."""
+        now = int(time.time()) if now is None else now
+        a = require_international(phone_a, "phoneA")
+        _check_common(customer_bind_id, business_id, flag, expire_second)
+        _check_ext(ext)
+        requested_x = self._parse_x(phone_x) if phone_x else None
+        country = region_country_code(iso2) if iso2 and requested_x is None else a.country_code
+
+        def make(x: str) -> Binding:
+            return Binding(
+                bind_id=new_bind_id(x), account_id=account.id, x=x, a=a.digits, b="",
+                extension="", bind_type=BIND_TYPE_AX, customer_bind_id=customer_bind_id,
+                business_id=business_id, flag=flag, expire_second=expire_second,
+                expire_at=expire_at_for(expire_second, now), created_at=now,
+                api_version=api_version, ext=ext,
+            )
+
+        return await self._bind_alone(account, make, requested_x, country, (a.digits,), now)
+
+    async def bind_axyb(
+        self,
+        account: Account,
+        phone_a: str,
+        phone_b: str,
+        expire_second: int,
+        phone_x: str = "",
+        phone_y: str = "",
+        customer_bind_id: str = "",
+        flag: int = 0,
+        business_id: str = "",
+        api_version: int = 0,
+        ext: str = "",
+        iso2: str = "",
+        now: int | None = None,
+    ) -> Binding:
+        """AXYB: A calling X reaches B (shown Y); B calling Y reaches A (shown Y, the number
+        B dials back) once A has called. X and Y each carry both parties (I1)."""
+        now = int(time.time()) if now is None else now
+        a = require_international(phone_a, "phoneA")
+        b = require_international(phone_b, "phoneB")
+        if a.country_code != b.country_code:
+            raise PnsError(Code.COUNTRY_MISMATCH, "phoneA and phoneB have different country codes")
+        if a.digits == b.digits:
+            raise PnsError(Code.SAME_NUMBER)
+        _check_common(customer_bind_id, business_id, flag, expire_second)
+        _check_ext(ext)
+        requested_x = self._parse_x(phone_x) if phone_x else None
+        requested_y = self._parse_x(phone_y) if phone_y else None
+        country = region_country_code(iso2) if iso2 and requested_x is None else a.country_code
+
+        def make(x: str, y: str) -> Binding:
+            return Binding(
+                bind_id=new_bind_id(x), account_id=account.id, x=x, a=a.digits, b=b.digits,
+                extension="", bind_type=BIND_TYPE_AXYB, customer_bind_id=customer_bind_id,
+                business_id=business_id, flag=flag, expire_second=expire_second,
+                expire_at=expire_at_for(expire_second, now), created_at=now, y=y,
+                api_version=api_version, ext=ext,
+            )
+
+        return await self._bind_two(account, make, requested_x, requested_y, country,
+                                    (a.digits, b.digits), (a.digits, b.digits), now)
+
+    async def bind_xyb(
+        self,
+        account: Account,
+        phone_b: str,
+        expire_second: int,
+        phone_x: str = "",
+        phone_y: str = "",
+        customer_bind_id: str = "",
+        flag: int = 0,
+        business_id: str = "",
+        api_version: int = 0,
+        ext: str = "",
+        iso2: str = "",
+        customer_user_id: str = "",
+        call_in_expire_second: int = 0,
+        expire_strategy: int = 0,
+        delayed_y: bool = False,
+        now: int | None = None,
+    ) -> Binding:
+        """XYB: X held alone until its first call; that caller becomes A (captured atomically
+        in ``query``), X is released, and A and B reach each other on Y (shown Y).
+
+        ``expire_strategy`` is v1's ``callInExpireStrategy`` (else ``bindExpireStrategy``): 0
+        keep, 1 reset, 2 extend, by ``call_in_expire_second`` (else ``expire_second``) at each
+        answered query after the call-in. ``delayed_y``: Y is allocated at the call-in."""
+        now = int(time.time()) if now is None else now
+        b = require_international(phone_b, "phoneB")
+        _check_common(customer_bind_id, business_id, flag, expire_second)
+        _check_ext(ext)
+        if len(customer_user_id) > MAX_CUSTOMER_BIND_ID:
+            raise PnsError(Code.BAD_PARAMETER, "customerUserId is longer than 64 characters")
+        if not 0 <= call_in_expire_second <= MAX_EXPIRE_SECOND:
+            raise PnsError(Code.BAD_PARAMETER, "callInExpireSecond must be 0 to 100 years")
+        if expire_strategy not in (0, 1, 2):
+            raise PnsError(Code.BAD_PARAMETER, "the expire strategy must be 0, 1 or 2")
+        if delayed_y and phone_y:
+            raise PnsError(Code.BAD_PARAMETER, "didY and delayedGetY exclude each other")
+        requested_x = self._parse_x(phone_x) if phone_x else None
+        requested_y = self._parse_x(phone_y) if phone_y else None
+        country = region_country_code(iso2) if iso2 and requested_x is None else b.country_code
+
+        def make(x: str, y: str) -> Binding:
+            return Binding(
+                bind_id=new_bind_id(x), account_id=account.id, x=x, a="", b=b.digits,
+                extension="", bind_type=BIND_TYPE_XYB, customer_bind_id=customer_bind_id,
+                business_id=business_id, flag=flag, expire_second=expire_second,
+                expire_at=expire_at_for(expire_second, now), created_at=now, y=y,
+                api_version=api_version, ext=ext, customer_user_id=customer_user_id,
+                call_in_expire_second=call_in_expire_second, expire_strategy=expire_strategy,
+            )
+
+        if delayed_y:
+            return await self._bind_alone(account, lambda x: make(x, ""), requested_x,
+                                          country, (b.digits,), now)
+        return await self._bind_two(account, make, requested_x, requested_y, country,
+                                    (b.digits, EXCLUSIVE), (b.digits,), now, x_alone=True)
+
+    async def _bind_two(
+        self, account: Account, make: Callable[[str, str], Binding],
+        requested_x: Number | None, requested_y: Number | None, country_code: int,
+        on_x: tuple[str, ...], on_y: tuple[str, ...], now: int, x_alone: bool = False,
+    ) -> Binding:
+        """Insert a binding with an X and a Y: each requested, or allocated (least loaded)
+        where the parties it will carry are free; Y is never X. Retried on a lost race."""
+        probe = make(requested_x.digits if requested_x else "",
+                     requested_y.digits if requested_y else "")
+        existing = await self._existing_like(account, probe, now)
+        if existing is not None:
+            return existing
+        for requested in (requested_x, requested_y):
+            if requested is not None:
+                await self._require_own_number(account, requested, country_code)
+        if requested_x and requested_y and requested_x.digits == requested_y.digits:
+            raise PnsError(Code.BAD_PARAMETER, "didX and didY must differ")
+        for _ in range(_INSERT_ATTEMPTS):
+            x = requested_x.digits if requested_x else await self._pick(
+                account, country_code, (*on_x, EXCLUSIVE), now, (requested_y.digits,)
+                if requested_y else (), empty=x_alone)
+            y = requested_y.digits if requested_y else await self._pick(
+                account, country_code, (*on_y, EXCLUSIVE), now, (x,))
+            binding = make(x, y)
+            try:
+                await self.store.insert_binding(binding, now)
+                return binding
+            except BindConflict as conflict:
+                if conflict.kind is ConflictKind.CUSTOMER_BIND_ID:
+                    raced = await self._existing_like(account, probe, now)
+                    if raced is not None:
+                        return raced
+                    continue
+                if requested_x is not None and requested_y is not None:
+                    raise PnsError(Code.PARTY_ALREADY_BOUND) from None
+        raise PnsError(Code.NUMBERS_EXHAUSTED, "virtual numbers exhausted under contention; retry")
+
+    async def _pick(self, account: Account, country_code: int, parties: tuple[str, ...],
+                    now: int, exclude: tuple[str, ...], empty: bool = False) -> str:
+        """A number of the pool where none of ``parties`` is bound, least loaded, not one of
+        ``exclude``; 10008/10010 when none. For a binding that holds its number alone
+        (``empty``) one with no binding stored is preferred; the store's count includes
+        expired bindings not yet swept, so a fuller one is tried too and the insert decides."""
+        candidates = [c for c in await self.store.free_numbers(
+            account.id, country_code, parties, now, _CANDIDATES * 4) if c.x not in exclude]
+        if empty:
+            candidates = [c for c in candidates if c.active_bindings == 0] or candidates
+        if candidates:
+            return choose_x(candidates).x
+        if not await self._has_pool(account, country_code, now):
+            raise PnsError(Code.NO_VIRTUAL_NUMBER,
+                           f"the account has no virtual number in country code {country_code}")
+        raise PnsError(Code.NUMBERS_EXHAUSTED, "virtual numbers exhausted: no number of the "
+                       "pool is free for these parties")
+
+    async def bind_axeyb(
+        self,
+        account: Account,
+        phone_b: str,
+        expire_second: int,
+        phone_a: str = "",
+        phone_x: str = "",
+        phone_y: str = "",
+        extension: str = "",
+        customer_bind_id: str = "",
+        flag: int = 0,
+        business_id: str = "",
+        api_version: int = 0,
+        ext: str = "",
+        iso2: str = "",
+        extension_length: int | None = None,
+        now: int | None = None,
+    ) -> Binding:
+        """AXEYB: (A, X, E) reaches B (shown Y); then A and B reach each other on Y. Without
+        A, the first caller of X+E becomes A (captured atomically in ``query``)."""
+        now = int(time.time()) if now is None else now
+        b = require_international(phone_b, "phoneB")
+        a = require_international(phone_a, "phoneA") if phone_a.strip() else None
+        if a is not None and a.country_code != b.country_code:
+            raise PnsError(Code.COUNTRY_MISMATCH, "phoneA and phoneB have different country codes")
+        if a is not None and a.digits == b.digits:
+            raise PnsError(Code.SAME_NUMBER)
+        _check_common(customer_bind_id, business_id, flag, expire_second)
+        _check_ext(ext)
+        length = extension_length or (_V1_EXTENSION_LENGTH if api_version
+                                      else self.settings.extension_length)
+        requested_ext = _valid_extension(extension, length) if extension else None
+        requested_x = self._parse_x(phone_x) if phone_x else None
+        requested_y = self._parse_x(phone_y) if phone_y else None
+        country = region_country_code(iso2) if iso2 and requested_x is None else b.country_code
+        a_digits = a.digits if a else ""
+        parties = (a_digits, b.digits) if a else (b.digits,)
+
+        def make(x: str, y: str, extension: str) -> Binding:
+            return Binding(
+                bind_id=new_bind_id(x), account_id=account.id, x=x, a=a_digits, b=b.digits,
+                extension=extension, bind_type=BIND_TYPE_AXEYB,
+                customer_bind_id=customer_bind_id, business_id=business_id, flag=flag,
+                expire_second=expire_second, expire_at=expire_at_for(expire_second, now),
+                created_at=now, y=y, api_version=api_version, ext=ext)
+
+        return await self._bind_extension_mode(
+            account, make, requested_x, requested_y, country, parties, requested_ext, length,
+            now)
+
+    async def bind_nxeyb(
+        self,
+        account: Account,
+        phone_b: str,
+        expire_second: int,
+        phone_x: str = "",
+        extension: str = "",
+        customer_bind_id: str = "",
+        flag: int = 0,
+        business_id: str = "",
+        api_version: int = 0,
+        ext: str = "",
+        iso2: str = "",
+        extension_length: int | None = None,
+        now: int | None = None,
+    ) -> Binding:
+        """NXEYB: B on X + E. Each caller Aᵢ of X+E reaches B shown Yᵢ, a number allocated at
+        that query where Aᵢ and B are free, through a child binding Aᵢ-Yᵢ-B made then."""
+        now = int(time.time()) if now is None else now
+        b = require_international(phone_b, "phoneB")
+        _check_common(customer_bind_id, business_id, flag, expire_second)
+        _check_ext(ext)
+        length = extension_length or (_V1_EXTENSION_LENGTH if api_version
+                                      else self.settings.extension_length)
+        requested_ext = _valid_extension(extension, length) if extension else None
+        requested_x = self._parse_x(phone_x) if phone_x else None
+        country = region_country_code(iso2) if iso2 and requested_x is None else b.country_code
+
+        def make(x: str, y: str, extension: str) -> Binding:
+            return Binding(
+                bind_id=new_bind_id(x), account_id=account.id, x=x, a="", b=b.digits,
+                extension=extension, bind_type=BIND_TYPE_NXEYB,
+                customer_bind_id=customer_bind_id, business_id=business_id, flag=flag,
+                expire_second=expire_second, expire_at=expire_at_for(expire_second, now),
+                created_at=now, api_version=api_version, ext=ext)
+
+        return await self._bind_extension_mode(
+            account, make, requested_x, None, country, None, requested_ext, length, now)
+
+    async def _free_extension(self, x: str, length: int, now: int) -> str:
+        """A random free extension of ``length`` digits on X; 10016 when X's active
+        extensions have another length (one length per X)."""
+        used = await self.store.used_extensions(x, now)
+        if any(len(e) != length for e in used):
+            raise PnsError(Code.INVALID_EXTENSION, "the extensions on this number have "
+                           "another length")
+        total = 10**length
+        if len(used) >= total:
+            raise PnsError(Code.NO_FREE_EXTENSION)
+        while True:
+            extension = f"{random.randrange(total):0{length}d}"
+            if extension not in used:
+                return extension
+
+    async def _bind_extension_mode(
+        self, account: Account, make: Callable[[str, str, str], Binding],
+        requested_x: Number | None, requested_y: Number | None, country_code: int,
+        y_parties: tuple[str, ...] | None, requested_ext: str | None, length: int, now: int,
+    ) -> Binding:
+        """Insert an AXEYB (with a Y carrying ``y_parties``) or an NXEYB parent (no Y): X
+        any number of the pool not held alone, least loaded; the extension requested or free."""
+        probe = make(requested_x.digits if requested_x else "",
+                     requested_y.digits if requested_y else "", requested_ext or "")
+        existing = await self._existing_like(account, probe, now)
+        if existing is not None:
+            return existing
+        for requested in (requested_x, requested_y):
+            if requested is not None:
+                await self._require_own_number(account, requested, country_code)
+        for _ in range(_INSERT_ATTEMPTS):
+            x = requested_x.digits if requested_x else await self._pick(
+                account, country_code, (EXCLUSIVE,), now, ())
+            if requested_ext is not None:
+                used = await self.store.used_extensions(x, now)
+                if any(len(e) != len(requested_ext) for e in used):
+                    raise PnsError(Code.INVALID_EXTENSION, "the extensions on this number "
+                                   "have another length")
+            y = ""
+            if y_parties is not None:
+                y = requested_y.digits if requested_y else await self._pick(
+                    account, country_code, (*y_parties, EXCLUSIVE), now, (x,))
+            binding = make(x, y, requested_ext or await self._free_extension(x, length, now))
+            try:
+                await self.store.insert_binding(binding, now)
+                return binding
+            except BindConflict as conflict:
+                if conflict.kind is ConflictKind.CUSTOMER_BIND_ID:
+                    raced = await self._existing_like(account, probe, now)
+                    if raced is not None:
+                        return raced
+                    continue
+                if conflict.kind is ConflictKind.EXTENSION and requested_ext is not None:
+                    raise PnsError(Code.EXTENSION_TAKEN) from None
+                if conflict.kind is ConflictKind.PARTY and (requested_x or requested_y) and (
+                        y_parties is None or requested_y is not None):
+                    raise PnsError(Code.PARTY_ALREADY_BOUND) from None
+        raise PnsError(Code.NUMBERS_EXHAUSTED, "virtual numbers exhausted under contention; retry")
+
+    # --- AXG groups (old API) --------------------------------------------------------------
+    def _group_numbers(self, phones: str, country_code: int | None) -> tuple[str, ...]:
+        """``phones``: 1-200 distinct numbers of one country code (10020 otherwise)."""
+        parsed = [require_international(p, "phones") for p in phones.split(",") if p.strip()]
+        digits = tuple(sorted({n.digits for n in parsed}))
+        countries = {n.country_code for n in parsed} | (
+            {country_code} if country_code is not None else set())
+        if not 1 <= len(digits) <= MAX_GROUP or len(countries) != 1:
+            raise PnsError(Code.GROUP_INVALID)
+        return digits
+
+    async def create_group(self, account: Account, phones: str, name: str = "",
+                           remark: str = "", now: int | None = None) -> Group:
+        now = int(time.time()) if now is None else now
+        if not phones.strip():
+            raise PnsError(Code.BAD_PARAMETER, "phones is required")
+        if len(name) > 64 or len(remark) > 256:
+            raise PnsError(Code.BAD_PARAMETER, "groupName is at most 64 characters and remark "
+                           "at most 256")
+        members = self._group_numbers(phones, None)
+        number = parse_international(members[0])
+        group_id = new_snowflake()
+        group = Group(group_id=group_id, account_id=account.id, name=name or group_id,
+                      remark=remark, country_code=number.country_code if number else 0,
+                      members=members, created_at=now)
+        await self.store.create_group(group)
+        return group
+
+    async def _group(self, account: Account, group_id: str) -> Group:
+        if not group_id:
+            raise PnsError(Code.BAD_PARAMETER, "groupId is required")
+        group = await self.store.get_group(account.id, group_id)
+        if group is None:
+            raise PnsError(Code.GROUP_NOT_EXIST)
+        return group
+
+    async def group_bindings(self, account: Account, group_id: str, now: int) -> list[Binding]:
+        """The group's active bindings (a walk over the account's bindings: group changes
+        are rare, and this needs no index of its own on any store)."""
+        found: list[Binding] = []
+        cursor = ""
+        while True:
+            page = await self.store.bindings_page(account.id, "", cursor, LIST_MAX, now)
+            found += [b for b in page if b.group_id == group_id]
+            if len(page) < LIST_MAX:
+                return found
+            cursor = page[-1].bind_id
+
+    async def update_group(self, account: Account, group_id: str, operate_type: int,
+                           phones: str, now: int | None = None) -> Group:
+        """Add (0), remove (1) or replace (2) members, and every binding of the group with
+        them, all or nothing: a member bound on an X of the group is 10017, nothing changed.
+        A removed member's reach ends at once; a removed phoneB leaves A without a callee."""
+        now = int(time.time()) if now is None else now
+        if operate_type not in (0, 1, 2):
+            raise PnsError(Code.BAD_PARAMETER, "operateType must be 0, 1 or 2")
+        if not phones.strip():
+            raise PnsError(Code.BAD_PARAMETER, "phones is required")
+        for _ in range(_INSERT_ATTEMPTS):
+            group = await self._group(account, group_id)
+            given = set(self._group_numbers(phones, group.country_code))
+            current = set(group.members)
+            members = (current | given if operate_type == 0 else current - given
+                       if operate_type == 1 else given)
+            if not 1 <= len(members) <= MAX_GROUP:
+                raise PnsError(Code.GROUP_INVALID)
+            changed = msgspec.structs.replace(group, members=tuple(sorted(members)))
+            joined = ",".join(changed.members)
+            replacements = []
+            for binding in await self.group_bindings(account, group_id, now):
+                if binding.a in members:
+                    raise PnsError(Code.PARTY_ALREADY_BOUND,
+                                   "a new member is phoneA of a binding of the group")
+                b = binding.b if binding.b in members else ""
+                replacements.append(
+                    (binding, msgspec.structs.replace(binding, members=joined, b=b)))
+            try:
+                if await self.store.change_group(changed, replacements, now):
+                    return changed
+            except BindConflict:
+                raise PnsError(Code.PARTY_ALREADY_BOUND, "a new member is already bound on "
+                               "an X of the group; nothing changed") from None
+        raise PnsError(Code.INTERNAL, "the group's bindings kept changing; retry")
+
+    async def delete_group(self, account: Account, group_id: str,
+                           now: int | None = None) -> None:
+        now = int(time.time()) if now is None else now
+        await self._group(account, group_id)
+        if await self.group_bindings(account, group_id, now):
+            raise PnsError(Code.GROUP_IN_USE)
+        if not await self.store.delete_group(account.id, group_id):
+            raise PnsError(Code.GROUP_NOT_EXIST)
+
+    async def list_groups(self, account: Account, limit: int, offset: int
+                          ) -> tuple[list[Group], int]:
+        if not 0 <= limit <= LIST_MAX:
+            raise PnsError(Code.LIMIT_OUT_OF_RANGE, "limit must be an integer from 0 to 1000")
+        if offset < 0:
+            raise PnsError(Code.OFFSET_OUT_OF_RANGE, "offset must be an integer >= 0")
+        return await self.store.list_groups(account.id, limit or LIST_MAX, offset)
+
+    async def bind_axg(
+        self,
+        account: Account,
+        phone_a: str,
+        group_id: str,
+        expire_second: int,
+        phone_x: str = "",
+        phone_b: str = "",
+        customer_bind_id: str = "",
+        flag: int = 0,
+        business_id: str = "",
+        now: int | None = None,
+    ) -> Binding:
+        """AXG: every member of the group calling X reaches A (display X); A calling X
+        reaches ``phone_b`` (a member) or nobody. A and every member are parties on X (I1)."""
+        now = int(time.time()) if now is None else now
+        a = require_international(phone_a, "phoneA")
+        _check_common(customer_bind_id, business_id, flag, expire_second)
+        group = await self._group(account, group_id)
+        if a.country_code != group.country_code:
+            raise PnsError(Code.COUNTRY_MISMATCH, "phoneA and the group differ in country code")
+        if a.digits in group.members:
+            raise PnsError(Code.BAD_PARAMETER, "phoneA is a member of the group")
+        b = require_international(phone_b, "phoneB").digits if phone_b.strip() else ""
+        if b and b not in group.members:
+            raise PnsError(Code.NOT_GROUP_MEMBER)
+        requested_x = self._parse_x(phone_x) if phone_x else None
+        probe = Binding(
+            bind_id="", account_id=account.id, x=requested_x.digits if requested_x else "",
+            a=a.digits, b=b, extension="", bind_type=BIND_TYPE_AXG,
+            customer_bind_id=customer_bind_id, business_id=business_id, flag=flag,
+            expire_second=expire_second, expire_at=expire_at_for(expire_second, now),
+            created_at=now, group_id=group.group_id, members=",".join(group.members))
+        existing = await self._existing_like(account, probe, now)
+        if existing is not None:
+            return existing
+        if requested_x is not None:
+            await self._require_own_number(account, requested_x, a.country_code)
+        for _ in range(_INSERT_ATTEMPTS):
+            x = requested_x.digits if requested_x is not None else await self._pick(
+                account, a.country_code, (a.digits, *group.members, EXCLUSIVE), now, ())
+            binding = msgspec.structs.replace(probe, bind_id=new_bind_id(x), x=x)
+            try:
+                await self.store.insert_binding(binding, now)
+                return binding
+            except BindConflict as conflict:
+                if conflict.kind is ConflictKind.CUSTOMER_BIND_ID:
+                    raced = await self._existing_like(account, probe, now)
+                    if raced is not None:
+                        return raced
+                    continue
+                if requested_x is not None:
+                    raise PnsError(Code.PARTY_ALREADY_BOUND) from None
+        raise PnsError(Code.NUMBERS_EXHAUSTED, "virtual numbers exhausted under contention; retry")
+
+    async def _bind_alone(
+        self, account: Account, make: Callable[[str], Binding], requested_x: Number | None,
+        country_code: int, parties: tuple[str, ...], now: int,
+    ) -> Binding:
+        """Insert a binding that holds its X alone (AX; XYB until its call): on the requested
+        X, or on a number of the pool with no active binding at all. Idempotent by
+        customerBindId like every bind."""
+        probe = make(requested_x.digits if requested_x else "")
+        existing = await self._existing_like(account, probe, now)
+        if existing is not None:
+            return existing
+        if requested_x is not None:
+            await self._require_own_number(account, requested_x, country_code)
+        tried: list[str] = []  # numbers whose other bindings refused this one
+        for _ in range(_INSERT_ATTEMPTS):
+            x = requested_x.digits if requested_x is not None else await self._pick(
+                account, country_code, (*parties, EXCLUSIVE), now, tuple(tried), empty=True)
+            binding = make(x)
+            try:
+                await self.store.insert_binding(binding, now)
+                return binding
+            except BindConflict as conflict:
+                if conflict.kind is ConflictKind.CUSTOMER_BIND_ID:
+                    raced = await self._existing_like(account, probe, now)
+                    if raced is not None:
+                        return raced
+                    continue
+                if requested_x is not None:
+                    raise PnsError(Code.PARTY_ALREADY_BOUND,
+                                   "the requested number has other bindings") from None
+                tried.append(x)
+        raise PnsError(Code.NUMBERS_EXHAUSTED, "virtual numbers exhausted under contention; retry")
+
+    async def _has_pool(self, account: Account, country_code: int, now: int) -> bool:
+        stats = await self.store.pool_stats(account.id, country_code, "", "", now)
+        return stats.numbers > 0
+
+    async def _existing_like(self, account: Account, probe: Binding,
+                             now: int) -> Binding | None:
+        """Idempotency for the modes: a repeated customerBindId with the same request (same
+        kind, parties, flag, expiry, and X/Y when asked for) returns its binding."""
+        if not probe.customer_bind_id:
+            return None
+        existing = await self.store.find_by_customer_bind_id(
+            account.id, probe.customer_bind_id, now)
+        if existing is None:
+            return None
+        if (existing.bind_type == probe.bind_type and existing.a == probe.a
+                and existing.b == probe.b and existing.flag == probe.flag
+                and existing.expire_second == probe.expire_second
+                and (not probe.x or existing.x == probe.x)
+                and (not probe.y or existing.y == probe.y)
+                and (not probe.group_id or existing.group_id == probe.group_id)):
+            return existing
+        raise PnsError(Code.CUSTOMER_BIND_ID_REUSED)
 
     # --- bindAXBExtension and v1 AXE ---------------------------------------------------------
     async def bind_extension(
@@ -401,8 +970,9 @@ class Service:
         """X for an extension binding without a requested X: the least loaded of the
         account's numbers of A's country where no party is bound and the extensions have
         ``length`` digits."""
-        candidates = await self.store.free_numbers(account.id, a.country_code, parties, now,
-                                                   _CANDIDATES)
+        # Never onto an X that an AX or XYB binding holds alone.
+        candidates = await self.store.free_numbers(account.id, a.country_code,
+                                                   (*parties, EXCLUSIVE), now, _CANDIDATES)
         fitting = [c for c in candidates if await self._one_extension_length(c.x, length, now)]
         if fitting:
             return choose_x(fitting).x
@@ -435,6 +1005,11 @@ class Service:
             raise PnsError(Code.BINDING_NOT_EXIST)
         if not await self.store.delete_binding(binding.bind_id):
             raise PnsError(Code.BINDING_NOT_EXIST)
+        if binding.bind_type == BIND_TYPE_NXEYB and not binding.parent_bind_id:
+            # Its children end with it: they are the bindings of B made from this one.
+            for child in await self.store.find_bindings_by_number(binding.b, now, LIST_MAX):
+                if child.parent_bind_id == binding.bind_id:
+                    await self.store.delete_binding(child.bind_id)
         return binding
 
     async def list_bindings(
@@ -470,7 +1045,11 @@ class Service:
         if extension is not None:
             binding = await self._by_extension(x.digits, extension, owner, now)
             callee = _extension_callee(binding, caller_digits)
-            if callee is None:
+            if callee == "" and caller_digits is not None:
+                # A first caller of an AXEYB without A, or any caller of an NXEYB.
+                taken = await self._extension_call_in(binding, caller_digits, owner, now)
+                binding, callee = (taken, taken.b) if taken is not None else (binding, None)
+            if not callee:
                 raise PnsError(Code.BINDING_NOT_EXIST, data=prompt_data(owner))
         else:
             found = (
@@ -478,22 +1057,31 @@ class Service:
                 if caller_digits is not None
                 else None
             )
-            callee = _party_callee(found, caller_digits) if found is not None else None
+            if found is None:
+                # Off the hot path (no binding for this caller): is X held alone?
+                found = await self.store.find_by_party(x.digits, EXCLUSIVE, now)
+            callee = _party_callee(found, caller_digits, x.digits) if found is not None else None
             if found is None or callee is None:
                 if found is None and await self.store.has_extension_bindings(x.digits, now):
                     return QueryAnswer(
                         callee="", call_id=new_snowflake(), flag=0,
                         bind_type=BIND_TYPE_EXTENSION, prompts=owner, extension=None,
+                        display=x.digits,
                     )
                 if account.role is Role.SWITCH:
                     self._in_background(self.notify_binding_error(owner, caller, x.digits, now))
                 raise PnsError(Code.BINDING_NOT_EXIST, data=prompt_data(owner))
-            binding = found
+            answered = await self._answered(found, caller_digits, x.digits, now)
+            if answered is None:
+                raise PnsError(Code.BINDING_NOT_EXIST, data=prompt_data(owner))
+            binding = found = answered
+            if binding.bind_type == BIND_TYPE_XYB and callee == "":
+                callee = binding.b
         call_id = new_snowflake()
         await self.store.record_call(
             CallRef(
                 call_id=call_id, bind_id=binding.bind_id, account_id=binding.account_id,
-                x=binding.x, caller=caller_digits or caller, callee=callee,
+                x=x.digits, caller=caller_digits or caller, callee=callee,
                 customer_bind_id=binding.customer_bind_id, business_id=binding.business_id,
                 bind_type=binding.bind_type, queried_at=now, queried_by=account.id,
             )
@@ -504,7 +1092,88 @@ class Service:
             callee=callee, call_id=call_id, flag=binding.flag, bind_type=binding.bind_type,
             prompts=owner, extension=extension, callee_dtmf=dtmf,
             callee_dtmf_delay=binding.callee_dtmf_delay if dtmf else 0,
+            display=binding.display(x.digits, caller_digits or caller),
         )
+
+    async def _answered(self, binding: Binding, caller: str | None, on: str,
+                        now: int) -> Binding | None:
+        """What an answered query changes (modes.md), atomically by compare-and-swap: the
+        first caller of an XYB's X is captured as A (None: another caller won); A's first
+        answered query of an AXYB opens Y to B; an XYB's expiry strategy after its call-in."""
+        kind = binding.bind_type
+        if kind == BIND_TYPE_XYB and not binding.captured_at:
+            if caller is None or caller == binding.b:
+                return None
+            y = binding.y or await self._delayed_y(binding, caller, now)
+            period = binding.call_in_expire_second
+            captured = msgspec.structs.replace(
+                binding, a=caller, y=y, captured_at=now,
+                expire_at=now + period if period else binding.expire_at)
+            try:
+                return captured if await self.store.replace_binding(binding, captured, now) \
+                    else None
+            except BindConflict:
+                return None  # the caller is bound on Y already
+        if kind == BIND_TYPE_AXYB and not binding.captured_at and on == binding.x:
+            opened = msgspec.structs.replace(binding, captured_at=now)
+            if await self.store.replace_binding(binding, opened, now):
+                return opened
+            return binding
+        if kind == BIND_TYPE_XYB and binding.expire_strategy and binding.expire_at:
+            period = binding.call_in_expire_second or binding.expire_second
+            expire_at = (now + period if binding.expire_strategy == 1
+                         else binding.expire_at + period)
+            renewed = msgspec.structs.replace(binding, expire_at=expire_at)
+            if await self.store.replace_binding(binding, renewed, now):
+                return renewed
+        return binding
+
+    async def _extension_call_in(self, binding: Binding, caller: str, owner: Account | None,
+                                 now: int) -> Binding | None:
+        """AXEYB without A: the caller captured as A by compare-and-swap (None: another
+        caller won, or the caller is bound on Y). NXEYB: a child binding caller-Yᵢ-B on a Yᵢ
+        allocated now where both are free (10010 with the prompts when there is none)."""
+        if binding.bind_type == BIND_TYPE_AXEYB:
+            captured = msgspec.structs.replace(binding, a=caller, captured_at=now)
+            try:
+                if await self.store.replace_binding(binding, captured, now):
+                    return captured
+            except BindConflict:
+                pass
+            return None
+        account = owner or await self.accounts.by_id(binding.account_id)
+        number = parse_international(binding.x)
+        if account is None or number is None:
+            return None
+        for _ in range(_INSERT_ATTEMPTS):
+            try:
+                y = await self._pick(account, number.country_code,
+                                     (caller, binding.b, EXCLUSIVE), now, (binding.x,))
+            except PnsError as exc:
+                raise PnsError(exc.code, exc.msg, data=prompt_data(owner)) from None
+            child = Binding(
+                bind_id=new_bind_id(y), account_id=binding.account_id, x=y, a=caller,
+                b=binding.b, extension="", bind_type=BIND_TYPE_NXEYB, customer_bind_id="",
+                business_id=binding.business_id, flag=binding.flag,
+                expire_second=binding.expire_second, expire_at=binding.expire_at,
+                created_at=now, parent_bind_id=binding.bind_id,
+                api_version=binding.api_version, ext=binding.ext)
+            try:
+                await self.store.insert_binding(child, now)
+                return child
+            except BindConflict:
+                continue  # Yᵢ was taken meanwhile: choose again
+        raise PnsError(Code.NUMBERS_EXHAUSTED, data=prompt_data(owner))
+
+    async def _delayed_y(self, binding: Binding, caller: str, now: int) -> str:
+        """XYB with delayedGetY: Y allocated at the call-in, where A and B are both free."""
+        number = parse_international(binding.x)
+        country = number.country_code if number is not None else 0
+        account = await self.accounts.by_id(binding.account_id)
+        if account is None:
+            raise PnsError(Code.BINDING_NOT_EXIST)
+        return await self._pick(account, country, (caller, binding.b, EXCLUSIVE), now,
+                                (binding.x,))
 
     def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
         """Run a write the answer need not wait for (the query path never waits on a write:
@@ -590,7 +1259,9 @@ class Service:
         if x is None or caller is None:
             return None
         binding = await self.store.find_by_party(x.digits, caller, now)
-        callee = _party_callee(binding, caller) if binding is not None else None
+        if binding is None:
+            binding = await self.store.find_by_party(x.digits, EXCLUSIVE, now)
+        callee = _party_callee(binding, caller, x.digits) if binding is not None else None
         if binding is None or callee is None:
             return None
         return CallRef(
@@ -682,6 +1353,15 @@ def _free_extension(used: set[str], length: int) -> str:
         ext = f"{random.randrange(total):0{length}d}"
         if ext not in used:
             return ext
+def _valid_extension(extension: str, length: int) -> str:
+    if len(extension) != length or not extension.isascii() or not extension.isdigit():
+        raise PnsError(Code.INVALID_EXTENSION, f"extension must be {length} digits")
+    return extension
+
+
+def _check_ext(ext: str) -> None:
+    if len(ext) > MAX_EXT:
+        raise PnsError(Code.BAD_PARAMETER, "ext is longer than 1024 characters")
 
 
 def _same_call(call: CallRef, report: CallReport, reporter: Account | None) -> bool:
@@ -697,8 +1377,23 @@ def _same_call(call: CallRef, report: CallReport, reporter: Account | None) -> b
     return True
 
 
-def _party_callee(binding: Binding, caller: str | None) -> str | None:
-    """Without an extension: the other party; A of an extension binding without B has none."""
+def _party_callee(binding: Binding, caller: str | None, on: str) -> str | None:
+    """Without an extension, the callee of ``caller`` dialling ``on`` (modes.md's table):
+    the other party; A of an extension binding without B has none; in AX anyone but A
+    reaches A; in the Y modes A reaches B on X and the parties reach each other on Y."""
+    if binding.bind_type == BIND_TYPE_AX:
+        return None if caller == binding.a else binding.a
+    if binding.bind_type == BIND_TYPE_AXG:
+        return (binding.b or None) if caller == binding.a else binding.a
+    if binding.bind_type == BIND_TYPE_XYB and not binding.captured_at:
+        # Anyone but B calling X: captured as A by ``Service._answered``.
+        return "" if on == binding.x and caller != binding.b else None
+    if binding.bind_type == BIND_TYPE_AXYB:
+        if on == binding.x:
+            return binding.b if caller == binding.a else None
+        if caller == binding.b and binding.captured_at:
+            return binding.a
+        return None
     if caller == binding.a:
         return binding.b or None
     if caller == binding.b:
@@ -708,7 +1403,14 @@ def _party_callee(binding: Binding, caller: str | None) -> str | None:
 
 def _extension_callee(binding: Binding, caller: str | None) -> str | None:
     """With an extension: with a B, only A and B reach each other; without, anyone but A
-    reaches A."""
+    reaches A. AXEYB: A reaches B; without A yet, "" (anyone but B: captured as A). NXEYB:
+    "" for anyone but B (a child binding is made)."""
+    if binding.bind_type == BIND_TYPE_AXEYB:
+        if binding.a:
+            return binding.b if caller == binding.a else None
+        return "" if caller != binding.b else None
+    if binding.bind_type == BIND_TYPE_NXEYB:
+        return "" if caller != binding.b else None
     if binding.b:
         if caller == binding.a:
             return binding.b

@@ -1,7 +1,7 @@
 """Result codes of the API, in one place, so every layer raises and answers the same numbers.
 
 NXCloud's codes 0, 1001-1005 and 10001-10013 keep their documented meaning; 1006, 1007 and
-10014-10018 are ours (see ``shared/spec/behaviour.md``).
+10014-10022 are ours (see ``shared/spec/behaviour.md``).
 """
 
 from __future__ import annotations
@@ -37,6 +37,10 @@ class Code(IntEnum):
     INVALID_EXTENSION = 10016
     PARTY_ALREADY_BOUND = 10017
     NO_FREE_EXTENSION = 10018
+    GROUP_NOT_EXIST = 10019
+    GROUP_INVALID = 10020
+    GROUP_IN_USE = 10021
+    NOT_GROUP_MEMBER = 10022
 
 
 DEFAULT_MSG: dict[Code, str] = {
@@ -66,6 +70,10 @@ DEFAULT_MSG: dict[Code, str] = {
     Code.INVALID_EXTENSION: "invalid extension",
     Code.PARTY_ALREADY_BOUND: "a party is already bound on the requested number",
     Code.NO_FREE_EXTENSION: "no free extension on this number",
+    Code.GROUP_NOT_EXIST: "group does not exist",
+    Code.GROUP_INVALID: "a group holds 1 to 200 numbers of one country code",
+    Code.GROUP_IN_USE: "group has active bindings",
+    Code.NOT_GROUP_MEMBER: "phoneB is not a member of the group",
 }
 
 

@@ -7,8 +7,19 @@ from typing import Any
 
 import msgspec
 
+# bindType values (modes.md): NXCloud documents 0 and 4; the rest are ours.
 BIND_TYPE_AXB = 0
+BIND_TYPE_AX = 1
+BIND_TYPE_AXG = 2
+BIND_TYPE_AXYB = 3
 BIND_TYPE_EXTENSION = 4
+BIND_TYPE_AXEYB = 5
+BIND_TYPE_XYB = 6
+BIND_TYPE_NXEYB = 7
+# The party key that holds a number for one binding alone (AX, and XYB until its first call):
+# no real number is "*", so it never collides with a party, and an insert on that number
+# checks it (store guarantee: X exclusivity).
+EXCLUSIVE = "*"
 FLAG_RECORD = 1
 
 
@@ -67,6 +78,9 @@ class NumberUsage(msgspec.Struct, frozen=True):
     active_bindings: int
 
 
+_Y_DISPLAY = frozenset({BIND_TYPE_AXYB, BIND_TYPE_AXEYB, BIND_TYPE_XYB, BIND_TYPE_NXEYB})
+
+
 class Binding(msgspec.Struct, frozen=True):
     bind_id: str
     account_id: int
@@ -101,12 +115,49 @@ class Binding(msgspec.Struct, frozen=True):
     max_duration: int = 0
     renew_on_call: int = 0
     audio_when_call_fail: str = ""
+    # -- AXG: the group's members when the binding was made or its group last changed
+    # (comma-separated); each is a party on X (I1), so ``queryAXB`` finds them by key --
+    members: str = ""
 
     def active_at(self, now: int) -> bool:
         return self.expire_at == 0 or self.expire_at > now
 
     def parties(self) -> tuple[str, ...]:
         return (self.a, self.b) if self.b else (self.a,)
+
+    def exclusive(self) -> bool:
+        """Does this binding hold its X alone (no other binding on X while it is active)?"""
+        return self.bind_type == BIND_TYPE_AX or (
+            self.bind_type == BIND_TYPE_XYB and not self.captured_at)
+
+    def party_keys(self) -> tuple[tuple[str, str], ...]:
+        """I1's keys this binding holds: (number, party) pairs. A number carries the parties
+        that are looked up on it (modes.md): X carries A and B in AXB; Y carries both parties
+        in the Y modes; X of an AX (and of an XYB until its call) carries ``EXCLUSIVE``."""
+        x, a, b, y = self.x, self.a, self.b, self.y
+        kind = self.bind_type
+        on_y = tuple((y, p) for p in (a, b) if p) if y else ()
+        if kind == BIND_TYPE_AX:
+            return ((x, a), (x, EXCLUSIVE))
+        if kind == BIND_TYPE_AXG:
+            return ((x, a), *((x, m) for m in self.members.split(",") if m))
+        if kind == BIND_TYPE_AXYB:
+            return tuple((x, p) for p in (a, b) if p) + on_y
+        if kind == BIND_TYPE_XYB:
+            return on_y if self.captured_at else ((x, EXCLUSIVE), *on_y)
+        if kind == BIND_TYPE_AXEYB or (kind == BIND_TYPE_NXEYB and not self.parent_bind_id):
+            return on_y
+        return tuple((x, p) for p in (a, b) if p)
+
+    def display(self, on: str, caller: str) -> str:
+        """The number the callee is shown when ``caller`` reached this binding on ``on``
+        (modes.md: the number it can dial to reach the caller again): X, or Y in the modes
+        with a Y — except B's calls in AXYB, where A reaches B again on X."""
+        if self.parent_bind_id:  # an NXEYB child: its X is the caller's Yᵢ
+            return self.x
+        if self.bind_type == BIND_TYPE_AXYB and caller == self.b:
+            return self.x
+        return self.y if self.y and self.bind_type in _Y_DISPLAY else on
 
 
 # The fields every store keeps in columns of their own, in this order; the rest go in ``attrs``.
@@ -151,6 +202,18 @@ class Candidate(msgspec.Struct, frozen=True):
 
     x: str
     active_bindings: int
+
+
+class Group(msgspec.Struct, frozen=True):
+    """An AXG group (modes.md): up to 200 numbers of one country code, owned by one account."""
+
+    group_id: str
+    account_id: int
+    name: str
+    remark: str
+    country_code: int
+    members: tuple[str, ...]
+    created_at: int
 
 
 class PoolStats(msgspec.Struct, frozen=True):

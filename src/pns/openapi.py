@@ -31,6 +31,11 @@ _SUMMARIES = {
     "reportCall": "The switch reports a finished call (switch role)",
     "getCallRecords": "List call records by time range or bindId, paged",
     "redeliverCallRecord": "Queue one more delivery of a call record",
+    "createGroup": "Create an AXG group of 1-200 numbers of one country code",
+    "updateGroup": "Add (0), remove (1) or replace (2) a group's numbers",
+    "deleteGroup": "Delete a group without active bindings",
+    "listGroup": "List the account's groups, paged",
+    "bindAXG": "Bind A to a group: every member calling X reaches A",
 }
 _V1_SUMMARIES = {
     "bindAXB": "v1 AXB: A and B reach each other through X",
@@ -75,6 +80,11 @@ _FIELD_DOCS = {
     "bindExpireStrategy": "0 keep, 1 reset, 2 extend the lifetime on each answered call",
     "callInExpireSecond": "Lifetime from the first call-in, in seconds",
     "callInExpireStrategy": "0 keep, 1 reset, 2 extend, after the call-in",
+    "phones": "Comma-separated numbers with their country code (1-200, one country code)",
+    "groupName": "At most 64 characters (default: the groupId)",
+    "remark": "At most 256 characters",
+    "groupId": "From createGroup's answer",
+    "operateType": "0 add, 1 remove, 2 replace the group's numbers",
 }
 
 # Codes every action can answer, besides its own (state-changing actions add 1006).
@@ -93,6 +103,13 @@ ACTION_CODES: dict[str, tuple[Code, ...]] = {
     "reportCall": (Code.BINDING_NOT_EXIST,),
     "getCallRecords": (Code.LIMIT_OUT_OF_RANGE, Code.OFFSET_OUT_OF_RANGE),
     "redeliverCallRecord": (Code.BINDING_NOT_EXIST,),
+    "createGroup": (Code.GROUP_INVALID,),
+    "updateGroup": (Code.GROUP_NOT_EXIST,
+                    Code.GROUP_INVALID, Code.PARTY_ALREADY_BOUND),
+    "deleteGroup": (Code.GROUP_NOT_EXIST, Code.GROUP_IN_USE),
+    "listGroup": (Code.LIMIT_OUT_OF_RANGE, Code.OFFSET_OUT_OF_RANGE),
+    "bindAXG": (*_BIND_CODES, Code.NUMBERS_EXHAUSTED, Code.GROUP_NOT_EXIST,
+                Code.NOT_GROUP_MEMBER),
 }
 _V1_PAIR_CODES = (*_BIND_CODES, Code.NUMBERS_EXHAUSTED)
 _V1_EXTENSION_CODES = (*_V1_PAIR_CODES, Code.INVALID_EXTENSION, Code.NO_FREE_EXTENSION)
@@ -117,12 +134,17 @@ def _obj(required: list[str], **properties: Any) -> dict[str, Any]:
 
 _S = {"type": "string"}
 _I = {"type": "integer"}
+_BIND_TYPES = "0 AXB, 1 AX, 2 AXG, 3 AXYB, 4 extension (AXE), 5 AXEYB, 6 XYB, 7 NXEYB"
 _BINDING_ITEM = _obj(
     ["customerId", "businessId", "bindId", "customerBindId", "phoneA", "phoneB", "did", "flag",
      "expireAt", "bindType"],
     customerId=_S, businessId=_S, bindId=_S, customerBindId=_S, phoneA=_S, phoneB=_S, did=_S,
     flag=_I, expireAt={**_I, "description": "epoch seconds, 0 = never"},
-    bindType={**_I, "description": "0 AXB, 4 extension"}, extension=_S)
+    bindType={**_I, "description": _BIND_TYPES}, extension=_S,
+    didY={**_S, "description": "the second virtual number Y (AXYB, AXEYB, XYB, NXEYB)"},
+    groupId={**_S, "description": "the group of an AXG binding"},
+    customerUserId={**_S, "description": "XYB: as given at the bind"},
+    parentBindId={**_S, "description": "NXEYB: the binding whose call made this one"})
 _PROMPTS = {"audioWhenCallFail": _S, "audioWhenDtmfNeed": _S, "audioWhenDtmfErr": _S}
 _RECORD = _obj(
     ["id", "callId", "did", "caller", "callee", "callStatus", "duration", "startAt", "hangupAt"],
@@ -139,7 +161,10 @@ DATA_SCHEMAS: dict[str, dict[str, Any] | None] = {
     "unbindAXB": None,
     "getAXBList": _obj(["bindList", "total"], bindList={"type": "array", "items": _BINDING_ITEM},
                        total=_I),
-    "queryAXB": _obj(list(_PROMPTS), callee=_S, callId=_S, flag=_I, bindType=_I, extension=_S,
+    "queryAXB": _obj(list(_PROMPTS), callee=_S, callId=_S, flag=_I,
+                     bindType={**_I, "description": _BIND_TYPES}, extension=_S,
+                     display={**_S, "description": "the number the callee is shown: X, or Y "
+                              "in the modes with a Y (present in every success answer)"},
                      calleeDtmf={**_S, "description": "v1 AXB with extensionB, A's calls: "
                                  "digits to key into B's line once B answers"},
                      calleeDtmfDelay={**_I, "description": "seconds to wait before"},
@@ -148,6 +173,13 @@ DATA_SCHEMAS: dict[str, dict[str, Any] | None] = {
     "getCallRecords": _obj(["records", "total"], records={"type": "array", "items": _RECORD},
                            total=_I),
     "redeliverCallRecord": _obj(["eventId"], eventId=_S),
+    "createGroup": _obj(["groupId"], groupId=_S),
+    "updateGroup": None,
+    "deleteGroup": None,
+    "listGroup": _obj(["groups", "total"], groups={"type": "array", "items": _obj(
+        ["customerId", "groupName", "groupId", "phones", "remark"], customerId=_S,
+        groupName=_S, groupId=_S, phones=_S, remark=_S)}, total=_I),
+    "bindAXG": _obj(["bindId", "did", "expireAt"], bindId=_S, did=_S, expireAt=_I),
 }
 
 # What ``data`` holds in a v1 bind's answer.
@@ -208,6 +240,8 @@ def _answer_schema(action: str, v1: bool = False) -> dict[str, Any]:
     data = V1_DATA_SCHEMAS[action] if v1 else DATA_SCHEMAS[action]
     if data is not None:
         properties["data"] = data
+    for name in ACTIONS[action].top_level:  # NXCloud's createGroup: groupId beside data too
+        properties[name] = data["properties"][name] if data else {"type": "string"}
     return {"type": "object", "required": ["code", "msg", "requestId"],
             "properties": properties}
 

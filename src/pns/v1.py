@@ -8,8 +8,7 @@ remembers it was made here and its call records take NXCloud's newer shape.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple
 
 from .api import Action, Api
 from .core import MAX_EXPIRE_SECOND, V1_EXTENSION_LENGTH
@@ -99,15 +98,6 @@ def _answer(binding: Binding, with_y: bool = False, with_extension: bool = False
     return data
 
 
-def _mode(api: Api, name: str) -> Callable[..., Awaitable[Binding]]:
-    """The core's bind of a mode. AX, AXYB, AXEYB, XYB and NXEYB come with branch ``modes``:
-    until their method exists, their paths answer 1002 from here (and only here)."""
-    method = getattr(api.service, name, None)
-    if method is None:
-        raise PnsError(Code.BAD_PARAMETER, f"mode not available: this server has no {name}")
-    return cast(Callable[..., Awaitable[Binding]], method)
-
-
 def _callee_dtmf(req: V1BindAXBBody) -> tuple[str, int]:
     """``extensionB`` (digits, * and #) and ``dtmfDelayTimeB`` (seconds, required with it)."""
     digits = req.extensionB.strip()
@@ -151,14 +141,14 @@ async def _bind_axe(api: Api, account: Account, req: V1BindAXEBody, now: int) ->
 
 async def _bind_ax(api: Api, account: Account, req: V1BindAXBody, now: int) -> dict[str, Any]:
     arguments = _mode_arguments(req, now)
-    binding = await _mode(api, "bind_ax")(account, phone_a=req.phoneA, **arguments)
+    binding = await api.service.bind_ax(account, phone_a=req.phoneA, **arguments)
     return _answer(binding)
 
 
 async def _bind_axyb(api: Api, account: Account, req: V1BindAXYBBody,
                      now: int) -> dict[str, Any]:
     arguments = _mode_arguments(req, now)
-    binding = await _mode(api, "bind_axyb")(
+    binding = await api.service.bind_axyb(
         account, phone_a=req.phoneA, phone_b=req.phoneB, phone_y=req.didY, **arguments,
     )
     return _answer(binding, with_y=True)
@@ -167,7 +157,7 @@ async def _bind_axyb(api: Api, account: Account, req: V1BindAXYBBody,
 async def _bind_axeyb(api: Api, account: Account, req: V1BindAXEYBBody,
                       now: int) -> dict[str, Any]:
     arguments = _mode_arguments(req, now)
-    binding = await _mode(api, "bind_axeyb")(
+    binding = await api.service.bind_axeyb(
         account, phone_a=req.phoneA, phone_b=req.phoneB, phone_y=req.didY,
         extension_length=V1_EXTENSION_LENGTH, **arguments,
     )
@@ -195,14 +185,14 @@ async def _bind_xyb(api: Api, account: Account, req: V1BindXYBBody, now: int) ->
         expire_strategy=call_in_strategy if req.callInExpireStrategy is not None
         else bind_strategy,
     )
-    binding = await _mode(api, "bind_xyb")(account, **arguments)
+    binding = await api.service.bind_xyb(account, **arguments)
     return _answer(binding, with_y=True)
 
 
 async def _bind_nxeyb(api: Api, account: Account, req: V1BindNXEYBBody,
                       now: int) -> dict[str, Any]:
     arguments = _mode_arguments(req, now)
-    binding = await _mode(api, "bind_nxeyb")(account, phone_b=req.phoneB,
+    binding = await api.service.bind_nxeyb(account, phone_b=req.phoneB,
                                               extension_length=V1_EXTENSION_LENGTH, **arguments)
     return _answer(binding, with_extension=True)
 

@@ -18,7 +18,7 @@ from typing import Any
 import msgspec
 
 from .errors import Code, PnsError
-from .model import Binding
+from .model import Binding, Group
 
 IntField = int | str | None
 
@@ -119,6 +119,31 @@ class V1BindXYBBody(V1Common):
 
 class V1BindNXEYBBody(V1Common):
     phoneB: str = ""
+class CreateGroupBody(msgspec.Struct):
+    phones: str = ""
+    groupName: str = ""
+    remark: str = ""
+
+
+class UpdateGroupBody(msgspec.Struct):
+    groupId: str = ""
+    operateType: IntField = None
+    phones: str = ""
+
+
+class GroupIdBody(msgspec.Struct):
+    groupId: str = ""
+
+
+class BindAXGBody(msgspec.Struct):
+    phoneA: str = ""
+    groupId: str = ""
+    expireSecond: IntField = None
+    phoneX: str = ""
+    phoneB: str = ""
+    customerBindId: str = ""
+    flag: IntField = 0
+    businessId: str = ""
 
 
 # The fields each body must carry (checked by the actions; listed here once for the decoder's
@@ -127,6 +152,10 @@ REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
     "BindAXBBody": ("phoneA", "phoneB", "expireSecond"),
     "BindExtensionBody": ("phoneA", "phoneX", "expireSecond"),
     "QueryBody": ("caller", "did"),
+    "CreateGroupBody": ("phones",),
+    "UpdateGroupBody": ("groupId", "operateType", "phones"),
+    "GroupIdBody": ("groupId",),
+    "BindAXGBody": ("phoneA", "groupId", "expireSecond"),
     "CallReport": ("callId",),
     "V1BindAXBBody": ("businessId", "phoneA", "phoneB"),
     "V1BindAXEBody": ("businessId", "phoneA"),
@@ -216,7 +245,8 @@ def int_field(value: IntField, name: str, required: bool, code: Code = Code.BAD_
 
 
 def binding_item(binding: Binding) -> dict[str, Any]:
-    """A getAXBList item: NXCloud's list fields plus bindType."""
+    """A getAXBList item: NXCloud's list fields plus bindType, and the fields of the other
+    modes where they apply (modes.md)."""
     item: dict[str, Any] = {
         "customerId": str(binding.account_id),
         "businessId": binding.business_id,
@@ -231,7 +261,22 @@ def binding_item(binding: Binding) -> dict[str, Any]:
     }
     if binding.extension:
         item["extension"] = binding.extension
+    if binding.y:
+        item["didY"] = binding.y
+    if binding.group_id:
+        item["groupId"] = binding.group_id
+    if binding.customer_user_id:
+        item["customerUserId"] = binding.customer_user_id
+    if binding.parent_bind_id:
+        item["parentBindId"] = binding.parent_bind_id
     return item
+
+
+def group_item(group: Group) -> dict[str, Any]:
+    """A listGroup item (modes.md)."""
+    return {"customerId": str(group.account_id), "groupName": group.name,
+            "groupId": group.group_id, "phones": ",".join(group.members),
+            "remark": group.remark}
 
 
 class CallRecordsBody(msgspec.Struct):

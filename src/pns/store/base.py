@@ -4,7 +4,9 @@ Every invariant is keyed by the virtual number X, so X is the shard key: each me
 names one X or one account. Guarantees a store must keep (the conformance suite tests them):
 
 - ``insert_binding`` is atomic and enforces I1 (a number is a party of at most one active
-  binding on an X), I2 (an extension is used at most once among active bindings on an X) and I3
+  binding on an X, and on a Y: the keys of ``Binding.party_keys``), X exclusivity (a
+  binding that holds its X alone, ``Binding.exclusive``, shares it with no active binding),
+  I2 (an extension is used at most once among active bindings on an X) and I3
   (a ``customerBindId`` belongs to at most one active binding of an account) with the store's own
   unique keys, under any concurrency, across processes. Expired rows never block an insert.
 - Reads never return an expired binding, whether the sweeper has run or not.
@@ -42,6 +44,7 @@ from ..model import (
     CallRef,
     Candidate,
     EventState,
+    Group,
     NumberUsage,
     Operator,
     OutboxEvent,
@@ -145,6 +148,13 @@ class BindingIndex(Protocol):
 
     async def delete_binding(self, bind_id: str) -> bool: ...
 
+    async def replace_binding(self, old: Binding, new: Binding, now: int) -> bool:
+        """Compare-and-swap of one binding (same bindId): ``new`` replaces ``old`` only if
+        the stored binding is still exactly ``old`` and active at ``now``; False otherwise,
+        nothing changed. Its keys change with it (I1 and X exclusivity checked as for an
+        insert: ``BindConflict``, nothing changed). Of two concurrent replacements of one
+        ``old``, at most one succeeds (the captures of modes.md rely on it)."""
+
     async def find_by_party(self, x: str, number: str, now: int) -> Binding | None: ...
 
     async def find_by_extension(self, x: str, extension: str, now: int) -> Binding | None: ...
@@ -219,6 +229,24 @@ class RecordsStore(Protocol):
 
     async def outbox_backlog(self, now: int) -> tuple[int, int]: ...
 
+    # --- AXG groups (modes.md), by account ---------------------------------------------------
+    async def create_group(self, group: Group) -> None: ...
+
+    async def get_group(self, account_id: int, group_id: str) -> Group | None:
+        """The account's group (None for another account's)."""
+
+    async def list_groups(self, account_id: int, limit: int, offset: int
+                          ) -> tuple[list[Group], int]: ...
+
+    async def change_group(self, group: Group,
+                           replacements: Sequence[tuple[Binding, Binding]], now: int) -> bool:
+        """Store the group's members (and name, remark) and replace its bindings (each a
+        compare-and-swap as ``replace_binding``) in one transaction: all or nothing. False
+        when a binding changed since it was read; ``BindConflict`` when a new member is
+        bound on an X of the group (I1)."""
+
+    async def delete_group(self, account_id: int, group_id: str) -> bool: ...
+
 
 class BindingLedger(Protocol):
     """The account's side of bindings when the index lives elsewhere: I3, listing, sweeping.
@@ -242,6 +270,9 @@ class BindingLedger(Protocol):
         ``lease_until``. Raises ``StoreError`` for a repeated bindId."""
 
     async def set_lease(self, bind_id: str, lease_until: int) -> None: ...
+
+    async def update(self, binding: Binding) -> None:
+        """Store the new copy of a binding the index replaced (same bindId)."""
 
     async def lease_of(self, bind_id: str) -> int | None: ...
 

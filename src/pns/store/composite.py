@@ -37,6 +37,7 @@ from ..model import (
     CallRef,
     Candidate,
     EventState,
+    Group,
     NumberUsage,
     OutboxEvent,
     PoolStats,
@@ -81,7 +82,8 @@ class ShardedIndex(BindingIndex, Protocol):
     async def stored_binding(self, bind_id: str) -> Binding | None: ...
 
     async def delete_bindings(self, x: str, bind_ids: Sequence[str], now: int,
-                              expired_only: bool) -> tuple[int, int]: ...
+                              expired_only: bool, ys: Sequence[str] = ()
+                              ) -> tuple[int, int]: ...
 
     async def drop_x(self, x: str) -> int: ...
 
@@ -99,6 +101,17 @@ class ShardedIndex(BindingIndex, Protocol):
 
     async def forget_load(self, account_id: int, country_code: int, xs: Sequence[str]
                           ) -> None: ...
+
+
+def _by_x(bindings: Sequence[Binding]) -> list[tuple[str, list[str], list[str]]]:
+    """Bindings grouped by X: (X, their bindIds, their Ys, whose copies go too)."""
+    groups: dict[str, tuple[list[str], list[str]]] = {}
+    for binding in bindings:
+        ids, ys = groups.setdefault(binding.x, ([], []))
+        ids.append(binding.bind_id)
+        if binding.y:
+            ys.append(binding.y)
+    return [(x, ids, ys) for x, (ids, ys) in groups.items()]
 
 
 def _country(x: str) -> int:
@@ -184,11 +197,8 @@ class CompositeStore:
 
     async def _drop(self, bindings: Sequence[Binding], now: int, expired_only: bool) -> None:
         """Remove bindings from the index (X by X), then their ledger rows."""
-        by_x: dict[str, list[str]] = {}
-        for binding in bindings:
-            by_x.setdefault(binding.x, []).append(binding.bind_id)
-        for x, bind_ids in by_x.items():
-            _, stored = await self.index.delete_bindings(x, bind_ids, now, expired_only)
+        for x, ids, ys in _by_x(bindings):
+            _, stored = await self.index.delete_bindings(x, ids, now, expired_only, ys)
             await self._hint(bindings[0].account_id, x, stored)
         await self.ledger.remove([binding.bind_id for binding in bindings])
 
@@ -201,10 +211,45 @@ class CompositeStore:
             if lease is not None:
                 await self.ledger.remove([bind_id])
             return False
-        removed, stored = await self.index.delete_bindings(found.x, [bind_id], 0, False)
+        removed, stored = await self.index.delete_bindings(
+            found.x, [bind_id], 0, False, [found.y] if found.y else [])
         await self.ledger.remove([bind_id])
         await self._hint(found.account_id, found.x, stored)
         return removed > 0
+
+    async def change_group(self, group: Group,
+                           replacements: Sequence[tuple[Binding, Binding]], now: int) -> bool:
+        """Each binding of the group is swapped on its X's shard; if one cannot be, those
+        already swapped are swapped back and nothing else changes. Then the records side: the
+        ledger's copies and the group's members. Not one transaction: a crash in between
+        leaves the index ahead of the listing until the group's next change; routing (the
+        index) is never behind the members a change committed."""
+        done: list[tuple[Binding, Binding]] = []
+        try:
+            for old, new in replacements:
+                if not await self.index.replace_binding(old, new, now):
+                    await self._undo(done, now)
+                    return False
+                done.append((old, new))
+        except BindConflict:
+            await self._undo(done, now)
+            raise
+        for _, new in done:
+            await self.ledger.update(new)
+        return await self.records.change_group(group, (), now)
+
+    async def _undo(self, done: list[tuple[Binding, Binding]], now: int) -> None:
+        for old, new in reversed(done):
+            if not await self.index.replace_binding(new, old, now):
+                _log.error("could not restore binding %s after a refused group change",
+                           old.bind_id)
+
+    async def replace_binding(self, old: Binding, new: Binding, now: int) -> bool:
+        """The index swaps (its compare-and-swap decides), then the ledger's copy follows."""
+        if not await self.index.replace_binding(old, new, now):
+            return False
+        await self.ledger.update(new)
+        return True
 
     async def get_binding(self, bind_id: str, now: int) -> Binding | None:
         return await self.index.get_binding(bind_id, now)
@@ -231,11 +276,8 @@ class CompositeStore:
 
     async def sweep(self, now: int, limit: int) -> int:
         async def drop(bindings: list[Binding]) -> None:
-            by_x: dict[str, list[str]] = {}
-            for binding in bindings:
-                by_x.setdefault(binding.x, []).append(binding.bind_id)
-            for x, bind_ids in by_x.items():
-                _, stored = await self.index.delete_bindings(x, bind_ids, now, True)
+            for x, ids, ys in _by_x(bindings):
+                _, stored = await self.index.delete_bindings(x, ids, now, True, ys)
                 await self._hint(bindings[0].account_id, x, stored)
 
         gone = await self.ledger.sweep_expired(now, limit, drop)

@@ -19,7 +19,13 @@ from typing import Any
 
 import msgspec
 
-from ..model import Binding, binding_from_row, binding_row
+from ..model import (
+    BIND_TYPE_AXB,
+    BIND_TYPE_EXTENSION,
+    Binding,
+    binding_from_row,
+    binding_row,
+)
 
 # Party keys pack X and the number as X * 10^16 + number: numbers have at most 15 digits.
 _SHIFT = 10**16
@@ -57,11 +63,17 @@ class BindingIndex:
         self._extensions: dict[str, dict[str, bytes]] = {}
         # X's part of a party key, per X (as many as the store has numbers).
         self._x_keys: dict[str, int] = {}
+        # The party keys of bindings of the other modes (on Y, "*", a group's members), by
+        # seq, so ``remove`` forgets every one of them.
+        self._mode_keys: dict[int, list[int | tuple[str, str]]] = {}
 
     def add(self, seq: int, binding: Binding) -> None:
         value = pack(seq, binding)
-        for party in binding.parties():
-            self._parties[_party_key(binding.x, party)] = value
+        keys = [_party_key(number, party) for number, party in binding.party_keys()]
+        for key in keys:
+            self._parties[key] = value
+        if binding.bind_type not in (BIND_TYPE_AXB, BIND_TYPE_EXTENSION):
+            self._mode_keys[seq] = keys
         if binding.extension:
             self._extensions.setdefault(binding.x, {})[binding.extension] = value
 
@@ -73,6 +85,17 @@ class BindingIndex:
         for row in rows:
             value = _encode(row)
             x, a, b, extension = row[3], row[4], row[5], row[6]
+            if row[14] or row[7] not in (BIND_TYPE_AXB, BIND_TYPE_EXTENSION):
+                # Another mode: its keys may sit on Y, be "*" or a group's members
+                # (``Binding.party_keys``).
+                keys = [_party_key(number, party)
+                        for number, party in binding_from_row(row[1:]).party_keys()]
+                for key in keys:
+                    parties[key] = value
+                self._mode_keys[row[0]] = keys
+                if extension:
+                    self._extensions.setdefault(x, {})[extension] = value
+                continue
             x_key = x_keys.get(x)
             if x_key is None:
                 x_key = x_keys[x] = int(x) * _SHIFT if _plain(x) else -1
@@ -85,9 +108,12 @@ class BindingIndex:
                 self._extensions.setdefault(x, {})[extension] = value
 
     def remove(self, seq: int, x: str, a: str, b: str, extension: str) -> None:
-        """Forget binding ``seq``; keys a later binding holds already are left alone."""
-        for party in (a, b) if b else (a,):
-            key = _party_key(x, party)
+        """Forget binding ``seq``: every key it holds; keys a later binding holds already are
+        left alone."""
+        keys = self._mode_keys.pop(seq, None)
+        if keys is None:
+            keys = [_party_key(x, party) for party in (a, b) if party]
+        for key in keys:
             value = self._parties.get(key)
             if value is not None and _decode(value)[0] == seq:
                 del self._parties[key]

@@ -108,6 +108,12 @@ class PgBindingLedger:
         await pool.execute("UPDATE pns_binding_ledger SET lease_until = $2 WHERE bind_id = $1",
                            bind_id, lease_until)
 
+    async def update(self, binding: Binding) -> None:
+        """The row's copy of a binding changed in the index (a capture, a group change)."""
+        await self._pool.execute(
+            "UPDATE pns_binding_ledger SET body = $2, expire_at = $3 WHERE bind_id = $1",
+            binding.bind_id, encode_binding(binding), binding.expire_at)
+
     async def lease_of(self, bind_id: str) -> int | None:
         value = await self._pool.fetchval(
             "SELECT lease_until FROM pns_binding_ledger WHERE bind_id = $1", bind_id)

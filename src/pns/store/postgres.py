@@ -34,6 +34,7 @@ from ..model import (
     CallRecord,
     CallRef,
     Candidate,
+    Group,
     NumberUsage,
     OutboxEvent,
     PoolStats,
@@ -68,7 +69,7 @@ from .sql import INSERT_EVENT, INSERT_RECORD, Sql, SqlRecords, event_params, rec
 T = TypeVar("T")
 _log = logging.getLogger("pns.store.postgres")
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 # The migration to this version seals the secrets older releases stored in plain text.
 SEALED_SECRETS_VERSION = 4
 
@@ -381,6 +382,95 @@ _MIGRATIONS: list[str] = [
         RETURN new_seq;
     END $$;
     """,
+    # 7: the binding modes (modes.md). A binding's I1 keys (``Binding.party_keys``) may sit on
+    # its second number Y, on the party "*" (X held alone) and on an AXG group's members: the
+    # bind function takes its keys as arrays and keeps X exclusivity under the counters' row
+    # locks (every bind on a number locks that number's counter first, in number order, then
+    # checks), and the cleanup trigger removes them all. AXG groups and their members.
+    """
+    DROP FUNCTION pns_insert_binding(TEXT, BIGINT, TEXT, TEXT, TEXT, TEXT, INTEGER, TEXT, TEXT,
+                                     BIGINT, BIGINT, BIGINT, BIGINT, TEXT, BIGINT);
+    CREATE FUNCTION pns_y(attrs TEXT) RETURNS TEXT LANGUAGE sql IMMUTABLE AS $$
+        SELECT CASE WHEN attrs = '' THEN '' ELSE coalesce(attrs::jsonb->>'y', '') END
+    $$;
+    CREATE OR REPLACE FUNCTION pns_bindings_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
+    DECLARE
+        gone RECORD;
+    BEGIN
+        FOR gone IN SELECT o.x, count(*) AS n FROM old_rows o GROUP BY o.x ORDER BY o.x LOOP
+            UPDATE numbers SET active = active - gone.n WHERE x = gone.x;
+        END LOOP;
+        DELETE FROM parties p USING old_rows o
+            WHERE p.x = o.x AND p.number IN (o.a, o.b, '*') AND p.seq = o.seq;
+        DELETE FROM parties p USING old_rows o
+            WHERE o.attrs <> '' AND p.x = pns_y(o.attrs) AND p.number IN (o.a, o.b)
+            AND p.seq = o.seq;
+        DELETE FROM parties p USING old_rows o
+            WHERE o.bind_type = 2 AND p.x = o.x AND p.seq = o.seq;
+        RETURN NULL;
+    END $$;
+    CREATE TABLE groups (
+        group_id TEXT PRIMARY KEY,
+        account_id BIGINT NOT NULL,
+        name TEXT NOT NULL,
+        remark TEXT NOT NULL,
+        country_code INTEGER NOT NULL,
+        created_at BIGINT NOT NULL
+    );
+    CREATE INDEX groups_account ON groups (account_id, created_at);
+    CREATE TABLE group_members (
+        group_id TEXT NOT NULL,
+        number TEXT NOT NULL,
+        PRIMARY KEY (group_id, number)
+    );
+    CREATE FUNCTION pns_insert_binding(
+        p_bind_id TEXT, p_account_id BIGINT, p_x TEXT, p_a TEXT, p_b TEXT, p_extension TEXT,
+        p_bind_type INTEGER, p_customer_bind_id TEXT, p_business_id TEXT, p_flag BIGINT,
+        p_expire_second BIGINT, p_expire_at BIGINT, p_created_at BIGINT, p_attrs TEXT,
+        p_now BIGINT, p_on TEXT[], p_party TEXT[], p_exclusive BOOLEAN
+    ) RETURNS BIGINT LANGUAGE plpgsql AS $$
+    DECLARE
+        new_seq BIGINT;
+    BEGIN
+        DELETE FROM bindings d WHERE d.expire_at BETWEEN 1 AND p_now AND d.seq IN (
+            SELECT p.seq FROM parties p JOIN unnest(p_on, p_party) AS k(x, number)
+                ON p.x = k.x AND p.number = k.number
+            UNION ALL
+            SELECT e.seq FROM bindings e
+                WHERE p_extension <> '' AND e.extension <> ''
+                AND e.x = p_x AND e.extension = p_extension
+            UNION ALL
+            SELECT c.seq FROM bindings c
+                WHERE p_customer_bind_id <> '' AND c.customer_bind_id <> ''
+                AND c.account_id = p_account_id AND c.customer_bind_id = p_customer_bind_id
+        );
+        PERFORM 1 FROM numbers WHERE x = ANY(p_on || p_x) ORDER BY x FOR UPDATE;
+        IF EXISTS (SELECT 1 FROM parties p JOIN bindings b ON b.seq = p.seq
+                   WHERE p.x = ANY(p_on || p_x) AND p.number = '*'
+                   AND NOT (b.expire_at BETWEEN 1 AND p_now)) THEN
+            RAISE unique_violation USING CONSTRAINT = 'parties_pkey',
+                MESSAGE = 'the number is held alone by another binding';
+        END IF;
+        IF p_exclusive AND (
+            EXISTS (SELECT 1 FROM parties p JOIN bindings b ON b.seq = p.seq
+                    WHERE p.x = p_x AND NOT (b.expire_at BETWEEN 1 AND p_now))
+            OR EXISTS (SELECT 1 FROM bindings b WHERE b.x = p_x AND b.extension <> ''
+                       AND NOT (b.expire_at BETWEEN 1 AND p_now))) THEN
+            RAISE unique_violation USING CONSTRAINT = 'parties_pkey',
+                MESSAGE = 'the number has other bindings';
+        END IF;
+        INSERT INTO bindings (bind_id, account_id, x, a, b, extension, bind_type,
+                              customer_bind_id, business_id, flag, expire_second, expire_at,
+                              created_at, attrs)
+            VALUES (p_bind_id, p_account_id, p_x, p_a, p_b, p_extension, p_bind_type,
+                    p_customer_bind_id, p_business_id, p_flag, p_expire_second, p_expire_at,
+                    p_created_at, p_attrs)
+            RETURNING seq INTO new_seq;
+        INSERT INTO parties (x, number, seq)
+            SELECT k.x, k.number, new_seq FROM unnest(p_on, p_party) AS k(x, number);
+        RETURN new_seq;
+    END $$;
+    """,
 ]
 
 _CONFLICTS = {
@@ -388,6 +478,51 @@ _CONFLICTS = {
     "bindings_extension": ConflictKind.EXTENSION,
     "bindings_customer_bind_id": ConflictKind.CUSTOMER_BIND_ID,
 }
+
+
+class _Stale(Exception):
+    """A compare-and-swap found the binding changed: the transaction's work is undone."""
+
+
+_GROUP_COLUMNS = (
+    "g.group_id, g.account_id, g.name, g.remark, g.country_code, g.created_at, "
+    "(SELECT coalesce(string_agg(number, ',' ORDER BY number), '') FROM group_members m "
+    "WHERE m.group_id = g.group_id)"
+)
+
+
+def _group_from_row(row: Any) -> Group:
+    return Group(group_id=str(row[0]), account_id=int(row[1]), name=str(row[2]),
+                 remark=str(row[3]), country_code=int(row[4]), created_at=int(row[5]),
+                 members=tuple(str(row[6]).split(",")) if row[6] else ())
+
+
+async def _replace(conn: Any, old: Binding, new: Binding, now: int) -> bool:
+    row = await conn.fetchrow(
+        f"SELECT {_BINDING_COLUMNS} FROM bindings b WHERE b.bind_id = $1 FOR UPDATE",
+        old.bind_id)
+    if row is None or tuple(row) != binding_row(old) or not old.active_at(now):
+        return False
+    await conn.execute("DELETE FROM bindings WHERE bind_id = $1", old.bind_id)
+    await _insert(conn, new, now)
+    return True
+
+
+async def _insert(conn: Any, binding: Binding, now: int) -> None:
+    keys = binding.party_keys()
+    await conn.execute(
+        "SELECT pns_insert_binding($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, "
+        "$13, $14, $15, $16, $17, $18)",
+        *binding_row(binding), now, [k[0] for k in keys], [k[1] for k in keys],
+        binding.exclusive(),
+    )
+
+
+def _conflict(exc: asyncpg.UniqueViolationError) -> ConflictKind:
+    kind = _CONFLICTS.get(exc.constraint_name or "")
+    if kind is None:
+        raise StoreError(f"unexpected constraint failure: {exc.constraint_name}") from exc
+    return kind
 
 
 async def _keep_session(conn: Any) -> None:
@@ -801,14 +936,13 @@ class PostgresStore(SqlRecords):
     async def free_numbers(
         self, account_id: int, country_code: int, parties: Sequence[str], now: int, limit: int
     ) -> list[Candidate]:
-        a, b = [*parties, ""][:2]
         rows = await self._pool.fetch(
             "SELECT n.x, n.active FROM numbers n "
             "WHERE n.account_id = $1 AND n.country_code = $2 AND n.enabled "
             "AND NOT EXISTS (SELECT 1 FROM parties p JOIN bindings b ON b.seq = p.seq "
-            f"  WHERE p.x = n.x AND p.number IN ($3, $4) AND {_active(5)}) "
-            "ORDER BY n.active LIMIT $6",
-            account_id, country_code, a, b, now, limit,
+            f"  WHERE p.x = n.x AND p.number = ANY($3::text[]) AND {_active(4)}) "
+            "ORDER BY n.active LIMIT $5",
+            account_id, country_code, [p for p in parties if p], now, limit,
         )
         return [Candidate(r[0], r[1]) for r in rows]
 
@@ -850,19 +984,98 @@ class PostgresStore(SqlRecords):
     # --- bindings --------------------------------------------------------------------------
     async def insert_binding(self, binding: Binding, now: int) -> None:
         async def work(conn: Any) -> None:
-            await conn.execute(
-                "SELECT pns_insert_binding($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, "
-                "$13, $14, $15)",
-                *binding_row(binding), now,
-            )
+            await _insert(conn, binding, now)
 
         try:
             await self._retry(work)
         except asyncpg.UniqueViolationError as exc:
-            kind = _CONFLICTS.get(exc.constraint_name or "")
-            if kind is None:
-                raise StoreError(f"unexpected constraint failure: {exc.constraint_name}") from exc
-            raise BindConflict(kind) from exc
+            raise BindConflict(_conflict(exc)) from exc
+
+    async def replace_binding(self, old: Binding, new: Binding, now: int) -> bool:
+        """Compare-and-swap: ``new`` in place of ``old`` (same bindId) only while the stored
+        binding is exactly ``old`` and active (its row locked meanwhile); False otherwise."""
+        async def work(conn: Any) -> bool:
+            async with conn.transaction():
+                return await _replace(conn, old, new, now)
+
+        try:
+            return bool(await self._retry(work))
+        except asyncpg.UniqueViolationError as exc:
+            raise BindConflict(_conflict(exc)) from exc
+
+    # --- AXG groups ----------------------------------------------------------------------------
+    async def create_group(self, group: Group) -> None:
+        async def work(conn: Any) -> None:
+            async with conn.transaction():
+                await conn.execute(
+                    "INSERT INTO groups (group_id, account_id, name, remark, country_code, "
+                    "created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+                    group.group_id, group.account_id, group.name, group.remark,
+                    group.country_code, group.created_at)
+                await conn.execute(
+                    "INSERT INTO group_members (group_id, number) "
+                    "SELECT $1, unnest($2::text[])", group.group_id, list(group.members))
+
+        await self._retry(work)
+
+    async def get_group(self, account_id: int, group_id: str) -> Group | None:
+        row = await self._pool.fetchrow(
+            f"SELECT {_GROUP_COLUMNS} FROM groups g WHERE g.group_id = $1 AND g.account_id = $2",
+            group_id, account_id)
+        return _group_from_row(row) if row else None
+
+    async def list_groups(self, account_id: int, limit: int, offset: int
+                          ) -> tuple[list[Group], int]:
+        async with self._pool.acquire() as conn, conn.transaction(
+            isolation="repeatable_read", readonly=True
+        ):
+            rows = await conn.fetch(
+                f"SELECT {_GROUP_COLUMNS} FROM groups g WHERE g.account_id = $1 "
+                "ORDER BY g.created_at, g.group_id LIMIT $2 OFFSET $3",
+                account_id, limit, offset)
+            total = await conn.fetchval("SELECT count(*) FROM groups WHERE account_id = $1",
+                                        account_id)
+        return [_group_from_row(row) for row in rows], int(total)
+
+    async def change_group(self, group: Group,
+                           replacements: Sequence[tuple[Binding, Binding]], now: int) -> bool:
+        """The group's new members and its bindings' new keys, all or nothing: False (nothing
+        changed) when a binding is no longer what was read; ``BindConflict`` on I1."""
+        async def work(conn: Any) -> bool:
+            try:
+                async with conn.transaction():
+                    await conn.execute(
+                        "UPDATE groups SET name = $2, remark = $3 WHERE group_id = $1",
+                        group.group_id, group.name, group.remark)
+                    await conn.execute("DELETE FROM group_members WHERE group_id = $1",
+                                       group.group_id)
+                    await conn.execute(
+                        "INSERT INTO group_members (group_id, number) "
+                        "SELECT $1, unnest($2::text[])", group.group_id, list(group.members))
+                    for old, new in replacements:
+                        if not await _replace(conn, old, new, now):
+                            raise _Stale
+            except _Stale:
+                return False
+            return True
+
+        try:
+            return bool(await self._retry(work))
+        except asyncpg.UniqueViolationError as exc:
+            raise BindConflict(_conflict(exc)) from exc
+
+    async def delete_group(self, account_id: int, group_id: str) -> bool:
+        async def work(conn: Any) -> bool:
+            async with conn.transaction():
+                gone = await conn.execute(
+                    "DELETE FROM groups WHERE group_id = $1 AND account_id = $2",
+                    group_id, account_id)
+                await conn.execute("DELETE FROM group_members WHERE group_id = $1 "
+                                   "AND NOT EXISTS (SELECT 1 FROM groups WHERE group_id = $1)",
+                                   group_id)
+                return _rowcount(str(gone)) > 0
+
+        return bool(await self._retry(work))
 
     async def _one_binding(self, where: str, *params: Any) -> Binding | None:
         row = await self._pool.fetchrow(
@@ -1068,15 +1281,17 @@ async def _end_bindings_of(conn: Any, x: str, force: bool, now: int) -> bool:
     and end its bindings. False (nothing changed) when it has active bindings and not
     ``force``."""
     await conn.execute("SELECT 1 FROM numbers WHERE x = $1 FOR UPDATE", x)
+    # Any key on X: a party (of a binding on X, or whose Y is X), "*", or an extension.
     active = await conn.fetchval(
-        "SELECT count(*) FROM parties p JOIN bindings b ON b.seq = p.seq "
-        f"WHERE p.x = $1 AND p.number = b.a AND {_active(2)}",
+        "SELECT EXISTS (SELECT 1 FROM parties p JOIN bindings b ON b.seq = p.seq "
+        f"WHERE p.x = $1 AND {_active(2)}) OR EXISTS (SELECT 1 FROM bindings b "
+        f"WHERE b.x = $1 AND b.extension <> '' AND {_active(2)})",
         x, now,
     )
     if active and not force:
         return False
-    await conn.execute("DELETE FROM bindings WHERE seq IN (SELECT seq FROM parties WHERE x = $1)",
-                       x)
+    await conn.execute("DELETE FROM bindings WHERE seq IN (SELECT seq FROM parties WHERE x = $1) "
+                       "OR (x = $1 AND extension <> '')", x)
     return True
 
 

@@ -7,6 +7,11 @@ change of an X is one Lua script: atomic on that master, with no cross-slot step
 - ``P{X}:p`` hash party number → bindId (I1: a field holds one binding);
 - ``P{X}:e`` hash extension → bindId (I2).
 
+A binding of a mode with a second number Y (modes.md) is also kept in Y's slot: a copy of it
+in ``P{Y}:b`` and its Y keys in ``P{Y}:p``, so I1 on Y is decided by Y's master, one script,
+as on X. Y's script runs first, X's second; a refusal on X removes the copy again, and a swap
+(``replace_binding``) goes Y then X, undone on Y when X refuses.
+
 An expired binding still holds its fields until swept or until an insert on its X releases it;
 every read checks ``expireAt`` against the caller's clock, so it is never answered. A bindId
 names its X (``ids.bind_id_x``): get and delete by bindId go straight to X's slot.
@@ -86,7 +91,14 @@ local function drop(id)
   if not body then return false end
   local r = cjson.decode(body)
   redis.call('HDEL', KEYS[1], id)
-  for _, n in ipairs({r[4], r[5]}) do
+  local fields = {r[4], r[5], '*'}
+  if r[14] and r[14] ~= '' then
+    local members = cjson.decode(r[14]).members
+    if members then
+      for m in string.gmatch(members, '[^,]+') do fields[#fields + 1] = m end
+    end
+  end
+  for _, n in ipairs(fields) do
     if n ~= '' and redis.call('HGET', KEYS[2], n) == id then redis.call('HDEL', KEYS[2], n) end
   end
   if r[6] ~= '' and redis.call('HGET', KEYS[3], r[6]) == id then
@@ -104,8 +116,11 @@ local function holder(hash, field)
 end
 """
 
-# KEYS b, p, e; ARGV now, bindId, body, deadline (epoch ms, 0 = none).
-# Returns the number of bindings stored on X, or the name of the key lost.
+# KEYS b, p, e; ARGV now, bindId, body, deadline (epoch ms, 0 = none), mode, then the parties
+# the binding holds on this number ("*": held alone). Mode 0 a binding on its X; 1 one that
+# holds its X alone (no other active binding there); 2 the copy of a binding on its Y (its
+# extension is X's, not claimed here). Returns the number of bindings stored on the number,
+# or the name of the key lost.
 _INSERT = _PRELUDE + """
 local id, body = ARGV[2], ARGV[3]
 local deadline = tonumber(ARGV[4])
@@ -118,14 +133,54 @@ if existing then
   if existing == body then return redis.call('HLEN', KEYS[1]) end
   return 'duplicate'
 end
-local r = cjson.decode(body)
-local a, b, ext = r[4], r[5], r[6]
-if a == b then return 'party' end
-if holder(KEYS[2], a) or (b ~= '' and holder(KEYS[2], b)) then return 'party' end
+local ext = ARGV[5] == '2' and '' or cjson.decode(body)[6]
+local seen = {}
+for i = 6, #ARGV do
+  if seen[ARGV[i]] or holder(KEYS[2], ARGV[i]) then return 'party' end
+  seen[ARGV[i]] = true
+end
+if holder(KEYS[2], '*') then return 'party' end
 if ext ~= '' and holder(KEYS[3], ext) then return 'extension' end
+if ARGV[5] == '1' then
+  for _, other in ipairs(redis.call('HVALS', KEYS[1])) do
+    if active(other) then return 'party' end
+  end
+end
 redis.call('HSET', KEYS[1], id, body)
-redis.call('HSET', KEYS[2], a, id)
-if b ~= '' then redis.call('HSET', KEYS[2], b, id) end
+for i = 6, #ARGV do redis.call('HSET', KEYS[2], ARGV[i], id) end
+if ext ~= '' then redis.call('HSET', KEYS[3], ext, id) end
+return redis.call('HLEN', KEYS[1])
+"""
+
+# KEYS b, p, e; ARGV now, bindId, old body, new body, mode (as insert), then the parties the
+# new binding holds on this number: compare-and-swap of one binding. Returns 'stale' (the
+# stored binding is not the old one, or it expired), the name of a key held by another
+# binding, or the number of bindings stored on the number.
+_REPLACE = _PRELUDE + """
+local id = ARGV[2]
+local current = redis.call('HGET', KEYS[1], id)
+if current ~= ARGV[3] or not active(current) then return 'stale' end
+local function free(hash, field)
+  local h = holder(hash, field)
+  return h == nil or h == id
+end
+local ext = ARGV[5] == '2' and '' or cjson.decode(ARGV[4])[6]
+local seen = {}
+for i = 6, #ARGV do
+  if seen[ARGV[i]] or not free(KEYS[2], ARGV[i]) then return 'party' end
+  seen[ARGV[i]] = true
+end
+if not free(KEYS[2], '*') then return 'party' end
+if ext ~= '' and not free(KEYS[3], ext) then return 'extension' end
+if ARGV[5] == '1' then
+  local all = redis.call('HGETALL', KEYS[1])
+  for i = 1, #all, 2 do
+    if all[i] ~= id and active(all[i + 1]) then return 'party' end
+  end
+end
+drop(id)
+redis.call('HSET', KEYS[1], id, ARGV[4])
+for i = 6, #ARGV do redis.call('HSET', KEYS[2], ARGV[i], id) end
 if ext ~= '' then redis.call('HSET', KEYS[3], ext, id) end
 return redis.call('HLEN', KEYS[1])
 """
@@ -207,10 +262,10 @@ return n
 """
 
 _SCRIPTS = {
-    "insert": _INSERT, "delete": _DELETE, "find": _FIND, "extensions": _EXTENSIONS,
-    "probe": _PROBE, "active": _ACTIVE, "drop_x": _DROP_X,
+    "insert": _INSERT, "replace": _REPLACE, "delete": _DELETE, "find": _FIND,
+    "extensions": _EXTENSIONS, "probe": _PROBE, "active": _ACTIVE, "drop_x": _DROP_X,
 }
-_WRITES = {"insert", "delete", "drop_x"}
+_WRITES = {"insert", "replace", "delete", "drop_x"}
 
 
 def encode_binding(binding: Binding) -> str:
@@ -221,6 +276,18 @@ def encode_binding(binding: Binding) -> str:
 
 def decode_binding(body: str) -> Binding:
     return binding_from_row(msgspec.json.decode(body))
+
+
+def _raise_lost(result: Any) -> None:
+    """An insert's or a swap's refusal as the store's exception."""
+    if result == "party":
+        raise BindConflict(ConflictKind.PARTY)
+    if result == "extension":
+        raise BindConflict(ConflictKind.EXTENSION)
+    if result == "duplicate":
+        raise StoreError("this bindId exists")
+    if result == "late":
+        raise StoreError("the reservation's deadline passed before the insert")
 
 
 def _active_at(binding: Binding, now: int) -> Binding | None:
@@ -399,20 +466,84 @@ class RedisBindingIndex:
 
         With ``deadline_ms`` (epoch ms on the master's clock) the script refuses to insert
         after it (``StoreError``): the records side may then decide the binding never came.
+
+        A binding with a Y is inserted on Y first (its copy and its keys there, in Y's slot:
+        I1 on Y is decided by Y's master), then on X; if X refuses it, the copy on Y is
+        removed again. Whoever finds a copy on Y without its binding on X (a crash between
+        the two scripts) removes it: the records side's settling of the reservation does.
         """
         if bind_id_x(binding.bind_id) != binding.x:
             raise StoreError("this bindId does not name its X (make it with ids.new_bind_id)")
-        result = await self._script("insert", self._keys(binding.x), (
-            now, binding.bind_id, encode_binding(binding), deadline_ms))
-        if result == "party":
-            raise BindConflict(ConflictKind.PARTY)
-        if result == "extension":
-            raise BindConflict(ConflictKind.EXTENSION)
-        if result == "duplicate":
-            raise StoreError(f"bindId {binding.bind_id} exists")
-        if result == "late":
-            raise StoreError("the reservation's deadline passed before the insert")
+        on_x, on_y = self._split_keys(binding)
+        if on_y:
+            _raise_lost(await self._script("insert", self._keys(binding.y), (
+                now, binding.bind_id, encode_binding(binding), deadline_ms, 2, *on_y)))
+        try:
+            result = await self._script("insert", self._keys(binding.x), (
+                now, binding.bind_id, encode_binding(binding), deadline_ms,
+                int(binding.exclusive()), *on_x))
+            _raise_lost(result)
+        except IndexUnavailable:
+            raise  # an unknown outcome: the records side settles it, the copy on Y too
+        except (BindConflict, StoreError):
+            if on_y:
+                await self._delete_copies([binding.y], [binding.bind_id], 0, False)
+            raise
         return int(result)
+
+    async def replace_binding(self, old: Binding, new: Binding, now: int) -> bool:
+        """Compare-and-swap of one binding: on Y first (where it has one), then on X, each in
+        one script; a refusal on X swaps Y back. The records side's copy is the caller's
+        (``CompositeStore.replace_binding``)."""
+        if old.bind_id != new.bind_id or old.x != new.x or (old.y and old.y != new.y):
+            raise StoreError("a replacement keeps its bindId, X and Y")
+        on_x, on_y = self._split_keys(new)
+        if on_y:
+            if old.y:
+                swapped = await self._script("replace", self._keys(new.y), (
+                    now, new.bind_id, encode_binding(old), encode_binding(new), 2, *on_y))
+            else:  # Y given at the call-in (XYB with delayedGetY)
+                swapped = await self._script("insert", self._keys(new.y), (
+                    now, new.bind_id, encode_binding(new), 0, 2, *on_y))
+            if swapped == "stale":
+                return False
+            _raise_lost(swapped)
+        try:
+            result = await self._script("replace", self._keys(new.x), (
+                now, new.bind_id, encode_binding(old), encode_binding(new),
+                int(new.exclusive()), *on_x))
+            if result == "stale":
+                await self._undo_y(old, new, now)
+                return False
+            _raise_lost(result)
+        except BindConflict:
+            await self._undo_y(old, new, now)
+            raise
+        return True
+
+    async def _undo_y(self, old: Binding, new: Binding, now: int) -> None:
+        if not new.y:
+            return
+        if old.y:
+            await self._script("replace", self._keys(new.y), (
+                now, new.bind_id, encode_binding(new), encode_binding(old), 2,
+                *self._split_keys(old)[1]))
+        else:
+            await self._delete_copies([new.y], [new.bind_id], 0, False)
+
+    @staticmethod
+    def _split_keys(binding: Binding) -> tuple[list[str], list[str]]:
+        """The binding's parties on X and on Y (``Binding.party_keys``)."""
+        on_x: list[str] = []
+        on_y: list[str] = []
+        for number, party in binding.party_keys():
+            if number == binding.x:
+                on_x.append(party)
+            elif number == binding.y:
+                on_y.append(party)
+            else:
+                raise StoreError("a binding's keys are on its X and its Y only")
+        return on_x, on_y
 
     async def get_binding(self, bind_id: str, now: int) -> Binding | None:
         found = await self.stored_binding(bind_id)
@@ -428,19 +559,30 @@ class RedisBindingIndex:
         return decode_binding(body) if body else None
 
     async def delete_binding(self, bind_id: str) -> bool:
-        removed, _ = await self.delete_bindings(bind_id_x(bind_id) or "", [bind_id], 0,
-                                                expired_only=False)
+        found = await self.stored_binding(bind_id)
+        removed, _ = await self.delete_bindings(
+            bind_id_x(bind_id) or "", [bind_id], 0, expired_only=False,
+            ys=[found.y] if found is not None and found.y else [])
         return removed > 0
 
     async def delete_bindings(self, x: str, bind_ids: Sequence[str], now: int,
-                              expired_only: bool) -> tuple[int, int]:
-        """Remove these bindings of X (only those expired at ``now``, if asked); returns
-        (removed, bindings still stored on X)."""
+                              expired_only: bool, ys: Sequence[str] = ()) -> tuple[int, int]:
+        """Remove these bindings of X (only those expired at ``now``, if asked), and their
+        copies on the numbers ``ys`` (their Ys); returns (removed, bindings still stored on
+        X). The copies go after X; a copy left by a crash in between keeps its keys on Y
+        (and answers there) until the records side finishes the unbind or the sweeper its
+        expiry, both of which come here again."""
         if not x or not bind_ids:
             return 0, 0
         removed, stored = await self._script(
             "delete", self._keys(x), (now, int(expired_only), *bind_ids))
+        await self._delete_copies(ys, bind_ids, now, expired_only)
         return int(removed), int(stored)
+
+    async def _delete_copies(self, ys: Sequence[str], bind_ids: Sequence[str], now: int,
+                             expired_only: bool) -> None:
+        for y in dict.fromkeys(y for y in ys if y):
+            await self._script("delete", self._keys(y), (now, int(expired_only), *bind_ids))
 
     async def drop_x(self, x: str) -> int:
         return int(await self._script("drop_x", self._keys(x), ()))

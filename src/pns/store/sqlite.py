@@ -47,6 +47,7 @@ from ..model import (
     CallRecord,
     CallRef,
     Candidate,
+    Group,
     NumberUsage,
     OutboxEvent,
     PoolStats,
@@ -79,7 +80,7 @@ from .rows import (
 from .sql import INSERT_EVENT, INSERT_RECORD, Sql, SqlRecords, event_params, record_params
 from .walheader import WalHeader
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 # The migration to this version seals the secrets older releases stored in plain text.
 SEALED_SECRETS_VERSION = 4
 _log = logging.getLogger("pns.store.sqlite")
@@ -101,6 +102,19 @@ _BINDING_COLUMNS = (
 _FIND_BY_PARTY = (
     f"SELECT {_BINDING_COLUMNS} FROM parties p JOIN bindings b ON b.seq = p.seq "
     "WHERE p.x = ? AND p.number = ? AND NOT (b.expire_at BETWEEN 1 AND ?)"
+)
+# X exclusivity (AX, XYB before its call): is the number held alone, or held at all?
+_HELD_ALONE = (
+    "SELECT 1 FROM parties p JOIN bindings b ON b.seq = p.seq "
+    "WHERE p.x = ? AND p.number = '*' AND NOT (b.expire_at BETWEEN 1 AND ?)"
+)
+_ANY_ON_X = (
+    "SELECT 1 FROM parties p JOIN bindings b ON b.seq = p.seq "
+    "WHERE p.x = ? AND NOT (b.expire_at BETWEEN 1 AND ?) LIMIT 1"
+)
+_ANY_EXTENSION_ON_X = (
+    "SELECT 1 FROM bindings b WHERE b.x = ? AND b.extension <> '' "
+    "AND NOT (b.expire_at BETWEEN 1 AND ?) LIMIT 1"
 )
 _SELECT_CALL = (
     "SELECT call_id, bind_id, account_id, x, caller, callee, customer_bind_id, business_id, "
@@ -330,6 +344,35 @@ _MIGRATIONS: list[str] = [
     # 6: the binding's fields beyond its columns (modes, lifecycle), as JSON text.
     """
     ALTER TABLE bindings ADD COLUMN attrs TEXT NOT NULL DEFAULT '';
+    """,
+    # 7: the binding modes (modes.md). A binding's I1 keys may sit on its second number Y,
+    # on the party "*" (X held alone) and on an AXG group's members: the cleanup trigger
+    # removes them all (Y read from attrs). AXG groups and their members, by account.
+    """
+    ALTER TABLE bindings ADD COLUMN y TEXT GENERATED ALWAYS AS (
+        CASE WHEN attrs = '' THEN '' ELSE coalesce(json_extract(attrs, '$.y'), '') END
+    ) VIRTUAL;
+    DROP TRIGGER bindings_cleanup_delete;
+    CREATE TRIGGER bindings_cleanup_delete AFTER DELETE ON bindings BEGIN
+        DELETE FROM parties WHERE x IN (OLD.x, OLD.y) AND number IN (OLD.a, OLD.b, '*')
+            AND seq = OLD.seq;
+        DELETE FROM parties WHERE OLD.bind_type = 2 AND x = OLD.x AND seq = OLD.seq;
+        UPDATE numbers SET active = active - 1 WHERE x = OLD.x;
+    END;
+    CREATE TABLE groups (
+        group_id TEXT PRIMARY KEY,
+        account_id INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        remark TEXT NOT NULL,
+        country_code INTEGER NOT NULL,
+        created_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX groups_account ON groups(account_id, created_at);
+    CREATE TABLE group_members (
+        group_id TEXT NOT NULL,
+        number TEXT NOT NULL,
+        PRIMARY KEY (group_id, number)
+    ) WITHOUT ROWID;
     """,
 ]
 
@@ -835,17 +878,11 @@ class SqliteStore(SqlRecords):
         def work() -> list[str]:
             kept: list[str] = []
             for x in xs:
-                active = self._conn.execute(
-                    f"SELECT count(*) FROM parties p JOIN bindings b ON b.seq = p.seq "
-                    f"WHERE p.x = :x AND p.number = b.a AND {_ACTIVE}",
-                    {"x": x, "now": now},
-                ).fetchone()[0]
+                active = _has_bindings(self._conn, x, now)
                 if active and not force:
                     kept.append(x)
                     continue
-                self._conn.execute(
-                    "DELETE FROM bindings WHERE seq IN (SELECT seq FROM parties WHERE x = ?)",
-                    (x,))
+                _end_bindings_on(self._conn, x)
                 self._conn.execute("DELETE FROM numbers WHERE x = ?", (x,))
             return kept
 
@@ -884,16 +921,11 @@ class SqliteStore(SqlRecords):
         def work() -> list[str]:
             kept: list[str] = []
             for x in xs:
-                active = self._conn.execute(
-                    f"SELECT count(*) FROM parties p JOIN bindings b ON b.seq = p.seq "
-                    f"WHERE p.x = :x AND p.number = b.a AND {_ACTIVE}",
-                    {"x": x, "now": now},
-                ).fetchone()[0]
+                active = _has_bindings(self._conn, x, now)
                 if active and not force:
                     kept.append(x)
                     continue
-                self._conn.execute(
-                    "DELETE FROM bindings WHERE seq IN (SELECT seq FROM parties WHERE x = ?)", (x,))
+                _end_bindings_on(self._conn, x)
                 self._conn.execute("UPDATE numbers SET account_id = ? WHERE x = ?",
                                    (account_id, x))
             return kept
@@ -933,15 +965,15 @@ class SqliteStore(SqlRecords):
     async def free_numbers(
         self, account_id: int, country_code: int, parties: Sequence[str], now: int, limit: int
     ) -> list[Candidate]:
-        a, b = [*parties, ""][:2]
+        named = {f"p{i}": party for i, party in enumerate([*parties, ""])}
         rows = self._read.execute(
             "SELECT n.x, n.active FROM numbers n "
             "WHERE n.account_id = :account_id AND n.country_code = :cc AND n.enabled = 1 "
             "AND NOT EXISTS (SELECT 1 FROM parties p JOIN bindings b ON b.seq = p.seq "
-            f"  WHERE p.x = n.x AND p.number IN (:a, :b) AND {_ACTIVE}) "
-            "ORDER BY n.active LIMIT :limit",
-            {"account_id": account_id, "cc": country_code, "a": a, "b": b, "now": now,
-             "limit": limit},
+            f"  WHERE p.x = n.x AND p.number IN ({', '.join(':' + k for k in named)}) "
+            f"AND {_ACTIVE}) ORDER BY n.active LIMIT :limit",
+            {"account_id": account_id, "cc": country_code, "now": now, "limit": limit,
+             **named},
         )
         return [Candidate(r[0], r[1]) for r in rows]
 
@@ -977,46 +1009,101 @@ class SqliteStore(SqlRecords):
 
     # --- bindings --------------------------------------------------------------------------
     async def insert_binding(self, binding: Binding, now: int) -> None:
-        keys = {
-            "x": binding.x, "a": binding.a, "b": binding.b, "ext": binding.extension,
-            "account_id": binding.account_id, "cbid": binding.customer_bind_id, "now": now,
-        }
         conn = self._conn
 
         def work() -> None:
-            # Expired rows still hold their unique keys until swept: release them first,
-            # each key by its own index.
-            conn.execute(
-                "DELETE FROM bindings WHERE seq IN (SELECT p.seq FROM parties p "
-                "JOIN bindings b ON b.seq = p.seq WHERE p.x = :x AND p.number IN (:a, :b) "
-                "AND b.expire_at BETWEEN 1 AND :now)",
-                keys,
-            )
-            if binding.extension:
-                conn.execute(
-                    "DELETE FROM bindings WHERE x = :x AND extension = :ext "
-                    "AND extension <> '' AND expire_at BETWEEN 1 AND :now", keys)
-            if binding.customer_bind_id:
-                conn.execute(
-                    "DELETE FROM bindings WHERE account_id = :account_id "
-                    "AND customer_bind_id = :cbid AND customer_bind_id <> '' "
-                    "AND expire_at BETWEEN 1 AND :now", keys)
-            cur = conn.execute(
-                "INSERT INTO bindings (bind_id, account_id, x, a, b, extension, bind_type, "
-                "customer_bind_id, business_id, flag, expire_second, expire_at, created_at, "
-                "attrs) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                binding_row(binding),
-            )
-            seq = cur.lastrowid
-            conn.executemany(
-                "INSERT INTO parties (x, number, seq) VALUES (?, ?, ?)",
-                [(binding.x, party, seq) for party in binding.parties()],
-            )
+            _insert(conn, binding, now)
 
         try:
             await self._batched(work)
         except sqlite3.IntegrityError as exc:
             raise BindConflict(_conflict_kind(str(exc))) from exc
+
+    async def replace_binding(self, old: Binding, new: Binding, now: int) -> bool:
+        """Compare-and-swap: put ``new`` in place of ``old`` (same bindId) only if the stored
+        binding is still exactly ``old`` and active; False otherwise. A delete and an insert
+        with a new seq in one transaction, so the read index of every process sees it."""
+        conn = self._conn
+
+        def work() -> bool:
+            return _replace(conn, old, new, now)
+
+        try:
+            return await self._batched(work)
+        except sqlite3.IntegrityError as exc:
+            raise BindConflict(_conflict_kind(str(exc))) from exc
+
+    # --- AXG groups ----------------------------------------------------------------------------
+    async def create_group(self, group: Group) -> None:
+        conn = self._conn
+
+        def work() -> None:
+            conn.execute(
+                "INSERT INTO groups (group_id, account_id, name, remark, country_code, "
+                "created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (group.group_id, group.account_id, group.name, group.remark,
+                 group.country_code, group.created_at))
+            conn.executemany("INSERT INTO group_members (group_id, number) VALUES (?, ?)",
+                             [(group.group_id, m) for m in group.members])
+
+        await self._batched(work)
+
+    async def get_group(self, account_id: int, group_id: str) -> Group | None:
+        row = self._read.execute(
+            f"SELECT {_GROUP_COLUMNS} FROM groups g WHERE g.group_id = ? AND g.account_id = ?",
+            (group_id, account_id)).fetchone()
+        return _group_from_row(row) if row else None
+
+    async def list_groups(self, account_id: int, limit: int, offset: int
+                          ) -> tuple[list[Group], int]:
+        read = self._read
+        read.execute("BEGIN")
+        try:
+            rows = read.execute(
+                f"SELECT {_GROUP_COLUMNS} FROM groups g WHERE g.account_id = ? "
+                "ORDER BY g.created_at, g.group_id LIMIT ? OFFSET ?",
+                (account_id, limit, offset)).fetchall()
+            (total,) = read.execute("SELECT count(*) FROM groups WHERE account_id = ?",
+                                    (account_id,)).fetchone()
+        finally:
+            read.execute("COMMIT")
+        return [_group_from_row(row) for row in rows], int(total)
+
+    async def change_group(self, group: Group,
+                           replacements: Sequence[tuple[Binding, Binding]], now: int) -> bool:
+        """The group's new members and its bindings' new keys, all or nothing: False (nothing
+        changed) when a binding is no longer what was read; ``BindConflict`` on I1."""
+        conn = self._conn
+
+        def work() -> bool:
+            conn.execute("UPDATE groups SET name = ?, remark = ? WHERE group_id = ?",
+                         (group.name, group.remark, group.group_id))
+            conn.execute("DELETE FROM group_members WHERE group_id = ?", (group.group_id,))
+            conn.executemany("INSERT INTO group_members (group_id, number) VALUES (?, ?)",
+                             [(group.group_id, m) for m in group.members])
+            for old, new in replacements:
+                if not _replace(conn, old, new, now):
+                    raise _Stale
+            return True
+
+        try:
+            return await self._batched(work)
+        except _Stale:
+            return False
+        except sqlite3.IntegrityError as exc:
+            raise BindConflict(_conflict_kind(str(exc))) from exc
+
+    async def delete_group(self, account_id: int, group_id: str) -> bool:
+        conn = self._conn
+
+        def work() -> bool:
+            cur = conn.execute("DELETE FROM groups WHERE group_id = ? AND account_id = ?",
+                               (group_id, account_id))
+            if cur.rowcount:
+                conn.execute("DELETE FROM group_members WHERE group_id = ?", (group_id,))
+            return cur.rowcount > 0
+
+        return await self._batched(work)
 
     def _one_binding(self, where: str, params: dict[str, Any]) -> Binding | None:
         row = self._read.execute(
@@ -1378,6 +1465,88 @@ def _split_statements(script: str) -> list[str]:
     if buffer.strip():
         statements.append(buffer.strip())
     return statements
+
+
+def _has_bindings(conn: sqlite3.Connection, x: str, now: int) -> bool:
+    """Does any active binding hold a key on X: a party (X or Y), "*", or an extension?"""
+    return (conn.execute(_ANY_ON_X, (x, now)).fetchone() is not None
+            or conn.execute(_ANY_EXTENSION_ON_X, (x, now)).fetchone() is not None)
+
+
+def _end_bindings_on(conn: sqlite3.Connection, x: str) -> None:
+    """End every binding with a key on X (its number leaves the account)."""
+    conn.execute("DELETE FROM bindings WHERE seq IN (SELECT seq FROM parties WHERE x = ?) "
+                 "OR (x = ? AND extension <> '')", (x, x))
+
+
+class _Stale(Exception):
+    """A compare-and-swap found the binding changed: the transaction's work is undone."""
+
+
+_GROUP_COLUMNS = (
+    "g.group_id, g.account_id, g.name, g.remark, g.country_code, g.created_at, "
+    "(SELECT group_concat(number, ',') FROM (SELECT number FROM group_members m "
+    "WHERE m.group_id = g.group_id ORDER BY number))"
+)
+
+
+def _group_from_row(row: Sequence[Any]) -> Group:
+    return Group(group_id=str(row[0]), account_id=int(row[1]), name=str(row[2]),
+                 remark=str(row[3]), country_code=int(row[4]), created_at=int(row[5]),
+                 members=tuple(str(row[6]).split(",")) if row[6] else ())
+
+
+def _replace(conn: sqlite3.Connection, old: Binding, new: Binding, now: int) -> bool:
+    stored = conn.execute(
+        f"SELECT {_BINDING_COLUMNS} FROM bindings b WHERE b.bind_id = ?",
+        (old.bind_id,)).fetchone()
+    if stored is None or tuple(stored) != binding_row(old) or not old.active_at(now):
+        return False
+    conn.execute("DELETE FROM bindings WHERE bind_id = ?", (old.bind_id,))
+    _insert(conn, new, now)
+    return True
+
+
+def _insert(conn: sqlite3.Connection, binding: Binding, now: int) -> None:
+    """One bind inside the writer's transaction: expired holders of its keys released first
+    (each key by its own index), X exclusivity checked (the writer is alone, so the check and
+    the insert are atomic), then the binding and its party keys."""
+    keys = binding.party_keys()
+    by_number: dict[str, list[str]] = {}
+    for number, party in keys:
+        by_number.setdefault(number, []).append(party)
+    for number, parties in by_number.items():
+        marks = ", ".join("?" * len(parties))
+        conn.execute(
+            "DELETE FROM bindings WHERE seq IN (SELECT p.seq FROM parties p "
+            f"JOIN bindings b ON b.seq = p.seq WHERE p.x = ? AND p.number IN ({marks}) "
+            "AND b.expire_at BETWEEN 1 AND ?)", (number, *parties, now))
+    if binding.extension:
+        conn.execute(
+            "DELETE FROM bindings WHERE x = ? AND extension = ? "
+            "AND extension <> '' AND expire_at BETWEEN 1 AND ?",
+            (binding.x, binding.extension, now))
+    if binding.customer_bind_id:
+        conn.execute(
+            "DELETE FROM bindings WHERE account_id = ? "
+            "AND customer_bind_id = ? AND customer_bind_id <> '' "
+            "AND expire_at BETWEEN 1 AND ?", (binding.account_id, binding.customer_bind_id, now))
+    for number in {binding.x, *by_number}:
+        if conn.execute(_HELD_ALONE, (number, now)).fetchone() is not None:
+            raise sqlite3.IntegrityError("X exclusivity: parties")
+    if binding.exclusive() and (
+            conn.execute(_ANY_ON_X, (binding.x, now)).fetchone() is not None
+            or conn.execute(_ANY_EXTENSION_ON_X, (binding.x, now)).fetchone() is not None):
+        raise sqlite3.IntegrityError("X exclusivity: parties")
+    cur = conn.execute(
+        "INSERT INTO bindings (bind_id, account_id, x, a, b, extension, bind_type, "
+        "customer_bind_id, business_id, flag, expire_second, expire_at, created_at, "
+        "attrs) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        binding_row(binding),
+    )
+    seq = cur.lastrowid
+    conn.executemany("INSERT INTO parties (x, number, seq) VALUES (?, ?, ?)",
+                     [(number, party, seq) for number, party in keys])
 
 
 def _conflict_kind(message: str) -> ConflictKind:
