@@ -240,7 +240,8 @@ def _answer_schema(action: str, v1: bool = False) -> dict[str, Any]:
     data = V1_DATA_SCHEMAS[action] if v1 else DATA_SCHEMAS[action]
     if data is not None:
         properties["data"] = data
-    for name in ACTIONS[action].top_level:  # NXCloud's createGroup: groupId beside data too
+    top_level = () if v1 else ACTIONS[action].top_level
+    for name in top_level:  # NXCloud's createGroup: groupId beside data too
         properties[name] = data["properties"][name] if data else {"type": "string"}
     return {"type": "object", "required": ["code", "msg", "requestId"],
             "properties": properties}
