@@ -74,6 +74,18 @@ def summarise_pools(per_x: Sequence[Sequence[Any]],
     return usage
 
 
+_KEPT_BY_REPLACE = ("bind_id", "account_id", "x", "a", "extension", "customer_bind_id",
+                    "bind_type", "created_at")
+
+
+def check_replacement(old: Binding, new: Binding) -> None:
+    """``replace_binding`` changes a binding, never which binding it is: the keys a store
+    indexes by (other than B) must stay, so no store has to move a binding between shards."""
+    for name in _KEPT_BY_REPLACE:
+        if getattr(old, name) != getattr(new, name):
+            raise StoreError(f"replace_binding cannot change {name}")
+
+
 class ConflictKind(Enum):
     PARTY = "party"
     EXTENSION = "extension"
@@ -137,6 +149,8 @@ class BindingIndex(Protocol):
       ``BindingLedger``). A repeated bindId is a ``StoreError``, never a conflict.
     - Reads never return an expired binding, swept or not.
     - ``delete_binding`` frees the binding's keys at once.
+    - ``replace_binding`` is a compare-and-swap of one binding on its X, I1 kept, all or
+      nothing; the old B's key is free at once and the new B's taken.
     """
 
     async def insert_binding(self, binding: Binding, now: int) -> None: ...
@@ -144,6 +158,8 @@ class BindingIndex(Protocol):
     async def get_binding(self, bind_id: str, now: int) -> Binding | None: ...
 
     async def delete_binding(self, bind_id: str) -> bool: ...
+
+    async def replace_binding(self, old: Binding, new: Binding, now: int) -> bool: ...
 
     async def find_by_party(self, x: str, number: str, now: int) -> Binding | None: ...
 
@@ -242,6 +258,12 @@ class BindingLedger(Protocol):
         ``lease_until``. Raises ``StoreError`` for a repeated bindId."""
 
     async def set_lease(self, bind_id: str, lease_until: int) -> None: ...
+
+    async def replace(self, old: Binding, new: Binding,
+                      apply: Callable[[], Awaitable[bool]]) -> bool:
+        """Change the confirmed row of ``old`` to ``new`` when ``apply()`` (the index's
+        compare-and-swap) succeeds, holding the row meanwhile so no sweep or unbind of it
+        runs in between; False, and nothing written, otherwise."""
 
     async def lease_of(self, bind_id: str) -> int | None: ...
 
@@ -361,6 +383,15 @@ class Store(BindingIndex, RecordsStore, Protocol):
 
     async def delete_binding(self, bind_id: str) -> bool:
         """End a binding now; False when it was already gone."""
+
+    async def replace_binding(self, old: Binding, new: Binding, now: int) -> bool:
+        """Change a binding in place (``updateAXB``, ``renewOnCall``), atomically: ``new`` has
+        ``old``'s bindId, account, X, A, extension and customerBindId; its B, expiry and the
+        fields beyond the columns may differ. A compare-and-swap: applied only while the stored
+        binding still equals ``old`` (False otherwise: changed or ended meanwhile, nothing
+        written). A new B that another active binding holds on X raises ``BindConflict``
+        (I1; expired holders are released first) and nothing changes. The next read anywhere
+        (another process's ``find_by_party`` included) sees ``new``, never ``old``."""
 
     async def list_bindings(
         self, account_id: int, limit: int, offset: int, now: int

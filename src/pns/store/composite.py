@@ -51,6 +51,7 @@ from .base import (
     BindingLedger,
     ConflictKind,
     RecordsStore,
+    check_replacement,
     summarise_pools,
 )
 
@@ -205,6 +206,15 @@ class CompositeStore:
         await self.ledger.remove([bind_id])
         await self._hint(found.account_id, found.x, stored)
         return removed > 0
+
+    async def replace_binding(self, old: Binding, new: Binding, now: int) -> bool:
+        """The ledger row is held while X's shard swaps the binding: a sweep of the old expiry
+        or an unbind waits for it (or goes first, and then this changes nothing). A crash
+        after the shard's change and before the ledger's commit leaves the ledger's copy (what
+        listings show) older than the index until the binding's next change."""
+        check_replacement(old, new)
+        return await self.ledger.replace(
+            old, new, lambda: self.index.replace_binding(old, new, now))
 
     async def get_binding(self, bind_id: str, now: int) -> Binding | None:
         return await self.index.get_binding(bind_id, now)

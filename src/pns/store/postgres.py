@@ -54,6 +54,7 @@ from .base import (
     ConflictKind,
     Retention,
     StoreError,
+    check_replacement,
     summarise_pools,
 )
 from .callrefs import CallRefBuffer
@@ -848,6 +849,48 @@ class PostgresStore:
             if kind is None:
                 raise StoreError(f"unexpected constraint failure: {exc.constraint_name}") from exc
             raise BindConflict(kind) from exc
+
+    async def replace_binding(self, old: Binding, new: Binding, now: int) -> bool:
+        """In place, under the row's lock: the stored binding is compared with ``old``, a
+        new B's party row replaces the old B's (its unique key is I1), then the row."""
+        check_replacement(old, new)
+
+        async def work(conn: Any) -> bool:
+            async with conn.transaction():
+                row = await conn.fetchrow(
+                    f"SELECT b.seq, {_BINDING_COLUMNS} FROM bindings b WHERE b.bind_id = $1 "
+                    "FOR UPDATE", old.bind_id)
+                if row is None or binding_from_row(list(row)[1:]) != old:
+                    return False
+                seq = row[0]
+                if new.b != old.b:
+                    if new.b:
+                        await conn.execute(
+                            "DELETE FROM bindings d WHERE d.expire_at BETWEEN 1 AND $3 "
+                            "AND d.seq IN (SELECT p.seq FROM parties p WHERE p.x = $1 "
+                            "AND p.number = $2)", new.x, new.b, now)
+                    if old.b:
+                        await conn.execute(
+                            "DELETE FROM parties WHERE x = $1 AND number = $2 AND seq = $3",
+                            old.x, old.b, seq)
+                    if new.b:
+                        await conn.execute(
+                            "INSERT INTO parties (x, number, seq) VALUES ($1, $2, $3)",
+                            new.x, new.b, seq)
+                values = binding_row(new)
+                await conn.execute(
+                    "UPDATE bindings SET b = $2, business_id = $3, flag = $4, "
+                    "expire_second = $5, expire_at = $6, attrs = $7 WHERE seq = $1",
+                    seq, new.b, new.business_id, new.flag, new.expire_second, new.expire_at,
+                    values[13])
+                return True
+
+        try:
+            return await self._retry(work)
+        except asyncpg.UniqueViolationError as exc:
+            if exc.constraint_name != "parties_pkey":
+                raise StoreError(f"unexpected constraint failure: {exc.constraint_name}") from exc
+            raise BindConflict(ConflictKind.PARTY) from exc
 
     async def _one_binding(self, where: str, *params: Any) -> Binding | None:
         row = await self._pool.fetchrow(

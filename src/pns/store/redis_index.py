@@ -57,7 +57,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..ids import bind_id_x
 from ..model import Binding, binding_from_row, binding_row
-from .base import BindConflict, ConflictKind, StoreError
+from .base import BindConflict, ConflictKind, StoreError, check_replacement
 
 _log = logging.getLogger("pns.store.redis")
 
@@ -127,6 +127,26 @@ redis.call('HSET', KEYS[1], id, body)
 redis.call('HSET', KEYS[2], a, id)
 if b ~= '' then redis.call('HSET', KEYS[2], b, id) end
 if ext ~= '' then redis.call('HSET', KEYS[3], ext, id) end
+return redis.call('HLEN', KEYS[1])
+"""
+
+# KEYS b, p, e; ARGV now, bindId, old body, new body (same bindId, X, A and extension).
+# Returns 'changed' when the stored body is not the old one, 'party' when the new B is held
+# (nothing written then), else the number of bindings stored on X.
+_REPLACE = _PRELUDE + """
+local id, old, new = ARGV[2], ARGV[3], ARGV[4]
+if redis.call('HGET', KEYS[1], id) ~= old then return 'changed' end
+local was, will = cjson.decode(old), cjson.decode(new)
+if will[5] ~= was[5] then
+  if will[5] ~= '' then
+    if will[5] == will[4] or holder(KEYS[2], will[5]) then return 'party' end
+  end
+  if was[5] ~= '' and redis.call('HGET', KEYS[2], was[5]) == id then
+    redis.call('HDEL', KEYS[2], was[5])
+  end
+  if will[5] ~= '' then redis.call('HSET', KEYS[2], will[5], id) end
+end
+redis.call('HSET', KEYS[1], id, new)
 return redis.call('HLEN', KEYS[1])
 """
 
@@ -207,10 +227,10 @@ return n
 """
 
 _SCRIPTS = {
-    "insert": _INSERT, "delete": _DELETE, "find": _FIND, "extensions": _EXTENSIONS,
-    "probe": _PROBE, "active": _ACTIVE, "drop_x": _DROP_X,
+    "insert": _INSERT, "replace": _REPLACE, "delete": _DELETE, "find": _FIND,
+    "extensions": _EXTENSIONS, "probe": _PROBE, "active": _ACTIVE, "drop_x": _DROP_X,
 }
-_WRITES = {"insert", "delete", "drop_x"}
+_WRITES = {"insert", "replace", "delete", "drop_x"}
 
 
 def encode_binding(binding: Binding) -> str:
@@ -413,6 +433,15 @@ class RedisBindingIndex:
         if result == "late":
             raise StoreError("the reservation's deadline passed before the insert")
         return int(result)
+
+    async def replace_binding(self, old: Binding, new: Binding, now: int) -> bool:
+        """One script on X: compare the stored body with ``old``'s, move B's key, store."""
+        check_replacement(old, new)
+        result = await self._script("replace", self._keys(old.x), (
+            now, old.bind_id, encode_binding(old), encode_binding(new)))
+        if result == "party":
+            raise BindConflict(ConflictKind.PARTY)
+        return bool(result != "changed")
 
     async def get_binding(self, bind_id: str, now: int) -> Binding | None:
         found = await self.stored_binding(bind_id)

@@ -66,6 +66,7 @@ from .base import (
     ConflictKind,
     Retention,
     StoreError,
+    check_replacement,
     summarise_pools,
 )
 from .callrefs import CallRefBuffer
@@ -989,6 +990,39 @@ class SqliteStore:
 
         try:
             await self._batched(work)
+        except sqlite3.IntegrityError as exc:
+            raise BindConflict(_conflict_kind(str(exc))) from exc
+
+    async def replace_binding(self, old: Binding, new: Binding, now: int) -> bool:
+        """Delete and insert again with a new ``seq``, in one savepoint: the read indexes of
+        every process follow new rows and the deletion log only, so this is how they see the
+        change (the old row's keys go, the new row's come, in one step of their sync)."""
+        conn = self._conn
+        check_replacement(old, new)
+
+        def work() -> bool:
+            row = conn.execute(
+                f"SELECT b.seq, {_BINDING_COLUMNS} FROM bindings b WHERE b.bind_id = ?",
+                (old.bind_id,)).fetchone()
+            if row is None or binding_from_row(row[1:]) != old:
+                return False
+            if new.b and new.b not in old.parties():
+                conn.execute(
+                    "DELETE FROM bindings WHERE seq IN (SELECT p.seq FROM parties p "
+                    "JOIN bindings b ON b.seq = p.seq WHERE p.x = ? AND p.number = ? "
+                    "AND b.expire_at BETWEEN 1 AND ?)", (new.x, new.b, now))
+            conn.execute("DELETE FROM bindings WHERE seq = ?", (row[0],))
+            seq = conn.execute(
+                "INSERT INTO bindings (bind_id, account_id, x, a, b, extension, bind_type, "
+                "customer_bind_id, business_id, flag, expire_second, expire_at, created_at, "
+                "attrs) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                binding_row(new)).lastrowid
+            conn.executemany("INSERT INTO parties (x, number, seq) VALUES (?, ?, ?)",
+                             [(new.x, party, seq) for party in new.parties()])
+            return True
+
+        try:
+            return await self._batched(work)
         except sqlite3.IntegrityError as exc:
             raise BindConflict(_conflict_kind(str(exc))) from exc
 
