@@ -127,6 +127,7 @@ def test_request_schemas_require_what_the_actions_require() -> None:
         "bindAXBExtension": {"phoneA", "phoneX", "expireSecond"},
         "unbindAXB": set(), "getAXBList": set(), "queryAXB": {"caller", "did"},
         "reportCall": {"callId"}, "getCallRecords": set(), "redeliverCallRecord": {"callId"},
+        "getAXB": set(), "updateAXB": set(),
     }
     for action, required in expected.items():
         post = document["paths"][f"/api/pns/{action}"]["post"]
@@ -148,6 +149,10 @@ def test_answers_are_typed_per_action_with_their_codes() -> None:
                    "queryAXB": {"audioWhenCallFail", "audioWhenDtmfNeed", "audioWhenDtmfErr"},
                    "reportCall": {"id", "callId"}, "getCallRecords": {"records", "total"},
                    "redeliverCallRecord": {"eventId"}}
+    detail = {"customerId", "businessId", "bindId", "customerBindId", "phoneA", "phoneB", "did",
+              "flag", "expireAt", "bindType", "expireSecond", "callDirection", "maxDuration",
+              "renewOnCall", "audioWhenCallFail"}
+    data_fields |= {"getAXB": detail, "updateAXB": detail}
     never = {10003, 10005, 10006}  # NXCloud's codes pns never produces
     for action in ACTIONS:
         post = document["paths"][f"/api/pns/{action}"]["post"]
@@ -165,7 +170,11 @@ def test_answers_are_typed_per_action_with_their_codes() -> None:
         assert all("type" in spec for spec in data["properties"].values()), action
     query = _resolve(document, document["paths"]["/api/pns/queryAXB"]["post"]["responses"]
                      ["200"]["content"]["application/json"]["schema"])["properties"]["data"]
-    assert {"callee", "callId", "flag", "bindType"} <= set(query["properties"])
+    assert {"callee", "callId", "flag", "bindType", "maxDuration"} <= set(query["properties"])
+    for action in ("getAXB", "updateAXB"):
+        body = _resolve(document, document["paths"][f"/api/pns/{action}"]["post"]
+                        ["requestBody"]["content"]["application/json"]["schema"])
+        assert body["anyOf"] == [{"required": ["bindId"]}, {"required": ["customerBindId"]}]
 
 
 def test_docs_page_and_its_assets_come_from_pns(server: Server) -> None:

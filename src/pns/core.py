@@ -52,6 +52,55 @@ _CANDIDATES = 8
 _INSERT_ATTEMPTS = 8
 
 
+# lifecycle.md's bounds.
+MAX_DURATION = 86_400
+MAX_RENEW_ON_CALL = 7_776_000
+MAX_PROMPT = 1024
+DIRECTION_BOTH, DIRECTION_A_ONLY, DIRECTION_B_ONLY = 0, 1, 2
+_UPDATE_ATTEMPTS = 8
+
+
+class Lifecycle(msgspec.Struct, frozen=True):
+    """The fields of ``lifecycle.md`` a bind or an ``updateAXB`` may give; None: not given
+    (a bind then keeps the default, an update the binding's value)."""
+
+    call_direction: int | None = None
+    max_duration: int | None = None
+    renew_on_call: int | None = None
+    audio_when_call_fail: str | None = None
+
+    def apply(self, binding: Binding) -> Binding:
+        """``binding`` with the given fields, each checked against its bounds (1002)."""
+        changes: dict[str, Any] = {}
+        if self.call_direction is not None:
+            if self.call_direction not in (DIRECTION_BOTH, DIRECTION_A_ONLY, DIRECTION_B_ONLY):
+                raise PnsError(Code.BAD_PARAMETER, "callDirection must be 0, 1 or 2")
+            changes["call_direction"] = self.call_direction
+        if self.max_duration is not None:
+            if not 0 <= self.max_duration <= MAX_DURATION:
+                raise PnsError(Code.BAD_PARAMETER, "maxDuration must be from 0 to 86400")
+            changes["max_duration"] = self.max_duration
+        if self.renew_on_call is not None:
+            if not 0 <= self.renew_on_call <= MAX_RENEW_ON_CALL:
+                raise PnsError(Code.BAD_PARAMETER, "renewOnCall must be from 0 to 7776000")
+            changes["renew_on_call"] = self.renew_on_call
+        if self.audio_when_call_fail is not None:
+            if len(self.audio_when_call_fail) > MAX_PROMPT:
+                raise PnsError(Code.BAD_PARAMETER, "audioWhenCallFail is longer than 1024")
+            changes["audio_when_call_fail"] = self.audio_when_call_fail
+        return msgspec.structs.replace(binding, **changes) if changes else binding
+
+
+class BindingUpdate(msgspec.Struct, frozen=True):
+    """What ``updateAXB`` changes; None leaves a field as it is."""
+
+    phone_b: str | None = None
+    expire_second: int | None = None
+    flag: int | None = None
+    business_id: str | None = None
+    life: Lifecycle = Lifecycle()
+
+
 class Settings(msgspec.Struct, frozen=True):
     extension_length: int = 3
     account_cache_seconds: float = 1.0
@@ -64,6 +113,9 @@ class QueryAnswer(msgspec.Struct, frozen=True):
     bind_type: int
     prompts: Account | None
     extension: str | None
+    # lifecycle.md: the call's limit (0 none) and the binding's own fail prompt ("" none).
+    max_duration: int = 0
+    audio_when_call_fail: str = ""
 
 
 class _TtlCache(Generic[K, V]):
@@ -163,6 +215,7 @@ class Service:
         # Called after an event enters the outbox, so a delivery worker can wake at once.
         self.on_event: Callable[[], None] = lambda: None
         self._background: set[asyncio.Task[None]] = set()
+        self._renewing: set[str] = set()
 
     # --- bindAXB ---------------------------------------------------------------------------
     async def bind_axb(
@@ -176,6 +229,7 @@ class Service:
         business_id: str = "",
         phone_x: str = "",
         now: int | None = None,
+        life: Lifecycle | None = None,
     ) -> Binding:
         now = int(time.time()) if now is None else now
         a = require_international(phone_a, "phoneA")
@@ -185,6 +239,8 @@ class Service:
         if a.digits == b.digits:
             raise PnsError(Code.SAME_NUMBER)
         _check_common(customer_bind_id, business_id, flag, expire_second)
+        if life is not None:
+            life.apply(_PROBE)
         requested_x = self._parse_x(phone_x) if phone_x else None
         existing = await self._existing(
             account, customer_bind_id, a.digits, b.digits,
@@ -206,6 +262,8 @@ class Service:
                 business_id=business_id, flag=flag, expire_second=expire_second,
                 expire_at=expire_at_for(expire_second, now), created_at=now,
             )
+            if life is not None:
+                binding = life.apply(binding)
             try:
                 await self.store.insert_binding(binding, now)
                 return binding
@@ -258,6 +316,7 @@ class Service:
         flag: int = 0,
         business_id: str = "",
         now: int | None = None,
+        life: Lifecycle | None = None,
     ) -> Binding:
         now = int(time.time()) if now is None else now
         a = require_international(phone_a, "phoneA")
@@ -270,6 +329,8 @@ class Service:
         if b is not None and a.digits == b.digits:
             raise PnsError(Code.SAME_NUMBER)
         _check_common(customer_bind_id, business_id, flag, expire_second)
+        if life is not None:
+            life.apply(_PROBE)
         requested_ext = self.validate_extension(extension) if extension else None
         b_digits = b.digits if b else ""
         existing = await self._existing(
@@ -288,6 +349,8 @@ class Service:
                 expire_second=expire_second, expire_at=expire_at_for(expire_second, now),
                 created_at=now,
             )
+            if life is not None:
+                binding = life.apply(binding)
             try:
                 await self.store.insert_binding(binding, now)
                 return binding
@@ -344,6 +407,69 @@ class Service:
             raise PnsError(Code.BINDING_NOT_EXIST)
         return binding
 
+    async def get_binding(self, account: Account, bind_id: str, customer_bind_id: str,
+                          now: int | None = None) -> Binding:
+        """``getAXB``: the account's active binding by bindId or customerBindId, else 10013."""
+        now = int(time.time()) if now is None else now
+        if bind_id:
+            binding = await self.store.get_binding(bind_id, now)
+        elif customer_bind_id:
+            binding = await self.store.find_by_customer_bind_id(account.id, customer_bind_id, now)
+        else:
+            raise PnsError(Code.BAD_PARAMETER, "bindId or customerBindId is required")
+        if binding is None or binding.account_id != account.id:
+            raise PnsError(Code.BINDING_NOT_EXIST)
+        return binding
+
+    async def update_binding(self, account: Account, bind_id: str, customer_bind_id: str,
+                             update: BindingUpdate, now: int | None = None) -> Binding:
+        """``updateAXB``: one atomic change that keeps the bindId and X. Every check runs
+        before the store's compare-and-swap, which applies the whole change or nothing; a
+        concurrent change (or renewal) of the same binding makes it start over from the
+        binding as it is then."""
+        now = int(time.time()) if now is None else now
+        for _ in range(_UPDATE_ATTEMPTS):
+            current = await self.get_binding(account, bind_id, customer_bind_id, now)
+            changed = self._updated(current, update, now)
+            if changed == current:
+                return current
+            try:
+                if await self.store.replace_binding(current, changed, now):
+                    return changed
+            except BindConflict:
+                raise PnsError(Code.PARTY_ALREADY_BOUND,
+                               "phoneB is already a party of another binding on this number"
+                               ) from None
+        raise PnsError(Code.INTERNAL, "the binding kept changing meanwhile; retry")
+
+    def _updated(self, binding: Binding, update: BindingUpdate, now: int) -> Binding:
+        """The binding after ``update``, every field checked (nothing is written here)."""
+        changes: dict[str, Any] = {}
+        if update.phone_b is not None:
+            if not binding.b:
+                raise PnsError(Code.BAD_PARAMETER, "phoneB does not apply to a binding "
+                                                   "without B")
+            b = require_international(update.phone_b, "phoneB")
+            a = parse_international(binding.a)
+            x = parse_international(binding.x)
+            country = a.country_code if a else x.country_code if x else 0
+            if b.country_code != country:
+                raise PnsError(Code.COUNTRY_MISMATCH, "phoneB has another country code")
+            if b.digits == binding.a:
+                raise PnsError(Code.SAME_NUMBER)
+            changes["b"] = b.digits
+        expire_second = update.expire_second
+        flag = binding.flag if update.flag is None else update.flag
+        business_id = binding.business_id if update.business_id is None else update.business_id
+        _check_common("", business_id, flag,
+                      binding.expire_second if expire_second is None else expire_second)
+        if expire_second is not None:
+            changes["expire_second"] = expire_second
+            changes["expire_at"] = expire_at_for(expire_second, now)
+        changes["flag"] = flag
+        changes["business_id"] = business_id
+        return update.life.apply(msgspec.structs.replace(binding, **changes))
+
     async def list_bindings(
         self, account: Account, limit: int, offset: int, now: int | None = None
     ) -> tuple[list[Binding], int]:
@@ -396,6 +522,10 @@ class Service:
                     self._in_background(self.notify_binding_error(owner, caller, x.digits, now))
                 raise PnsError(Code.BINDING_NOT_EXIST, data=prompt_data(owner))
             binding = found
+        if binding.call_direction and not _direction_allowed(binding, caller_digits):
+            raise PnsError(Code.DIRECTION_NOT_ALLOWED, data=binding_prompt_data(owner, binding))
+        if binding.renew_on_call and binding.expire_at:
+            self._renew(binding, now)
         call_id = new_snowflake()
         await self.store.record_call(
             CallRef(
@@ -407,8 +537,40 @@ class Service:
         )
         return QueryAnswer(
             callee=callee, call_id=call_id, flag=binding.flag, bind_type=binding.bind_type,
-            prompts=owner, extension=extension,
+            prompts=owner, extension=extension, max_duration=binding.max_duration,
+            audio_when_call_fail=binding.audio_when_call_fail,
         )
+
+    def _renew(self, binding: Binding, now: int) -> None:
+        """renewOnCall: move expireAt to now + renewOnCall when that is later, after the
+        answer (the query never waits on a write), once at a time per binding in this
+        process. A crash before it lands loses that one extension."""
+        if now + binding.renew_on_call <= binding.expire_at or binding.bind_id in self._renewing:
+            return
+        self._renewing.add(binding.bind_id)
+        self._in_background(self._extend(binding, now))
+
+    async def _extend(self, binding: Binding, now: int) -> None:
+        try:
+            current: Binding | None = binding
+            for _ in range(_UPDATE_ATTEMPTS):
+                if current is None or not current.renew_on_call or not current.expire_at:
+                    return
+                until = now + current.renew_on_call
+                if until <= current.expire_at:
+                    return
+                renewed = msgspec.structs.replace(current, expire_at=until)
+                if await self.store.replace_binding(current, renewed, now):
+                    return
+                current = await self.store.get_binding(binding.bind_id, now)
+        finally:
+            self._renewing.discard(binding.bind_id)
+
+    async def settle(self) -> None:
+        """Wait for the writes running after their answers (renewals, callbacks): shutdown,
+        tests."""
+        while self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
 
     def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
         """Run a write the answer need not wait for (the query path never waits on a write:
@@ -420,8 +582,8 @@ class Service:
     def _background_done(self, task: asyncio.Task[None]) -> None:
         self._background.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.error("a binding-error callback was not enqueued: %s",
-                      type(task.exception()).__name__)
+            log.error("a write after an answer (a binding-error callback or a renewal) "
+                      "failed: %s", type(task.exception()).__name__)
 
     async def notify_binding_error(self, owner: Account | None, caller: str, did: str,
                                    now: int) -> None:
@@ -595,6 +757,28 @@ def _extension_callee(binding: Binding, caller: str | None) -> str | None:
     if caller == binding.a:
         return None
     return binding.a
+
+
+def _direction_allowed(binding: Binding, caller: str | None) -> bool:
+    """callDirection 1: only A may call; 2: only B (anyone but A, on an extension without B)."""
+    from_a = caller == binding.a
+    if binding.call_direction == DIRECTION_A_ONLY:
+        return from_a
+    if binding.call_direction == DIRECTION_B_ONLY:
+        return not from_a
+    return True
+
+
+# A binding with every field at its default, to check lifecycle fields before a binding exists.
+_PROBE = Binding("", 0, "", "", "", "", 0, "", "", 0, 0, 0, 0)
+
+
+def binding_prompt_data(owner: Account | None, binding: Binding) -> dict[str, str]:
+    """``prompt_data`` with the binding's own fail prompt when it has one."""
+    data = prompt_data(owner)
+    if binding.audio_when_call_fail:
+        data["audioWhenCallFail"] = binding.audio_when_call_fail
+    return data
 
 
 def prompt_data(owner: Account | None) -> dict[str, str]:

@@ -1,7 +1,7 @@
 """Result codes of the API, in one place, so every layer raises and answers the same numbers.
 
 NXCloud's codes 0, 1001-1005 and 10001-10013 keep their documented meaning; 1006, 1007 and
-10014-10018 are ours (see ``shared/spec/behaviour.md``).
+10014-10018, 10023 and 10024 are ours (see ``shared/spec/behaviour.md``).
 """
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ class Code(IntEnum):
     INVALID_EXTENSION = 10016
     PARTY_ALREADY_BOUND = 10017
     NO_FREE_EXTENSION = 10018
+    DIRECTION_NOT_ALLOWED = 10023
+    CALLER_BLOCKED = 10024
 
 
 DEFAULT_MSG: dict[Code, str] = {
@@ -66,6 +68,8 @@ DEFAULT_MSG: dict[Code, str] = {
     Code.INVALID_EXTENSION: "invalid extension",
     Code.PARTY_ALREADY_BOUND: "a party is already bound on the requested number",
     Code.NO_FREE_EXTENSION: "no free extension on this number",
+    Code.DIRECTION_NOT_ALLOWED: "call direction not allowed",
+    Code.CALLER_BLOCKED: "caller is blocked",
 }
 
 

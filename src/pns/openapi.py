@@ -30,6 +30,9 @@ _SUMMARIES = {
     "reportCall": "The switch reports a finished call (switch role)",
     "getCallRecords": "List call records by time range or bindId, paged",
     "redeliverCallRecord": "Queue one more delivery of a call record",
+    "getAXB": "One active binding by bindId or customerBindId, with every field",
+    "updateAXB": "Change a binding in place (B, lifetime, flag, lifecycle fields); bindId and "
+                 "X stay",
 }
 
 _FIELD_DOCS = {
@@ -48,6 +51,11 @@ _FIELD_DOCS = {
     "caller": "The calling number (country code optional: read against X's country)",
     "did": "The dialled virtual number X, with its country code",
     "callId": "From the query's answer",
+    "callDirection": "0 both ways (default), 1 only A may call, 2 only B may call (10023)",
+    "maxDuration": "Seconds a call may last, 0-86400, 0 = no limit (the switch ends the call)",
+    "renewOnCall": "0-7776000 s, 0 = off: each answered query moves expireAt to "
+                   "max(expireAt, now + renewOnCall); expireAt 0 stays 0",
+    "audioWhenCallFail": "This binding's fail prompt, instead of the account's",
 }
 
 # Codes every action can answer, besides its own (state-changing actions add 1006).
@@ -62,10 +70,14 @@ ACTION_CODES: dict[str, tuple[Code, ...]] = {
                          Code.NO_FREE_EXTENSION),
     "unbindAXB": (Code.BINDING_NOT_EXIST,),
     "getAXBList": (Code.LIMIT_OUT_OF_RANGE, Code.OFFSET_OUT_OF_RANGE),
-    "queryAXB": (Code.NO_COUNTRY_PREFIX, Code.BINDING_NOT_EXIST),
+    "queryAXB": (Code.NO_COUNTRY_PREFIX, Code.BINDING_NOT_EXIST,
+                 Code.DIRECTION_NOT_ALLOWED),
     "reportCall": (Code.BINDING_NOT_EXIST,),
     "getCallRecords": (Code.LIMIT_OUT_OF_RANGE, Code.OFFSET_OUT_OF_RANGE),
     "redeliverCallRecord": (Code.BINDING_NOT_EXIST,),
+    "getAXB": (Code.BINDING_NOT_EXIST,),
+    "updateAXB": (Code.BINDING_NOT_EXIST, Code.NUMBER_EMPTY, Code.SAME_NUMBER,
+                  Code.COUNTRY_MISMATCH, Code.NO_COUNTRY_PREFIX, Code.PARTY_ALREADY_BOUND),
 }
 
 
@@ -89,6 +101,14 @@ _BINDING_ITEM = _obj(
     customerId=_S, businessId=_S, bindId=_S, customerBindId=_S, phoneA=_S, phoneB=_S, did=_S,
     flag=_I, expireAt={**_I, "description": "epoch seconds, 0 = never"},
     bindType={**_I, "description": "0 AXB, 4 extension"}, extension=_S)
+_BINDING_DETAIL = {
+    **_BINDING_ITEM,
+    "required": [*_BINDING_ITEM["required"], "expireSecond", "callDirection", "maxDuration",
+                 "renewOnCall", "audioWhenCallFail"],
+    "properties": {**_BINDING_ITEM["properties"], "expireSecond": _I,
+                   "callDirection": {**_I, "enum": [0, 1, 2]}, "maxDuration": _I,
+                   "renewOnCall": _I, "audioWhenCallFail": _S},
+}
 _PROMPTS = {"audioWhenCallFail": _S, "audioWhenDtmfNeed": _S, "audioWhenDtmfErr": _S}
 _RECORD = _obj(
     ["id", "callId", "did", "caller", "callee", "callStatus", "duration", "startAt", "hangupAt"],
@@ -106,11 +126,15 @@ DATA_SCHEMAS: dict[str, dict[str, Any] | None] = {
     "getAXBList": _obj(["bindList", "total"], bindList={"type": "array", "items": _BINDING_ITEM},
                        total=_I),
     "queryAXB": _obj(list(_PROMPTS), callee=_S, callId=_S, flag=_I, bindType=_I, extension=_S,
+                     maxDuration={**_I, "description": "seconds the call may last, 0 = no "
+                                  "limit (in every success answer)"},
                      **_PROMPTS),
     "reportCall": _obj(["id", "callId"], id=_I, callId=_S),
     "getCallRecords": _obj(["records", "total"], records={"type": "array", "items": _RECORD},
                            total=_I),
     "redeliverCallRecord": _obj(["eventId"], eventId=_S),
+    "getAXB": _BINDING_DETAIL,
+    "updateAXB": _BINDING_DETAIL,
 }
 
 _PARAMETERS = [

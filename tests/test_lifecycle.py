@@ -1,0 +1,246 @@
+"""lifecycle.md through the API, on every store: getAXB, updateAXB, callDirection, maxDuration,
+renewOnCall and a binding's own fail prompt."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from pns.client import PnsClient, signed_headers
+
+from .conftest import Server, Tenant, create_tenant, unique_hk
+
+
+def code(envelope: dict[str, Any]) -> int:
+    return int(envelope["code"])
+
+
+def ok(envelope: dict[str, Any]) -> dict[str, Any]:
+    assert envelope["code"] == 0, envelope
+    data: dict[str, Any] = envelope["data"]
+    return data
+
+
+def pair() -> tuple[str, str]:
+    return unique_hk("1"), unique_hk("2")
+
+
+def get(c: PnsClient, bind_id: str) -> dict[str, Any]:
+    return c.call("getAXB", {"bindId": bind_id})
+
+
+def update(c: PnsClient, bind_id: str, **fields: Any) -> dict[str, Any]:
+    return c.call("updateAXB", {"bindId": bind_id, **fields})
+
+
+def test_get_axb_answers_the_binding_with_every_field(server: Server, customer: Tenant) -> None:
+    c = server.client(customer)
+    a, b = pair()
+    bound = ok(c.bind_axb(a, b, 600, customerBindId="ride-get", callDirection=1,
+                          maxDuration=120, renewOnCall=300, audioWhenCallFail="late.wav"))
+    data = ok(get(c, bound["bindId"]))
+    assert data == {
+        "customerId": str(customer.account_id), "businessId": "", "bindId": bound["bindId"],
+        "customerBindId": "ride-get", "phoneA": a, "phoneB": b, "did": bound["did"],
+        "flag": 0, "expireAt": bound["expireAt"], "bindType": 0, "expireSecond": 600,
+        "callDirection": 1, "maxDuration": 120, "renewOnCall": 300,
+        "audioWhenCallFail": "late.wav",
+    }
+    assert ok(c.call("getAXB", {"customerBindId": "ride-get"})) == data
+    other = server.client(create_tenant(server.store_url, numbers=1))
+    assert code(get(other, bound["bindId"])) == 10013  # another account's
+    assert code(get(c, "0" * 32)) == 10013
+    assert code(c.call("getAXB", {})) == 1002
+    assert code(c.unbind(bound["bindId"])) == 0
+    assert code(get(c, bound["bindId"])) == 10013  # no longer active
+
+
+def test_update_moves_b_keeps_bind_id_and_x_and_the_next_query_sees_it(
+        server: Server, customer: Tenant, switch: Tenant) -> None:
+    c, sw = server.client(customer), server.client(switch)
+    a, b = pair()
+    c_new = unique_hk("3")
+    bound = ok(c.bind_axb(a, b, 600))
+    assert ok(sw.query(b, bound["did"]))["callee"] == a
+    changed = ok(update(c, bound["bindId"], phoneB=c_new, flag=1, businessId="trip-9"))
+    assert (changed["bindId"], changed["did"]) == (bound["bindId"], bound["did"])
+    assert (changed["phoneA"], changed["phoneB"], changed["flag"]) == (a, c_new, 1)
+    assert changed["businessId"] == "trip-9"
+    assert changed["expireAt"] == bound["expireAt"]  # expireSecond not given: kept
+    assert ok(get(c, bound["bindId"])) == changed
+    # At once: the old B no longer reaches A, the new B does, and A reaches the new B.
+    assert code(sw.query(b, bound["did"])) == 10013
+    assert ok(sw.query(c_new, bound["did"]))["callee"] == a
+    assert ok(sw.query(a, bound["did"]))["callee"] == c_new
+    assert ok(c.list_bindings(1000, 0))["bindList"][-1]["phoneB"] == c_new
+    # The old B is free on X again.
+    assert code(c.bind_axb(b, unique_hk("4"), 0, phoneX=bound["did"])) == 0
+
+
+def test_update_expire_second_counts_from_now(server: Server, customer: Tenant) -> None:
+    c = server.client(customer)
+    bound = ok(c.bind_axb(*pair(), 60))
+    before = int(time.time())
+    longer = ok(update(c, bound["bindId"], expireSecond=7200))
+    assert before + 7200 <= longer["expireAt"] <= int(time.time()) + 7200
+    assert longer["expireSecond"] == 7200
+    forever = ok(update(c, bound["bindId"], expireSecond="0"))
+    assert (forever["expireAt"], forever["expireSecond"]) == (0, 0)
+
+
+def test_a_refused_update_changes_nothing(server: Server, customer: Tenant) -> None:
+    c = server.client(customer)
+    a, b = pair()
+    bound = ok(c.bind_axb(a, b, 600))
+    x = bound["did"]
+    holder_a, holder_b = pair()
+    assert code(c.bind_axb(holder_a, holder_b, 0, phoneX=x)) == 0
+    before = ok(get(c, bound["bindId"]))
+    refusals = [
+        ({"phoneB": holder_b, "flag": 5}, 10017),  # a party of another binding on X
+        ({"phoneB": holder_a, "maxDuration": 9}, 10017),
+        ({"phoneB": a}, 10002),  # equal to A
+        ({"phoneB": "8613800138000"}, 10004),  # another country code
+        ({"phoneB": ""}, 10001),
+        ({"phoneB": "12"}, 1002),  # as for a bind
+        ({"callDirection": 3}, 1002),
+        ({"maxDuration": 86401, "phoneB": unique_hk("5")}, 1002),
+        ({"maxDuration": -1}, 1002),
+        ({"renewOnCall": 7_776_001}, 1002),
+        ({"expireSecond": -5}, 1002),
+        ({"flag": "x"}, 1002),
+        ({"audioWhenCallFail": "a" * 1025}, 1002),
+        ({"businessId": "b" * 129}, 1002),
+    ]
+    for fields, expected in refusals:
+        assert code(update(c, bound["bindId"], **fields)) == expected, fields
+    assert ok(get(c, bound["bindId"])) == before
+    assert code(update(c, "0" * 32, flag=1)) == 10013
+    assert code(c.call("updateAXB", {"flag": 1})) == 1002
+    other = server.client(create_tenant(server.store_url, numbers=1))
+    assert code(update(other, bound["bindId"], flag=1)) == 10013
+
+
+def test_a_field_that_does_not_apply_to_the_kind_is_refused(server: Server,
+                                                            customer: Tenant) -> None:
+    c = server.client(customer)
+    x = customer.numbers[0]
+    ax = ok(c.bind_extension(unique_hk("1"), x, 600))  # an extension binding without B
+    assert code(update(c, ax["bindId"], phoneB=unique_hk("2"))) == 1002
+    assert ok(update(c, ax["bindId"], maxDuration=30))["maxDuration"] == 30
+
+
+def test_update_is_replay_guarded(server: Server, customer: Tenant) -> None:
+    c = server.client(customer)
+    bound = ok(c.bind_axb(*pair(), 600))
+    body = json.dumps({"bindId": bound["bindId"], "flag": 3}).encode()
+    headers = signed_headers(customer.access_key, customer.access_secret, "updateAXB", body)
+    raw = PnsClient(server.url, "k", "s")
+    try:
+        assert json.loads(raw.send(body, headers)[1])["code"] == 0
+        assert json.loads(raw.send(body, headers)[1])["code"] == 1006
+    finally:
+        raw.close()
+
+
+def test_call_direction(server: Server, customer: Tenant, switch: Tenant) -> None:
+    c, sw = server.client(customer), server.client(switch)
+    a, b = pair()
+    bound = ok(c.bind_axb(a, b, 600, callDirection=1))  # only A may call
+    x = bound["did"]
+    refused = sw.query(b, x)
+    assert code(refused) == 10023 and refused["msg"] == "call direction not allowed"
+    assert refused["data"]["audioWhenCallFail"] == "fail.wav"  # the fail prompt travels
+    assert ok(sw.query(a, x))["callee"] == b
+    assert ok(update(c, bound["bindId"], callDirection=2))["callDirection"] == 2
+    assert code(sw.query(a, x)) == 10023
+    assert ok(sw.query(b, x))["callee"] == a
+    assert ok(update(c, bound["bindId"], callDirection=0))["callDirection"] == 0
+    assert code(sw.query(a, x)) == 0 and code(sw.query(b, x)) == 0
+    assert code(c.bind_axb(*pair(), 600, callDirection=7)) == 1002
+    # An extension binding without B: "B" is whoever dials the extension.
+    ext = ok(c.bind_extension(unique_hk("1"), customer.numbers[1], 600, callDirection=1))
+    assert code(sw.query(unique_hk("2"), ext["did"], ext["extension"])) == 10023
+
+
+def test_max_duration_is_in_every_success_answer(server: Server, customer: Tenant,
+                                                 switch: Tenant) -> None:
+    c, sw = server.client(customer), server.client(switch)
+    a, b = pair()
+    plain = ok(c.bind_axb(a, b, 600))
+    assert ok(sw.query(b, plain["did"]))["maxDuration"] == 0
+    limited = ok(c.bind_axb(*(p := pair()), 600, maxDuration=45))
+    assert ok(sw.query(p[0], limited["did"]))["maxDuration"] == 45
+    ext = ok(c.bind_extension(unique_hk("1"), customer.numbers[2], 600, maxDuration="90"))
+    answer = ok(sw.query(unique_hk("2"), ext["did"], ext["extension"]))
+    assert answer["maxDuration"] == 90
+    assert ok(update(c, limited["bindId"], maxDuration=0))["maxDuration"] == 0
+    assert ok(sw.query(p[1], limited["did"]))["maxDuration"] == 0
+    assert code(c.bind_axb(*pair(), 600, maxDuration=86401)) == 1002
+
+
+def _expire_at_after_renewal(c: PnsClient, bind_id: str, beyond: int) -> int:
+    """The renewal lands just after the answer: wait (bounded) until getAXB shows it."""
+    deadline = time.monotonic() + 10
+    while True:
+        expire_at = int(ok(get(c, bind_id))["expireAt"])
+        if expire_at >= beyond or time.monotonic() > deadline:
+            return expire_at
+        time.sleep(0.02)
+
+
+def test_renew_on_call_slides_the_expiry(server: Server, customer: Tenant,
+                                         switch: Tenant) -> None:
+    c, sw = server.client(customer), server.client(switch)
+    a, b = pair()
+    bound = ok(c.bind_axb(a, b, 60, renewOnCall=3600))
+    asked = int(time.time())
+    assert ok(sw.query(b, bound["did"]))["callee"] == a
+    assert _expire_at_after_renewal(c, bound["bindId"], asked + 3600) >= asked + 3600
+    # Never shortened: a binding expiring later than now + renewOnCall keeps its expiry.
+    later = ok(c.bind_axb(*(p := pair()), 86400, renewOnCall=60))
+    assert ok(sw.query(p[0], later["did"]))["callee"] == p[1]
+    assert ok(c.bind_axb(*pair(), 0, renewOnCall=60))  # flush: a later write has landed
+    assert ok(get(c, later["bindId"]))["expireAt"] == later["expireAt"]
+    # A binding that never expires stays so.
+    never = ok(c.bind_axb(*(q := pair()), 0, renewOnCall=60))
+    assert ok(sw.query(q[0], never["did"]))["callee"] == q[1]
+    assert ok(update(c, never["bindId"], flag=1))["expireAt"] == 0
+    # Without renewOnCall a query moves nothing.
+    fixed = ok(c.bind_axb(*(r := pair()), 60))
+    assert ok(sw.query(r[0], fixed["did"]))["callee"] == r[1]
+    assert ok(get(c, fixed["bindId"]))["expireAt"] == fixed["expireAt"]
+    assert code(c.bind_axb(*pair(), 60, renewOnCall=7_776_001)) == 1002
+
+
+def test_a_binding_prompt_overrides_the_account_prompt(server: Server, customer: Tenant,
+                                                       switch: Tenant) -> None:
+    c, sw = server.client(customer), server.client(switch)
+    a, b = pair()
+    own = ok(c.bind_axb(a, b, 600, audioWhenCallFail="ride.wav", callDirection=1))
+    assert code(sw.query(b, own["did"])) == 10023
+    assert sw.query(b, own["did"])["data"]["audioWhenCallFail"] == "ride.wav"
+    answer = ok(sw.query(a, own["did"]))
+    assert answer["audioWhenCallFail"] == "ride.wav"
+    assert answer["audioWhenDtmfNeed"] == "need.wav"  # the others stay the account's
+    plain = ok(c.bind_axb(*(p := pair()), 600))
+    assert ok(sw.query(p[0], plain["did"]))["audioWhenCallFail"] == "fail.wav"
+    ok(update(c, own["bindId"], audioWhenCallFail=""))
+    assert ok(sw.query(a, own["did"]))["audioWhenCallFail"] == "fail.wav"
+
+
+def test_a_call_ended_at_max_duration_is_recorded_as_allotted_timeout(
+        server: Server, customer: Tenant, switch: Tenant) -> None:
+    c, sw = server.client(customer), server.client(switch)
+    a, b = pair()
+    bound = ok(c.bind_axb(a, b, 600, maxDuration=30))
+    answer = ok(sw.query(a, bound["did"]))
+    assert answer["maxDuration"] == 30
+    start = int(time.time())
+    assert code(sw.report_call(answer["callId"], startAt=start, ringAt=start,
+                               answerAt=start + 1, hangupAt=start + 31,
+                               hangupCause="ALLOTTED_TIMEOUT", hangup=1)) == 0
+    records = ok(c.call_records(bindId=bound["bindId"]))["records"]
+    assert [(r["hangupCause"], r["hangupCode"], r["duration"]) for r in records] == [
+        ("ALLOTTED_TIMEOUT", 602, 30)]
