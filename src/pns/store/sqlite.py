@@ -994,9 +994,10 @@ class SqliteStore:
             raise BindConflict(_conflict_kind(str(exc))) from exc
 
     async def replace_binding(self, old: Binding, new: Binding, now: int) -> bool:
-        """Delete and insert again with a new ``seq``, in one savepoint: the read indexes of
-        every process follow new rows and the deletion log only, so this is how they see the
-        change (the old row's keys go, the new row's come, in one step of their sync)."""
+        """The row changes in place (its ``seq``, so its place in listings, stays) and its old
+        keys enter the deletion log, in one savepoint: the read index of every process drops
+        them and reads the row again in one step of its sync (``_sync_index``). Not a delete:
+        a binding changed is not a binding ended (no cool-off, no change of X's counter)."""
         conn = self._conn
         check_replacement(old, new)
 
@@ -1006,19 +1007,27 @@ class SqliteStore:
                 (old.bind_id,)).fetchone()
             if row is None or binding_from_row(row[1:]) != old:
                 return False
+            old_seq = row[0]
             if new.b and new.b not in old.parties():
                 conn.execute(
                     "DELETE FROM bindings WHERE seq IN (SELECT p.seq FROM parties p "
                     "JOIN bindings b ON b.seq = p.seq WHERE p.x = ? AND p.number = ? "
                     "AND b.expire_at BETWEEN 1 AND ?)", (new.x, new.b, now))
-            conn.execute("DELETE FROM bindings WHERE seq = ?", (row[0],))
-            seq = conn.execute(
-                "INSERT INTO bindings (bind_id, account_id, x, a, b, extension, bind_type, "
-                "customer_bind_id, business_id, flag, expire_second, expire_at, created_at, "
-                "attrs) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                binding_row(new)).lastrowid
-            conn.executemany("INSERT INTO parties (x, number, seq) VALUES (?, ?, ?)",
-                             [(new.x, party, seq) for party in new.parties()])
+            conn.execute(
+                "INSERT INTO binding_deletions (seq, x, a, b, extension) VALUES (?, ?, ?, ?, ?)",
+                (old_seq, old.x, old.a, old.b, old.extension))
+            conn.execute(
+                "UPDATE bindings SET b = ?, business_id = ?, flag = ?, expire_second = ?, "
+                "expire_at = ?, attrs = ? WHERE seq = ?",
+                (new.b, new.business_id, new.flag, new.expire_second, new.expire_at,
+                 binding_row(new)[13], old_seq))
+            if new.b != old.b:
+                if old.b:
+                    conn.execute("DELETE FROM parties WHERE x = ? AND number = ? AND seq = ?",
+                                 (old.x, old.b, old_seq))
+                if new.b:
+                    conn.execute("INSERT INTO parties (x, number, seq) VALUES (?, ?, ?)",
+                                 (new.x, new.b, old_seq))
             return True
 
         try:
@@ -1227,11 +1236,20 @@ class SqliteStore:
             while batch := rows.fetchmany(4096):
                 index.add_rows(batch)
                 self._index_seq = batch[-1][0]
+            ended: list[int] = []
             for row in read.execute(
                     "SELECT id, seq, x, a, b, extension FROM binding_deletions WHERE id > ? "
                     "ORDER BY id", (self._index_deletion,)):
                 index.remove(row[1], row[2], row[3], row[4], row[5])
                 self._index_deletion = row[0]
+                ended.append(row[1])
+            # A row changed in place (``replace_binding``) logged its old keys and is still
+            # there: read it again. A row deleted is not found.
+            for start in range(0, len(ended), 500):
+                chunk = ended[start:start + 500]
+                index.add_rows(read.execute(
+                    f"SELECT b.seq, {_BINDING_COLUMNS} FROM bindings b WHERE b.seq IN "
+                    f"({', '.join('?' * len(chunk))}) ORDER BY b.seq", chunk).fetchall())
         finally:
             read.execute("COMMIT")
         self._index_version = version
