@@ -1079,6 +1079,62 @@ def test_race_renewal_against_the_sweeper(fresh_any_store_url: str) -> None:
         assert counters(s, acc) == active_counts(s, acc, T0)
 
 
+# --- cool-offs and the block list (lifecycle.md) ------------------------------------------------
+def test_cool_offs_follow_every_end_of_a_binding(anys: SyncStore) -> None:
+    """On the wall clock: the SQL stores record a cool-off by trigger, which has no other."""
+    s = anys
+    acc, plain = new_account(s), new_account(s)
+    s.update_account(acc.access_key, AccountChanges(cool_off_seconds=100))
+    x1, x2, x3 = new_numbers(s, acc, 3)
+    (y,) = new_numbers(s, plain, 1)
+    now = int(time.time())
+    a, b, c, d, e, f, g = (phone() for _ in range(7))
+    unbound = binding(acc, x1, a, b, created_at=now)
+    s.insert_binding(unbound, now)
+    assert s.cool_offs([a, b], now) == {}
+    assert s.delete_binding(unbound.bind_id)
+    cooling = s.cool_offs([a], now)
+    assert list(cooling) == [x1] and now + 100 <= cooling[x1] <= int(time.time()) + 100
+    assert s.cool_offs([b], now) == cooling
+    # Expired: the cool-off counts from expireAt, whether swept or released by an insert.
+    swept = binding(acc, x2, c, d, created_at=now - 20, expire_at=now - 5)
+    released = binding(acc, x3, e, f, created_at=now - 20, expire_at=now - 4)
+    s.insert_binding(swept, now - 20)
+    s.insert_binding(released, now - 20)
+    s.insert_binding(binding(acc, x3, e, g, created_at=now), now)
+    while s.sweep(now, 100):
+        pass
+    assert s.cool_offs([c, d], now) == {x2: now + 95}
+    assert s.cool_offs([f], now) == {x3: now + 96}
+    assert s.cool_offs([c, f, a], now) == {x1: cooling[x1], x2: now + 95, x3: now + 96}
+    # Changed in place is not ended; another account's bindings leave none; over is over.
+    changed = binding(acc, x2, phone(), g, created_at=now)
+    s.insert_binding(changed, now)
+    assert s.replace_binding(changed, msgspec.structs.replace(changed, b=phone()), now)
+    assert s.cool_offs([g, changed.a], now) == {}
+    other = binding(plain, y, a, b, created_at=now)
+    s.insert_binding(other, now)
+    assert s.delete_binding(other.bind_id)
+    assert y not in s.cool_offs([a, b], now)
+    assert s.cool_offs([c], now + 95) == {}
+    s.record_cool_offs([binding(acc, x1, g, created_at=now)], now)  # an index kept elsewhere
+    assert s.cool_offs([g], now) == {x1: now + 100}
+
+
+def test_block_list(anys: SyncStore) -> None:
+    s = anys
+    acc, other = new_account(s), new_account(s)
+    callers = sorted(phone() for _ in range(4))
+    assert s.add_blocked(acc.id, callers[:3], T0) == 3
+    assert s.add_blocked(acc.id, callers[2:], T0) == 1  # one was there already
+    assert s.list_blocked(acc.id, 10, 0) == (callers, 4)
+    assert s.list_blocked(acc.id, 2, 1) == (callers[1:3], 4)
+    assert s.list_blocked(other.id, 10, 0) == ([], 0)
+    assert s.remove_blocked(acc.id, [callers[0], phone()]) == 1
+    assert s.remove_blocked(other.id, callers) == 0
+    assert s.list_blocked(acc.id, 10, 0) == (callers[1:], 3)
+
+
 # --- THE RACE: concurrent writers through the API -------------------------------------------------
 def check_i1(items: list[dict[str, Any]]) -> None:
     """On each X, a number is a party of at most one listed binding."""

@@ -235,6 +235,20 @@ class RecordsStore(Protocol):
 
     async def outbox_backlog(self, now: int) -> tuple[int, int]: ...
 
+    async def cool_offs(self, parties: Sequence[str], now: int) -> dict[str, int]: ...
+
+    async def record_cool_offs(self, bindings: Sequence[Binding], now: int) -> None:
+        """The cool-offs these ended bindings leave (their account's ``cool_off_seconds``
+        from when each ended: its expireAt if expired at ``now``, else ``now``), for a binding
+        index kept elsewhere (the SQL stores' own bindings record theirs by trigger)."""
+
+    async def add_blocked(self, account_id: int, numbers: Sequence[str], now: int) -> int: ...
+
+    async def remove_blocked(self, account_id: int, numbers: Sequence[str]) -> int: ...
+
+    async def list_blocked(self, account_id: int, limit: int, offset: int
+                           ) -> tuple[list[str], int]: ...
+
 
 class BindingLedger(Protocol):
     """The account's side of bindings when the index lives elsewhere: I3, listing, sweeping.
@@ -488,6 +502,26 @@ class Store(BindingIndex, RecordsStore, Protocol):
     async def requeue_event(self, event_id: str, now: int) -> OutboxEvent | None:
         """Deliver a (failed) event again from ``now``, with a new retry horizon; the event
         id stays, so receivers still de-duplicate. None when no such event."""
+
+    # --- lifecycle.md: cool-offs and the block list (keyed by party and by account) ----------
+    async def cool_offs(self, parties: Sequence[str], now: int) -> dict[str, int]:
+        """X → until when, for every X where any of ``parties`` cools off after ``now``.
+
+        A binding of an account with ``cool_off_seconds`` > 0 leaves, when it ends (unbind,
+        expiry swept or released by an insert, its number removed), a cool-off of that many
+        seconds for each of its parties on its X, from when it ended (its expireAt when it
+        expired). Changed in place (``replace_binding``) it leaves none. The sweeper removes
+        cool-offs that are over."""
+
+    async def add_blocked(self, account_id: int, numbers: Sequence[str], now: int) -> int:
+        """Add callers to the account's block list; returns how many were new."""
+
+    async def remove_blocked(self, account_id: int, numbers: Sequence[str]) -> int:
+        """Remove callers from the block list; returns how many were there."""
+
+    async def list_blocked(self, account_id: int, limit: int, offset: int
+                           ) -> tuple[list[str], int]:
+        """A page of the block list in number order, and its size."""
 
     # --- operators of the admin API, and their audit trail ------------------------------------
     async def create_operator(self, operator: Operator) -> bool:

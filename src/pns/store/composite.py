@@ -191,6 +191,8 @@ class CompositeStore:
         for x, bind_ids in by_x.items():
             _, stored = await self.index.delete_bindings(x, bind_ids, now, expired_only)
             await self._hint(bindings[0].account_id, x, stored)
+        if expired_only:
+            await self.records.record_cool_offs(bindings, now)
         await self.ledger.remove([binding.bind_id for binding in bindings])
 
     async def delete_binding(self, bind_id: str) -> bool:
@@ -203,6 +205,8 @@ class CompositeStore:
                 await self.ledger.remove([bind_id])
             return False
         removed, stored = await self.index.delete_bindings(found.x, [bind_id], 0, False)
+        if removed:
+            await self.records.record_cool_offs([found], int(time.time()))
         await self.ledger.remove([bind_id])
         await self._hint(found.account_id, found.x, stored)
         return removed > 0
@@ -247,6 +251,7 @@ class CompositeStore:
             for x, bind_ids in by_x.items():
                 _, stored = await self.index.delete_bindings(x, bind_ids, now, True)
                 await self._hint(bindings[0].account_id, x, stored)
+            await self.records.record_cool_offs(bindings, now)
 
         gone = await self.ledger.sweep_expired(now, limit, drop)
         for held, lease_until in await self.ledger.stale(now_ms(), limit):
