@@ -70,8 +70,7 @@ def set_schema_version(url: str, version: int) -> None:
 async def _account_as_release_1(url: str) -> int:
     """An account as the release with schema version 1 wrote it (its columns then)."""
     columns = ("INSERT INTO accounts (name, access_key, access_secret, role, created_at) "
-               "VALUES ('old', '{key}', 's', 'customer', {at})").format(
-                   key=secrets.token_hex(8), at=T0)
+               f"VALUES ('old', '{secrets.token_hex(8)}', 's', 'customer', {T0})")
     if url.startswith("sqlite"):
         conn = sqlite3.connect(path_from_url(url))
         with conn:
