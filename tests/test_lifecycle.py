@@ -244,3 +244,69 @@ def test_a_call_ended_at_max_duration_is_recorded_as_allotted_timeout(
     records = ok(c.call_records(bindId=bound["bindId"]))["records"]
     assert [(r["hangupCause"], r["hangupCode"], r["duration"]) for r in records] == [
         ("ALLOTTED_TIMEOUT", 602, 30)]
+
+
+# --- cool-off ---------------------------------------------------------------------------------
+def test_cool_off_keeps_a_party_off_the_number_it_left(server: Server, switch: Tenant) -> None:
+    tenant = create_tenant(server.store_url, numbers=2, cool_off_seconds=3600)  # type: ignore[arg-type]
+    c, sw = server.client(tenant), server.client(switch)
+    a, b = pair()
+    first = ok(c.bind_axb(a, b, 600))
+    x1 = first["did"]
+    (x2,) = [x for x in tenant.numbers if x != x1]
+    assert code(c.unbind(first["bindId"])) == 0
+    # A is given the other number, never X1 again while it cools off.
+    second = ok(c.bind_axb(a, unique_hk("3"), 600))
+    assert second["did"] == x2
+    exhausted = c.bind_axb(a, unique_hk("4"), 600)
+    assert code(exhausted) == 10010
+    assert "1 number(s) held back by cool-off" in exhausted["msg"], exhausted
+    named = c.bind_axb(unique_hk("5"), b, 600, phoneX=x1)  # B cools off on X1 too
+    assert code(named) == 10017 and "cool-off" in named["msg"] and "until" in named["msg"]
+    until = int(named["msg"].rsplit("(", 1)[1].rstrip(")"))
+    assert int(time.time()) + 3590 <= until <= int(time.time()) + 3600
+    assert code(c.bind_extension(a, x1, 600)) == 10017  # naming X by an extension bind
+    # Whoever calls the old X back hears "no binding", not a stranger.
+    assert code(sw.query(b, x1)) == 10013
+    # Other parties are not held back.
+    assert ok(c.bind_axb(*pair(), 600, phoneX=x1))["did"] == x1
+
+
+def test_without_cool_off_a_number_is_given_again_at_once(server: Server) -> None:
+    tenant = create_tenant(server.store_url, numbers=1)
+    c = server.client(tenant)
+    a, b = pair()
+    first = ok(c.bind_axb(a, b, 600))
+    assert code(c.unbind(first["bindId"])) == 0
+    assert ok(c.bind_axb(a, b, 600))["did"] == first["did"]
+
+
+# --- the caller block list --------------------------------------------------------------------
+def test_a_blocked_caller_gets_10024_on_every_number_of_the_account(
+        server: Server, customer: Tenant, switch: Tenant) -> None:
+    c, sw = server.client(customer), server.client(switch)
+    a, b = pair()
+    bound = ok(c.bind_axb(a, b, 600))
+    nuisance = unique_hk("6")
+    assert ok(c.call("addBlacklist", {"phones": f"{b}, +{nuisance},{b}"})) == {"added": 2}
+    assert ok(c.call("addBlacklist", {"phones": b})) == {"added": 0}
+    listed = ok(c.call("getBlacklist", {}))
+    assert listed == {"phones": sorted([b, nuisance]), "total": 2}
+    assert ok(c.call("getBlacklist", {"limit": 1, "offset": 1})) == {
+        "phones": [max(b, nuisance)], "total": 2}
+    for caller, x in ((b, bound["did"]), (nuisance, customer.numbers[0]),
+                      (nuisance, customer.numbers[1])):
+        refused = sw.query(caller, x)
+        assert code(refused) == 10024 and refused["msg"] == "caller is blocked", refused
+        assert refused["data"]["audioWhenCallFail"] == "fail.wav"
+    assert ok(sw.query(a, bound["did"]))["callee"] == b  # B may still be called
+    # Another account's numbers do not know this list.
+    other = create_tenant(server.store_url, numbers=1)
+    assert code(sw.query(b, other.numbers[0])) == 10013
+    assert ok(c.call("removeBlacklist", {"phones": b})) == {"removed": 1}
+    assert ok(sw.query(b, bound["did"]))["callee"] == a
+    assert ok(c.call("getBlacklist", {"limit": 10}))["phones"] == [nuisance]
+    for body, expected in (({}, 1002), ({"phones": " , "}, 10001), ({"phones": "12"}, 1002)):
+        assert code(c.call("addBlacklist", body)) == expected, body
+    assert code(c.call("getBlacklist", {"limit": 1001})) == 10011
+    assert code(sw.call("addBlacklist", {"phones": b})) == 1005  # customers only

@@ -127,7 +127,8 @@ def test_request_schemas_require_what_the_actions_require() -> None:
         "bindAXBExtension": {"phoneA", "phoneX", "expireSecond"},
         "unbindAXB": set(), "getAXBList": set(), "queryAXB": {"caller", "did"},
         "reportCall": {"callId"}, "getCallRecords": set(), "redeliverCallRecord": {"callId"},
-        "getAXB": set(), "updateAXB": set(),
+        "getAXB": set(), "updateAXB": set(), "addBlacklist": {"phones"},
+        "removeBlacklist": {"phones"}, "getBlacklist": set(),
     }
     for action, required in expected.items():
         post = document["paths"][f"/api/pns/{action}"]["post"]
@@ -152,7 +153,8 @@ def test_answers_are_typed_per_action_with_their_codes() -> None:
     detail = {"customerId", "businessId", "bindId", "customerBindId", "phoneA", "phoneB", "did",
               "flag", "expireAt", "bindType", "expireSecond", "callDirection", "maxDuration",
               "renewOnCall", "audioWhenCallFail"}
-    data_fields |= {"getAXB": detail, "updateAXB": detail}
+    data_fields |= {"getAXB": detail, "updateAXB": detail, "addBlacklist": {"added"},
+                    "removeBlacklist": {"removed"}, "getBlacklist": {"phones", "total"}}
     never = {10003, 10005, 10006}  # NXCloud's codes pns never produces
     for action in ACTIONS:
         post = document["paths"][f"/api/pns/{action}"]["post"]
@@ -265,13 +267,19 @@ def _realistic(live: Fixture) -> st.SearchStrategy[dict[str, Any]]:
         "hangupCode": st.sampled_from([0, 16, 19]),
         "hangup": st.sampled_from([0, 1, 2]),
         "recordFile": st.sampled_from(["", "https://rec.example/1.mp3"]),
+        "phones": st.lists(numbers, min_size=1, max_size=3).map(",".join),
+        "callDirection": st.sampled_from([0, 1, 2, "1", 3]),
+        "maxDuration": st.sampled_from([0, 60, "30", 86401]),
+        "renewOnCall": st.sampled_from([0, 600, "60"]),
+        "audioWhenCallFail": st.sampled_from(["", "late.wav"]),
     })
 
 
 _MIXED = ["phoneA", "phoneB", "caller", "phoneX", "did", "expireSecond", "flag", "extension",
           "bindId", "customerBindId", "businessId", "callId", "limit", "offset", "startTime",
           "endTime", "startAt", "ringAt", "answerAt", "hangupAt", "hangupCause", "hangupCode",
-          "hangup", "recordFile"]
+          "hangup", "recordFile", "phones", "callDirection", "maxDuration", "renewOnCall",
+          "audioWhenCallFail"]
 
 
 def _serialise(body: Any) -> bytes:

@@ -23,6 +23,7 @@ from .ratelimit import FailureLimiter
 from .wire import (
     BindAXBBody,
     BindExtensionBody,
+    BlacklistBody,
     CallRecordsBody,
     GetBindingBody,
     ListBody,
@@ -198,6 +199,23 @@ async def _update_axb(api: Api, account: Account, req: UpdateAXBBody,
                                                            req.customerBindId, update, now))
 
 
+async def _add_blacklist(api: Api, account: Account, req: BlacklistBody,
+                         now: int) -> dict[str, Any]:
+    return {"added": await api.service.add_blocked(account, req.phones, now)}
+
+
+async def _remove_blacklist(api: Api, account: Account, req: BlacklistBody,
+                            now: int) -> dict[str, Any]:
+    return {"removed": await api.service.remove_blocked(account, req.phones)}
+
+
+async def _get_blacklist(api: Api, account: Account, req: ListBody, now: int) -> dict[str, Any]:
+    phones, total = await api.service.list_blocked(
+        account, int_field(req.limit, "limit", required=False, code=Code.LIMIT_OUT_OF_RANGE),
+        int_field(req.offset, "offset", required=False, code=Code.OFFSET_OUT_OF_RANGE))
+    return {"phones": phones, "total": total}
+
+
 async def _list(api: Api, account: Account, req: ListBody, now: int) -> dict[str, Any]:
     limit = int_field(req.limit, "limit", required=False, code=Code.LIMIT_OUT_OF_RANGE)
     offset = int_field(req.offset, "offset", required=False, code=Code.OFFSET_OUT_OF_RANGE)
@@ -266,4 +284,7 @@ ACTIONS: dict[str, Action] = {
     # lifecycle.md
     "getAXB": Action(GetBindingBody, _get_axb, _CUSTOMER, False),
     "updateAXB": Action(UpdateAXBBody, _update_axb, _CUSTOMER, True),
+    "addBlacklist": Action(BlacklistBody, _add_blacklist, _CUSTOMER, True),
+    "removeBlacklist": Action(BlacklistBody, _remove_blacklist, _CUSTOMER, True),
+    "getBlacklist": Action(ListBody, _get_blacklist, _CUSTOMER, False),
 }

@@ -53,6 +53,9 @@ _INSERT_ATTEMPTS = 8
 
 
 # lifecycle.md's bounds.
+BLOCK_LIST_MAX = 10_000
+BLOCK_REQUEST_MAX = 1000
+MAX_COOL_OFF = 2_592_000
 MAX_DURATION = 86_400
 MAX_RENEW_ON_CALL = 7_776_000
 MAX_PROMPT = 1024
@@ -140,6 +143,10 @@ class _TtlCache(Generic[K, V]):
         self._entries[key] = (now + self._ttl, value)
         return value
 
+    def forget(self, key: K) -> None:
+        """Load ``key`` afresh next time (this process changed it)."""
+        self._entries.pop(key, None)
+
 
 class AccountDirectory:
     """Accounts by accessKey and by id, and numbers' owners, cached for ``ttl`` seconds per
@@ -155,6 +162,18 @@ class AccountDirectory:
         self.by_access_key = _TtlCache(store.get_account, ttl, clock, 100_000).get
         self.by_id = _TtlCache(store.get_account_by_id, ttl, clock, 100_000).get
         self.number = _TtlCache(store.get_number, ttl, clock, 1_000_000).get
+
+        async def load_blocked(account_id: int) -> frozenset[str]:
+            return frozenset((await store.list_blocked(account_id, BLOCK_LIST_MAX, 0))[0])
+
+        # Each account's whole block list (at most BLOCK_LIST_MAX numbers): the query checks
+        # a caller with one set lookup, and the store is read once per ttl per account.
+        self._blocked = _TtlCache(load_blocked, ttl, clock, 100_000)
+        self.blocked = self._blocked.get
+
+    def forget_blocked(self, account_id: int) -> None:
+        """This process changed the account's block list: read it again at once."""
+        self._blocked.forget(account_id)
 
 
 def expire_at_for(expire_second: int, now: int) -> int:
@@ -251,6 +270,8 @@ class Service:
             return existing
         if requested_x is not None:
             await self._require_own_number(account, requested_x, a.country_code)
+            await self._require_no_cool_off(account, requested_x.digits, (a.digits, b.digits),
+                                            now)
         for _ in range(_INSERT_ATTEMPTS):
             if requested_x is not None:
                 x = requested_x.digits
@@ -287,9 +308,16 @@ class Service:
     async def allocate_x(self, account: Account, a: Number, b: Number, now: int) -> str:
         """Choose X for a new pair: among the account's free numbers of the country, the one
         with the fewest active bindings. When none is free, 10010 says why."""
-        candidates = await self.store.free_numbers(
-            account.id, a.country_code, (a.digits, b.digits), now, _CANDIDATES
-        )
+        parties = (a.digits, b.digits)
+        # Cool-off: numbers a party left less than coolOffSeconds ago are skipped. Asking for
+        # as many more candidates as there are such numbers keeps the choice exact.
+        cooling = (await self.store.cool_offs(parties, now)
+                   if account.cool_off_seconds else {})
+        candidates = [
+            c for c in await self.store.free_numbers(
+                account.id, a.country_code, parties, now, _CANDIDATES + len(cooling))
+            if c.x not in cooling
+        ]
         if candidates:
             return choose_x(candidates).x
         stats = await self.store.pool_stats(account.id, a.country_code, a.digits, b.digits, now)
@@ -298,10 +326,35 @@ class Service:
                 Code.NO_VIRTUAL_NUMBER,
                 f"the account has no virtual number in country code {a.country_code}",
             )
-        raise PnsError(
-            Code.NUMBERS_EXHAUSTED,
-            exhausted_message(stats.numbers, stats.held_by_a, stats.held_by_b, a.country_code),
-        )
+        message = exhausted_message(stats.numbers, stats.held_by_a, stats.held_by_b,
+                                    a.country_code)
+        held_back = await self._cooling_in_pool(account, a.country_code, cooling)
+        if held_back:
+            message += (f"; {held_back} number(s) held back by cool-off (a party left them "
+                         f"less than {account.cool_off_seconds} s ago)")
+        raise PnsError(Code.NUMBERS_EXHAUSTED, message)
+
+    async def _cooling_in_pool(self, account: Account, country_code: int,
+                               cooling: dict[str, int]) -> int:
+        """How many of the account's enabled numbers in the country cool off for the pair."""
+        held = 0
+        for x in cooling:
+            number = await self.accounts.number(x)
+            if (number is not None and number.account_id == account.id and number.enabled
+                    and number.country_code == country_code):
+                held += 1
+        return held
+
+    async def _require_no_cool_off(self, account: Account, x: str, parties: tuple[str, ...],
+                                   now: int) -> None:
+        """A bind that names X for a party cooling off there: 10017, saying until when."""
+        if not account.cool_off_seconds:
+            return
+        until = (await self.store.cool_offs(parties, now)).get(x)
+        if until is not None:
+            at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(until))
+            raise PnsError(Code.PARTY_ALREADY_BOUND,
+                           f"a party is in cool-off on this number until {at} ({until})")
 
     # --- bindAXBExtension --------------------------------------------------------------------
     async def bind_extension(
@@ -340,6 +393,8 @@ class Service:
         if existing is not None:
             return existing
         await self._require_own_number(account, x, a.country_code)
+        await self._require_no_cool_off(account, x.digits,
+                                        (a.digits, b_digits) if b_digits else (a.digits,), now)
         for _ in range(_INSERT_ATTEMPTS):
             ext = requested_ext or await self.allocate_extension(x.digits, now)
             binding = Binding(
@@ -480,6 +535,32 @@ class Service:
             raise PnsError(Code.OFFSET_OUT_OF_RANGE, "offset must be an integer >= 0")
         return await self.store.list_bindings(account.id, limit or LIST_MAX, offset, now)
 
+    # --- the caller block list (lifecycle.md) --------------------------------------------
+    async def add_blocked(self, account: Account, phones: str, now: int | None = None) -> int:
+        """Block callers on every number of the account; returns how many were new."""
+        now = int(time.time()) if now is None else now
+        numbers = _phone_list(phones)
+        (_, total) = await self.store.list_blocked(account.id, 0, 0)
+        if total + len(numbers) > BLOCK_LIST_MAX:
+            raise PnsError(Code.BAD_PARAMETER, f"a block list holds at most {BLOCK_LIST_MAX} "
+                                               f"numbers (this one has {total})")
+        added = await self.store.add_blocked(account.id, numbers, now)
+        self.accounts.forget_blocked(account.id)
+        return added
+
+    async def remove_blocked(self, account: Account, phones: str) -> int:
+        removed = await self.store.remove_blocked(account.id, _phone_list(phones))
+        self.accounts.forget_blocked(account.id)
+        return removed
+
+    async def list_blocked(self, account: Account, limit: int, offset: int
+                           ) -> tuple[list[str], int]:
+        if not 0 <= limit <= LIST_MAX:
+            raise PnsError(Code.LIMIT_OUT_OF_RANGE, "limit must be an integer from 0 to 1000")
+        if offset < 0:
+            raise PnsError(Code.OFFSET_OUT_OF_RANGE, "offset must be an integer >= 0")
+        return await self.store.list_blocked(account.id, limit or LIST_MAX, offset)
+
     # --- queryAXB: the hot path ------------------------------------------------------------
     async def query(
         self, account: Account, caller: str, did: str, extension: str | None,
@@ -500,6 +581,9 @@ class Service:
             raise PnsError(Code.BINDING_NOT_EXIST, data=prompt_data(None))
         owner = await self.accounts.by_id(number.account_id)
         caller_digits = normalise_caller(caller, x.country_code)
+        if caller_digits is not None and caller_digits in await self.accounts.blocked(
+                number.account_id):
+            raise PnsError(Code.CALLER_BLOCKED, data=prompt_data(owner))
         if extension is not None:
             binding = await self._by_extension(x.digits, extension, owner, now)
             callee = _extension_callee(binding, caller_digits)
@@ -757,6 +841,16 @@ def _extension_callee(binding: Binding, caller: str | None) -> str | None:
     if caller == binding.a:
         return None
     return binding.a
+
+
+def _phone_list(phones: str) -> list[str]:
+    """Comma-separated numbers with their country codes, as digits, each once."""
+    numbers = [require_international(p, "phones").digits for p in phones.split(",") if p.strip()]
+    if not numbers:
+        raise PnsError(Code.NUMBER_EMPTY, "phones is empty")
+    if len(numbers) > BLOCK_REQUEST_MAX:
+        raise PnsError(Code.BAD_PARAMETER, f"at most {BLOCK_REQUEST_MAX} phones per request")
+    return list(dict.fromkeys(numbers))
 
 
 def _direction_allowed(binding: Binding, caller: str | None) -> bool:

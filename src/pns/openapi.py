@@ -31,6 +31,9 @@ _SUMMARIES = {
     "getCallRecords": "List call records by time range or bindId, paged",
     "redeliverCallRecord": "Queue one more delivery of a call record",
     "getAXB": "One active binding by bindId or customerBindId, with every field",
+    "addBlacklist": "Block callers (comma-separated phones) on every number of the account",
+    "removeBlacklist": "Unblock callers (comma-separated phones)",
+    "getBlacklist": "The account's blocked callers, paged",
     "updateAXB": "Change a binding in place (B, lifetime, flag, lifecycle fields); bindId and "
                  "X stay",
 }
@@ -51,6 +54,8 @@ _FIELD_DOCS = {
     "caller": "The calling number (country code optional: read against X's country)",
     "did": "The dialled virtual number X, with its country code",
     "callId": "From the query's answer",
+    "phones": "Comma-separated numbers with their country codes (at most 1000; a block list "
+              "holds at most 10000)",
     "callDirection": "0 both ways (default), 1 only A may call, 2 only B may call (10023)",
     "maxDuration": "Seconds a call may last, 0-86400, 0 = no limit (the switch ends the call)",
     "renewOnCall": "0-7776000 s, 0 = off: each answered query moves expireAt to "
@@ -71,11 +76,14 @@ ACTION_CODES: dict[str, tuple[Code, ...]] = {
     "unbindAXB": (Code.BINDING_NOT_EXIST,),
     "getAXBList": (Code.LIMIT_OUT_OF_RANGE, Code.OFFSET_OUT_OF_RANGE),
     "queryAXB": (Code.NO_COUNTRY_PREFIX, Code.BINDING_NOT_EXIST,
-                 Code.DIRECTION_NOT_ALLOWED),
+                 Code.DIRECTION_NOT_ALLOWED, Code.CALLER_BLOCKED),
     "reportCall": (Code.BINDING_NOT_EXIST,),
     "getCallRecords": (Code.LIMIT_OUT_OF_RANGE, Code.OFFSET_OUT_OF_RANGE),
     "redeliverCallRecord": (Code.BINDING_NOT_EXIST,),
     "getAXB": (Code.BINDING_NOT_EXIST,),
+    "addBlacklist": (Code.NUMBER_EMPTY,),
+    "removeBlacklist": (Code.NUMBER_EMPTY,),
+    "getBlacklist": (Code.LIMIT_OUT_OF_RANGE, Code.OFFSET_OUT_OF_RANGE),
     "updateAXB": (Code.BINDING_NOT_EXIST, Code.NUMBER_EMPTY, Code.SAME_NUMBER,
                   Code.COUNTRY_MISMATCH, Code.NO_COUNTRY_PREFIX, Code.PARTY_ALREADY_BOUND),
 }
@@ -134,6 +142,9 @@ DATA_SCHEMAS: dict[str, dict[str, Any] | None] = {
                            total=_I),
     "redeliverCallRecord": _obj(["eventId"], eventId=_S),
     "getAXB": _BINDING_DETAIL,
+    "addBlacklist": _obj(["added"], added=_I),
+    "removeBlacklist": _obj(["removed"], removed=_I),
+    "getBlacklist": _obj(["phones", "total"], phones={"type": "array", "items": _S}, total=_I),
     "updateAXB": _BINDING_DETAIL,
 }
 

@@ -83,6 +83,10 @@ class UpdateAXBBody(msgspec.Struct):
     audioWhenCallFail: str | None = None
 
 
+class BlacklistBody(msgspec.Struct):
+    phones: str = ""
+
+
 class ListBody(msgspec.Struct):
     limit: IntField = None
     offset: IntField = None
@@ -102,6 +106,7 @@ REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
     "QueryBody": ("caller", "did"),
     "CallReport": ("callId",),
     "RedeliverBody": ("callId",),
+    "BlacklistBody": ("phones",),
 }
 ONE_OF_FIELDS: dict[str, tuple[str, ...]] = {
     "UnbindBody": ("bindId", "customerBindId"),

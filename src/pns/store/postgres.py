@@ -408,7 +408,7 @@ _MIGRATIONS: list[str] = [
     CREATE INDEX cool_offs_until ON cool_offs (until);
     CREATE FUNCTION pns_bindings_cool_off() RETURNS trigger LANGUAGE plpgsql AS $$
     DECLARE
-        t BIGINT := extract(epoch FROM clock_timestamp())::BIGINT;
+        t BIGINT := floor(extract(epoch FROM clock_timestamp()))::BIGINT;
     BEGIN
         INSERT INTO cool_offs (number, x, until)
             SELECT p.number, o.x,
