@@ -9,7 +9,7 @@ from typing import Any
 
 from pns.client import PnsClient, signed_headers
 
-from .conftest import Server, Tenant, create_tenant, unique_hk
+from .conftest import Server, Tenant, cli, cli_json, create_tenant, unique_hk
 
 
 def code(envelope: dict[str, Any]) -> int:
@@ -310,3 +310,42 @@ def test_a_blocked_caller_gets_10024_on_every_number_of_the_account(
         assert code(c.call("addBlacklist", body)) == expected, body
     assert code(c.call("getBlacklist", {"limit": 1001})) == 10011
     assert code(sw.call("addBlacklist", {"phones": b})) == 1005  # customers only
+
+
+# --- the command line -------------------------------------------------------------------------
+def test_cli_updates_shows_cools_off_and_blocks(server: Server, customer: Tenant,
+                                                switch: Tenant) -> None:
+    c, sw = server.client(customer), server.client(switch)
+    store = ("--store", server.store_url)
+    a, b = pair()
+    new_b = unique_hk("7")
+    bound = ok(c.bind_axb(a, b, 600))
+    changed = cli_json("bindings", "update", bound["bindId"], "--phone-b", new_b,
+                       "--max-duration", "30", "--renew-on-call", "600", "--json", *store)
+    assert (changed["bindId"], changed["did"], changed["phoneB"]) == (
+        bound["bindId"], bound["did"], new_b)
+    assert (changed["maxDuration"], changed["renewOnCall"]) == (30, 600)
+    # Another process changed it: the server's very next answer knows.
+    assert ok(sw.query(new_b, bound["did"]))["callee"] == a
+    assert code(sw.query(b, bound["did"])) == 10013
+    shown = cli_json("bindings", "show", bound["bindId"], "--json", *store)
+    assert int(shown.pop("expireAt")) >= changed.pop("expireAt")  # the queries renewed it
+    assert shown == changed
+    refused = cli("bindings", "update", bound["bindId"], "--phone-b", a, *store, check=False)
+    assert refused.returncode != 0 and "10002" in refused.stderr
+    set_ = cli_json("account", "set", customer.access_key, "--cool-off", "120", "--json", *store)
+    assert set_["coolOffSeconds"] == 120
+    assert cli("account", "set", customer.access_key, "--cool-off", "2592001", *store,
+               check=False).returncode != 0
+    caller = unique_hk("8")
+    assert cli_json("blacklist", "add", "--account", customer.access_key, caller, a,
+                    "--json", *store) == {"added": 2}
+    listed = cli("blacklist", "list", "--account", customer.access_key, "--json", *store)
+    assert sorted(json.loads(line)["phone"] for line in listed.stdout.splitlines()) == sorted(
+        [caller, a])
+    deadline = time.monotonic() + 5  # the serving process reads the list again within 1 s
+    while code(sw.query(a, bound["did"])) != 10024 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert code(sw.query(a, bound["did"])) == 10024
+    assert cli_json("blacklist", "remove", "--account", customer.access_key, a,
+                    "--json", *store) == {"removed": 1}
