@@ -3,6 +3,7 @@ renewOnCall and a binding's own fail prompt."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Any
@@ -272,6 +273,22 @@ def test_cool_off_keeps_a_party_off_the_number_it_left(server: Server, switch: T
     assert ok(c.bind_axb(*pair(), 600, phoneX=x1))["did"] == x1
 
 
+def test_cool_off_counts_from_expiry_swept_or_not(server: Server) -> None:
+    tenant = create_tenant(server.store_url, numbers=2, cool_off_seconds=3600)  # type: ignore[arg-type]
+    c = server.client(tenant)
+    a, b = pair()
+    first = ok(c.bind_axb(a, b, 1))
+    deadline = time.monotonic() + 10
+    while code(get(c, first["bindId"])) == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    # Just expired (the sweeper may not have removed it yet): X1 is still held back.
+    (x2,) = [x for x in tenant.numbers if x != first["did"]]
+    assert ok(c.bind_axb(a, unique_hk("3"), 600))["did"] == x2
+    named = c.bind_axb(b, unique_hk("4"), 600, phoneX=first["did"])
+    assert code(named) == 10017, named
+    assert named["msg"].endswith(f"({first['expireAt'] + 3600})")
+
+
 def test_without_cool_off_a_number_is_given_again_at_once(server: Server) -> None:
     tenant = create_tenant(server.store_url, numbers=1)
     c = server.client(tenant)
@@ -349,3 +366,42 @@ def test_cli_updates_shows_cools_off_and_blocks(server: Server, customer: Tenant
     assert code(sw.query(a, bound["did"])) == 10024
     assert cli_json("blacklist", "remove", "--account", customer.access_key, a,
                     "--json", *store) == {"removed": 1}
+
+
+def test_an_expired_binding_not_yet_swept_holds_its_number_back(store_url: str) -> None:
+    """In the core, on every store, with no sweeper running: the cool-off of a binding that
+    expired but is still stored counts from its expireAt."""
+    from pns.core import Lifecycle, Service
+    from pns.errors import PnsError
+    from pns.model import AccountChanges, Role, VirtualNumber
+    from pns.store import open_store
+
+    async def run() -> None:
+        store = await open_store(store_url)
+        try:
+            now = int(time.time())
+            account = await store.create_account("cool", Role.CUSTOMER, unique_hk("9"), "s", now)
+            account = await store.update_account(account.access_key,
+                                                 AccountChanges(cool_off_seconds=100))
+            assert account is not None
+            xs = [unique_hk("3"), unique_hk("3")]
+            await store.add_numbers([VirtualNumber(x, account.id, 852) for x in xs])
+            service = Service(store)
+            a, b = pair()
+            first = await service.bind_axb(account, a, b, 10, now=now, life=Lifecycle())
+            later = now + 20  # expired 10 s ago, never swept
+            second = await service.bind_axb(account, a, unique_hk("4"), 0, now=later)
+            assert second.x != first.x
+            try:
+                await service.bind_axb(account, unique_hk("5"), b, 0, phone_x=first.x, now=later)
+                raise AssertionError("bound during cool-off")
+            except PnsError as exc:
+                assert int(exc.code) == 10017 and exc.msg.endswith(f"({now + 110})"), exc.msg
+            # Once over, the number is given again.
+            third = await service.bind_axb(account, b, unique_hk("6"), 0, phone_x=first.x,
+                                           now=now + 111)
+            assert third.x == first.x
+        finally:
+            await store.close()
+
+    asyncio.run(run())

@@ -318,8 +318,11 @@ class Service:
                 account.id, a.country_code, parties, now, _CANDIDATES + len(cooling))
             if c.x not in cooling
         ]
-        if candidates:
-            return choose_x(candidates).x
+        while candidates:
+            chosen = choose_x(candidates)
+            if not await self._ended_unswept(account, chosen.x, parties, now):
+                return chosen.x
+            candidates.remove(chosen)
         stats = await self.store.pool_stats(account.id, a.country_code, a.digits, b.digits, now)
         if stats.numbers == 0:
             raise PnsError(
@@ -345,13 +348,27 @@ class Service:
                 held += 1
         return held
 
+    async def _ended_unswept(self, account: Account, x: str, parties: tuple[str, ...],
+                             now: int) -> int:
+        """A binding of a party on X that expired less than coolOffSeconds ago and is not yet
+        removed (so it left no cool-off yet): when its cool-off ends, else 0. Read as the
+        store answers "active then": at now - coolOffSeconds."""
+        if not account.cool_off_seconds:
+            return 0
+        for party in parties:
+            held = await self.store.find_by_party(x, party, now - account.cool_off_seconds)
+            if held is not None and 0 < held.expire_at <= now:
+                return held.expire_at + account.cool_off_seconds
+        return 0
+
     async def _require_no_cool_off(self, account: Account, x: str, parties: tuple[str, ...],
                                    now: int) -> None:
         """A bind that names X for a party cooling off there: 10017, saying until when."""
         if not account.cool_off_seconds:
             return
-        until = (await self.store.cool_offs(parties, now)).get(x)
-        if until is not None:
+        until = (await self.store.cool_offs(parties, now)).get(x) or await self._ended_unswept(
+            account, x, parties, now)
+        if until:
             at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(until))
             raise PnsError(Code.PARTY_ALREADY_BOUND,
                            f"a party is in cool-off on this number until {at} ({until})")
