@@ -31,7 +31,7 @@ from click.core import ParameterSource
 from rich.console import Console
 
 from . import __version__
-from .core import MAX_COOL_OFF, BindingUpdate, Lifecycle, Service, Settings
+from .core import BLOCK_LIST_MAX, MAX_COOL_OFF, BindingUpdate, Lifecycle, Service, Settings
 from .errors import PnsError
 from .model import Account, AccountChanges, Binding, EventState, Role, VirtualNumber
 from .numbers import parse_international
@@ -1107,7 +1107,7 @@ def blacklist_list(ctx: click.Context, access_key: str, as_json: bool | None,
 
     async def work(store: Store) -> list[str]:
         owner = await _account_or_fail(store, access_key)
-        return (await store.list_blocked(owner.id, 10_000, 0))[0]
+        return (await store.list_blocked(owner.id, BLOCK_LIST_MAX, 0))[0]
 
     emit_rows(({"phone": number} for number in _with_store(ctx, work)), as_json,
               columns=["phone"])
