@@ -56,7 +56,7 @@ def test_seed_example_bind_then_query(server: Server, customer: Tenant, switch: 
     for prompt in ("audioWhenCallFail", "audioWhenDtmfNeed", "audioWhenDtmfErr"):
         assert isinstance(q[prompt], str)
     assert set(q) == {"callee", "callId", "flag", "audioWhenCallFail", "bindType",
-                      "audioWhenDtmfNeed", "audioWhenDtmfErr", "display"}
+                      "audioWhenDtmfNeed", "audioWhenDtmfErr", "display", "maxDuration"}
     assert q["display"] == data["did"]  # AXB: the callee is shown X
     # And the other way round.
     assert server.client(switch).query(A, data["did"])["data"]["callee"] == B

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from pns.model import Binding, Role, VirtualNumber, binding_row
+from pns.model import Account, Binding, Role, VirtualNumber, binding_row
 from pns.store import StoreError, open_store
 from pns.store.sqlite import path_from_url
 
@@ -65,6 +65,20 @@ def set_schema_version(url: str, version: int) -> None:
         conn.close()
     else:
         asyncio.run(_pg(url, "UPDATE pns_schema SET version = $1", version))
+
+
+async def _account_as_release_1(url: str) -> int:
+    """An account as the release with schema version 1 wrote it (its columns then)."""
+    columns = ("INSERT INTO accounts (name, access_key, access_secret, role, created_at) "
+               f"VALUES ('old', '{secrets.token_hex(8)}', 's', 'customer', {T0})")
+    if url.startswith("sqlite"):
+        conn = sqlite3.connect(path_from_url(url))
+        with conn:
+            account_id = conn.execute(columns).lastrowid
+        conn.close()
+        assert account_id is not None
+        return account_id
+    return int(await _pg(url, columns + " RETURNING id"))
 
 
 async def _insert_as_release_1(url: str, bd: Binding) -> None:
@@ -122,7 +136,8 @@ def test_a_store_of_an_older_release_is_upgraded(fresh_store_url: str, how: str,
     async def fill() -> tuple[int, str]:
         store = await open_store(fresh_store_url)
         try:
-            acc = await store.create_account("old", Role.CUSTOMER, secrets.token_hex(8), "s", T0)
+            acc = Account(await _account_as_release_1(fresh_store_url), "old", "", "",
+                          Role.CUSTOMER)
             x = unique_hk("3")
             await store.add_numbers([VirtualNumber(x, acc.id, 852)])
             bd = binding(acc, x, phone(), phone())

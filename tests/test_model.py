@@ -1,5 +1,6 @@
-"""Model-based tests: random sequences of binds, extension binds, unbinds, expiry (a
-controllable clock), queries and lists, run on the core and each store, checked against a
+"""Model-based tests: random sequences of binds, extension binds, unbinds, updates (a new B, a
+new lifetime), expiry (a controllable clock), queries (which renew a binding with renewOnCall)
+and lists, run on the core and each store, checked against a
 plain in-memory model. The service must never disagree with the model."""
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from pns.core import Service, Settings
+from pns.core import BindingUpdate, Lifecycle, Service, Settings
 from pns.errors import Code, PnsError
 from pns.model import Account, Role, VirtualNumber
 from pns.store import open_store
@@ -37,6 +38,7 @@ class ModelBinding:
     cbid: str = ""
     alone: bool = False  # AX: X held by this binding alone
     members: frozenset[str] = frozenset()  # AXG: the group's members, parties on X
+    renew: int = 0
 
     def active(self, now: int) -> bool:
         return self.expire_at == 0 or self.expire_at > now
@@ -95,12 +97,14 @@ def machine_for(store_url: str) -> type[RuleBasedStateMachine]:
                 return None, exc.code
 
         @rule(a=st.integers(0, PEOPLE - 1), b=st.integers(0, PEOPLE - 1),
-              expire=st.sampled_from([0, 0, 5, 30]), want_x=st.none() | st.integers(0, XS - 1))
-        def bind(self, a: int, b: int, expire: int, want_x: int | None) -> None:
+              expire=st.sampled_from([0, 0, 5, 30]), want_x=st.none() | st.integers(0, XS - 1),
+              renew=st.sampled_from([0, 0, 20]))
+        def bind(self, a: int, b: int, expire: int, want_x: int | None, renew: int) -> None:
             pa, pb = self.people[a], self.people[b]
             x = self.xs[want_x] if want_x is not None else ""
             binding, code = self.call(self.service.bind_axb(
-                self.account, pa, pb, expire, phone_x=x, now=self.now))
+                self.account, pa, pb, expire, phone_x=x, now=self.now,
+                life=Lifecycle(renew_on_call=renew)))
             free = [cx for cx in self.xs if self.model.holder(cx, pa, self.now) is None
                     and self.model.holder(cx, pb, self.now) is None
                     and self.model.alone(cx, self.now) is None]
@@ -125,7 +129,7 @@ def machine_for(store_url: str) -> type[RuleBasedStateMachine]:
                 # counter does, so only check it never picks a strictly fuller X than all.
                 assert load[binding.x] <= max(load.values())
             self.model.bindings[binding.bind_id] = ModelBinding(
-                binding.bind_id, binding.x, pa, pb, "", binding.expire_at)
+                binding.bind_id, binding.x, pa, pb, "", binding.expire_at, renew=renew)
 
         @rule(a=st.integers(0, PEOPLE - 1), xi=st.integers(0, XS - 1),
               ext=st.none() | st.sampled_from(["101", "102"]), expire=st.sampled_from([0, 5]))
@@ -225,6 +229,37 @@ def machine_for(store_url: str) -> type[RuleBasedStateMachine]:
                 assert code is Code.BINDING_NOT_EXIST
             del self.model.bindings[bind_id]
 
+        @precondition(lambda self: bool(self.model.bindings))
+        @rule(pick=st.integers(0, 1000), b=st.none() | st.integers(0, PEOPLE - 1),
+              expire=st.none() | st.sampled_from([0, 5, 30]))
+        def update(self, pick: int, b: int | None, expire: int | None) -> None:
+            bind_id = list(self.model.bindings)[pick % len(self.model.bindings)]
+            m = self.model.bindings[bind_id]
+            pb = self.people[b] if b is not None else None
+            binding, code = self.call(self.service.update_binding(
+                self.account, bind_id, "", BindingUpdate(phone_b=pb, expire_second=expire),
+                now=self.now))
+            if not m.active(self.now):
+                assert code is Code.BINDING_NOT_EXIST
+                return
+            if pb is not None:
+                holder = self.model.holder(m.x, pb, self.now)
+                if not m.b:
+                    assert code is Code.BAD_PARAMETER
+                    return
+                if pb == m.a:
+                    assert code is Code.SAME_NUMBER
+                    return
+                if holder is not None and holder is not m:
+                    assert code is Code.PARTY_ALREADY_BOUND
+                    return
+                m.b = pb
+            if expire is not None:
+                m.expire_at = self.now + expire if expire else 0
+            assert code is None, code
+            assert (binding.bind_id, binding.x, binding.b, binding.expire_at) == (
+                m.bind_id, m.x, m.b, m.expire_at)
+
         @rule(seconds=st.sampled_from([1, 4, 10, 31]))
         def advance_clock(self, seconds: int) -> None:
             self.now += seconds
@@ -240,6 +275,7 @@ def machine_for(store_url: str) -> type[RuleBasedStateMachine]:
             x = self.xs[xi]
             answer, code = self.call(self.service.query(self.account, caller, x, ext,
                                                         now=self.now))
+            self.loop.run_until_complete(self.service.settle())  # renewals land
             active = [m for m in self.model.active(self.now) if m.x == x]
             if ext is not None:
                 m = next((m for m in active if m.extension == ext), None)
@@ -266,6 +302,8 @@ def machine_for(store_url: str) -> type[RuleBasedStateMachine]:
                 assert code is Code.BINDING_NOT_EXIST, (answer, code)
             else:
                 assert answer is not None and answer.callee == expected, (answer, code)
+                if m is not None and m.renew and m.expire_at:  # renewOnCall slides expireAt
+                    m.expire_at = max(m.expire_at, self.now + m.renew)
 
         @invariant()
         def lists_agree(self) -> None:
@@ -274,6 +312,9 @@ def machine_for(store_url: str) -> type[RuleBasedStateMachine]:
             expected = sorted(m.bind_id for m in self.model.active(self.now))
             assert sorted(b.bind_id for b in listed) == expected
             assert total == len(expected)
+            for listed_binding in listed:
+                m = self.model.bindings[listed_binding.bind_id]
+                assert (listed_binding.b, listed_binding.expire_at) == (m.b, m.expire_at)
 
     return ServiceMachine
 

@@ -135,6 +135,8 @@ def test_request_schemas_require_what_the_actions_require() -> None:
         "bindAXBExtension": {"phoneA", "phoneX", "expireSecond"},
         "unbindAXB": set(), "getAXBList": set(), "queryAXB": {"caller", "did"},
         "reportCall": {"callId"}, "getCallRecords": set(), "redeliverCallRecord": {"callId"},
+        "getAXB": set(), "updateAXB": set(), "addBlacklist": {"phones"},
+        "removeBlacklist": {"phones"}, "getBlacklist": set(),
     }
     for action, required in expected.items():
         post = document["paths"][f"/api/pns/{action}"]["post"]
@@ -174,6 +176,11 @@ def test_answers_are_typed_per_action_with_their_codes() -> None:
                    "reportCall": {"id", "callId"}, "getCallRecords": {"records", "total"},
                    "redeliverCallRecord": {"eventId"}, "createGroup": {"groupId"},
                    "listGroup": {"groups", "total"}, "bindAXG": {"bindId", "did", "expireAt"}}
+    detail = {"customerId", "businessId", "bindId", "customerBindId", "phoneA", "phoneB", "did",
+              "flag", "expireAt", "bindType", "expireSecond", "callDirection", "maxDuration",
+              "renewOnCall", "audioWhenCallFail"}
+    data_fields |= {"getAXB": detail, "updateAXB": detail, "addBlacklist": {"added"},
+                    "removeBlacklist": {"removed"}, "getBlacklist": {"phones", "total"}}
     never = {10003, 10005, 10006}  # NXCloud's codes pns never produces
     for action in ACTIONS:
         post = document["paths"][f"/api/pns/{action}"]["post"]
@@ -191,8 +198,8 @@ def test_answers_are_typed_per_action_with_their_codes() -> None:
         assert all("type" in spec for spec in data["properties"].values()), action
     query = _resolve(document, document["paths"]["/api/pns/queryAXB"]["post"]["responses"]
                      ["200"]["content"]["application/json"]["schema"])["properties"]["data"]
-    assert {"callee", "callId", "flag", "bindType", "calleeDtmf", "calleeDtmfDelay", "display"} \
-        <= set(query["properties"])
+    assert {"callee", "callId", "flag", "bindType", "calleeDtmf", "calleeDtmfDelay", "display",
+            "maxDuration"} <= set(query["properties"])
     v1_data = {"axb": set(), "ax": set(), "axyb": set(), "xyb": set(),
                "axe": {"extensionX"}, "axeyb": {"extensionX"}, "nxeyb": {"extensionX"}}
     for mode, extra in v1_data.items():
@@ -208,6 +215,10 @@ def test_answers_are_typed_per_action_with_their_codes() -> None:
     created = _resolve(document, document["paths"]["/api/pns/createGroup"]["post"]["responses"]
                        ["200"]["content"]["application/json"]["schema"])
     assert created["properties"]["groupId"]["type"] == "string"  # also at the top level
+    for action in ("getAXB", "updateAXB"):
+        body = _resolve(document, document["paths"][f"/api/pns/{action}"]["post"]
+                        ["requestBody"]["content"]["application/json"]["schema"])
+        assert body["anyOf"] == [{"required": ["bindId"]}, {"required": ["customerBindId"]}]
 
 
 def test_docs_page_and_its_assets_come_from_pns(server: Server) -> None:
@@ -314,6 +325,10 @@ def _realistic(live: Fixture) -> st.SearchStrategy[dict[str, Any]]:
         "operateType": st.sampled_from([0, 1, 2, "1", 3]),
         "groupName": st.sampled_from(["", "sales"]),
         "remark": st.sampled_from(["", "r"]),
+        "callDirection": st.sampled_from([0, 1, 2, "1", 3]),
+        "maxDuration": st.sampled_from([0, 60, "30", 86401]),
+        "renewOnCall": st.sampled_from([0, 600, "60"]),
+        "audioWhenCallFail": st.sampled_from(["", "late.wav"]),
     })
 
 
@@ -323,7 +338,8 @@ _MIXED = ["phoneA", "phoneB", "caller", "phoneX", "did", "didX", "expireSecond",
           "hangupCode", "hangup", "recordFile", "iso2X", "recording", "recoding",
           "bindExpireSecond", "ext", "extensionB", "dtmfDelayTimeB", "bindExpireStrategy",
           "callInExpireStrategy", "callInExpireSecond", "delayedGetY", "phones", "groupId",
-          "operateType", "groupName", "remark"]
+          "operateType", "groupName", "remark", "callDirection", "maxDuration", "renewOnCall",
+          "audioWhenCallFail"]
 
 
 def _serialise(body: Any) -> bytes:

@@ -16,7 +16,7 @@ import pytest
 
 from pns.client import PnsClient
 from pns.ids import new_snowflake
-from pns.model import CallRecord, Role
+from pns.model import CallRecord
 from pns.store import StoreError, open_store
 from pns.store.sqlite import path_from_url
 from pns.vault import key_text, new_key
@@ -93,14 +93,32 @@ def _make_old_store(url: str, monkeypatch: pytest.MonkeyPatch) -> tuple[list[str
     secrets_plain = [f"plain-secret-{new_snowflake()}" for _ in range(2)]
     old_ids = sorted(int(new_snowflake()) for _ in range(3))
 
+    keys = [f"oldkey{i}{s[-6:]}" for i, s in enumerate(secrets_plain)]
+    # An account as schema 2 wrote it: its columns then (later versions add some).
+    insert = ("INSERT INTO accounts (name, access_key, access_secret, role, created_at) "
+              "VALUES ('old{i}', '{key}', 'x', 'customer', 1)")
+
     async def fill() -> None:
         store = await open_store(url)
         try:
-            accounts = [await store.create_account(f"old{i}", Role.CUSTOMER, f"oldkey{i}{s[-6:]}",
-                                                   "x", 1) for i, s in enumerate(secrets_plain)]
+            if url.startswith("sqlite"):
+                conn = sqlite3.connect(path_from_url(url))
+                with conn:
+                    ids = [int(conn.execute(insert.format(i=i, key=key)).lastrowid or 0)
+                           for i, key in enumerate(keys)]
+                conn.close()
+            else:
+                import asyncpg
+
+                pg = await asyncpg.connect(url)
+                try:
+                    ids = [int(await pg.fetchval(insert.format(i=i, key=key) + " RETURNING id"))
+                           for i, key in enumerate(keys)]
+                finally:
+                    await pg.close()
             for n, record_id in enumerate(reversed(old_ids)):
                 await store.save_call_record(CallRecord(
-                    call_id=str(record_id), account_id=accounts[0].id, bind_id="b" * 32,
+                    call_id=str(record_id), account_id=ids[0], bind_id="b" * 32,
                     customer_bind_id="", business_id="", did="85230000000",
                     caller="85211111111", callee="85222222222", call_status=1,
                     call_status_msg="", duration=0, start_at=n, ring_at=0, answer_at=0,
@@ -108,7 +126,7 @@ def _make_old_store(url: str, monkeypatch: pytest.MonkeyPatch) -> tuple[list[str
                     reported_at=1, id=record_id), None)
         finally:
             await store.close()
-        plain = list(zip(secrets_plain, [a.access_key for a in accounts], strict=True))
+        plain = list(zip(secrets_plain, keys, strict=True))
         if url.startswith("sqlite"):
             conn = sqlite3.connect(path_from_url(url))
             conn.executemany("UPDATE accounts SET access_secret = ? WHERE access_key = ?", plain)

@@ -896,6 +896,248 @@ def test_sweepers_in_many_processes_at_once(fresh_any_store_url: str) -> None:
         assert s.list_bindings(acc.id, 1000, 0, T0)[1] == 6
 
 
+# --- changing a binding in place (lifecycle.md: updateAXB, renewOnCall) -------------------------
+@pytest.fixture(params=[*ALL_STORES, SQLITE_INDEX])
+def any_store_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
+    """The run's shared store on every configuration, PostgreSQL + Redis Cluster too."""
+    return make_store_url(request.param, tmp_path, request)
+
+
+@pytest.fixture
+def anys(any_store_url: str) -> Iterator[SyncStore]:
+    with _sync_store(any_store_url) as st:
+        yield st
+
+
+def test_replace_binding_moves_b_and_keeps_the_binding(anys: SyncStore) -> None:
+    s = anys
+    acc = new_account(s)
+    (x,) = new_numbers(s, acc, 1)
+    a, b, c = phone(), phone(), phone()
+    old = binding(acc, x, a, b, cbid="ride-1", expire_at=T0 + 60)
+    s.insert_binding(old, T0)
+    new = msgspec.structs.replace(old, b=c, flag=1, expire_second=600, expire_at=T0 + 600,
+                                  max_duration=90, renew_on_call=300, call_direction=1,
+                                  audio_when_call_fail="late.wav")
+    assert s.replace_binding(old, new, T0) is True
+    assert s.get_binding(old.bind_id, T0 + 100) == new  # alive past the old expiry
+    assert s.find_by_party(x, a, T0) == new
+    assert s.find_by_party(x, c, T0) == new
+    assert s.find_by_party(x, b, T0) is None  # the old B's key is free at once
+    assert s.find_by_customer_bind_id(acc.id, "ride-1", T0 + 100) == new
+    assert s.list_bindings(acc.id, 10, 0, T0) == ([new], 1)
+    assert active_counts(s, acc, T0) == {x: 1}
+    assert counters(s, acc) == {x: 1}
+    s.insert_binding(binding(acc, x, b, phone()), T0)  # the old B is free on X
+
+
+def test_replace_binding_is_a_compare_and_swap(anys: SyncStore) -> None:
+    s = anys
+    acc = new_account(s)
+    (x,) = new_numbers(s, acc, 1)
+    old = binding(acc, x, phone(), phone())
+    s.insert_binding(old, T0)
+    first = msgspec.structs.replace(old, flag=1)
+    assert s.replace_binding(old, first, T0) is True
+    # A writer that read ``old`` before the change loses, and writes nothing.
+    assert s.replace_binding(old, msgspec.structs.replace(old, flag=2), T0) is False
+    assert s.get_binding(old.bind_id, T0) == first
+    assert s.delete_binding(old.bind_id) is True
+    assert s.replace_binding(first, msgspec.structs.replace(first, flag=3), T0) is False
+    assert s.get_binding(old.bind_id, T0) is None
+    assert s.find_by_party(x, old.a, T0) is None
+    with pytest.raises(StoreError):  # a binding never changes X (nor its other keys)
+        s.replace_binding(old, msgspec.structs.replace(old, x=phone()), T0)
+
+
+def test_replace_binding_keeps_i1_and_changes_nothing_when_refused(anys: SyncStore) -> None:
+    s = anys
+    acc = new_account(s)
+    (x,) = new_numbers(s, acc, 1)
+    a, b, c, d = phone(), phone(), phone(), phone()
+    mine = binding(acc, x, a, b)
+    theirs = binding(acc, x, c, d)
+    s.insert_binding(mine, T0)
+    s.insert_binding(theirs, T0)
+    for taken in (c, d):
+        with pytest.raises(BindConflict) as info:
+            s.replace_binding(mine, msgspec.structs.replace(mine, b=taken, flag=9), T0)
+        assert info.value.kind is PARTY
+    assert s.get_binding(mine.bind_id, T0) == mine
+    assert s.find_by_party(x, b, T0) == mine
+    assert s.find_by_party(x, c, T0) == theirs
+    # An expired holder of the new B is released, as for an insert.
+    e = phone()
+    gone = binding(acc, x, e, phone(), expire_at=T0 + 5)
+    s.insert_binding(gone, T0)
+    moved = msgspec.structs.replace(mine, b=e)
+    assert s.replace_binding(mine, moved, T0 + 5) is True
+    assert s.find_by_party(x, e, T0 + 5) == moved
+    assert s.get_binding(gone.bind_id, T0) is None
+    assert counters(s, acc) == active_counts(s, acc, T0 + 5) == {x: 2}
+
+
+def test_race_replace_against_reads_in_another_process(any_store_url: str) -> None:
+    """Once a change is answered, no reader anywhere is told the old binding: a reader that
+    starts a read after the writer's n-th change returns sees change n or later."""
+    with _sync_store(any_store_url) as s:
+        acc = new_account(s)
+        (x,) = new_numbers(s, acc, 1)
+        a = phone()
+        first = binding(acc, x, a, phone())
+        s.insert_binding(first, T0)
+    rounds = 30
+    done = [0]  # changes answered so far (written by the writer, read by the reader)
+    flags_seen: list[tuple[int, int]] = []
+
+    async def work(store: Store, i: int) -> None:
+        if i == 0:
+            current = first
+            for n in range(1, rounds + 1):
+                new = msgspec.structs.replace(current, b=phone(), flag=n)
+                assert await store.replace_binding(current, new, T0)
+                current = new
+                done[0] = n
+                await asyncio.sleep(0)
+            return
+        while done[0] < rounds:
+            before = done[0]
+            found = await store.find_by_party(x, a, T0)
+            assert found is not None and found.bind_id == first.bind_id
+            flags_seen.append((before, found.flag))
+            await asyncio.sleep(0)
+
+    results = in_threads(any_store_url, 2, work)
+    assert results == [None, None], results
+    assert flags_seen and all(flag >= before for before, flag in flags_seen), [
+        pair for pair in flags_seen if pair[1] < pair[0]]
+
+
+def test_race_replace_against_a_bind_of_the_same_b(any_store_url: str) -> None:
+    """An update moving B to c and a bind of c on the same X, at once: exactly one wins."""
+    with _sync_store(any_store_url) as s:
+        acc = new_account(s)
+        (x,) = new_numbers(s, acc, 1)
+        pairs = []
+        for _ in range(6):
+            mine = binding(acc, x, phone(), phone())
+            s.insert_binding(mine, T0)
+            c = phone()
+            pairs.append((mine, msgspec.structs.replace(mine, b=c), binding(acc, x, c, phone())))
+    for mine, moved, rival in pairs:
+        async def race(store: Store, i: int, mine: Binding = mine, moved: Binding = moved,
+                       rival: Binding = rival) -> str:
+            try:
+                if i == 0:
+                    assert await store.replace_binding(mine, moved, T0)
+                    return "update"
+                await store.insert_binding(rival, T0)
+                return "bind"
+            except BindConflict as exc:
+                assert exc.kind is PARTY
+                return "lost"
+
+        results = in_threads(any_store_url, 2, race)
+        assert sorted(results) in (["bind", "lost"], ["lost", "update"]), results
+        with _sync_store(any_store_url) as s:
+            holder = s.find_by_party(x, moved.b, T0)
+            if results[0] == "update":
+                assert holder == moved and s.get_binding(rival.bind_id, T0) is None
+            else:
+                assert holder == rival and s.get_binding(mine.bind_id, T0) == mine
+                assert s.find_by_party(x, mine.b, T0) == mine
+
+
+def test_race_renewal_against_the_sweeper(fresh_any_store_url: str) -> None:
+    """renewOnCall moves expireAt while a sweeper (whose clock says it expired) runs: either
+    the renewal wins (the binding lives on with its new expiry) or the sweep does (the binding
+    is gone and the renewal changed nothing), never a mix."""
+    url = fresh_any_store_url
+    with _sync_store(url) as s:
+        acc = new_account(s)
+        xs = new_numbers(s, acc, 4)
+        olds = [binding(acc, xs[i % 4], phone(), phone(), expire_at=T0 + 10) for i in range(24)]
+        for old in olds:
+            s.insert_binding(old, T0)
+    renewed = [msgspec.structs.replace(old, expire_at=T0 + 1000) for old in olds]
+
+    async def work(store: Store, i: int) -> list[bool] | int:
+        if i == 0:
+            return [await store.replace_binding(old, new, T0 + 9)
+                    for old, new in zip(olds, renewed, strict=True)]
+        total = 0
+        while swept := await store.sweep(T0 + 10, 3):
+            total += swept
+        return total
+
+    renewals, swept = in_threads(url, 2, work)
+    assert isinstance(renewals, list) and isinstance(swept, int), (renewals, swept)
+    with _sync_store(url) as s:
+        for old, new, won in zip(olds, renewed, renewals, strict=True):
+            found = s.get_binding(old.bind_id, T0)
+            assert found == (new if won else None), (won, found)
+            assert s.find_by_party(old.x, old.a, T0) == found
+        assert swept == renewals.count(False)
+        assert s.list_bindings(acc.id, 100, 0, T0)[1] == renewals.count(True)
+        assert counters(s, acc) == active_counts(s, acc, T0)
+
+
+# --- cool-offs and the block list (lifecycle.md) ------------------------------------------------
+def test_cool_offs_follow_every_end_of_a_binding(anys: SyncStore) -> None:
+    """On the wall clock: the SQL stores record a cool-off by trigger, which has no other."""
+    s = anys
+    acc, plain = new_account(s), new_account(s)
+    s.update_account(acc.access_key, AccountChanges(cool_off_seconds=100))
+    x1, x2, x3 = new_numbers(s, acc, 3)
+    (y,) = new_numbers(s, plain, 1)
+    now = int(time.time())
+    a, b, c, d, e, f, g = (phone() for _ in range(7))
+    unbound = binding(acc, x1, a, b, created_at=now)
+    s.insert_binding(unbound, now)
+    assert s.cool_offs([a, b], now) == {}
+    assert s.delete_binding(unbound.bind_id)
+    cooling = s.cool_offs([a], now)
+    assert list(cooling) == [x1] and now + 100 <= cooling[x1] <= int(time.time()) + 100
+    assert s.cool_offs([b], now) == cooling
+    # Expired: the cool-off counts from expireAt, whether swept or released by an insert.
+    swept = binding(acc, x2, c, d, created_at=now - 20, expire_at=now - 5)
+    released = binding(acc, x3, e, f, created_at=now - 20, expire_at=now - 4)
+    s.insert_binding(swept, now - 20)
+    s.insert_binding(released, now - 20)
+    s.insert_binding(binding(acc, x3, e, g, created_at=now), now)
+    while s.sweep(now, 100):
+        pass
+    assert s.cool_offs([c, d], now) == {x2: now + 95}
+    assert s.cool_offs([f], now) == {x3: now + 96}
+    assert s.cool_offs([c, f, a], now) == {x1: cooling[x1], x2: now + 95, x3: now + 96}
+    # Changed in place is not ended; another account's bindings leave none; over is over.
+    changed = binding(acc, x2, phone(), g, created_at=now)
+    s.insert_binding(changed, now)
+    assert s.replace_binding(changed, msgspec.structs.replace(changed, b=phone()), now)
+    assert s.cool_offs([g, changed.a], now) == {}
+    other = binding(plain, y, a, b, created_at=now)
+    s.insert_binding(other, now)
+    assert s.delete_binding(other.bind_id)
+    assert y not in s.cool_offs([a, b], now)
+    assert s.cool_offs([c], now + 95) == {}
+    s.record_cool_offs([binding(acc, x1, g, created_at=now)], now)  # an index kept elsewhere
+    assert s.cool_offs([g], now) == {x1: now + 100}
+
+
+def test_block_list(anys: SyncStore) -> None:
+    s = anys
+    acc, other = new_account(s), new_account(s)
+    callers = sorted(phone() for _ in range(4))
+    assert s.add_blocked(acc.id, callers[:3], T0) == 3
+    assert s.add_blocked(acc.id, callers[2:], T0) == 1  # one was there already
+    assert s.list_blocked(acc.id, 10, 0) == (callers, 4)
+    assert s.list_blocked(acc.id, 2, 1) == (callers[1:3], 4)
+    assert s.list_blocked(other.id, 10, 0) == ([], 0)
+    assert s.remove_blocked(acc.id, [callers[0], phone()]) == 1
+    assert s.remove_blocked(other.id, callers) == 0
+    assert s.list_blocked(acc.id, 10, 0) == (callers[1:], 3)
+
+
 # --- THE RACE: concurrent writers through the API -------------------------------------------------
 def check_i1(items: list[dict[str, Any]]) -> None:
     """On each X, a number is a party of at most one listed binding."""

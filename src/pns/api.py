@@ -15,7 +15,7 @@ import msgspec
 
 from .auth import BIZ_TYPE_PNS, TS_WINDOW_MS, check_ts, verify_sign
 from .callbacks import CallReport, record_fields
-from .core import QueryAnswer, Service
+from .core import BindingUpdate, Lifecycle, QueryAnswer, Service
 from .errors import DEFAULT_MSG, Code, PnsError
 from .ids import new_snowflake
 from .model import Account, Role
@@ -24,18 +24,23 @@ from .wire import (
     BindAXBBody,
     BindAXGBody,
     BindExtensionBody,
+    BlacklistBody,
     CallRecordsBody,
     CreateGroupBody,
+    GetBindingBody,
     GroupIdBody,
     ListBody,
     QueryBody,
     RedeliverBody,
     UnbindBody,
+    UpdateAXBBody,
     UpdateGroupBody,
+    binding_detail,
     binding_item,
     decode,
     group_item,
     int_field,
+    optional_int,
 )
 
 log = logging.getLogger("pns.api")
@@ -159,7 +164,7 @@ async def _bind_axb(api: Api, account: Account, req: BindAXBBody, now: int) -> d
         account, req.phoneA, req.phoneB,
         expire_second=int_field(req.expireSecond, "expireSecond", required=True),
         customer_bind_id=req.customerBindId, flag=int_field(req.flag, "flag", required=False),
-        business_id=req.businessId, phone_x=req.phoneX, now=now,
+        business_id=req.businessId, phone_x=req.phoneX, now=now, life=lifecycle_fields(req),
     )
     return {"bindId": binding.bind_id, "did": binding.x, "expireAt": binding.expire_at}
 
@@ -171,7 +176,7 @@ async def _bind_extension(api: Api, account: Account, req: BindExtensionBody,
         expire_second=int_field(req.expireSecond, "expireSecond", required=True),
         phone_b=req.phoneB, extension=req.extension or req.Extension,
         customer_bind_id=req.customerBindId, flag=int_field(req.flag, "flag", required=False),
-        business_id=req.businessId, now=now,
+        business_id=req.businessId, now=now, life=lifecycle_fields(req),
     )
     return {"bindId": binding.bind_id, "did": binding.x, "extension": binding.extension,
             "expireAt": binding.expire_at}
@@ -180,6 +185,49 @@ async def _bind_extension(api: Api, account: Account, req: BindExtensionBody,
 async def _unbind(api: Api, account: Account, req: UnbindBody, now: int) -> None:
     await api.service.unbind(account, req.bindId, req.customerBindId, now)
     return None
+
+
+def lifecycle_fields(req: BindAXBBody | BindExtensionBody | UpdateAXBBody) -> Lifecycle:
+    """lifecycle.md's fields of a bind or update body (absent ones stay None)."""
+    return Lifecycle(
+        call_direction=optional_int(req.callDirection, "callDirection"),
+        max_duration=optional_int(req.maxDuration, "maxDuration"),
+        renew_on_call=optional_int(req.renewOnCall, "renewOnCall"),
+        audio_when_call_fail=req.audioWhenCallFail,
+    )
+
+
+async def _get_axb(api: Api, account: Account, req: GetBindingBody, now: int) -> dict[str, Any]:
+    return binding_detail(await api.service.get_binding(account, req.bindId,
+                                                        req.customerBindId, now))
+
+
+async def _update_axb(api: Api, account: Account, req: UpdateAXBBody,
+                      now: int) -> dict[str, Any]:
+    update = BindingUpdate(
+        phone_b=req.phoneB, expire_second=optional_int(req.expireSecond, "expireSecond"),
+        flag=optional_int(req.flag, "flag"), business_id=req.businessId,
+        life=lifecycle_fields(req),
+    )
+    return binding_detail(await api.service.update_binding(account, req.bindId,
+                                                           req.customerBindId, update, now))
+
+
+async def _add_blacklist(api: Api, account: Account, req: BlacklistBody,
+                         now: int) -> dict[str, Any]:
+    return {"added": await api.service.add_blocked(account, req.phones, now)}
+
+
+async def _remove_blacklist(api: Api, account: Account, req: BlacklistBody,
+                            now: int) -> dict[str, Any]:
+    return {"removed": await api.service.remove_blocked(account, req.phones)}
+
+
+async def _get_blacklist(api: Api, account: Account, req: ListBody, now: int) -> dict[str, Any]:
+    phones, total = await api.service.list_blocked(
+        account, int_field(req.limit, "limit", required=False, code=Code.LIMIT_OUT_OF_RANGE),
+        int_field(req.offset, "offset", required=False, code=Code.OFFSET_OUT_OF_RANGE))
+    return {"phones": phones, "total": total}
 
 
 async def _list(api: Api, account: Account, req: ListBody, now: int) -> dict[str, Any]:
@@ -200,7 +248,8 @@ def query_data(answer: QueryAnswer) -> dict[str, Any]:
         "callee": answer.callee,
         "callId": answer.call_id,
         "flag": answer.flag,
-        "audioWhenCallFail": prompts.audio_when_call_fail if prompts else "",
+        "audioWhenCallFail": answer.audio_when_call_fail or (
+            prompts.audio_when_call_fail if prompts else ""),
         "bindType": answer.bind_type,
         "audioWhenDtmfNeed": prompts.audio_when_dtmf_need if prompts else "",
         "audioWhenDtmfErr": prompts.audio_when_dtmf_err if prompts else "",
@@ -211,6 +260,7 @@ def query_data(answer: QueryAnswer) -> dict[str, Any]:
     if answer.callee_dtmf:
         data["calleeDtmf"] = answer.callee_dtmf
         data["calleeDtmfDelay"] = answer.callee_dtmf_delay
+    data["maxDuration"] = answer.max_duration
     return data
 
 
@@ -289,4 +339,10 @@ ACTIONS: dict[str, Action] = {
     "deleteGroup": Action(GroupIdBody, _delete_group, _CUSTOMER, True),
     "listGroup": Action(ListBody, _list_groups, _CUSTOMER, False),
     "bindAXG": Action(BindAXGBody, _bind_axg, _CUSTOMER, True),
+    # lifecycle.md
+    "getAXB": Action(GetBindingBody, _get_axb, _CUSTOMER, False),
+    "updateAXB": Action(UpdateAXBBody, _update_axb, _CUSTOMER, True),
+    "addBlacklist": Action(BlacklistBody, _add_blacklist, _CUSTOMER, True),
+    "removeBlacklist": Action(BlacklistBody, _remove_blacklist, _CUSTOMER, True),
+    "getBlacklist": Action(ListBody, _get_blacklist, _CUSTOMER, False),
 }

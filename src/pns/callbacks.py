@@ -21,6 +21,9 @@ from .model import Binding, CallRecord, CallRef, OutboxEvent
 KIND_CALL_RECORD = "callRecord"
 KIND_BINDING_ERROR = "bindingError"
 _NORMAL_CAUSES = frozenset({"", "NORMAL_CLEARING", "NORMAL_UNSPECIFIED"})
+# Hang-up codes of causes our own switch config reports by name alone (the FreeSWITCH table
+# NXCloud points to): a call ended at the binding's maxDuration is ALLOTTED_TIMEOUT, 602.
+_CAUSE_CODES = {"ALLOTTED_TIMEOUT": 602}
 _CHINA_OFFSET = 8 * 3600
 _encode = msgspec.json.Encoder().encode
 
@@ -67,7 +70,9 @@ def join_record(call: CallRef, report: CallReport, now: int) -> CallRecord:
         caller=call.caller, callee=call.callee, call_status=status,
         call_status_msg=status_msg, duration=duration_of(report), start_at=report.startAt,
         ring_at=report.ringAt, answer_at=report.answerAt, hangup_at=report.hangupAt,
-        hangup_cause=report.hangupCause, hangup_code=report.hangupCode, hangup=report.hangup,
+        hangup_cause=report.hangupCause,
+        hangup_code=report.hangupCode or _CAUSE_CODES.get(report.hangupCause.upper(), 0),
+        hangup=report.hangup,
         record_file=report.recordFile, reported_at=now,
     )
 

@@ -8,7 +8,7 @@ so a command run from the wrong directory cannot quietly work on an empty store 
 Output has one vocabulary: every command prints records whose field names are the JSON ones;
 on a terminal as an aligned table, otherwise (or with ``--json``) as JSON, one object a line.
 Tables never cut a value short. Groups are one per noun (``account``, ``numbers``,
-``bindings``): a new noun is a new group.
+``bindings``, ``blacklist``): a new noun is a new group.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ from click.core import ParameterSource
 from rich.console import Console
 
 from . import __version__
-from .core import Settings
+from .core import BLOCK_LIST_MAX, MAX_COOL_OFF, BindingUpdate, Lifecycle, Service, Settings
+from .errors import PnsError
 from .model import Account, AccountChanges, Binding, EventState, Role, VirtualNumber
 from .numbers import parse_international
 from .store import DEFAULT_STORE_URL, Store, StoreError, open_store, schema_versions
@@ -506,7 +507,7 @@ def _account_json(acc: Account, with_secret: bool) -> dict[str, Any]:
         "id": acc.id, "name": acc.name, "role": acc.role.value, "accessKey": acc.access_key,
         "enabled": acc.enabled, "audioWhenCallFail": acc.audio_when_call_fail,
         "audioWhenDtmfNeed": acc.audio_when_dtmf_need, "audioWhenDtmfErr": acc.audio_when_dtmf_err,
-        "callbackUrl": acc.callback_url,
+        "callbackUrl": acc.callback_url, "coolOffSeconds": acc.cool_off_seconds,
     }
     if with_secret:
         data["accessSecret"] = acc.access_secret
@@ -554,18 +555,23 @@ _ACCOUNT_COLUMNS = ("id", "name", "role", "accessKey", "enabled", "audioWhenCall
 @click.option("--callback-url", default=None, help="Where call records are delivered.")
 @click.option("--disable/--enable", "disabled", default=None,
               help="A disabled account is refused (1005).")
+@click.option("--cool-off", "cool_off", default=None, type=click.IntRange(0, MAX_COOL_OFF),
+              metavar="SECONDS",
+              help="After a binding ends, its parties are not given its number again for this "
+                   "long (0: off).")
 @_format_option
 @_store_option
 @click.pass_context
 def account_set(ctx: click.Context, access_key: str, audio_when_call_fail: str | None,
                 audio_when_dtmf_need: str | None, audio_when_dtmf_err: str | None,
-                callback_url: str | None, disabled: bool | None, as_json: bool | None,
-                store_url: str | None) -> None:
-    """Change an account's prompts, callback URL, or enable/disable it."""
+                callback_url: str | None, disabled: bool | None, cool_off: int | None,
+                as_json: bool | None, store_url: str | None) -> None:
+    """Change an account's prompts, callback URL, cool-off, or enable/disable it."""
     changes = AccountChanges(
         enabled=None if disabled is None else not disabled,
         audio_when_call_fail=audio_when_call_fail, audio_when_dtmf_need=audio_when_dtmf_need,
         audio_when_dtmf_err=audio_when_dtmf_err, callback_url=callback_url,
+        cool_off_seconds=cool_off,
     )
 
     async def work(store: Store) -> Account | None:
@@ -942,6 +948,12 @@ def _binding_json(b: Binding) -> dict[str, Any]:
     return binding_item(b)
 
 
+def _binding_detail(b: Binding) -> dict[str, Any]:
+    from .wire import binding_detail
+
+    return binding_detail(b)
+
+
 _BINDING_COLUMNS = ("bindId", "customerBindId", "phoneA", "phoneB", "did", "didY",
                     "extension", "bindType", "groupId", "customerUserId", "flag", "expireAt",
                     "businessId", "customerId")
@@ -988,11 +1000,51 @@ def bindings_list(ctx: click.Context, access_key: str, x: str | None, limit: int
 @click.pass_context
 def bindings_show(ctx: click.Context, bind_id: str, as_json: bool | None,
                   store_url: str | None) -> None:
-    """One active binding."""
+    """One active binding, with every field (as getAXB answers it)."""
     b = _with_store(ctx, lambda s: s.get_binding(bind_id, int(time.time())))
     if b is None:
         raise _refuse(ctx, f"no active binding {bind_id}")
-    emit_one(_binding_json(b), as_json)
+    emit_one(_binding_detail(b), as_json)
+
+
+@bindings.command("update")
+@click.argument("bind_id")
+@click.option("--phone-b", default=None, help="A new B (the bindId and X stay).")
+@click.option("--expire-second", default=None, type=click.IntRange(0),
+              help="A new lifetime from now (0: never expires).")
+@click.option("--flag", default=None, type=click.IntRange(0))
+@click.option("--business-id", default=None)
+@click.option("--call-direction", default=None, type=click.IntRange(0, 2),
+              help="0 both ways, 1 only A may call, 2 only B may call.")
+@click.option("--max-duration", default=None, type=int, help="Seconds a call may last (0: none).")
+@click.option("--renew-on-call", default=None, type=int,
+              help="Each answered query moves expireAt to at least now + this (0: off).")
+@click.option("--audio-when-call-fail", default=None, help="This binding's fail prompt.")
+@_format_option
+@_store_option
+@click.pass_context
+def bindings_update(ctx: click.Context, bind_id: str, phone_b: str | None,
+                    expire_second: int | None, flag: int | None, business_id: str | None,
+                    call_direction: int | None, max_duration: int | None,
+                    renew_on_call: int | None, audio_when_call_fail: str | None,
+                    as_json: bool | None, store_url: str | None) -> None:
+    """Change a binding in place, with updateAXB's rules, whoever owns it."""
+    update = BindingUpdate(
+        phone_b=phone_b, expire_second=expire_second, flag=flag, business_id=business_id,
+        life=Lifecycle(call_direction=call_direction, max_duration=max_duration,
+                       renew_on_call=renew_on_call, audio_when_call_fail=audio_when_call_fail))
+
+    async def work(store: Store) -> Binding:
+        found = await store.get_binding(bind_id, int(time.time()))
+        owner = await store.get_account_by_id(found.account_id) if found else None
+        if found is None or owner is None:
+            raise click.ClickException(f"no active binding {bind_id}")
+        try:
+            return await Service(store).update_binding(owner, bind_id, "", update)
+        except PnsError as exc:
+            raise click.ClickException(f"{int(exc.code)} {exc.msg}") from None
+
+    emit_one(_binding_detail(_with_store(ctx, work)), as_json)
 
 
 @bindings.command("unbind")
@@ -1006,6 +1058,60 @@ def bindings_unbind(ctx: click.Context, bind_id: str, as_json: bool | None,
     if not _with_store(ctx, lambda s: s.delete_binding(bind_id)):
         raise _refuse(ctx, f"no binding {bind_id}")
     emit_one({"unbound": bind_id}, as_json)
+
+
+# --- the caller block list -------------------------------------------------------------------
+@main.group()
+def blacklist() -> None:
+    """Each account's blocked callers (10024 on every query to its numbers)."""
+
+
+def _blacklist_command(verb: str) -> Callable[..., None]:
+    @blacklist.command(verb)
+    @click.option("--account", "access_key", required=True)
+    @click.argument("phone", nargs=-1, required=True)
+    @_format_option
+    @_store_option
+    @click.pass_context
+    def command(ctx: click.Context, access_key: str, phone: tuple[str, ...],
+                as_json: bool | None, store_url: str | None) -> None:
+        async def work(store: Store) -> int:
+            owner = await _account_or_fail(store, access_key)
+            service = Service(store)
+            try:
+                if verb == "add":
+                    return await service.add_blocked(owner, ",".join(phone))
+                return await service.remove_blocked(owner, ",".join(phone))
+            except PnsError as exc:
+                raise click.ClickException(f"{int(exc.code)} {exc.msg}") from None
+
+        emit_one({"added" if verb == "add" else "removed": _with_store(ctx, work)}, as_json)
+
+    command.__doc__ = ("Block callers (numbers with their country codes)." if verb == "add"
+                       else "Unblock callers.")
+    command.help = command.__doc__
+    return command
+
+
+blacklist_add = _blacklist_command("add")
+blacklist_remove = _blacklist_command("remove")
+
+
+@blacklist.command("list")
+@click.option("--account", "access_key", required=True)
+@_format_option
+@_store_option
+@click.pass_context
+def blacklist_list(ctx: click.Context, access_key: str, as_json: bool | None,
+                   store_url: str | None) -> None:
+    """An account's blocked callers, in number order."""
+
+    async def work(store: Store) -> list[str]:
+        owner = await _account_or_fail(store, access_key)
+        return (await store.list_blocked(owner.id, BLOCK_LIST_MAX, 0))[0]
+
+    emit_rows(({"phone": number} for number in _with_store(ctx, work)), as_json,
+              columns=["phone"])
 
 
 # --- operators of the admin API and console ------------------------------------------------------

@@ -76,6 +76,58 @@ _LENGTH_RACE_PAUSE = 0.02
 V1_EXTENSION_LENGTH = 4
 
 
+# lifecycle.md's bounds.
+BLOCK_LIST_MAX = 10_000
+BLOCK_REQUEST_MAX = 1000
+MAX_COOL_OFF = 2_592_000
+MAX_DURATION = 86_400
+MAX_RENEW_ON_CALL = 7_776_000
+MAX_PROMPT = 1024
+DIRECTION_BOTH, DIRECTION_A_ONLY, DIRECTION_B_ONLY = 0, 1, 2
+_UPDATE_ATTEMPTS = 8
+
+
+class Lifecycle(msgspec.Struct, frozen=True):
+    """The fields of ``lifecycle.md`` a bind or an ``updateAXB`` may give; None: not given
+    (a bind then keeps the default, an update the binding's value)."""
+
+    call_direction: int | None = None
+    max_duration: int | None = None
+    renew_on_call: int | None = None
+    audio_when_call_fail: str | None = None
+
+    def apply(self, binding: Binding) -> Binding:
+        """``binding`` with the given fields, each checked against its bounds (1002)."""
+        changes: dict[str, Any] = {}
+        if self.call_direction is not None:
+            if self.call_direction not in (DIRECTION_BOTH, DIRECTION_A_ONLY, DIRECTION_B_ONLY):
+                raise PnsError(Code.BAD_PARAMETER, "callDirection must be 0, 1 or 2")
+            changes["call_direction"] = self.call_direction
+        if self.max_duration is not None:
+            if not 0 <= self.max_duration <= MAX_DURATION:
+                raise PnsError(Code.BAD_PARAMETER, "maxDuration must be from 0 to 86400")
+            changes["max_duration"] = self.max_duration
+        if self.renew_on_call is not None:
+            if not 0 <= self.renew_on_call <= MAX_RENEW_ON_CALL:
+                raise PnsError(Code.BAD_PARAMETER, "renewOnCall must be from 0 to 7776000")
+            changes["renew_on_call"] = self.renew_on_call
+        if self.audio_when_call_fail is not None:
+            if len(self.audio_when_call_fail) > MAX_PROMPT:
+                raise PnsError(Code.BAD_PARAMETER, "audioWhenCallFail is longer than 1024")
+            changes["audio_when_call_fail"] = self.audio_when_call_fail
+        return msgspec.structs.replace(binding, **changes) if changes else binding
+
+
+class BindingUpdate(msgspec.Struct, frozen=True):
+    """What ``updateAXB`` changes; None leaves a field as it is."""
+
+    phone_b: str | None = None
+    expire_second: int | None = None
+    flag: int | None = None
+    business_id: str | None = None
+    life: Lifecycle = Lifecycle()
+
+
 class Settings(msgspec.Struct, frozen=True):
     extension_length: int = 3
     account_cache_seconds: float = 1.0
@@ -93,6 +145,9 @@ class QueryAnswer(msgspec.Struct, frozen=True):
     callee_dtmf_delay: int = 0
     # The number the callee is shown (modes.md): X, or Y in the modes with a Y.
     display: str = ""
+    # lifecycle.md: the call's limit (0 none) and the binding's own fail prompt ("" none).
+    max_duration: int = 0
+    audio_when_call_fail: str = ""
 
 
 class _TtlCache(Generic[K, V]):
@@ -117,6 +172,15 @@ class _TtlCache(Generic[K, V]):
         self._entries[key] = (now + self._ttl, value)
         return value
 
+    def fresh(self, key: K) -> V | None:
+        """The cached value while it is fresh, without a coroutine (the hot path's check)."""
+        hit = self._entries.get(key)
+        return hit[1] if hit is not None and hit[0] > self._clock() else None
+
+    def forget(self, key: K) -> None:
+        """Load ``key`` afresh next time (this process changed it)."""
+        self._entries.pop(key, None)
+
 
 class AccountDirectory:
     """Accounts by accessKey and by id, and numbers' owners, cached for ``ttl`` seconds per
@@ -132,6 +196,19 @@ class AccountDirectory:
         self.by_access_key = _TtlCache(store.get_account, ttl, clock, 100_000).get
         self.by_id = _TtlCache(store.get_account_by_id, ttl, clock, 100_000).get
         self.number = _TtlCache(store.get_number, ttl, clock, 1_000_000).get
+
+        async def load_blocked(account_id: int) -> frozenset[str]:
+            return frozenset((await store.list_blocked(account_id, BLOCK_LIST_MAX, 0))[0])
+
+        # Each account's whole block list (at most BLOCK_LIST_MAX numbers): the query checks
+        # a caller with one set lookup, and the store is read once per ttl per account.
+        self._blocked = _TtlCache(load_blocked, ttl, clock, 100_000)
+        self.blocked = self._blocked.get
+        self.blocked_fresh = self._blocked.fresh
+
+    def forget_blocked(self, account_id: int) -> None:
+        """This process changed the account's block list: read it again at once."""
+        self._blocked.forget(account_id)
 
 
 def expire_at_for(expire_second: int, now: int) -> int:
@@ -209,6 +286,7 @@ class Service:
         # Called after an event enters the outbox, so a delivery worker can wake at once.
         self.on_event: Callable[[], None] = lambda: None
         self._background: set[asyncio.Task[None]] = set()
+        self._renewing: set[str] = set()
 
     # --- bindAXB ---------------------------------------------------------------------------
     async def bind_axb(
@@ -228,6 +306,7 @@ class Service:
         callee_dtmf: str = "",
         callee_dtmf_delay: int = 0,
         country_code: int | None = None,
+        life: Lifecycle | None = None,
     ) -> Binding:
         """``api_version`` 1 for the v1 API, which adds ``ext`` (copied into call records),
         ``callee_dtmf`` and its delay (keyed into B's line on A's calls) and ``country_code``
@@ -243,6 +322,8 @@ class Service:
         _check_country(country_code, a.country_code)
         attrs = _v1_attrs(api_version, ext, callee_dtmf=callee_dtmf,
                           callee_dtmf_delay=callee_dtmf_delay)
+        if life is not None:
+            life.apply(_PROBE)
         requested_x = self._parse_x(phone_x) if phone_x else None
         existing = await self._existing(
             account, customer_bind_id, a.digits, b.digits,
@@ -253,6 +334,8 @@ class Service:
             return existing
         if requested_x is not None:
             await self._require_own_number(account, requested_x, a.country_code)
+            await self._require_no_cool_off(account, requested_x.digits, (a.digits, b.digits),
+                                            now)
         for _ in range(_INSERT_ATTEMPTS):
             if requested_x is not None:
                 x = requested_x.digits
@@ -265,6 +348,8 @@ class Service:
                 expire_at=expire_at_for(expire_second, now), created_at=now,
                 **attrs,  # type: ignore[arg-type]
             )
+            if life is not None:
+                binding = life.apply(binding)
             try:
                 await self.store.insert_binding(binding, now)
                 return binding
@@ -288,21 +373,71 @@ class Service:
     async def allocate_x(self, account: Account, a: Number, b: Number, now: int) -> str:
         """Choose X for a new pair: among the account's free numbers of the country, the one
         with the fewest active bindings. When none is free, 10010 says why."""
-        candidates = await self.store.free_numbers(
-            account.id, a.country_code, (a.digits, b.digits, EXCLUSIVE), now, _CANDIDATES
-        )
-        if candidates:
-            return choose_x(candidates).x
+        parties = (a.digits, b.digits)
+        # Cool-off: numbers a party left less than coolOffSeconds ago are skipped. Asking for
+        # as many more candidates as there are such numbers keeps the choice exact.
+        cooling = (await self.store.cool_offs(parties, now)
+                   if account.cool_off_seconds else {})
+        candidates = [
+            c for c in await self.store.free_numbers(
+                account.id, a.country_code, (*parties, EXCLUSIVE), now,
+                _CANDIDATES + len(cooling))
+            if c.x not in cooling
+        ]
+        while candidates:
+            chosen = choose_x(candidates)
+            if not await self._ended_unswept(account, chosen.x, parties, now):
+                return chosen.x
+            candidates.remove(chosen)
         stats = await self.store.pool_stats(account.id, a.country_code, a.digits, b.digits, now)
         if stats.numbers == 0:
             raise PnsError(
                 Code.NO_VIRTUAL_NUMBER,
                 f"the account has no virtual number in country code {a.country_code}",
             )
-        raise PnsError(
-            Code.NUMBERS_EXHAUSTED,
-            exhausted_message(stats.numbers, stats.held_by_a, stats.held_by_b, a.country_code),
-        )
+        message = exhausted_message(stats.numbers, stats.held_by_a, stats.held_by_b,
+                                    a.country_code)
+        held_back = await self._cooling_in_pool(account, a.country_code, cooling)
+        if held_back:
+            message += (f"; {held_back} number(s) held back by cool-off (a party left them "
+                         f"less than {account.cool_off_seconds} s ago)")
+        raise PnsError(Code.NUMBERS_EXHAUSTED, message)
+
+    async def _cooling_in_pool(self, account: Account, country_code: int,
+                               cooling: dict[str, int]) -> int:
+        """How many of the account's enabled numbers in the country cool off for the pair."""
+        held = 0
+        for x in cooling:
+            number = await self.accounts.number(x)
+            if (number is not None and number.account_id == account.id and number.enabled
+                    and number.country_code == country_code):
+                held += 1
+        return held
+
+    async def _ended_unswept(self, account: Account, x: str, parties: tuple[str, ...],
+                             now: int) -> int:
+        """A binding of a party on X that expired less than coolOffSeconds ago and is not yet
+        removed (so it left no cool-off yet): when its cool-off ends, else 0. Read as the
+        store answers "active then": at now - coolOffSeconds."""
+        if not account.cool_off_seconds:
+            return 0
+        for party in parties:
+            held = await self.store.find_by_party(x, party, now - account.cool_off_seconds)
+            if held is not None and 0 < held.expire_at <= now:
+                return held.expire_at + account.cool_off_seconds
+        return 0
+
+    async def _require_no_cool_off(self, account: Account, x: str, parties: tuple[str, ...],
+                                   now: int) -> None:
+        """A bind that names X for a party cooling off there: 10017, saying until when."""
+        if not account.cool_off_seconds:
+            return
+        until = (await self.store.cool_offs(parties, now)).get(x) or await self._ended_unswept(
+            account, x, parties, now)
+        if until:
+            at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(until))
+            raise PnsError(Code.PARTY_ALREADY_BOUND,
+                           f"a party is in cool-off on this number until {at} ({until})")
 
     # --- the binding modes of modes.md ------------------------------------------------------
     async def bind_ax(
@@ -871,6 +1006,7 @@ class Service:
         ext: str = "",
         extension_length: int | None = None,
         country_code: int | None = None,
+        life: Lifecycle | None = None,
     ) -> Binding:
         """A + X + extension (+ B). The v1 API (``api_version`` 1, v1 AXE) may leave
         ``phone_x`` empty (X is then chosen like a pair's, in ``country_code`` when given),
@@ -890,6 +1026,8 @@ class Service:
         _check_country(country_code, a.country_code)
         requested_ext = self.validate_extension(extension, length) if extension else None
         attrs = _v1_attrs(api_version, ext)
+        if life is not None:
+            life.apply(_PROBE)
         b_digits = b.digits if b else ""
         parties = (a.digits, b_digits) if b_digits else (a.digits,)
         existing = await self._existing(
@@ -901,6 +1039,7 @@ class Service:
             return existing
         if requested_x is not None:
             await self._require_own_number(account, requested_x, a.country_code)
+            await self._require_no_cool_off(account, requested_x.digits, parties, now)
         length_raced = False
         for attempt in range(_INSERT_ATTEMPTS):
             if requested_x is not None:
@@ -919,6 +1058,8 @@ class Service:
                 expire_second=expire_second, expire_at=expire_at_for(expire_second, now),
                 created_at=now, **attrs,  # type: ignore[arg-type]
             )
+            if life is not None:
+                binding = life.apply(binding)
             try:
                 await self.store.insert_binding(binding, now)
             except BindConflict as conflict:
@@ -1012,6 +1153,69 @@ class Service:
                     await self.store.delete_binding(child.bind_id)
         return binding
 
+    async def get_binding(self, account: Account, bind_id: str, customer_bind_id: str,
+                          now: int | None = None) -> Binding:
+        """``getAXB``: the account's active binding by bindId or customerBindId, else 10013."""
+        now = int(time.time()) if now is None else now
+        if bind_id:
+            binding = await self.store.get_binding(bind_id, now)
+        elif customer_bind_id:
+            binding = await self.store.find_by_customer_bind_id(account.id, customer_bind_id, now)
+        else:
+            raise PnsError(Code.BAD_PARAMETER, "bindId or customerBindId is required")
+        if binding is None or binding.account_id != account.id:
+            raise PnsError(Code.BINDING_NOT_EXIST)
+        return binding
+
+    async def update_binding(self, account: Account, bind_id: str, customer_bind_id: str,
+                             update: BindingUpdate, now: int | None = None) -> Binding:
+        """``updateAXB``: one atomic change that keeps the bindId and X. Every check runs
+        before the store's compare-and-swap, which applies the whole change or nothing; a
+        concurrent change (or renewal) of the same binding makes it start over from the
+        binding as it is then."""
+        now = int(time.time()) if now is None else now
+        for _ in range(_UPDATE_ATTEMPTS):
+            current = await self.get_binding(account, bind_id, customer_bind_id, now)
+            changed = self._updated(current, update, now)
+            if changed == current:
+                return current
+            try:
+                if await self.store.replace_binding(current, changed, now):
+                    return changed
+            except BindConflict:
+                raise PnsError(Code.PARTY_ALREADY_BOUND,
+                               "phoneB is already a party of another binding on this number"
+                               ) from None
+        raise PnsError(Code.INTERNAL, "the binding kept changing meanwhile; retry")
+
+    def _updated(self, binding: Binding, update: BindingUpdate, now: int) -> Binding:
+        """The binding after ``update``, every field checked (nothing is written here)."""
+        changes: dict[str, Any] = {}
+        if update.phone_b is not None:
+            if not binding.b:
+                raise PnsError(Code.BAD_PARAMETER, "phoneB does not apply to a binding "
+                                                   "without B")
+            b = require_international(update.phone_b, "phoneB")
+            a = parse_international(binding.a)
+            x = parse_international(binding.x)
+            country = a.country_code if a else x.country_code if x else 0
+            if b.country_code != country:
+                raise PnsError(Code.COUNTRY_MISMATCH, "phoneB has another country code")
+            if b.digits == binding.a:
+                raise PnsError(Code.SAME_NUMBER)
+            changes["b"] = b.digits
+        expire_second = update.expire_second
+        flag = binding.flag if update.flag is None else update.flag
+        business_id = binding.business_id if update.business_id is None else update.business_id
+        _check_common("", business_id, flag,
+                      binding.expire_second if expire_second is None else expire_second)
+        if expire_second is not None:
+            changes["expire_second"] = expire_second
+            changes["expire_at"] = expire_at_for(expire_second, now)
+        changes["flag"] = flag
+        changes["business_id"] = business_id
+        return update.life.apply(msgspec.structs.replace(binding, **changes))
+
     async def list_bindings(
         self, account: Account, limit: int, offset: int, now: int | None = None
     ) -> tuple[list[Binding], int]:
@@ -1021,6 +1225,32 @@ class Service:
         if offset < 0:
             raise PnsError(Code.OFFSET_OUT_OF_RANGE, "offset must be an integer >= 0")
         return await self.store.list_bindings(account.id, limit or LIST_MAX, offset, now)
+
+    # --- the caller block list (lifecycle.md) --------------------------------------------
+    async def add_blocked(self, account: Account, phones: str, now: int | None = None) -> int:
+        """Block callers on every number of the account; returns how many were new."""
+        now = int(time.time()) if now is None else now
+        numbers = _phone_list(phones)
+        (_, total) = await self.store.list_blocked(account.id, 0, 0)
+        if total + len(numbers) > BLOCK_LIST_MAX:
+            raise PnsError(Code.BAD_PARAMETER, f"a block list holds at most {BLOCK_LIST_MAX} "
+                                               f"numbers (this one has {total})")
+        added = await self.store.add_blocked(account.id, numbers, now)
+        self.accounts.forget_blocked(account.id)
+        return added
+
+    async def remove_blocked(self, account: Account, phones: str) -> int:
+        removed = await self.store.remove_blocked(account.id, _phone_list(phones))
+        self.accounts.forget_blocked(account.id)
+        return removed
+
+    async def list_blocked(self, account: Account, limit: int, offset: int
+                           ) -> tuple[list[str], int]:
+        if not 0 <= limit <= LIST_MAX:
+            raise PnsError(Code.LIMIT_OUT_OF_RANGE, "limit must be an integer from 0 to 1000")
+        if offset < 0:
+            raise PnsError(Code.OFFSET_OUT_OF_RANGE, "offset must be an integer >= 0")
+        return await self.store.list_blocked(account.id, limit or LIST_MAX, offset)
 
     # --- queryAXB: the hot path ------------------------------------------------------------
     async def query(
@@ -1042,6 +1272,11 @@ class Service:
             raise PnsError(Code.BINDING_NOT_EXIST, data=prompt_data(None))
         owner = await self.accounts.by_id(number.account_id)
         caller_digits = normalise_caller(caller, x.country_code)
+        blocked = self.accounts.blocked_fresh(number.account_id)
+        if blocked is None:
+            blocked = await self.accounts.blocked(number.account_id)
+        if caller_digits in blocked:
+            raise PnsError(Code.CALLER_BLOCKED, data=prompt_data(owner))
         if extension is not None:
             binding = await self._by_extension(x.digits, extension, owner, now)
             callee = _extension_callee(binding, caller_digits)
@@ -1077,6 +1312,10 @@ class Service:
             binding = found = answered
             if binding.bind_type == BIND_TYPE_XYB and callee == "":
                 callee = binding.b
+        if binding.call_direction and not _direction_allowed(binding, caller_digits):
+            raise PnsError(Code.DIRECTION_NOT_ALLOWED, data=binding_prompt_data(owner, binding))
+        if binding.renew_on_call and binding.expire_at:
+            self._renew(binding, now)
         call_id = new_snowflake()
         await self.store.record_call(
             CallRef(
@@ -1093,6 +1332,8 @@ class Service:
             prompts=owner, extension=extension, callee_dtmf=dtmf,
             callee_dtmf_delay=binding.callee_dtmf_delay if dtmf else 0,
             display=binding.display(x.digits, caller_digits or caller),
+            max_duration=binding.max_duration,
+            audio_when_call_fail=binding.audio_when_call_fail,
         )
 
     async def _answered(self, binding: Binding, caller: str | None, on: str,
@@ -1175,6 +1416,38 @@ class Service:
         return await self._pick(account, country, (caller, binding.b, EXCLUSIVE), now,
                                 (binding.x,))
 
+
+    def _renew(self, binding: Binding, now: int) -> None:
+        """renewOnCall: move expireAt to now + renewOnCall when that is later, after the
+        answer (the query never waits on a write), once at a time per binding in this
+        process. A crash before it lands loses that one extension."""
+        if now + binding.renew_on_call <= binding.expire_at or binding.bind_id in self._renewing:
+            return
+        self._renewing.add(binding.bind_id)
+        self._in_background(self._extend(binding, now))
+
+    async def _extend(self, binding: Binding, now: int) -> None:
+        try:
+            current: Binding | None = binding
+            for _ in range(_UPDATE_ATTEMPTS):
+                if current is None or not current.renew_on_call or not current.expire_at:
+                    return
+                until = now + current.renew_on_call
+                if until <= current.expire_at:
+                    return
+                renewed = msgspec.structs.replace(current, expire_at=until)
+                if await self.store.replace_binding(current, renewed, now):
+                    return
+                current = await self.store.get_binding(binding.bind_id, now)
+        finally:
+            self._renewing.discard(binding.bind_id)
+
+    async def settle(self) -> None:
+        """Wait for the writes running after their answers (renewals, callbacks): shutdown,
+        tests."""
+        while self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
     def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
         """Run a write the answer need not wait for (the query path never waits on a write:
         another process may hold the store's write lock); its failure is logged."""
@@ -1185,8 +1458,8 @@ class Service:
     def _background_done(self, task: asyncio.Task[None]) -> None:
         self._background.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.error("a binding-error callback was not enqueued: %s",
-                      type(task.exception()).__name__)
+            log.error("a write after an answer (a binding-error callback or a renewal) "
+                      "failed: %s", type(task.exception()).__name__)
 
     async def notify_binding_error(self, owner: Account | None, caller: str, did: str,
                                    now: int) -> None:
@@ -1420,6 +1693,38 @@ def _extension_callee(binding: Binding, caller: str | None) -> str | None:
     if caller == binding.a:
         return None
     return binding.a
+
+
+def _phone_list(phones: str) -> list[str]:
+    """Comma-separated numbers with their country codes, as digits, each once."""
+    numbers = [require_international(p, "phones").digits for p in phones.split(",") if p.strip()]
+    if not numbers:
+        raise PnsError(Code.NUMBER_EMPTY, "phones is empty")
+    if len(numbers) > BLOCK_REQUEST_MAX:
+        raise PnsError(Code.BAD_PARAMETER, f"at most {BLOCK_REQUEST_MAX} phones per request")
+    return list(dict.fromkeys(numbers))
+
+
+def _direction_allowed(binding: Binding, caller: str | None) -> bool:
+    """callDirection 1: only A may call; 2: only B (anyone but A, on an extension without B)."""
+    from_a = caller == binding.a
+    if binding.call_direction == DIRECTION_A_ONLY:
+        return from_a
+    if binding.call_direction == DIRECTION_B_ONLY:
+        return not from_a
+    return True
+
+
+# A binding with every field at its default, to check lifecycle fields before a binding exists.
+_PROBE = Binding("", 0, "", "", "", "", 0, "", "", 0, 0, 0, 0)
+
+
+def binding_prompt_data(owner: Account | None, binding: Binding) -> dict[str, str]:
+    """``prompt_data`` with the binding's own fail prompt when it has one."""
+    data = prompt_data(owner)
+    if binding.audio_when_call_fail:
+        data["audioWhenCallFail"] = binding.audio_when_call_fail
+    return data
 
 
 def prompt_data(owner: Account | None) -> dict[str, str]:

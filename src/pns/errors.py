@@ -1,7 +1,7 @@
 """Result codes of the API, in one place, so every layer raises and answers the same numbers.
 
 NXCloud's codes 0, 1001-1005 and 10001-10013 keep their documented meaning; 1006, 1007 and
-10014-10022 are ours (see ``shared/spec/behaviour.md``).
+10014-10024 are ours (see ``shared/spec/behaviour.md``, modes.md, lifecycle.md).
 """
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ class Code(IntEnum):
     GROUP_INVALID = 10020
     GROUP_IN_USE = 10021
     NOT_GROUP_MEMBER = 10022
+    DIRECTION_NOT_ALLOWED = 10023
+    CALLER_BLOCKED = 10024
 
 
 DEFAULT_MSG: dict[Code, str] = {
@@ -74,6 +76,8 @@ DEFAULT_MSG: dict[Code, str] = {
     Code.GROUP_INVALID: "a group holds 1 to 200 numbers of one country code",
     Code.GROUP_IN_USE: "group has active bindings",
     Code.NOT_GROUP_MEMBER: "phoneB is not a member of the group",
+    Code.DIRECTION_NOT_ALLOWED: "call direction not allowed",
+    Code.CALLER_BLOCKED: "caller is blocked",
 }
 
 

@@ -42,6 +42,8 @@ class Account(msgspec.Struct, frozen=True):
     previous_secret: str = ""
     previous_secret_until: int = 0
     created_at: int = 0
+    # lifecycle.md: seconds a number is not given again to a party of an ended binding.
+    cool_off_seconds: int = 0
 
     def secrets_at(self, now: float) -> tuple[str, ...]:
         """Secrets a signature may use now: the current one, and the previous during its grace."""
@@ -61,6 +63,7 @@ class AccountChanges(msgspec.Struct, frozen=True):
     access_secret: str | None = None
     previous_secret: str | None = None
     previous_secret_until: int | None = None
+    cool_off_seconds: int | None = None
 
 
 class VirtualNumber(msgspec.Struct, frozen=True):

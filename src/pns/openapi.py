@@ -36,6 +36,12 @@ _SUMMARIES = {
     "deleteGroup": "Delete a group without active bindings",
     "listGroup": "List the account's groups, paged",
     "bindAXG": "Bind A to a group: every member calling X reaches A",
+    "getAXB": "One active binding by bindId or customerBindId, with every field",
+    "addBlacklist": "Block callers (comma-separated phones) on every number of the account",
+    "removeBlacklist": "Unblock callers (comma-separated phones)",
+    "getBlacklist": "The account's blocked callers, paged",
+    "updateAXB": "Change a binding in place (B, lifetime, flag, lifecycle fields); bindId and "
+                 "X stay",
 }
 _V1_SUMMARIES = {
     "bindAXB": "v1 AXB: A and B reach each other through X",
@@ -80,11 +86,17 @@ _FIELD_DOCS = {
     "bindExpireStrategy": "0 keep, 1 reset, 2 extend the lifetime on each answered call",
     "callInExpireSecond": "Lifetime from the first call-in, in seconds",
     "callInExpireStrategy": "0 keep, 1 reset, 2 extend, after the call-in",
-    "phones": "Comma-separated numbers with their country code (1-200, one country code)",
+    "phones": "Comma-separated numbers with their country codes (a group: 1-200 of one "
+              "country code; a block-list change: at most 1000, the list at most 10000)",
     "groupName": "At most 64 characters (default: the groupId)",
     "remark": "At most 256 characters",
     "groupId": "From createGroup's answer",
     "operateType": "0 add, 1 remove, 2 replace the group's numbers",
+    "callDirection": "0 both ways (default), 1 only A may call, 2 only B may call (10023)",
+    "maxDuration": "Seconds a call may last, 0-86400, 0 = no limit (the switch ends the call)",
+    "renewOnCall": "0-7776000 s, 0 = off: each answered query moves expireAt to "
+                   "max(expireAt, now + renewOnCall); expireAt 0 stays 0",
+    "audioWhenCallFail": "This binding's fail prompt, instead of the account's",
 }
 
 # Codes every action can answer, besides its own (state-changing actions add 1006).
@@ -99,7 +111,8 @@ ACTION_CODES: dict[str, tuple[Code, ...]] = {
                          Code.NO_FREE_EXTENSION),
     "unbindAXB": (Code.BINDING_NOT_EXIST,),
     "getAXBList": (Code.LIMIT_OUT_OF_RANGE, Code.OFFSET_OUT_OF_RANGE),
-    "queryAXB": (Code.NO_COUNTRY_PREFIX, Code.BINDING_NOT_EXIST),
+    "queryAXB": (Code.NO_COUNTRY_PREFIX, Code.BINDING_NOT_EXIST,
+                 Code.DIRECTION_NOT_ALLOWED, Code.CALLER_BLOCKED),
     "reportCall": (Code.BINDING_NOT_EXIST,),
     "getCallRecords": (Code.LIMIT_OUT_OF_RANGE, Code.OFFSET_OUT_OF_RANGE),
     "redeliverCallRecord": (Code.BINDING_NOT_EXIST,),
@@ -110,6 +123,12 @@ ACTION_CODES: dict[str, tuple[Code, ...]] = {
     "listGroup": (Code.LIMIT_OUT_OF_RANGE, Code.OFFSET_OUT_OF_RANGE),
     "bindAXG": (*_BIND_CODES, Code.NUMBERS_EXHAUSTED, Code.GROUP_NOT_EXIST,
                 Code.NOT_GROUP_MEMBER),
+    "getAXB": (Code.BINDING_NOT_EXIST,),
+    "addBlacklist": (Code.NUMBER_EMPTY,),
+    "removeBlacklist": (Code.NUMBER_EMPTY,),
+    "getBlacklist": (Code.LIMIT_OUT_OF_RANGE, Code.OFFSET_OUT_OF_RANGE),
+    "updateAXB": (Code.BINDING_NOT_EXIST, Code.NUMBER_EMPTY, Code.SAME_NUMBER,
+                  Code.COUNTRY_MISMATCH, Code.NO_COUNTRY_PREFIX, Code.PARTY_ALREADY_BOUND),
 }
 _V1_PAIR_CODES = (*_BIND_CODES, Code.NUMBERS_EXHAUSTED)
 _V1_EXTENSION_CODES = (*_V1_PAIR_CODES, Code.INVALID_EXTENSION, Code.NO_FREE_EXTENSION)
@@ -145,6 +164,14 @@ _BINDING_ITEM = _obj(
     groupId={**_S, "description": "the group of an AXG binding"},
     customerUserId={**_S, "description": "XYB: as given at the bind"},
     parentBindId={**_S, "description": "NXEYB: the binding whose call made this one"})
+_BINDING_DETAIL = {
+    **_BINDING_ITEM,
+    "required": [*_BINDING_ITEM["required"], "expireSecond", "callDirection", "maxDuration",
+                 "renewOnCall", "audioWhenCallFail"],
+    "properties": {**_BINDING_ITEM["properties"], "expireSecond": _I,
+                   "callDirection": {**_I, "enum": [0, 1, 2]}, "maxDuration": _I,
+                   "renewOnCall": _I, "audioWhenCallFail": _S},
+}
 _PROMPTS = {"audioWhenCallFail": _S, "audioWhenDtmfNeed": _S, "audioWhenDtmfErr": _S}
 _RECORD = _obj(
     ["id", "callId", "did", "caller", "callee", "callStatus", "duration", "startAt", "hangupAt"],
@@ -168,6 +195,8 @@ DATA_SCHEMAS: dict[str, dict[str, Any] | None] = {
                      calleeDtmf={**_S, "description": "v1 AXB with extensionB, A's calls: "
                                  "digits to key into B's line once B answers"},
                      calleeDtmfDelay={**_I, "description": "seconds to wait before"},
+                     maxDuration={**_I, "description": "seconds the call may last, 0 = no "
+                                  "limit (in every success answer)"},
                      **_PROMPTS),
     "reportCall": _obj(["id", "callId"], id=_I, callId=_S),
     "getCallRecords": _obj(["records", "total"], records={"type": "array", "items": _RECORD},
@@ -180,6 +209,11 @@ DATA_SCHEMAS: dict[str, dict[str, Any] | None] = {
         ["customerId", "groupName", "groupId", "phones", "remark"], customerId=_S,
         groupName=_S, groupId=_S, phones=_S, remark=_S)}, total=_I),
     "bindAXG": _obj(["bindId", "did", "expireAt"], bindId=_S, did=_S, expireAt=_I),
+    "getAXB": _BINDING_DETAIL,
+    "addBlacklist": _obj(["added"], added=_I),
+    "removeBlacklist": _obj(["removed"], removed=_I),
+    "getBlacklist": _obj(["phones", "total"], phones={"type": "array", "items": _S}, total=_I),
+    "updateAXB": _BINDING_DETAIL,
 }
 
 # What ``data`` holds in a v1 bind's answer.

@@ -175,6 +175,9 @@ async def run_server(
         log.info("shutting down: finishing in-flight requests")
         for each in servers:
             await each.shutdown()
+        # Writes that follow answers already sent (renewals, binding-error callbacks).
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(service.settle(), timeout=5)
         for task in background:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -34,6 +34,11 @@ class BindAXBBody(msgspec.Struct):
     flag: IntField = 0
     businessId: str = ""
     phoneX: str = ""
+    # lifecycle.md
+    callDirection: IntField = None
+    maxDuration: IntField = None
+    renewOnCall: IntField = None
+    audioWhenCallFail: str | None = None
 
 
 class BindExtensionBody(msgspec.Struct):
@@ -46,11 +51,40 @@ class BindExtensionBody(msgspec.Struct):
     customerBindId: str = ""
     flag: IntField = 0
     businessId: str = ""
+    # lifecycle.md
+    callDirection: IntField = None
+    maxDuration: IntField = None
+    renewOnCall: IntField = None
+    audioWhenCallFail: str | None = None
 
 
 class UnbindBody(msgspec.Struct):
     bindId: str = ""
     customerBindId: str = ""
+
+
+class GetBindingBody(msgspec.Struct):
+    bindId: str = ""
+    customerBindId: str = ""
+
+
+class UpdateAXBBody(msgspec.Struct):
+    """``updateAXB``: a field left out keeps its value."""
+
+    bindId: str = ""
+    customerBindId: str = ""
+    phoneB: str | None = None
+    expireSecond: IntField = None
+    flag: IntField = None
+    businessId: str | None = None
+    callDirection: IntField = None
+    maxDuration: IntField = None
+    renewOnCall: IntField = None
+    audioWhenCallFail: str | None = None
+
+
+class BlacklistBody(msgspec.Struct):
+    phones: str = ""
 
 
 class ListBody(msgspec.Struct):
@@ -165,8 +199,13 @@ REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
     "V1BindXYBBody": ("businessId", "phoneB"),
     "V1BindNXEYBBody": ("businessId", "phoneB"),
     "RedeliverBody": ("callId",),
+    "BlacklistBody": ("phones",),
 }
-ONE_OF_FIELDS: dict[str, tuple[str, ...]] = {"UnbindBody": ("bindId", "customerBindId")}
+ONE_OF_FIELDS: dict[str, tuple[str, ...]] = {
+    "UnbindBody": ("bindId", "customerBindId"),
+    "GetBindingBody": ("bindId", "customerBindId"),
+    "UpdateAXBBody": ("bindId", "customerBindId"),
+}
 
 
 def accepts_empty_body(shape: type[msgspec.Struct]) -> bool:
@@ -277,6 +316,21 @@ def group_item(group: Group) -> dict[str, Any]:
     return {"customerId": str(group.account_id), "groupName": group.name,
             "groupId": group.group_id, "phones": ",".join(group.members),
             "remark": group.remark}
+def optional_int(value: IntField, name: str) -> int | None:
+    """An integer field whose absence means "not given" (None), not 0."""
+    return None if value is None else int_field(value, name, required=True)
+
+
+def binding_detail(binding: Binding) -> dict[str, Any]:
+    """A ``getAXB`` / ``updateAXB`` answer: the list item plus the fields of lifecycle.md."""
+    return {
+        **binding_item(binding),
+        "expireSecond": binding.expire_second,
+        "callDirection": binding.call_direction,
+        "maxDuration": binding.max_duration,
+        "renewOnCall": binding.renew_on_call,
+        "audioWhenCallFail": binding.audio_when_call_fail,
+    }
 
 
 class CallRecordsBody(msgspec.Struct):

@@ -77,6 +77,21 @@ def summarise_pools(per_x: Sequence[Sequence[Any]],
     return usage
 
 
+_KEPT_BY_REPLACE = ("bind_id", "account_id", "x", "extension", "customer_bind_id",
+                    "bind_type", "created_at")
+
+
+def check_replacement(old: Binding, new: Binding) -> None:
+    """``replace_binding`` changes a binding, never which binding it is: its X, extension and
+    customerBindId stay (so no store moves a binding between shards), and a Y once given
+    stays. A, B and the parties' keys may change (a capture sets A; updateAXB moves B)."""
+    for name in _KEPT_BY_REPLACE:
+        if getattr(old, name) != getattr(new, name):
+            raise StoreError(f"replace_binding cannot change {name}")
+    if old.y and old.y != new.y:
+        raise StoreError("replace_binding cannot change y")
+
+
 class ConflictKind(Enum):
     PARTY = "party"
     EXTENSION = "extension"
@@ -140,6 +155,8 @@ class BindingIndex(Protocol):
       ``BindingLedger``). A repeated bindId is a ``StoreError``, never a conflict.
     - Reads never return an expired binding, swept or not.
     - ``delete_binding`` frees the binding's keys at once.
+    - ``replace_binding`` is a compare-and-swap of one binding, I1 and X exclusivity kept,
+      all or nothing; keys it no longer holds are free at once and its new ones taken.
     """
 
     async def insert_binding(self, binding: Binding, now: int) -> None: ...
@@ -246,6 +263,19 @@ class RecordsStore(Protocol):
         bound on an X of the group (I1)."""
 
     async def delete_group(self, account_id: int, group_id: str) -> bool: ...
+    async def cool_offs(self, parties: Sequence[str], now: int) -> dict[str, int]: ...
+
+    async def record_cool_offs(self, bindings: Sequence[Binding], now: int) -> None:
+        """The cool-offs these ended bindings leave (their account's ``cool_off_seconds``
+        from when each ended: its expireAt if expired at ``now``, else ``now``), for a binding
+        index kept elsewhere (the SQL stores' own bindings record theirs by trigger)."""
+
+    async def add_blocked(self, account_id: int, numbers: Sequence[str], now: int) -> int: ...
+
+    async def remove_blocked(self, account_id: int, numbers: Sequence[str]) -> int: ...
+
+    async def list_blocked(self, account_id: int, limit: int, offset: int
+                           ) -> tuple[list[str], int]: ...
 
 
 class BindingLedger(Protocol):
@@ -273,6 +303,11 @@ class BindingLedger(Protocol):
 
     async def update(self, binding: Binding) -> None:
         """Store the new copy of a binding the index replaced (same bindId)."""
+    async def replace(self, old: Binding, new: Binding,
+                      apply: Callable[[], Awaitable[bool]]) -> bool:
+        """Change the confirmed row of ``old`` to ``new`` when ``apply()`` (the index's
+        compare-and-swap) succeeds, holding the row meanwhile so no sweep or unbind of it
+        runs in between; False, and nothing written, otherwise."""
 
     async def lease_of(self, bind_id: str) -> int | None: ...
 
@@ -393,6 +428,17 @@ class Store(BindingIndex, RecordsStore, Protocol):
     async def delete_binding(self, bind_id: str) -> bool:
         """End a binding now; False when it was already gone."""
 
+    async def replace_binding(self, old: Binding, new: Binding, now: int) -> bool:
+        """Change a binding in place (``updateAXB``, ``renewOnCall``, the captures of
+        modes.md), atomically: ``new`` keeps what ``check_replacement`` names; its A (a
+        capture), B, expiry and the fields beyond the columns may differ. A compare-and-swap:
+        applied only while the stored binding still equals ``old`` and is active (False
+        otherwise: changed or ended meanwhile, nothing written). A key of ``new`` that another
+        active binding holds raises ``BindConflict`` (I1 and X exclusivity; expired holders
+        are released first) and nothing changes. Of two concurrent replacements of one
+        ``old`` at most one succeeds. The next read anywhere (another process's
+        ``find_by_party`` included) sees ``new``, never ``old``."""
+
     async def list_bindings(
         self, account_id: int, limit: int, offset: int, now: int
     ) -> tuple[list[Binding], int]: ...
@@ -488,6 +534,26 @@ class Store(BindingIndex, RecordsStore, Protocol):
     async def requeue_event(self, event_id: str, now: int) -> OutboxEvent | None:
         """Deliver a (failed) event again from ``now``, with a new retry horizon; the event
         id stays, so receivers still de-duplicate. None when no such event."""
+
+    # --- lifecycle.md: cool-offs and the block list (keyed by party and by account) ----------
+    async def cool_offs(self, parties: Sequence[str], now: int) -> dict[str, int]:
+        """X → until when, for every X where any of ``parties`` cools off after ``now``.
+
+        A binding of an account with ``cool_off_seconds`` > 0 leaves, when it ends (unbind,
+        expiry swept or released by an insert, its number removed), a cool-off of that many
+        seconds for each of its parties on its X, from when it ended (its expireAt when it
+        expired). Changed in place (``replace_binding``) it leaves none. The sweeper removes
+        cool-offs that are over."""
+
+    async def add_blocked(self, account_id: int, numbers: Sequence[str], now: int) -> int:
+        """Add callers to the account's block list; returns how many were new."""
+
+    async def remove_blocked(self, account_id: int, numbers: Sequence[str]) -> int:
+        """Remove callers from the block list; returns how many were there."""
+
+    async def list_blocked(self, account_id: int, limit: int, offset: int
+                           ) -> tuple[list[str], int]:
+        """A page of the block list in number order, and its size."""
 
     # --- operators of the admin API, and their audit trail ------------------------------------
     async def create_operator(self, operator: Operator) -> bool:

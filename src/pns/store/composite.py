@@ -52,6 +52,7 @@ from .base import (
     BindingLedger,
     ConflictKind,
     RecordsStore,
+    check_replacement,
     summarise_pools,
 )
 
@@ -200,6 +201,8 @@ class CompositeStore:
         for x, ids, ys in _by_x(bindings):
             _, stored = await self.index.delete_bindings(x, ids, now, expired_only, ys)
             await self._hint(bindings[0].account_id, x, stored)
+        if expired_only:
+            await self.records.record_cool_offs(bindings, now)
         await self.ledger.remove([binding.bind_id for binding in bindings])
 
     async def delete_binding(self, bind_id: str) -> bool:
@@ -213,6 +216,8 @@ class CompositeStore:
             return False
         removed, stored = await self.index.delete_bindings(
             found.x, [bind_id], 0, False, [found.y] if found.y else [])
+        if removed:
+            await self.records.record_cool_offs([found], int(time.time()))
         await self.ledger.remove([bind_id])
         await self._hint(found.account_id, found.x, stored)
         return removed > 0
@@ -245,11 +250,13 @@ class CompositeStore:
                            old.bind_id)
 
     async def replace_binding(self, old: Binding, new: Binding, now: int) -> bool:
-        """The index swaps (its compare-and-swap decides), then the ledger's copy follows."""
-        if not await self.index.replace_binding(old, new, now):
-            return False
-        await self.ledger.update(new)
-        return True
+        """The ledger row is held while X's shard swaps the binding: a sweep of the old expiry
+        or an unbind waits for it (or goes first, and then this changes nothing). A crash
+        after the shard's change and before the ledger's commit leaves the ledger's copy (what
+        listings show) older than the index until the binding's next change."""
+        check_replacement(old, new)
+        return await self.ledger.replace(
+            old, new, lambda: self.index.replace_binding(old, new, now))
 
     async def get_binding(self, bind_id: str, now: int) -> Binding | None:
         return await self.index.get_binding(bind_id, now)
@@ -279,6 +286,7 @@ class CompositeStore:
             for x, ids, ys in _by_x(bindings):
                 _, stored = await self.index.delete_bindings(x, ids, now, True, ys)
                 await self._hint(bindings[0].account_id, x, stored)
+            await self.records.record_cool_offs(bindings, now)
 
         gone = await self.ledger.sweep_expired(now, limit, drop)
         for held, lease_until in await self.ledger.stale(now_ms(), limit):

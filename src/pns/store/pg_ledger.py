@@ -12,7 +12,7 @@ PostgreSQL store used without ``--bindings`` never has it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import asyncpg
@@ -95,6 +95,23 @@ class PgBindingLedger:
                 if row is not None and decode_binding(row[0]).bind_id != binding.bind_id:
                     return decode_binding(row[0]), int(row[1])
             raise StoreError(f"bindId {binding.bind_id} exists")
+
+    async def replace(self, old: Binding, new: Binding,
+                      apply: Callable[[], Awaitable[bool]]) -> bool:
+        """Change a confirmed row from ``old`` to ``new`` around ``apply()`` (the index's
+        change), under the row's lock: a sweeper or unbind holding the row goes first (then
+        this finds the row gone: False), and one waiting for it sees the new expiry. Nothing
+        is written when the row is not ``old``'s, or ``apply`` refuses or raises."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            body = await conn.fetchval(
+                "SELECT body FROM pns_binding_ledger WHERE bind_id = $1 AND lease_until = 0 "
+                "FOR UPDATE", old.bind_id)
+            if body is None or decode_binding(body) != old or not await apply():
+                return False
+            await conn.execute(
+                "UPDATE pns_binding_ledger SET body = $2, expire_at = $3 WHERE bind_id = $1",
+                old.bind_id, encode_binding(new), new.expire_at)
+        return True
 
     async def set_lease(self, bind_id: str, lease_until: int) -> None:
         """0 confirms a reservation; a negative deadline marks a binding being unbound.

@@ -50,6 +50,7 @@ from .base import (
     BindConflict,
     ConflictKind,
     StoreError,
+    check_replacement,
     summarise_pools,
 )
 from .callrefs import CallRefBuffer
@@ -69,7 +70,7 @@ from .sql import INSERT_EVENT, INSERT_RECORD, Sql, SqlRecords, event_params, rec
 T = TypeVar("T")
 _log = logging.getLogger("pns.store.postgres")
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 # The migration to this version seals the secrets older releases stored in plain text.
 SEALED_SECRETS_VERSION = 4
 
@@ -471,6 +472,44 @@ _MIGRATIONS: list[str] = [
         RETURN new_seq;
     END $$;
     """,
+    # 8 (lifecycle.md): each account's cool-off and block list; the cool-offs a binding's end
+    # leaves, recorded by a trigger on every statement that ends bindings (unbind, sweep, an
+    # expired holder released by a bind, a number removed). An expired binding ended at its
+    # expireAt, any other now. Grouped and ordered, so concurrent sweeps lock alike.
+    """
+    ALTER TABLE accounts ADD COLUMN cool_off_seconds BIGINT NOT NULL DEFAULT 0;
+    CREATE TABLE blocked_callers (
+        account_id BIGINT NOT NULL,
+        number TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        PRIMARY KEY (account_id, number)
+    );
+    CREATE TABLE cool_offs (
+        number TEXT NOT NULL,
+        x TEXT NOT NULL,
+        until BIGINT NOT NULL,
+        PRIMARY KEY (number, x)
+    );
+    CREATE INDEX cool_offs_until ON cool_offs (until);
+    CREATE FUNCTION pns_bindings_cool_off() RETURNS trigger LANGUAGE plpgsql AS $$
+    DECLARE
+        t BIGINT := floor(extract(epoch FROM clock_timestamp()))::BIGINT;
+    BEGIN
+        INSERT INTO cool_offs (number, x, until)
+            SELECT p.number, o.x,
+                   max(CASE WHEN o.expire_at BETWEEN 1 AND t THEN o.expire_at ELSE t END
+                       + a.cool_off_seconds)
+            FROM old_rows o JOIN accounts a ON a.id = o.account_id
+            CROSS JOIN LATERAL (VALUES (o.a), (o.b)) AS p (number)
+            WHERE a.cool_off_seconds > 0 AND p.number <> ''
+            GROUP BY p.number, o.x ORDER BY p.number, o.x
+        ON CONFLICT (number, x) DO UPDATE SET until = greatest(cool_offs.until, excluded.until);
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER bindings_cool_off AFTER DELETE ON bindings
+        REFERENCING OLD TABLE AS old_rows
+        FOR EACH STATEMENT EXECUTE FUNCTION pns_bindings_cool_off();
+    """,
 ]
 
 _CONFLICTS = {
@@ -498,6 +537,7 @@ def _group_from_row(row: Any) -> Group:
 
 
 async def _replace(conn: Any, old: Binding, new: Binding, now: int) -> bool:
+    check_replacement(old, new)
     row = await conn.fetchrow(
         f"SELECT {_BINDING_COLUMNS} FROM bindings b WHERE b.bind_id = $1 FOR UPDATE",
         old.bind_id)
@@ -505,6 +545,10 @@ async def _replace(conn: Any, old: Binding, new: Binding, now: int) -> bool:
         return False
     await conn.execute("DELETE FROM bindings WHERE bind_id = $1", old.bind_id)
     await _insert(conn, new, now)
+    # A change, not an end: the parties that stay leave no cool-off (the delete's trigger
+    # recorded one); a B replaced does.
+    await conn.execute("DELETE FROM cool_offs WHERE x = $1 AND number IN ($2, $3)",
+                       new.x, new.a, new.b)
     return True
 
 
@@ -1077,6 +1121,53 @@ class PostgresStore(SqlRecords):
 
         return bool(await self._retry(work))
 
+    # --- lifecycle.md: cool-offs and the block list -----------------------------------------
+    async def cool_offs(self, parties: Sequence[str], now: int) -> dict[str, int]:
+        rows = await self._pool.fetch(
+            "SELECT x, max(until) FROM cool_offs WHERE number = ANY($1::text[]) AND until > $2 "
+            "GROUP BY x", list(parties), now)
+        return {row[0]: int(row[1]) for row in rows}
+
+    async def record_cool_offs(self, bindings: Sequence[Binding], now: int) -> None:
+        """The cool-offs these ended bindings leave, for a binding index outside this
+        database (``CompositeStore``); here the ``bindings`` table's trigger does it."""
+        rows = [(party, b.x, b.expire_at if 0 < b.expire_at <= now else now, b.account_id)
+                for b in bindings for party in b.parties()]
+        if not rows:
+            return
+        await self._pool.execute(
+            "INSERT INTO cool_offs (number, x, until) "
+            "SELECT r.number, r.x, max(r.ended + a.cool_off_seconds) "
+            "FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[]) "
+            "AS r (number, x, ended, account_id) JOIN accounts a ON a.id = r.account_id "
+            "WHERE a.cool_off_seconds > 0 GROUP BY r.number, r.x ORDER BY r.number, r.x "
+            "ON CONFLICT (number, x) DO UPDATE SET until = greatest(cool_offs.until, "
+            "excluded.until)",
+            *[list(column) for column in zip(*rows, strict=True)])
+
+    async def add_blocked(self, account_id: int, numbers: Sequence[str], now: int) -> int:
+        return _rowcount(str(await self._pool.execute(
+            "INSERT INTO blocked_callers (account_id, number, created_at) "
+            "SELECT $1, n, $3 FROM unnest($2::text[]) AS n ON CONFLICT DO NOTHING",
+            account_id, list(numbers), now)))
+
+    async def remove_blocked(self, account_id: int, numbers: Sequence[str]) -> int:
+        return _rowcount(str(await self._pool.execute(
+            "DELETE FROM blocked_callers WHERE account_id = $1 AND number = ANY($2::text[])",
+            account_id, list(numbers))))
+
+    async def list_blocked(self, account_id: int, limit: int, offset: int
+                           ) -> tuple[list[str], int]:
+        async with self._pool.acquire() as conn, conn.transaction(
+            isolation="repeatable_read", readonly=True
+        ):
+            rows = await conn.fetch(
+                "SELECT number FROM blocked_callers WHERE account_id = $1 ORDER BY number "
+                "LIMIT $2 OFFSET $3", account_id, limit, offset)
+            total = await conn.fetchval(
+                "SELECT count(*) FROM blocked_callers WHERE account_id = $1", account_id)
+        return [row[0] for row in rows], int(total)
+
     async def _one_binding(self, where: str, *params: Any) -> Binding | None:
         row = await self._pool.fetchrow(
             f"SELECT {_BINDING_COLUMNS} FROM bindings b WHERE {where} "
@@ -1211,6 +1302,13 @@ class PostgresStore(SqlRecords):
         gone = _rowcount(await self._retry(
             batch("bindings", "seq", "expire_at > 0 AND expire_at <= $1", now)))
         await self._retry(batch("signatures", "key", "expires_at <= $1", now))
+
+        async def cool_offs(conn: Any) -> None:
+            await conn.execute(
+                "DELETE FROM cool_offs WHERE (number, x) IN (SELECT number, x FROM cool_offs "
+                "WHERE until <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)", now, limit)
+
+        await self._retry(cool_offs)
         # callIds sort by time: the primary key finds the old ones.
         await self._retry(batch("calls", "call_id", "call_id < $1",
                                 snowflake_floor(now - CALL_RETENTION)))

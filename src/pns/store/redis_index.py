@@ -62,7 +62,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..ids import bind_id_x
 from ..model import Binding, binding_from_row, binding_row
-from .base import BindConflict, ConflictKind, StoreError
+from .base import BindConflict, ConflictKind, StoreError, check_replacement
 
 _log = logging.getLogger("pns.store.redis")
 
@@ -182,6 +182,26 @@ drop(id)
 redis.call('HSET', KEYS[1], id, ARGV[4])
 for i = 6, #ARGV do redis.call('HSET', KEYS[2], ARGV[i], id) end
 if ext ~= '' then redis.call('HSET', KEYS[3], ext, id) end
+return redis.call('HLEN', KEYS[1])
+"""
+
+# KEYS b, p, e; ARGV now, bindId, old body, new body (same bindId, X, A and extension).
+# Returns 'changed' when the stored body is not the old one, 'party' when the new B is held
+# (nothing written then), else the number of bindings stored on X.
+_REPLACE = _PRELUDE + """
+local id, old, new = ARGV[2], ARGV[3], ARGV[4]
+if redis.call('HGET', KEYS[1], id) ~= old then return 'changed' end
+local was, will = cjson.decode(old), cjson.decode(new)
+if will[5] ~= was[5] then
+  if will[5] ~= '' then
+    if will[5] == will[4] or holder(KEYS[2], will[5]) then return 'party' end
+  end
+  if was[5] ~= '' and redis.call('HGET', KEYS[2], was[5]) == id then
+    redis.call('HDEL', KEYS[2], was[5])
+  end
+  if will[5] ~= '' then redis.call('HSET', KEYS[2], will[5], id) end
+end
+redis.call('HSET', KEYS[1], id, new)
 return redis.call('HLEN', KEYS[1])
 """
 
@@ -495,8 +515,7 @@ class RedisBindingIndex:
         """Compare-and-swap of one binding: on Y first (where it has one), then on X, each in
         one script; a refusal on X swaps Y back. The records side's copy is the caller's
         (``CompositeStore.replace_binding``)."""
-        if old.bind_id != new.bind_id or old.x != new.x or (old.y and old.y != new.y):
-            raise StoreError("a replacement keeps its bindId, X and Y")
+        check_replacement(old, new)
         on_x, on_y = self._split_keys(new)
         if on_y:
             if old.y:

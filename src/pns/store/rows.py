@@ -12,7 +12,7 @@ from ..vault import Keyring
 ACCOUNT_COLUMNS = (
     "id, name, access_key, access_secret, role, enabled, audio_when_call_fail, "
     "audio_when_dtmf_need, audio_when_dtmf_err, callback_url, previous_secret, "
-    "previous_secret_until, created_at"
+    "previous_secret_until, created_at, cool_off_seconds"
 )
 RECORD_COLUMNS = (
     "call_id, account_id, bind_id, customer_bind_id, business_id, did, caller, callee, "
@@ -32,7 +32,7 @@ def account_from_row(row: Sequence[Any], keyring: Keyring) -> Account:
         role=Role(row[4]), enabled=bool(row[5]), audio_when_call_fail=row[6],
         audio_when_dtmf_need=row[7], audio_when_dtmf_err=row[8], callback_url=row[9],
         previous_secret=keyring.unseal(row[10], secret_context("previous_secret", row[2])),
-        previous_secret_until=row[11], created_at=row[12],
+        previous_secret_until=row[11], created_at=row[12], cool_off_seconds=row[13],
     )
 
 
@@ -68,6 +68,7 @@ def changes_as_columns(changes: AccountChanges, *, bool_as_int: bool) -> dict[st
         "access_secret": changes.access_secret,
         "previous_secret": changes.previous_secret,
         "previous_secret_until": changes.previous_secret_until,
+        "cool_off_seconds": changes.cool_off_seconds,
     }
     return {column: value for column, value in columns.items() if value is not None}
 

@@ -63,6 +63,7 @@ from .base import (
     BindConflict,
     ConflictKind,
     StoreError,
+    check_replacement,
     summarise_pools,
 )
 from .callrefs import CallRefBuffer
@@ -80,7 +81,7 @@ from .rows import (
 from .sql import INSERT_EVENT, INSERT_RECORD, Sql, SqlRecords, event_params, record_params
 from .walheader import WalHeader
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 # The migration to this version seals the secrets older releases stored in plain text.
 SEALED_SECRETS_VERSION = 4
 _log = logging.getLogger("pns.store.sqlite")
@@ -373,6 +374,37 @@ _MIGRATIONS: list[str] = [
         number TEXT NOT NULL,
         PRIMARY KEY (group_id, number)
     ) WITHOUT ROWID;
+    """,
+    # 8 (lifecycle.md): each account's cool-off and block list; the cool-offs a binding's end
+    # leaves, recorded by a trigger on every way a binding ends (unbind, sweep, an expired
+    # holder released by an insert, a number removed). An expired binding ended at its
+    # expireAt, any other now (the wall clock: a trigger has no other).
+    """
+    ALTER TABLE accounts ADD COLUMN cool_off_seconds INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE blocked_callers (
+        account_id INTEGER NOT NULL,
+        number TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (account_id, number)
+    ) WITHOUT ROWID;
+    CREATE TABLE cool_offs (
+        number TEXT NOT NULL,
+        x TEXT NOT NULL,
+        until INTEGER NOT NULL,
+        PRIMARY KEY (number, x)
+    ) WITHOUT ROWID;
+    CREATE INDEX cool_offs_until ON cool_offs(until);
+    CREATE TRIGGER bindings_cool_off AFTER DELETE ON bindings
+        WHEN (SELECT cool_off_seconds FROM accounts WHERE id = OLD.account_id) > 0 BEGIN
+        INSERT INTO cool_offs (number, x, until)
+            SELECT p.number, OLD.x, (CASE WHEN OLD.expire_at BETWEEN 1 AND unixepoch()
+                                     THEN OLD.expire_at ELSE unixepoch() END)
+                                    + a.cool_off_seconds
+            FROM accounts a, (SELECT OLD.a AS number UNION ALL
+                              SELECT OLD.b WHERE OLD.b <> '') p
+            WHERE a.id = OLD.account_id
+        ON CONFLICT (number, x) DO UPDATE SET until = max(until, excluded.until);
+    END;
     """,
 ]
 
@@ -1224,6 +1256,59 @@ class SqliteStore(SqlRecords):
         )
         return {row[0] for row in rows}
 
+    # --- lifecycle.md: cool-offs and the block list -----------------------------------------
+    async def cool_offs(self, parties: Sequence[str], now: int) -> dict[str, int]:
+        rows = self._read.execute(
+            f"SELECT x, max(until) FROM cool_offs WHERE number IN "
+            f"({', '.join('?' * len(parties))}) AND until > ? GROUP BY x",
+            (*parties, now)).fetchall()
+        return {row[0]: int(row[1]) for row in rows}
+
+    async def record_cool_offs(self, bindings: Sequence[Binding], now: int) -> None:
+        """As the trigger does for this store's own bindings (``Store.cool_offs``)."""
+        rows = [(party, b.x, (b.expire_at if 0 < b.expire_at <= now else now), b.account_id)
+                for b in bindings for party in b.parties()]
+
+        def work() -> None:
+            self._conn.executemany(
+                "INSERT INTO cool_offs (number, x, until) SELECT ?, ?, ? + cool_off_seconds "
+                "FROM accounts WHERE id = ? AND cool_off_seconds > 0 "
+                "ON CONFLICT (number, x) DO UPDATE SET until = max(until, excluded.until)",
+                rows)
+
+        if rows:
+            await self._batched(work)
+
+    async def add_blocked(self, account_id: int, numbers: Sequence[str], now: int) -> int:
+        def work() -> int:
+            return self._conn.executemany(
+                "INSERT INTO blocked_callers (account_id, number, created_at) VALUES (?, ?, ?) "
+                "ON CONFLICT DO NOTHING", [(account_id, n, now) for n in numbers]).rowcount
+
+        return await self._batched(work)
+
+    async def remove_blocked(self, account_id: int, numbers: Sequence[str]) -> int:
+        def work() -> int:
+            return self._conn.executemany(
+                "DELETE FROM blocked_callers WHERE account_id = ? AND number = ?",
+                [(account_id, n) for n in numbers]).rowcount
+
+        return await self._batched(work)
+
+    async def list_blocked(self, account_id: int, limit: int, offset: int
+                           ) -> tuple[list[str], int]:
+        read = self._read
+        read.execute("BEGIN")
+        try:
+            rows = read.execute(
+                "SELECT number FROM blocked_callers WHERE account_id = ? ORDER BY number "
+                "LIMIT ? OFFSET ?", (account_id, limit, offset)).fetchall()
+            (total,) = read.execute("SELECT count(*) FROM blocked_callers WHERE account_id = ?",
+                                    (account_id,)).fetchone()
+        finally:
+            read.execute("COMMIT")
+        return [row[0] for row in rows], int(total)
+
     # --- the in-memory index -----------------------------------------------------------------
     def _start_index(self) -> None:
         """Build the read index: at once for a small store; for a large one (seconds at 10^6)
@@ -1306,11 +1391,20 @@ class SqliteStore(SqlRecords):
             while batch := rows.fetchmany(4096):
                 index.add_rows(batch)
                 self._index_seq = batch[-1][0]
+            ended: list[int] = []
             for row in read.execute(
                     "SELECT id, seq, x, a, b, extension FROM binding_deletions WHERE id > ? "
                     "ORDER BY id", (self._index_deletion,)):
                 index.remove(row[1], row[2], row[3], row[4], row[5])
                 self._index_deletion = row[0]
+                ended.append(row[1])
+            # A row changed in place (``replace_binding``) logged its old keys and is still
+            # there: read it again. A row deleted is not found.
+            for start in range(0, len(ended), 500):
+                chunk = ended[start:start + 500]
+                index.add_rows(read.execute(
+                    f"SELECT b.seq, {_BINDING_COLUMNS} FROM bindings b WHERE b.seq IN "
+                    f"({', '.join('?' * len(chunk))}) ORDER BY b.seq", chunk).fetchall())
         finally:
             read.execute("COMMIT")
         self._index_version = version
@@ -1351,6 +1445,9 @@ class SqliteStore(SqlRecords):
                 "WHERE call_id < ? LIMIT ?)",
                 (snowflake_floor(now - CALL_RETENTION), limit),
             )
+            self._conn.execute(
+                "DELETE FROM cool_offs WHERE (number, x) IN (SELECT number, x FROM cool_offs "
+                "WHERE until <= ? LIMIT ?)", (now, limit))
             # Indexes further behind than the log keeps reload from the bindings.
             self._conn.execute(
                 "DELETE FROM binding_deletions WHERE id IN (SELECT id FROM binding_deletions "
@@ -1497,6 +1594,7 @@ def _group_from_row(row: Sequence[Any]) -> Group:
 
 
 def _replace(conn: sqlite3.Connection, old: Binding, new: Binding, now: int) -> bool:
+    check_replacement(old, new)
     stored = conn.execute(
         f"SELECT {_BINDING_COLUMNS} FROM bindings b WHERE b.bind_id = ?",
         (old.bind_id,)).fetchone()
@@ -1504,6 +1602,10 @@ def _replace(conn: sqlite3.Connection, old: Binding, new: Binding, now: int) -> 
         return False
     conn.execute("DELETE FROM bindings WHERE bind_id = ?", (old.bind_id,))
     _insert(conn, new, now)
+    # A change, not an end: the parties that stay leave no cool-off (the delete's trigger
+    # recorded one); a B replaced does.
+    conn.execute("DELETE FROM cool_offs WHERE x = ? AND number IN (?, ?)",
+                 (new.x, new.a, new.b))
     return True
 
 
