@@ -545,10 +545,10 @@ async def _replace(conn: Any, old: Binding, new: Binding, now: int) -> bool:
         return False
     await conn.execute("DELETE FROM bindings WHERE bind_id = $1", old.bind_id)
     await _insert(conn, new, now)
-    # A change, not an end: the parties that stay leave no cool-off (the delete's trigger
-    # recorded one); a B replaced does.
-    await conn.execute("DELETE FROM cool_offs WHERE x = $1 AND number IN ($2, $3)",
-                       new.x, new.a, new.b)
+    # A change, not an end (lifecycle.md: cool-off follows an unbind or an expiry): the
+    # delete's trigger recorded cool-offs for its parties; none stays.
+    await conn.execute("DELETE FROM cool_offs WHERE x = $1 AND number IN ($2, $3, $4)",
+                       new.x, old.a, old.b, new.b)
     return True
 
 

@@ -185,26 +185,6 @@ if ext ~= '' then redis.call('HSET', KEYS[3], ext, id) end
 return redis.call('HLEN', KEYS[1])
 """
 
-# KEYS b, p, e; ARGV now, bindId, old body, new body (same bindId, X, A and extension).
-# Returns 'changed' when the stored body is not the old one, 'party' when the new B is held
-# (nothing written then), else the number of bindings stored on X.
-_REPLACE = _PRELUDE + """
-local id, old, new = ARGV[2], ARGV[3], ARGV[4]
-if redis.call('HGET', KEYS[1], id) ~= old then return 'changed' end
-local was, will = cjson.decode(old), cjson.decode(new)
-if will[5] ~= was[5] then
-  if will[5] ~= '' then
-    if will[5] == will[4] or holder(KEYS[2], will[5]) then return 'party' end
-  end
-  if was[5] ~= '' and redis.call('HGET', KEYS[2], was[5]) == id then
-    redis.call('HDEL', KEYS[2], was[5])
-  end
-  if will[5] ~= '' then redis.call('HSET', KEYS[2], will[5], id) end
-end
-redis.call('HSET', KEYS[1], id, new)
-return redis.call('HLEN', KEYS[1])
-"""
-
 # KEYS b, p, e; ARGV now, expired_only (0/1), bindId...: {removed, bindings stored on X}.
 _DELETE = _PRELUDE + """
 local removed = 0

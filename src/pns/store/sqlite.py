@@ -1602,10 +1602,10 @@ def _replace(conn: sqlite3.Connection, old: Binding, new: Binding, now: int) -> 
         return False
     conn.execute("DELETE FROM bindings WHERE bind_id = ?", (old.bind_id,))
     _insert(conn, new, now)
-    # A change, not an end: the parties that stay leave no cool-off (the delete's trigger
-    # recorded one); a B replaced does.
-    conn.execute("DELETE FROM cool_offs WHERE x = ? AND number IN (?, ?)",
-                 (new.x, new.a, new.b))
+    # A change, not an end (lifecycle.md: cool-off follows an unbind or an expiry): the
+    # delete's trigger recorded cool-offs for its parties; none stays.
+    conn.execute("DELETE FROM cool_offs WHERE x = ? AND number IN (?, ?, ?)",
+                 (new.x, old.a, old.b, new.b))
     return True
 
 
