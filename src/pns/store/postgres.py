@@ -28,8 +28,6 @@ import asyncpg
 
 from ..ids import snowflake_floor
 from ..model import (
-    Account,
-    AccountChanges,
     Binding,
     CallRecord,
     CallRef,
@@ -39,7 +37,6 @@ from ..model import (
     OutboxEvent,
     PoolStats,
     PoolUsage,
-    Role,
     VirtualNumber,
     binding_from_row,
     binding_row,
@@ -55,14 +52,8 @@ from .base import (
 )
 from .callrefs import CallRefBuffer
 from .rows import (
-    ACCOUNT_COLUMNS,
-    EVENT_COLUMNS,
     SECRET_COLUMNS,
-    account_from_row,
-    changes_as_columns,
-    event_from_row,
     redact,
-    seal_secret_columns,
     secret_context,
 )
 from .sql import INSERT_EVENT, INSERT_RECORD, Sql, SqlRecords, event_params, record_params
@@ -831,53 +822,6 @@ class PostgresStore(SqlRecords):
         raise AssertionError("unreachable")
 
     # --- accounts --------------------------------------------------------------------------
-    async def create_account(
-        self, name: str, role: Role, access_key: str, access_secret: str, now: int
-    ) -> Account:
-        row = await self._pool.fetchrow(
-            "INSERT INTO accounts (name, access_key, access_secret, role, created_at) "
-            f"VALUES ($1, $2, $3, $4, $5) RETURNING {ACCOUNT_COLUMNS}",
-            name, access_key,
-            self._keyring.seal(access_secret, secret_context("access_secret", access_key)),
-            role.value, now,
-        )
-        return account_from_row(row, self._keyring)
-
-    async def _account(self, where: str, value: Any) -> Account | None:
-        row = await self._pool.fetchrow(
-            f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE {where} = $1", value
-        )
-        return account_from_row(row, self._keyring) if row else None
-
-    async def get_account(self, access_key: str) -> Account | None:
-        return await self._account("access_key", access_key)
-
-    async def get_account_by_id(self, account_id: int) -> Account | None:
-        return await self._account("id", account_id)
-
-    async def list_accounts(self) -> list[Account]:
-        rows = await self._pool.fetch(f"SELECT {ACCOUNT_COLUMNS} FROM accounts ORDER BY id")
-        return [account_from_row(row, self._keyring) for row in rows]
-
-    async def update_account(self, access_key: str, changes: AccountChanges) -> Account | None:
-        fields = seal_secret_columns(changes_as_columns(changes, bool_as_int=False),
-                                     self._keyring, access_key)
-        if not fields:
-            return await self.get_account(access_key)
-        assignments = ", ".join(
-            f"{column} = ${index}" for index, column in enumerate(fields, start=2)
-        )
-
-        async def work(conn: Any) -> Any:
-            return await conn.fetchrow(
-                f"UPDATE accounts SET {assignments} WHERE access_key = $1 "
-                f"RETURNING {ACCOUNT_COLUMNS}",
-                access_key, *fields.values(),
-            )
-
-        row = await self._retry(work)
-        return account_from_row(row, self._keyring) if row else None
-
     # --- numbers ---------------------------------------------------------------------------
     async def add_numbers(self, numbers: Sequence[VirtualNumber]) -> list[str]:
         if not numbers:
@@ -916,11 +860,6 @@ class PostgresStore(SqlRecords):
             "SELECT x, account_id, country_code, enabled FROM numbers WHERE x = $1", x
         )
         return VirtualNumber(row[0], row[1], row[2], row[3]) if row else None
-
-    async def number_owners(self, xs: Sequence[str]) -> dict[str, int]:
-        rows = await self._pool.fetch(
-            "SELECT x, account_id FROM numbers WHERE x = ANY($1::text[])", list(xs))
-        return {str(r[0]): int(r[1]) for r in rows}
 
     async def set_numbers_enabled(self, xs: Sequence[str], enabled: bool) -> list[str]:
         rows = await self._pool.fetch(
@@ -1122,12 +1061,6 @@ class PostgresStore(SqlRecords):
         return bool(await self._retry(work))
 
     # --- lifecycle.md: cool-offs and the block list -----------------------------------------
-    async def cool_offs(self, parties: Sequence[str], now: int) -> dict[str, int]:
-        rows = await self._pool.fetch(
-            "SELECT x, max(until) FROM cool_offs WHERE number = ANY($1::text[]) AND until > $2 "
-            "GROUP BY x", list(parties), now)
-        return {row[0]: int(row[1]) for row in rows}
-
     async def record_cool_offs(self, bindings: Sequence[Binding], now: int) -> None:
         """The cool-offs these ended bindings leave, for a binding index outside this
         database (``CompositeStore``); here the ``bindings`` table's trigger does it."""
@@ -1144,29 +1077,6 @@ class PostgresStore(SqlRecords):
             "ON CONFLICT (number, x) DO UPDATE SET until = greatest(cool_offs.until, "
             "excluded.until)",
             *[list(column) for column in zip(*rows, strict=True)])
-
-    async def add_blocked(self, account_id: int, numbers: Sequence[str], now: int) -> int:
-        return _rowcount(str(await self._pool.execute(
-            "INSERT INTO blocked_callers (account_id, number, created_at) "
-            "SELECT $1, n, $3 FROM unnest($2::text[]) AS n ON CONFLICT DO NOTHING",
-            account_id, list(numbers), now)))
-
-    async def remove_blocked(self, account_id: int, numbers: Sequence[str]) -> int:
-        return _rowcount(str(await self._pool.execute(
-            "DELETE FROM blocked_callers WHERE account_id = $1 AND number = ANY($2::text[])",
-            account_id, list(numbers))))
-
-    async def list_blocked(self, account_id: int, limit: int, offset: int
-                           ) -> tuple[list[str], int]:
-        async with self._pool.acquire() as conn, conn.transaction(
-            isolation="repeatable_read", readonly=True
-        ):
-            rows = await conn.fetch(
-                "SELECT number FROM blocked_callers WHERE account_id = $1 ORDER BY number "
-                "LIMIT $2 OFFSET $3", account_id, limit, offset)
-            total = await conn.fetchval(
-                "SELECT count(*) FROM blocked_callers WHERE account_id = $1", account_id)
-        return [row[0] for row in rows], int(total)
 
     async def _one_binding(self, where: str, *params: Any) -> Binding | None:
         row = await self._pool.fetchrow(
@@ -1340,36 +1250,6 @@ class PostgresStore(SqlRecords):
             return True
 
         return await self._retry(work)
-
-    async def lease_events(self, now: int, limit: int, lease_seconds: int, *, holder: str,
-                           skip_accounts: Sequence[int] = ()) -> list[OutboxEvent]:
-        """One leaser per event across processes: rows another leaser holds are skipped, and a
-        row leased meanwhile fails the re-check of ``lease_until``."""
-
-        async def work(conn: Any) -> list[Any]:
-            return list(await conn.fetch(
-                "UPDATE outbox SET lease_until = $1, lease_owner = $4 WHERE event_id = ANY(ARRAY("
-                " SELECT event_id FROM outbox WHERE state = 'pending' "
-                " AND next_attempt_at <= $2 AND lease_until <= $2 "
-                " AND NOT (account_id = ANY($5::bigint[])) "
-                " ORDER BY next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED)) "
-                "AND state = 'pending' AND lease_until <= $2 "
-                f"RETURNING {EVENT_COLUMNS}",
-                now + lease_seconds, now, limit, holder, list(skip_accounts),
-            ))
-
-        events = [event_from_row(row) for row in await self._retry(work)]
-        events.sort(key=lambda event: (event.next_attempt_at, event.created_at))
-        return events
-
-    async def events_for_calls(self, call_ids: Sequence[str]) -> list[OutboxEvent]:
-        if not call_ids:
-            return []
-        rows = await self._pool.fetch(
-            f"SELECT {EVENT_COLUMNS} FROM outbox WHERE call_id <> '' "
-            "AND call_id = ANY($1::text[]) ORDER BY created_at", list(call_ids),
-        )
-        return [event_from_row(row) for row in rows]
 
     # --- operators -------------------------------------------------------------------------
 

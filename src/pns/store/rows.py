@@ -54,13 +54,11 @@ def seal_secret_columns(columns: dict[str, Any], keyring: Keyring,
     }
 
 
-def changes_as_columns(changes: AccountChanges, *, bool_as_int: bool) -> dict[str, Any]:
-    """The columns an update sets (None: left as it is). SQLite keeps booleans as integers."""
-    enabled: bool | int | None = changes.enabled
-    if bool_as_int and changes.enabled is not None:
-        enabled = int(changes.enabled)
+def changes_as_columns(changes: AccountChanges) -> dict[str, Any]:
+    """The columns an update sets (None: left as it is). ``sqlite3`` binds a bool as 1 or 0,
+    the integer SQLite keeps."""
     columns = {
-        "enabled": enabled,
+        "enabled": changes.enabled,
         "audio_when_call_fail": changes.audio_when_call_fail,
         "audio_when_dtmf_need": changes.audio_when_dtmf_need,
         "audio_when_dtmf_err": changes.audio_when_dtmf_err,

@@ -16,28 +16,63 @@ index with its locks).
 
 from __future__ import annotations
 
+import functools
+import json
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..ids import WORKER_IDS
-from ..model import AuditEntry, CallRecord, EventState, Operator, OperatorRole, OutboxEvent
+from ..model import (
+    Account,
+    AccountChanges,
+    AuditEntry,
+    CallRecord,
+    EventState,
+    Operator,
+    OperatorRole,
+    OutboxEvent,
+    Role,
+)
 from .base import Retention
-from .rows import EVENT_COLUMNS, RECORD_COLUMNS, event_from_row
+
+if TYPE_CHECKING:
+    from ..vault import Keyring
+from .rows import (
+    ACCOUNT_COLUMNS,
+    EVENT_COLUMNS,
+    RECORD_COLUMNS,
+    account_from_row,
+    changes_as_columns,
+    event_from_row,
+    seal_secret_columns,
+    secret_context,
+)
 
 # ``:name``, but not a PostgreSQL cast (``::bigint``) nor a colon inside a word.
 _PARAM = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 _SKIP_LOCKED = "{skip_locked}"
+# ``key {in_once} SELECT ... {end_once}``: the rows a subquery names, evaluated once. PostgreSQL
+# may run ``IN (SELECT ... LIMIT n FOR UPDATE SKIP LOCKED)`` more than once in an UPDATE or a
+# DELETE and so touch more than n rows; ``= ANY(ARRAY(...))`` runs it once.
+_ONCE = {"sqlite": ("IN (", ")"), "pg": ("= ANY(ARRAY(", "))")}
+# ``{texts:name}`` / ``{ints:name}``: a list parameter as a table of one column ``item``, to
+# use as ``x IN {texts:xs}`` or ``SELECT l.item FROM {texts:xs} AS l``. SQLite reads it from
+# JSON text, PostgreSQL from an array.
+_LIST = re.compile(r"\{(texts|ints):([A-Za-z_]\w*)\}")
+_PG_ARRAY = {"texts": "text[]", "ints": "bigint[]"}
 
 
 class Sql:
     """One query in both dialects."""
 
-    __slots__ = ("names", "pg", "sqlite")
+    __slots__ = ("lists", "names", "pg", "sqlite")
 
     def __init__(self, text: str):
-        self.sqlite = text.replace(_SKIP_LOCKED, "")
+        self.lists = frozenset(match.group(2) for match in _LIST.finditer(text))
+        self.sqlite = _LIST.sub(lambda m: f"(SELECT value AS item FROM json_each(:{m.group(2)}))",
+                                _fill(text, "", _ONCE["sqlite"]))
         names: list[str] = []
 
         def number(match: re.Match[str]) -> str:
@@ -46,12 +81,37 @@ class Sql:
                 names.append(name)
             return f"${names.index(name) + 1}"
 
-        self.pg = _PARAM.sub(number, text.replace(_SKIP_LOCKED, "FOR UPDATE SKIP LOCKED"))
+        pg = _LIST.sub(lambda m: f"(SELECT unnest(CAST(:{m.group(2)} AS "
+                                 f"{_PG_ARRAY[m.group(1)]})) AS item)",
+                       _fill(text, "FOR UPDATE SKIP LOCKED", _ONCE["pg"]))
+        self.pg = _PARAM.sub(number, pg)
         self.names = tuple(names)
 
     def args(self, params: Mapping[str, Any]) -> list[Any]:
-        """The values in the order of PostgreSQL's ``$n``."""
-        return [params[name] for name in self.names]
+        """The values in the order of PostgreSQL's ``$n`` (lists as lists: asyncpg sends
+        arrays)."""
+        return [list(params[name]) if name in self.lists else params[name]
+                for name in self.names]
+
+    def sqlite_params(self, params: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The values as ``sqlite3`` binds them (lists as JSON text)."""
+        if not self.lists:
+            return params
+        return {name: json.dumps(list(value)) if name in self.lists else value
+                for name, value in params.items()}
+
+
+def _fill(text: str, skip_locked: str, once: tuple[str, str]) -> str:
+    return (text.replace(_SKIP_LOCKED, skip_locked).replace("{in_once} ", once[0])
+            .replace(" {end_once}", once[1]))
+
+
+@functools.lru_cache(maxsize=64)
+def _update_account(columns: tuple[str, ...]) -> Sql:
+    """The update of these account columns (one query per set of columns changed)."""
+    assignments = ", ".join(f"{column} = :{column}" for column in columns)
+    return Sql(f"UPDATE accounts SET {assignments} WHERE access_key = :access_key "
+               f"RETURNING {ACCOUNT_COLUMNS}")
 
 
 def _placeholders(columns: str) -> str:
@@ -103,11 +163,12 @@ _ADD_AUDIT = Sql(
 _LIST_AUDIT = Sql(
     "SELECT at, operator, action, target, id FROM operator_audit ORDER BY id DESC LIMIT :limit")
 _PURGE_RECORDS = Sql(
-    "DELETE FROM call_records WHERE id IN (SELECT id FROM call_records "
-    "WHERE reported_at < :before LIMIT :limit {skip_locked})")
+    "DELETE FROM call_records WHERE id {in_once} SELECT id FROM call_records "
+    "WHERE reported_at < :before LIMIT :limit {skip_locked} {end_once}")
 _PURGE_EVENTS = Sql(
-    "DELETE FROM outbox WHERE event_id IN (SELECT event_id FROM outbox "
-    "WHERE state <> 'pending' AND next_attempt_at < :before LIMIT :limit {skip_locked})")
+    "DELETE FROM outbox WHERE event_id {in_once} SELECT event_id FROM outbox "
+    "WHERE state <> 'pending' AND next_attempt_at < :before LIMIT :limit {skip_locked} "
+    "{end_once}")
 _RENEW_WORKER_ID = Sql(
     "UPDATE id_workers SET lease_until = :until WHERE id = :id AND holder = :holder "
     "AND lease_until > :now RETURNING id")
@@ -126,6 +187,45 @@ _LIST_RECORDS = {
     for by_bind, where in ((False, _RECORDS_WHERE),
                            (True, _RECORDS_WHERE + " AND bind_id = :bind_id"))
 }
+_CREATE_ACCOUNT = Sql(
+    "INSERT INTO accounts (name, access_key, access_secret, role, created_at) "
+    f"VALUES (:name, :access_key, :access_secret, :role, :now) RETURNING {ACCOUNT_COLUMNS}")
+_ACCOUNT_BY = {
+    column: Sql(f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE {column} = :value")
+    for column in ("access_key", "id")
+}
+_LIST_ACCOUNTS = Sql(f"SELECT {ACCOUNT_COLUMNS} FROM accounts ORDER BY id")
+# SQLite reads ``INSERT ... SELECT ... ON CONFLICT`` only with a WHERE before the ON; the
+# casts tell PostgreSQL the parameters' types (in a SELECT list it would guess text).
+_ADD_BLOCKED = Sql(
+    "INSERT INTO blocked_callers (account_id, number, created_at) "
+    "SELECT DISTINCT CAST(:account_id AS bigint), l.item, CAST(:now AS bigint) "
+    "FROM {texts:numbers} AS l "
+    "WHERE true ON CONFLICT DO NOTHING")
+_REMOVE_BLOCKED = Sql(
+    "DELETE FROM blocked_callers WHERE account_id = :account_id AND number IN {texts:numbers}")
+_LIST_BLOCKED = (
+    Sql("SELECT number FROM blocked_callers WHERE account_id = :account_id ORDER BY number "
+        "LIMIT :limit OFFSET :offset"),
+    Sql("SELECT count(*) FROM blocked_callers WHERE account_id = :account_id"),
+)
+_COOL_OFFS = Sql(
+    "SELECT x, max(until) FROM cool_offs WHERE number IN {texts:parties} AND until > :now "
+    "GROUP BY x")
+_NUMBER_OWNERS = Sql("SELECT x, account_id FROM numbers WHERE x IN {texts:xs}")
+_EVENTS_FOR_CALLS = Sql(
+    f"SELECT {EVENT_COLUMNS} FROM outbox WHERE call_id <> '' AND call_id IN {{texts:call_ids}} "
+    "ORDER BY created_at")
+# One leaser per event across processes: PostgreSQL skips rows another leaser holds, and a row
+# leased meanwhile fails the re-check of ``lease_until``; SQLite has one writer.
+_LEASE_EVENTS = Sql(
+    "UPDATE outbox SET lease_until = :lease, lease_owner = :holder WHERE event_id {in_once} "
+    "SELECT event_id FROM outbox WHERE state = 'pending' "
+    " AND next_attempt_at <= :now AND lease_until <= :now "
+    " AND account_id NOT IN {ints:skip} "
+    " ORDER BY next_attempt_at LIMIT :limit {skip_locked} {end_once} "
+    "AND state = 'pending' AND lease_until <= :now "
+    f"RETURNING {EVENT_COLUMNS}")
 _LIST_EVENTS: dict[tuple[bool, bool], Sql] = {
     (by_account, by_state): Sql(
         f"SELECT {EVENT_COLUMNS} FROM outbox WHERE "
@@ -160,6 +260,8 @@ def _operator_from_row(row: Sequence[Any]) -> Operator:
 class SqlRecords(ABC):
     """The records-side methods both SQL stores share, over four primitives of their own."""
 
+    _keyring: Keyring
+
     @abstractmethod
     async def _write(self, query: Sql, params: Mapping[str, Any]) -> int:
         """Run a change in a write transaction; returns the rows it changed."""
@@ -181,6 +283,60 @@ class SqlRecords(ABC):
     async def _fetch_one(self, query: Sql, params: Mapping[str, Any]) -> Sequence[Any] | None:
         rows = await self._fetch(query, params)
         return rows[0] if rows else None
+
+    # --- accounts (secrets sealed at rest: pns.vault) ---------------------------------------
+    async def create_account(
+        self, name: str, role: Role, access_key: str, access_secret: str, now: int
+    ) -> Account:
+        rows = await self._write_returning(_CREATE_ACCOUNT, {
+            "name": name, "access_key": access_key, "role": role.value, "now": now,
+            "access_secret": self._keyring.seal(
+                access_secret, secret_context("access_secret", access_key)),
+        })
+        return account_from_row(rows[0], self._keyring)
+
+    async def get_account(self, access_key: str) -> Account | None:
+        row = await self._fetch_one(_ACCOUNT_BY["access_key"], {"value": access_key})
+        return account_from_row(row, self._keyring) if row else None
+
+    async def get_account_by_id(self, account_id: int) -> Account | None:
+        row = await self._fetch_one(_ACCOUNT_BY["id"], {"value": account_id})
+        return account_from_row(row, self._keyring) if row else None
+
+    async def list_accounts(self) -> list[Account]:
+        return [account_from_row(row, self._keyring)
+                for row in await self._fetch(_LIST_ACCOUNTS, {})]
+
+    async def update_account(self, access_key: str, changes: AccountChanges) -> Account | None:
+        fields = seal_secret_columns(changes_as_columns(changes), self._keyring, access_key)
+        if not fields:
+            return await self.get_account(access_key)
+        rows = await self._write_returning(_update_account(tuple(fields)),
+                                           {**fields, "access_key": access_key})
+        return account_from_row(rows[0], self._keyring) if rows else None
+
+    # --- the block list (lifecycle.md), by account -----------------------------------------
+    async def add_blocked(self, account_id: int, numbers: Sequence[str], now: int) -> int:
+        return await self._write(_ADD_BLOCKED,
+                                 {"account_id": account_id, "numbers": numbers, "now": now})
+
+    async def remove_blocked(self, account_id: int, numbers: Sequence[str]) -> int:
+        return await self._write(_REMOVE_BLOCKED, {"account_id": account_id, "numbers": numbers})
+
+    async def list_blocked(self, account_id: int, limit: int, offset: int
+                           ) -> tuple[list[str], int]:
+        page, count = _LIST_BLOCKED
+        params = {"account_id": account_id, "limit": limit, "offset": offset}
+        rows, total = await self._fetch_snapshot([(page, params), (count, params)])
+        return [str(row[0]) for row in rows], int(total[0][0])
+
+    async def cool_offs(self, parties: Sequence[str], now: int) -> dict[str, int]:
+        rows = await self._fetch(_COOL_OFFS, {"parties": parties, "now": now})
+        return {str(row[0]): int(row[1]) for row in rows}
+
+    async def number_owners(self, xs: Sequence[str]) -> dict[str, int]:
+        rows = await self._fetch(_NUMBER_OWNERS, {"xs": xs})
+        return {str(row[0]): int(row[1]) for row in rows}
 
     # --- the replay guard and worker ids ------------------------------------------------------
     async def claim_signature(self, key: str, expires_at: int, now: int) -> bool:
@@ -220,6 +376,21 @@ class SqlRecords(ABC):
 
     async def enqueue_event(self, event: OutboxEvent) -> None:
         await self._write(INSERT_EVENT, event_params(event))
+
+    async def lease_events(self, now: int, limit: int, lease_seconds: int, *, holder: str,
+                           skip_accounts: Sequence[int] = ()) -> list[OutboxEvent]:
+        rows = await self._write_returning(_LEASE_EVENTS, {
+            "lease": now + lease_seconds, "holder": holder, "now": now, "limit": limit,
+            "skip": skip_accounts})
+        events = [event_from_row(row) for row in rows]
+        events.sort(key=lambda event: (event.next_attempt_at, event.created_at))
+        return events
+
+    async def events_for_calls(self, call_ids: Sequence[str]) -> list[OutboxEvent]:
+        if not call_ids:
+            return []
+        return [event_from_row(row)
+                for row in await self._fetch(_EVENTS_FOR_CALLS, {"call_ids": call_ids})]
 
     async def finish_event(
         self, event_id: str, state: EventState, attempts: int, next_attempt_at: int, error: str,

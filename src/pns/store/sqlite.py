@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 import logging
 import os
 import queue
@@ -41,8 +40,6 @@ from urllib.parse import parse_qsl
 
 from ..ids import snowflake_floor
 from ..model import (
-    Account,
-    AccountChanges,
     Binding,
     CallRecord,
     CallRef,
@@ -52,7 +49,6 @@ from ..model import (
     OutboxEvent,
     PoolStats,
     PoolUsage,
-    Role,
     VirtualNumber,
     binding_from_row,
     binding_row,
@@ -69,13 +65,7 @@ from .base import (
 from .callrefs import CallRefBuffer
 from .memory import BindingIndex
 from .rows import (
-    ACCOUNT_COLUMNS,
-    EVENT_COLUMNS,
     SECRET_COLUMNS,
-    account_from_row,
-    changes_as_columns,
-    event_from_row,
-    seal_secret_columns,
     secret_context,
 )
 from .sql import INSERT_EVENT, INSERT_RECORD, Sql, SqlRecords, event_params, record_params
@@ -805,24 +795,25 @@ class SqliteStore(SqlRecords):
 
     async def _write(self, query: Sql, params: Mapping[str, Any]) -> int:
         rowcount: int = await self._batched(
-            lambda: self._conn.execute(query.sqlite, params).rowcount)
+            lambda: self._conn.execute(query.sqlite, query.sqlite_params(params)).rowcount)
         return rowcount
 
     async def _write_returning(self, query: Sql,
                                params: Mapping[str, Any]) -> list[Sequence[Any]]:
         rows: list[Sequence[Any]] = await self._batched(
-            lambda: self._conn.execute(query.sqlite, params).fetchall())
+            lambda: self._conn.execute(query.sqlite, query.sqlite_params(params)).fetchall())
         return rows
 
     async def _fetch(self, query: Sql, params: Mapping[str, Any]) -> list[Sequence[Any]]:
-        return self._read.execute(query.sqlite, params).fetchall()
+        return self._read.execute(query.sqlite, query.sqlite_params(params)).fetchall()
 
     async def _fetch_snapshot(self, queries: Sequence[tuple[Sql, Mapping[str, Any]]]
                               ) -> list[list[Sequence[Any]]]:
         read = self._read
         read.execute("BEGIN")
         try:
-            return [read.execute(query.sqlite, params).fetchall() for query, params in queries]
+            return [read.execute(query.sqlite, query.sqlite_params(params)).fetchall()
+                    for query, params in queries]
         finally:
             read.execute("COMMIT")
 
@@ -845,51 +836,6 @@ class SqliteStore(SqlRecords):
         self._read.execute("SELECT count(*) FROM sqlite_schema WHERE type = 'table'").fetchone()
 
     # --- accounts --------------------------------------------------------------------------
-    async def create_account(
-        self, name: str, role: Role, access_key: str, access_secret: str, now: int
-    ) -> Account:
-        def work() -> int | None:
-            return self._conn.execute(
-                "INSERT INTO accounts (name, access_key, access_secret, role, created_at) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (name, access_key,
-                 self._keyring.seal(access_secret, secret_context("access_secret", access_key)),
-                 role.value, now),
-            ).lastrowid
-
-        account_id = await self._own(work)
-        assert account_id is not None
-        account = await self.get_account_by_id(account_id)
-        assert account is not None
-        return account
-
-    def _account(self, where: str, value: Any) -> Account | None:
-        row = self._read.execute(
-            f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE {where} = ?", (value,)
-        ).fetchone()
-        return account_from_row(row, self._keyring) if row else None
-
-    async def get_account(self, access_key: str) -> Account | None:
-        return self._account("access_key", access_key)
-
-    async def get_account_by_id(self, account_id: int) -> Account | None:
-        return self._account("id", account_id)
-
-    async def list_accounts(self) -> list[Account]:
-        rows = self._read.execute(f"SELECT {ACCOUNT_COLUMNS} FROM accounts ORDER BY id")
-        return [account_from_row(row, self._keyring) for row in rows]
-
-    async def update_account(self, access_key: str, changes: AccountChanges) -> Account | None:
-        fields = seal_secret_columns(changes_as_columns(changes, bool_as_int=True),
-                                     self._keyring, access_key)
-        if fields:
-            assignments = ", ".join(f"{column} = :{column}" for column in fields)
-            await self._own(lambda: self._conn.execute(
-                f"UPDATE accounts SET {assignments} WHERE access_key = :access_key",
-                {**fields, "access_key": access_key},
-            ))
-        return await self.get_account(access_key)
-
     # --- numbers ---------------------------------------------------------------------------
     async def add_numbers(self, numbers: Sequence[VirtualNumber]) -> list[str]:
         def work() -> list[str]:
@@ -925,16 +871,6 @@ class SqliteStore(SqlRecords):
             "SELECT x, account_id, country_code, enabled FROM numbers WHERE x = ?", (x,)
         ).fetchone()
         return VirtualNumber(row[0], row[1], row[2], bool(row[3])) if row else None
-
-    async def number_owners(self, xs: Sequence[str]) -> dict[str, int]:
-        owners: dict[str, int] = {}
-        for start in range(0, len(xs), 500):
-            chunk = list(xs[start:start + 500])
-            marks = ", ".join("?" * len(chunk))
-            rows = self._read.execute(
-                f"SELECT x, account_id FROM numbers WHERE x IN ({marks})", chunk)
-            owners.update((str(r[0]), int(r[1])) for r in rows)
-        return owners
 
     async def set_numbers_enabled(self, xs: Sequence[str], enabled: bool) -> list[str]:
         def work() -> list[str]:
@@ -1257,13 +1193,6 @@ class SqliteStore(SqlRecords):
         return {row[0] for row in rows}
 
     # --- lifecycle.md: cool-offs and the block list -----------------------------------------
-    async def cool_offs(self, parties: Sequence[str], now: int) -> dict[str, int]:
-        rows = self._read.execute(
-            f"SELECT x, max(until) FROM cool_offs WHERE number IN "
-            f"({', '.join('?' * len(parties))}) AND until > ? GROUP BY x",
-            (*parties, now)).fetchall()
-        return {row[0]: int(row[1]) for row in rows}
-
     async def record_cool_offs(self, bindings: Sequence[Binding], now: int) -> None:
         """As the trigger does for this store's own bindings (``Store.cool_offs``)."""
         rows = [(party, b.x, (b.expire_at if 0 < b.expire_at <= now else now), b.account_id)
@@ -1278,36 +1207,6 @@ class SqliteStore(SqlRecords):
 
         if rows:
             await self._batched(work)
-
-    async def add_blocked(self, account_id: int, numbers: Sequence[str], now: int) -> int:
-        def work() -> int:
-            return self._conn.executemany(
-                "INSERT INTO blocked_callers (account_id, number, created_at) VALUES (?, ?, ?) "
-                "ON CONFLICT DO NOTHING", [(account_id, n, now) for n in numbers]).rowcount
-
-        return await self._batched(work)
-
-    async def remove_blocked(self, account_id: int, numbers: Sequence[str]) -> int:
-        def work() -> int:
-            return self._conn.executemany(
-                "DELETE FROM blocked_callers WHERE account_id = ? AND number = ?",
-                [(account_id, n) for n in numbers]).rowcount
-
-        return await self._batched(work)
-
-    async def list_blocked(self, account_id: int, limit: int, offset: int
-                           ) -> tuple[list[str], int]:
-        read = self._read
-        read.execute("BEGIN")
-        try:
-            rows = read.execute(
-                "SELECT number FROM blocked_callers WHERE account_id = ? ORDER BY number "
-                "LIMIT ? OFFSET ?", (account_id, limit, offset)).fetchall()
-            (total,) = read.execute("SELECT count(*) FROM blocked_callers WHERE account_id = ?",
-                                    (account_id,)).fetchone()
-        finally:
-            read.execute("COMMIT")
-        return [row[0] for row in rows], int(total)
 
     # --- the in-memory index -----------------------------------------------------------------
     def _start_index(self) -> None:
@@ -1484,32 +1383,6 @@ class SqliteStore(SqlRecords):
             return True
 
         return await self._batched(work)
-
-    async def lease_events(self, now: int, limit: int, lease_seconds: int, *, holder: str,
-                           skip_accounts: Sequence[int] = ()) -> list[OutboxEvent]:
-        def work() -> list[Any]:
-            return self._conn.execute(
-                "UPDATE outbox SET lease_until = :lease, lease_owner = :holder "
-                "WHERE event_id IN ("
-                " SELECT event_id FROM outbox WHERE state = 'pending' "
-                " AND next_attempt_at <= :now AND lease_until <= :now "
-                " AND account_id NOT IN (SELECT value FROM json_each(:skip)) "
-                " ORDER BY next_attempt_at LIMIT :limit) "
-                f"RETURNING {EVENT_COLUMNS}",
-                {"lease": now + lease_seconds, "now": now, "limit": limit, "holder": holder,
-                 "skip": json.dumps(list(skip_accounts))},
-            ).fetchall()
-
-        return [event_from_row(row) for row in await self._batched(work)]
-
-    async def events_for_calls(self, call_ids: Sequence[str]) -> list[OutboxEvent]:
-        if not call_ids:
-            return []
-        rows = self._read.execute(
-            f"SELECT {EVENT_COLUMNS} FROM outbox WHERE call_id <> '' AND call_id IN "
-            f"({', '.join('?' * len(call_ids))}) ORDER BY created_at", list(call_ids),
-        ).fetchall()
-        return [event_from_row(row) for row in rows]
 
     # --- operators -------------------------------------------------------------------------
 
