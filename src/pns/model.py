@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import StrEnum
 from typing import Any
 
@@ -182,7 +183,7 @@ def binding_attrs(binding: Binding) -> str:
     return _encode_attrs(changed).decode() if changed else ""
 
 
-def binding_from_row(row: tuple[Any, ...] | list[Any]) -> Binding:
+def binding_from_row(row: Sequence[Any]) -> Binding:
     """A binding from its 13 column values followed by its ``attrs`` text."""
     # Written before ``attrs`` existed (a Redis index of 13-field arrays): no attrs.
     attrs = row[BINDING_COLUMN_FIELDS] if len(row) > BINDING_COLUMN_FIELDS else ""

@@ -56,7 +56,15 @@ from .rows import (
     redact,
     secret_context,
 )
-from .sql import INSERT_EVENT, INSERT_RECORD, Sql, SqlRecords, event_params, record_params
+from .sql import (
+    BINDING_COLUMNS,
+    INSERT_EVENT,
+    INSERT_RECORD,
+    Sql,
+    SqlCommon,
+    event_params,
+    record_params,
+)
 
 T = TypeVar("T")
 _log = logging.getLogger("pns.store.postgres")
@@ -79,10 +87,6 @@ _OPEN_ERRORS = (
     OSError, TimeoutError, ValueError, asyncpg.PostgresError, asyncpg.InterfaceError,
 )
 
-_BINDING_COLUMNS = (
-    "b.bind_id, b.account_id, b.x, b.a, b.b, b.extension, b.bind_type, b.customer_bind_id, "
-    "b.business_id, b.flag, b.expire_second, b.expire_at, b.created_at, b.attrs"
-)
 
 
 def _active(param: int) -> str:
@@ -530,7 +534,7 @@ def _group_from_row(row: Any) -> Group:
 async def _replace(conn: Any, old: Binding, new: Binding, now: int) -> bool:
     check_replacement(old, new)
     row = await conn.fetchrow(
-        f"SELECT {_BINDING_COLUMNS} FROM bindings b WHERE b.bind_id = $1 FOR UPDATE",
+        f"SELECT {BINDING_COLUMNS} FROM bindings b WHERE b.bind_id = $1 FOR UPDATE",
         old.bind_id)
     if row is None or tuple(row) != binding_row(old) or not old.active_at(now):
         return False
@@ -655,7 +659,7 @@ class _HotConnections:
                 await asyncio.wait_for(conn.close(), timeout=5)
 
 
-class PostgresStore(SqlRecords):
+class PostgresStore(SqlCommon):
     def __init__(self, pool: Any, keyring: Keyring, hot: _HotConnections | None = None):
         self._pool = pool
         self._keyring = keyring
@@ -1080,24 +1084,11 @@ class PostgresStore(SqlRecords):
 
     async def _one_binding(self, where: str, *params: Any) -> Binding | None:
         row = await self._pool.fetchrow(
-            f"SELECT {_BINDING_COLUMNS} FROM bindings b WHERE {where} "
+            f"SELECT {BINDING_COLUMNS} FROM bindings b WHERE {where} "
             f"AND {_active(len(params))}",
             *params,
         )
         return binding_from_row(row) if row else None
-
-    async def find_by_customer_bind_id(
-        self, account_id: int, customer_bind_id: str, now: int
-    ) -> Binding | None:
-        # An empty customerBindId is no key. The literal condition also lets a generic plan
-        # use the partial unique index.
-        return await self._one_binding(
-            "b.account_id = $1 AND b.customer_bind_id = $2 AND b.customer_bind_id <> ''",
-            account_id, customer_bind_id, now,
-        )
-
-    async def get_binding(self, bind_id: str, now: int) -> Binding | None:
-        return await self._one_binding("b.bind_id = $1", bind_id, now)
 
     async def delete_binding(self, bind_id: str) -> bool:
         async def work(conn: Any) -> str:
@@ -1105,39 +1096,9 @@ class PostgresStore(SqlRecords):
 
         return _rowcount(await self._retry(work)) > 0
 
-    async def list_bindings(
-        self, account_id: int, limit: int, offset: int, now: int
-    ) -> tuple[list[Binding], int]:
-        # One snapshot for the page and the total.
-        async with self._pool.acquire() as conn, conn.transaction(
-            isolation="repeatable_read", readonly=True
-        ):
-            rows = await conn.fetch(
-                f"SELECT {_BINDING_COLUMNS} FROM bindings b WHERE b.account_id = $1 "
-                f"AND {_active(2)} ORDER BY b.seq LIMIT $3 OFFSET $4",
-                account_id, now, limit, offset,
-            )
-            total = await conn.fetchval(
-                f"SELECT count(*) FROM bindings b WHERE b.account_id = $1 AND {_active(2)}",
-                account_id, now,
-            )
-        return [binding_from_row(row) for row in rows], int(total)
-
-    async def bindings_page(self, account_id: int, x: str, after_bind_id: str, limit: int,
-                            now: int) -> list[Binding]:
-        sql = (f"SELECT {_BINDING_COLUMNS} FROM bindings b WHERE b.account_id = $1 "
-               f"AND {_active(2)} AND b.seq > coalesce("
-               "(SELECT seq FROM bindings WHERE bind_id = $3), CASE WHEN $3 = '' THEN 0 END)")
-        params: list[Any] = [account_id, now, after_bind_id, limit]
-        if x:
-            sql += " AND b.x = $5"
-            params.append(x)
-        rows = await self._pool.fetch(sql + " ORDER BY b.seq LIMIT $4", *params)
-        return [binding_from_row(row) for row in rows]
-
     async def find_by_party(self, x: str, number: str, now: int) -> Binding | None:
         row = await self._hot.fetchrow(
-            f"SELECT {_BINDING_COLUMNS} FROM parties p JOIN bindings b ON b.seq = p.seq "
+            f"SELECT {BINDING_COLUMNS} FROM parties p JOIN bindings b ON b.seq = p.seq "
             f"WHERE p.x = $1 AND p.number = $2 AND {_active(3)}",
             x, number, now,
         )
@@ -1146,7 +1107,7 @@ class PostgresStore(SqlRecords):
     async def find_bindings_by_number(self, number: str, now: int,
                                       limit: int) -> list[Binding]:
         rows = await self._pool.fetch(
-            f"SELECT {_BINDING_COLUMNS} FROM bindings b WHERE b.seq IN ("
+            f"SELECT {BINDING_COLUMNS} FROM bindings b WHERE b.seq IN ("
             " SELECT seq FROM parties WHERE x = $1 UNION SELECT seq FROM parties WHERE number = $1"
             f") AND {_active(2)} ORDER BY b.seq LIMIT $3",
             number, now, limit,
@@ -1165,14 +1126,6 @@ class PostgresStore(SqlRecords):
             x, now,
         )
         return row is not None
-
-    async def used_extensions(self, x: str, now: int) -> set[str]:
-        rows = await self._pool.fetch(
-            f"SELECT b.extension FROM bindings b WHERE b.x = $1 AND b.extension <> '' "
-            f"AND {_active(2)}",
-            x, now,
-        )
-        return {row[0] for row in rows}
 
     # --- calls, replay guard, housekeeping -------------------------------------------------
     async def record_call(self, call: CallRef) -> None:

@@ -7,9 +7,10 @@ text has a slot each fills: ``{skip_locked}`` is ``FOR UPDATE SKIP LOCKED`` on P
 sweeps and purges run in every process at once and must not wait on each other's rows) and
 nothing on SQLite (one writer thread: nobody else holds a row).
 
-``SqlRecords`` holds the methods whose SQL is the same in both stores (the outbox, call
-records, the replay guard, worker ids, operators and their audit) over four primitives each
-store implements on its driver: so each of those queries, and the code around it, is written
+``SqlCommon`` holds the methods whose SQL is the same in both stores (accounts, the block list
+and cool-offs, the outbox, call records, the replay guard, worker ids, operators and their
+audit, the bindings' reads off the query's path) over five primitives each store implements on
+its driver: so each of those queries, and the code around it, is written
 once, and a store file keeps only what really differs (DDL, transactions, drivers, the binding
 index with its locks).
 """
@@ -28,12 +29,14 @@ from ..model import (
     Account,
     AccountChanges,
     AuditEntry,
+    Binding,
     CallRecord,
     EventState,
     Operator,
     OperatorRole,
     OutboxEvent,
     Role,
+    binding_from_row,
 )
 from .base import Retention
 
@@ -226,6 +229,35 @@ _LEASE_EVENTS = Sql(
     " ORDER BY next_attempt_at LIMIT :limit {skip_locked} {end_once} "
     "AND state = 'pending' AND lease_until <= :now "
     f"RETURNING {EVENT_COLUMNS}")
+# A binding is active while it never expires or expires after ``:now``; written so SQLite's
+# planner does not consider the expiry index (the OR form costs it 4x on the hot path).
+ACTIVE = "NOT (b.expire_at BETWEEN 1 AND :now)"
+BINDING_COLUMNS = (
+    "b.bind_id, b.account_id, b.x, b.a, b.b, b.extension, b.bind_type, b.customer_bind_id, "
+    "b.business_id, b.flag, b.expire_second, b.expire_at, b.created_at, b.attrs"
+)
+_BINDING_BY_ID = Sql(
+    f"SELECT {BINDING_COLUMNS} FROM bindings b WHERE b.bind_id = :bind_id AND {ACTIVE}")
+# An empty customerBindId is no key; the literal condition also lets a plan use the partial
+# unique index.
+_BINDING_BY_CUSTOMER_ID = Sql(
+    f"SELECT {BINDING_COLUMNS} FROM bindings b WHERE b.account_id = :account_id "
+    f"AND b.customer_bind_id = :cbid AND b.customer_bind_id <> '' AND {ACTIVE}")
+_LIST_BINDINGS = (
+    Sql(f"SELECT {BINDING_COLUMNS} FROM bindings b WHERE b.account_id = :account_id "
+        f"AND {ACTIVE} ORDER BY b.seq LIMIT :limit OFFSET :offset"),
+    Sql(f"SELECT count(*) FROM bindings b WHERE b.account_id = :account_id AND {ACTIVE}"),
+)
+_BINDINGS_PAGE = {
+    on_x: Sql(
+        f"SELECT {BINDING_COLUMNS} FROM bindings b WHERE b.account_id = :account_id "
+        f"AND {ACTIVE} AND b.seq > coalesce((SELECT seq FROM bindings WHERE bind_id = :after), "
+        "CASE WHEN :after = '' THEN 0 END)" + (" AND b.x = :x" if on_x else "")
+        + " ORDER BY b.seq LIMIT :limit")
+    for on_x in (False, True)
+}
+_USED_EXTENSIONS = Sql(
+    f"SELECT b.extension FROM bindings b WHERE b.x = :x AND b.extension <> '' AND {ACTIVE}")
 _LIST_EVENTS: dict[tuple[bool, bool], Sql] = {
     (by_account, by_state): Sql(
         f"SELECT {EVENT_COLUMNS} FROM outbox WHERE "
@@ -257,8 +289,8 @@ def _operator_from_row(row: Sequence[Any]) -> Operator:
                     disabled=bool(row[3]), created_at=row[4])
 
 
-class SqlRecords(ABC):
-    """The records-side methods both SQL stores share, over four primitives of their own."""
+class SqlCommon(ABC):
+    """The methods both SQL stores share, over five primitives of their own."""
 
     _keyring: Keyring
 
@@ -314,6 +346,36 @@ class SqlRecords(ABC):
         rows = await self._write_returning(_update_account(tuple(fields)),
                                            {**fields, "access_key": access_key})
         return account_from_row(rows[0], self._keyring) if rows else None
+
+    # --- bindings: the reads that are not the query's (those have a store's own fast path) --
+    async def get_binding(self, bind_id: str, now: int) -> Binding | None:
+        row = await self._fetch_one(_BINDING_BY_ID, {"bind_id": bind_id, "now": now})
+        return binding_from_row(row) if row else None
+
+    async def find_by_customer_bind_id(
+        self, account_id: int, customer_bind_id: str, now: int
+    ) -> Binding | None:
+        row = await self._fetch_one(_BINDING_BY_CUSTOMER_ID, {
+            "account_id": account_id, "cbid": customer_bind_id, "now": now})
+        return binding_from_row(row) if row else None
+
+    async def list_bindings(
+        self, account_id: int, limit: int, offset: int, now: int
+    ) -> tuple[list[Binding], int]:
+        page, count = _LIST_BINDINGS
+        params = {"account_id": account_id, "now": now, "limit": limit, "offset": offset}
+        rows, total = await self._fetch_snapshot([(page, params), (count, params)])
+        return [binding_from_row(row) for row in rows], int(total[0][0])
+
+    async def bindings_page(self, account_id: int, x: str, after_bind_id: str, limit: int,
+                            now: int) -> list[Binding]:
+        rows = await self._fetch(_BINDINGS_PAGE[bool(x)], {
+            "account_id": account_id, "now": now, "limit": limit, "after": after_bind_id,
+            "x": x})
+        return [binding_from_row(row) for row in rows]
+
+    async def used_extensions(self, x: str, now: int) -> set[str]:
+        return {str(row[0]) for row in await self._fetch(_USED_EXTENSIONS, {"x": x, "now": now})}
 
     # --- the block list (lifecycle.md), by account -----------------------------------------
     async def add_blocked(self, account_id: int, numbers: Sequence[str], now: int) -> int:

@@ -68,7 +68,16 @@ from .rows import (
     SECRET_COLUMNS,
     secret_context,
 )
-from .sql import INSERT_EVENT, INSERT_RECORD, Sql, SqlRecords, event_params, record_params
+from .sql import (
+    ACTIVE,
+    BINDING_COLUMNS,
+    INSERT_EVENT,
+    INSERT_RECORD,
+    Sql,
+    SqlCommon,
+    event_params,
+    record_params,
+)
 from .walheader import WalHeader
 
 SCHEMA_VERSION = 8
@@ -77,21 +86,15 @@ SEALED_SECRETS_VERSION = 4
 _log = logging.getLogger("pns.store.sqlite")
 T = TypeVar("T")
 
-# Written so SQLite does not consider the expiry index here: the OR form costs 4x on the hot path.
-_ACTIVE = "NOT (b.expire_at BETWEEN 1 AND :now)"
 # Active bindings on X n.x, counted through their A party row (every binding has one), so
 # bindings need no index on x of their own.
 _ACTIVE_ON_X = (
     "SELECT count(*) FROM parties p JOIN bindings b ON b.seq = p.seq "
-    f"WHERE p.x = n.x AND p.number = b.a AND {_ACTIVE}"
-)
-_BINDING_COLUMNS = (
-    "b.bind_id, b.account_id, b.x, b.a, b.b, b.extension, b.bind_type, b.customer_bind_id, "
-    "b.business_id, b.flag, b.expire_second, b.expire_at, b.created_at, b.attrs"
+    f"WHERE p.x = n.x AND p.number = b.a AND {ACTIVE}"
 )
 # The hot path's lookup, with positional parameters (cheaper than a dict per query).
 _FIND_BY_PARTY = (
-    f"SELECT {_BINDING_COLUMNS} FROM parties p JOIN bindings b ON b.seq = p.seq "
+    f"SELECT {BINDING_COLUMNS} FROM parties p JOIN bindings b ON b.seq = p.seq "
     "WHERE p.x = ? AND p.number = ? AND NOT (b.expire_at BETWEEN 1 AND ?)"
 )
 # X exclusivity (AX, XYB before its call): is the number held alone, or held at all?
@@ -611,7 +614,7 @@ class _ChangeWatch:
             self._header = None
 
 
-class SqliteStore(SqlRecords):
+class SqliteStore(SqlCommon):
     def __init__(self, conn: sqlite3.Connection, read: sqlite3.Connection,
                  path: str = ":memory:", index: bool = False, keyring: Keyring | None = None):
         self._conn = conn  # the write connection: used by the writer thread only
@@ -915,7 +918,7 @@ class SqliteStore(SqlRecords):
 
     async def refresh_statistics(self) -> None:
         """Nothing to do: SQLite's plans here come from the schema's indexes, and some queries
-        are written for the plan they get without statistics (see ``_ACTIVE``)."""
+        are written for the plan they get without statistics (see ``ACTIVE``)."""
 
     async def list_numbers(self, account_id: int | None, now: int) -> list[NumberUsage]:
         sql = (
@@ -939,7 +942,7 @@ class SqliteStore(SqlRecords):
             "WHERE n.account_id = :account_id AND n.country_code = :cc AND n.enabled = 1 "
             "AND NOT EXISTS (SELECT 1 FROM parties p JOIN bindings b ON b.seq = p.seq "
             f"  WHERE p.x = n.x AND p.number IN ({', '.join(':' + k for k in named)}) "
-            f"AND {_ACTIVE}) ORDER BY n.active LIMIT :limit",
+            f"AND {ACTIVE}) ORDER BY n.active LIMIT :limit",
             {"account_id": account_id, "cc": country_code, "now": now, "limit": limit,
              **named},
         )
@@ -950,7 +953,7 @@ class SqliteStore(SqlRecords):
     ) -> PoolStats:
         held = (
             "(SELECT count(*) FROM parties p JOIN bindings b ON b.seq = p.seq "
-            f"WHERE p.x = n.x AND p.number = :{{party}} AND {_ACTIVE})"
+            f"WHERE p.x = n.x AND p.number = :{{party}} AND {ACTIVE})"
         )
         row = self._read.execute(
             f"SELECT count(*), coalesce(sum({held.format(party='a')}), 0), "
@@ -1075,21 +1078,9 @@ class SqliteStore(SqlRecords):
 
     def _one_binding(self, where: str, params: dict[str, Any]) -> Binding | None:
         row = self._read.execute(
-            f"SELECT {_BINDING_COLUMNS} FROM bindings b WHERE {where} AND {_ACTIVE}", params
+            f"SELECT {BINDING_COLUMNS} FROM bindings b WHERE {where} AND {ACTIVE}", params
         ).fetchone()
         return binding_from_row(row) if row else None
-
-    async def find_by_customer_bind_id(
-        self, account_id: int, customer_bind_id: str, now: int
-    ) -> Binding | None:
-        return self._one_binding(
-            "b.account_id = :account_id AND b.customer_bind_id = :cbid "
-            "AND b.customer_bind_id <> ''",
-            {"account_id": account_id, "cbid": customer_bind_id, "now": now},
-        )
-
-    async def get_binding(self, bind_id: str, now: int) -> Binding | None:
-        return self._one_binding("b.bind_id = :bind_id", {"bind_id": bind_id, "now": now})
 
     async def delete_binding(self, bind_id: str) -> bool:
         def work() -> bool:
@@ -1097,39 +1088,6 @@ class SqliteStore(SqlRecords):
             return cur.rowcount > 0
 
         return await self._batched(work)
-
-    async def list_bindings(
-        self, account_id: int, limit: int, offset: int, now: int
-    ) -> tuple[list[Binding], int]:
-        params = {"account_id": account_id, "now": now, "limit": limit, "offset": offset}
-        read = self._read
-        read.execute("BEGIN")  # one snapshot for the page and the total
-        try:
-            rows = read.execute(
-                f"SELECT {_BINDING_COLUMNS} FROM bindings b WHERE b.account_id = :account_id "
-                f"AND {_ACTIVE} ORDER BY b.seq LIMIT :limit OFFSET :offset",
-                params,
-            ).fetchall()
-            (total,) = read.execute(
-                f"SELECT count(*) FROM bindings b WHERE b.account_id = :account_id "
-                f"AND {_ACTIVE}", params,
-            ).fetchone()
-        finally:
-            read.execute("COMMIT")
-        return [binding_from_row(row) for row in rows], int(total)
-
-    async def bindings_page(self, account_id: int, x: str, after_bind_id: str, limit: int,
-                            now: int) -> list[Binding]:
-        sql = (f"SELECT {_BINDING_COLUMNS} FROM bindings b WHERE b.account_id = :account_id "
-               f"AND {_ACTIVE} AND b.seq > coalesce("
-               "(SELECT seq FROM bindings WHERE bind_id = :after), "
-               "CASE WHEN :after = '' THEN 0 END)")
-        params: dict[str, Any] = {"account_id": account_id, "now": now, "limit": limit,
-                                  "after": after_bind_id, "x": x}
-        if x:
-            sql += " AND b.x = :x"
-        rows = self._read.execute(sql + " ORDER BY b.seq LIMIT :limit", params).fetchall()
-        return [binding_from_row(row) for row in rows]
 
     async def find_by_party(self, x: str, number: str, now: int) -> Binding | None:
         if self._index is not None:
@@ -1143,9 +1101,9 @@ class SqliteStore(SqlRecords):
         """Scans the parties (no index on a party alone: it would cost every bind); in a
         thread on a connection of its own for a file store, so the event loop keeps serving."""
         sql = (
-            f"SELECT {_BINDING_COLUMNS} FROM bindings b WHERE b.seq IN ("
+            f"SELECT {BINDING_COLUMNS} FROM bindings b WHERE b.seq IN ("
             " SELECT seq FROM parties WHERE x = :n UNION SELECT seq FROM parties WHERE number = :n"
-            f") AND {_ACTIVE} ORDER BY b.seq LIMIT :limit"
+            f") AND {ACTIVE} ORDER BY b.seq LIMIT :limit"
         )
         params = {"n": number, "now": now, "limit": limit}
         return [binding_from_row(row) for row in await self._read_aside(sql, params)]
@@ -1178,19 +1136,11 @@ class SqliteStore(SqlRecords):
             self._sync_index()
             return self._index.has_extension_bindings(x, now)
         row = self._read.execute(
-            f"SELECT 1 FROM bindings b WHERE b.x = :x AND b.extension <> '' AND {_ACTIVE} "
+            f"SELECT 1 FROM bindings b WHERE b.x = :x AND b.extension <> '' AND {ACTIVE} "
             "LIMIT 1",
             {"x": x, "now": now},
         ).fetchone()
         return row is not None
-
-    async def used_extensions(self, x: str, now: int) -> set[str]:
-        rows = self._read.execute(
-            f"SELECT b.extension FROM bindings b WHERE b.x = :x AND b.extension <> '' "
-            f"AND {_ACTIVE}",
-            {"x": x, "now": now},
-        )
-        return {row[0] for row in rows}
 
     # --- lifecycle.md: cool-offs and the block list -----------------------------------------
     async def record_cool_offs(self, bindings: Sequence[Binding], now: int) -> None:
@@ -1251,7 +1201,7 @@ class SqliteStore(SqlRecords):
             (deletion,) = conn.execute(
                 "SELECT coalesce(max(id), 0) FROM binding_deletions").fetchone()
             rows = conn.execute(
-                f"SELECT b.seq, {_BINDING_COLUMNS} FROM bindings b ORDER BY b.seq")
+                f"SELECT b.seq, {BINDING_COLUMNS} FROM bindings b ORDER BY b.seq")
             while batch := rows.fetchmany(4096):
                 index.add_rows(batch)
                 seq = batch[-1][0]
@@ -1285,7 +1235,7 @@ class SqliteStore(SqlRecords):
                 self._install_index(index, seq, deletion)
                 read.execute("BEGIN")
             rows = read.execute(
-                f"SELECT b.seq, {_BINDING_COLUMNS} FROM bindings b WHERE b.seq > ? "
+                f"SELECT b.seq, {BINDING_COLUMNS} FROM bindings b WHERE b.seq > ? "
                 "ORDER BY b.seq", (self._index_seq,))
             while batch := rows.fetchmany(4096):
                 index.add_rows(batch)
@@ -1302,7 +1252,7 @@ class SqliteStore(SqlRecords):
             for start in range(0, len(ended), 500):
                 chunk = ended[start:start + 500]
                 index.add_rows(read.execute(
-                    f"SELECT b.seq, {_BINDING_COLUMNS} FROM bindings b WHERE b.seq IN "
+                    f"SELECT b.seq, {BINDING_COLUMNS} FROM bindings b WHERE b.seq IN "
                     f"({', '.join('?' * len(chunk))}) ORDER BY b.seq", chunk).fetchall())
         finally:
             read.execute("COMMIT")
@@ -1400,7 +1350,7 @@ def _pool_usage(conn: sqlite3.Connection, now: int) -> list[PoolUsage]:
             "SELECT account_id, country_code, max(c) FROM ("
             " SELECT n.account_id, n.country_code, p.number, count(*) AS c "
             " FROM parties p JOIN bindings b ON b.seq = p.seq JOIN numbers n ON n.x = p.x "
-            f" WHERE {_ACTIVE} GROUP BY n.account_id, n.country_code, p.number) "
+            f" WHERE {ACTIVE} GROUP BY n.account_id, n.country_code, p.number) "
             "GROUP BY account_id, country_code", params,
         )
     }
@@ -1469,7 +1419,7 @@ def _group_from_row(row: Sequence[Any]) -> Group:
 def _replace(conn: sqlite3.Connection, old: Binding, new: Binding, now: int) -> bool:
     check_replacement(old, new)
     stored = conn.execute(
-        f"SELECT {_BINDING_COLUMNS} FROM bindings b WHERE b.bind_id = ?",
+        f"SELECT {BINDING_COLUMNS} FROM bindings b WHERE b.bind_id = ?",
         (old.bind_id,)).fetchone()
     if stored is None or tuple(stored) != binding_row(old) or not old.active_at(now):
         return False
