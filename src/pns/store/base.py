@@ -159,18 +159,24 @@ class BindingIndex(Protocol):
       all or nothing; keys it no longer holds are free at once and its new ones taken.
     """
 
-    async def insert_binding(self, binding: Binding, now: int) -> None: ...
+    async def insert_binding(self, binding: Binding, now: int) -> None:
+        """Insert atomically or raise ``BindConflict``; expired holders of its keys are removed."""
 
     async def get_binding(self, bind_id: str, now: int) -> Binding | None: ...
 
-    async def delete_binding(self, bind_id: str) -> bool: ...
+    async def delete_binding(self, bind_id: str) -> bool:
+        """End a binding now; False when it was already gone."""
 
     async def replace_binding(self, old: Binding, new: Binding, now: int) -> bool:
-        """Compare-and-swap of one binding (same bindId): ``new`` replaces ``old`` only if
-        the stored binding is still exactly ``old`` and active at ``now``; False otherwise,
-        nothing changed. Its keys change with it (I1 and X exclusivity checked as for an
-        insert: ``BindConflict``, nothing changed). Of two concurrent replacements of one
-        ``old``, at most one succeeds (the captures of modes.md rely on it)."""
+        """Change a binding in place (``updateAXB``, ``renewOnCall``, the captures of
+        modes.md), atomically: ``new`` keeps what ``check_replacement`` names; its A (a
+        capture), B, expiry and the fields beyond the columns may differ. A compare-and-swap:
+        applied only while the stored binding still equals ``old`` and is active (False
+        otherwise: changed or ended meanwhile, nothing written). A key of ``new`` that another
+        active binding holds raises ``BindConflict`` (I1 and X exclusivity; expired holders
+        are released first) and nothing changes. Of two concurrent replacements of one
+        ``old`` at most one succeeds. The next read anywhere (another process's
+        ``find_by_party`` included) sees ``new``, never ``old``."""
 
     async def find_by_party(self, x: str, number: str, now: int) -> Binding | None: ...
 
@@ -192,7 +198,8 @@ class RecordsStore(Protocol):
 
     async def close(self) -> None: ...
 
-    async def ping(self) -> None: ...
+    async def ping(self) -> None:
+        """Raise when the store cannot answer (``/healthz``)."""
 
     async def create_account(
         self, name: str, role: Role, access_key: str, access_secret: str, now: int
@@ -206,45 +213,66 @@ class RecordsStore(Protocol):
 
     async def update_account(self, access_key: str, changes: AccountChanges) -> Account | None: ...
 
-    async def add_numbers(self, numbers: Sequence[VirtualNumber]) -> list[str]: ...
+    async def add_numbers(self, numbers: Sequence[VirtualNumber]) -> list[str]:
+        """Add numbers; returns those that already existed (left unchanged)."""
 
-    async def remove_numbers(self, xs: Sequence[str], force: bool, now: int) -> list[str]: ...
+    async def remove_numbers(self, xs: Sequence[str], force: bool, now: int) -> list[str]:
+        """Remove numbers; without ``force`` a number with active bindings is kept and returned.
+
+        With ``force`` its bindings end too. Returns the numbers that were kept.
+        """
 
     async def get_number(self, x: str) -> VirtualNumber | None: ...
 
     async def list_numbers(self, account_id: int | None, now: int) -> list[NumberUsage]: ...
 
-    async def record_call(self, call: CallRef) -> None: ...
+    async def record_call(self, call: CallRef) -> None:
+        """Remember an answered query's callId without a write on the caller's path: the
+        reference goes to the store's ``CallRefBuffer`` (one bounded buffer, one flusher, the
+        same on every store); ``get_call`` finds it at once in this process."""
 
     async def get_call(self, call_id: str) -> CallRef | None: ...
 
-    async def claim_signature(self, key: str, expires_at: int, now: int) -> bool: ...
+    async def claim_signature(self, key: str, expires_at: int, now: int) -> bool:
+        """True the first time ``key`` is claimed while unexpired; False for a replay."""
 
-    async def sweep(self, now: int, limit: int) -> int: ...
+    async def sweep(self, now: int, limit: int) -> int:
+        """Remove up to ``limit`` expired bindings, stale signatures and call references older
+        than ``CALL_RETENTION`` (a later report is joined by did and caller); returns bindings
+        gone."""
 
-    async def save_call_record(self, record: CallRecord, event: OutboxEvent | None) -> bool: ...
+    async def save_call_record(self, record: CallRecord, event: OutboxEvent | None) -> bool:
+        """False when a record with this callId exists (nothing is written then)."""
 
     async def list_call_records(
         self, account_id: int, start_from: int, start_to: int, bind_id: str, limit: int,
         offset: int,
-    ) -> tuple[list[CallRecord], int]: ...
+    ) -> tuple[list[CallRecord], int]:
+        """The account's records with ``start_from <= startAt < start_to`` (and the bindId,
+        when given), oldest first."""
 
     async def get_call_record(self, account_id: int, call_id: str) -> CallRecord | None: ...
 
     async def enqueue_event(self, event: OutboxEvent) -> None: ...
 
     async def lease_events(self, now: int, limit: int, lease_seconds: int, *, holder: str,
-                           skip_accounts: Sequence[int] = ()) -> list[OutboxEvent]: ...
+                           skip_accounts: Sequence[int] = ()) -> list[OutboxEvent]:
+        """Claim for ``holder`` up to ``limit`` pending events that are due and not leased,
+        none of the accounts in ``skip_accounts`` (their receiver is busy), longest due
+        first."""
 
     async def finish_event(
         self, event_id: str, state: EventState, attempts: int, next_attempt_at: int, error: str,
         now: int, *, holder: str,
-    ) -> bool: ...
+    ) -> bool:
+        """Record an attempt: delivered, failed for good, or pending until ``next_attempt_at``.
+        Only while ``holder`` holds the event's lease; returns whether anything changed."""
 
     async def list_events(self, account_id: int | None, state: EventState | None,
                           limit: int) -> list[OutboxEvent]: ...
 
-    async def outbox_backlog(self, now: int) -> tuple[int, int]: ...
+    async def outbox_backlog(self, now: int) -> tuple[int, int]:
+        """(pending events, age in seconds of the oldest pending one)."""
 
     # --- AXG groups (modes.md), by account ---------------------------------------------------
     async def create_group(self, group: Group) -> None: ...
@@ -263,19 +291,107 @@ class RecordsStore(Protocol):
         bound on an X of the group (I1)."""
 
     async def delete_group(self, account_id: int, group_id: str) -> bool: ...
-    async def cool_offs(self, parties: Sequence[str], now: int) -> dict[str, int]: ...
+
+    # --- lifecycle.md: cool-offs and the block list (keyed by party and by account) ----------
+    async def cool_offs(self, parties: Sequence[str], now: int) -> dict[str, int]:
+        """X → until when, for every X where any of ``parties`` cools off after ``now``.
+
+        A binding of an account with ``cool_off_seconds`` > 0 leaves, when it ends (unbind,
+        expiry swept or released by an insert, its number removed), a cool-off of that many
+        seconds for each of its parties on its X, from when it ended (its expireAt when it
+        expired). Changed in place (``replace_binding``) it leaves none. The sweeper removes
+        cool-offs that are over."""
 
     async def record_cool_offs(self, bindings: Sequence[Binding], now: int) -> None:
         """The cool-offs these ended bindings leave (their account's ``cool_off_seconds``
         from when each ended: its expireAt if expired at ``now``, else ``now``), for a binding
         index kept elsewhere (the SQL stores' own bindings record theirs by trigger)."""
 
-    async def add_blocked(self, account_id: int, numbers: Sequence[str], now: int) -> int: ...
+    async def add_blocked(self, account_id: int, numbers: Sequence[str], now: int) -> int:
+        """Add callers to the account's block list; returns how many were new."""
 
-    async def remove_blocked(self, account_id: int, numbers: Sequence[str]) -> int: ...
+    async def remove_blocked(self, account_id: int, numbers: Sequence[str]) -> int:
+        """Remove callers from the block list; returns how many were there."""
 
     async def list_blocked(self, account_id: int, limit: int, offset: int
-                           ) -> tuple[list[str], int]: ...
+                           ) -> tuple[list[str], int]:
+        """A page of the block list in number order, and its size."""
+
+    # --- secrets at rest (pns.vault) -------------------------------------------------------
+    @property
+    def keyring(self) -> Keyring:
+        """The keys that seal this store's account secrets (they are never stored plain)."""
+
+    async def reseal_secrets(self, keyring: Keyring) -> int:
+        """Seal every secret again with ``keyring``'s first key, in one transaction, and use
+        ``keyring`` from now on; returns how many accounts changed."""
+
+    # --- the pool of virtual numbers ------------------------------------------------------
+    async def number_owners(self, xs: Sequence[str]) -> dict[str, int]:
+        """The owning account id of each of ``xs`` that exists (operators' commands name the
+        owner of a number they cannot add, and the numbers they did not find)."""
+
+    async def numbers_page(self, account_id: int | None, after: str, limit: int,
+                           now: int) -> list[NumberUsage]:
+        """Up to ``limit`` numbers greater than ``after``, in number order (a cursor: pages
+        stay cheap however deep, and a listing can stream)."""
+
+    async def refresh_statistics(self) -> None:
+        """Tell the query planner about a bulk change (after ``numbers import``)."""
+
+    async def set_numbers_enabled(self, xs: Sequence[str], enabled: bool) -> list[str]:
+        """Enable or disable numbers (a disabled number gets no new bindings; its bindings
+        keep working until they end). Returns the numbers that do not exist."""
+
+    # --- calls, the outbox, housekeeping --------------------------------------------------
+    async def flush_calls(self) -> None:
+        """Write every pending call reference now (shutdown, tests)."""
+
+    async def lease_worker_id(self, holder: str, now: int, lease_seconds: int,
+                              current: int | None = None) -> int | None:
+        """A snowflake worker id (0 to ``ids.WORKER_IDS`` - 1) that no other live lease holds,
+        leased to ``holder`` until ``now + lease_seconds``; ``current`` is renewed when
+        ``holder`` still holds it. None when every id is leased."""
+
+    async def release_worker_id(self, holder: str, worker_id: int) -> None: ...
+
+    async def release_event(self, event_id: str, *, holder: str) -> None:
+        """Give a leased event back unattempted, so any caller may lease it at once."""
+
+    async def outbox_counts(self) -> dict[EventState, int]:
+        """Events in the outbox by state."""
+
+    async def events_for_calls(self, call_ids: Sequence[str]) -> list[OutboxEvent]:
+        """Every outbox event of these calls, oldest first."""
+
+    async def requeue_event(self, event_id: str, now: int) -> OutboxEvent | None:
+        """Deliver a (failed) event again from ``now``, with a new retry horizon; the event
+        id stays, so receivers still de-duplicate. None when no such event."""
+
+    # --- operators of the admin API, and their audit trail ------------------------------------
+    async def create_operator(self, operator: Operator) -> bool:
+        """False when an operator of that name exists (nothing changes then)."""
+
+    async def get_operator(self, name: str) -> Operator | None: ...
+
+    async def get_operator_by_token_hash(self, token_hash: str) -> Operator | None: ...
+
+    async def list_operators(self) -> list[Operator]: ...
+
+    async def set_operator_disabled(self, name: str, disabled: bool) -> bool:
+        """False when no such operator."""
+
+    async def add_audit(self, entry: AuditEntry) -> None: ...
+
+    async def list_audit(self, limit: int) -> list[AuditEntry]:
+        """The newest entries first."""
+
+    async def next_call_record_id(self) -> int:
+        """A fresh call-record id: increasing, unique across processes, below 2^53."""
+
+    async def purge_history(self, now: int, retention: Retention, limit: int) -> int:
+        """Remove up to ``limit`` call records and up to ``limit`` delivered or failed
+        events older than their retention; returns how many rows went."""
 
 
 class BindingLedger(Protocol):
@@ -303,6 +419,7 @@ class BindingLedger(Protocol):
 
     async def update(self, binding: Binding) -> None:
         """Store the new copy of a binding the index replaced (same bindId)."""
+
     async def replace(self, old: Binding, new: Binding,
                       apply: Callable[[], Awaitable[bool]]) -> bool:
         """Change the confirmed row of ``old`` to ``new`` when ``apply()`` (the index's
@@ -337,69 +454,15 @@ class BindingLedger(Protocol):
 
 
 class Store(BindingIndex, RecordsStore, Protocol):
-    """The union the single-database stores implement, and what the core talks to."""
-
-    async def close(self) -> None: ...
-
-    async def ping(self) -> None:
-        """Raise when the store cannot answer (``/healthz``)."""
-
-    # --- secrets at rest (pns.vault) -------------------------------------------------------
-    @property
-    def keyring(self) -> Keyring:
-        """The keys that seal this store's account secrets (they are never stored plain)."""
-
-    async def reseal_secrets(self, keyring: Keyring) -> int:
-        """Seal every secret again with ``keyring``'s first key, in one transaction, and use
-        ``keyring`` from now on; returns how many accounts changed."""
-
-    # --- accounts -------------------------------------------------------------------------
-    async def create_account(
-        self, name: str, role: Role, access_key: str, access_secret: str, now: int
-    ) -> Account: ...
-
-    async def get_account(self, access_key: str) -> Account | None: ...
-
-    async def get_account_by_id(self, account_id: int) -> Account | None: ...
-
-    async def list_accounts(self) -> list[Account]: ...
-
-    async def update_account(self, access_key: str, changes: AccountChanges) -> Account | None: ...
+    """The union the single-database stores implement, and what the core talks to: both
+    narrower interfaces, and what needs the bindings and the records together (allocation,
+    pool statistics, listings by account, moving numbers)."""
 
     # --- the pool of virtual numbers ------------------------------------------------------
-    async def add_numbers(self, numbers: Sequence[VirtualNumber]) -> list[str]:
-        """Add numbers; returns those that already existed (left unchanged)."""
-
-    async def remove_numbers(self, xs: Sequence[str], force: bool, now: int) -> list[str]:
-        """Remove numbers; without ``force`` a number with active bindings is kept and returned.
-
-        With ``force`` its bindings end too. Returns the numbers that were kept.
-        """
-
-    async def get_number(self, x: str) -> VirtualNumber | None: ...
-
-    async def number_owners(self, xs: Sequence[str]) -> dict[str, int]:
-        """The owning account id of each of ``xs`` that exists (operators' commands name the
-        owner of a number they cannot add, and the numbers they did not find)."""
-
-    async def numbers_page(self, account_id: int | None, after: str, limit: int,
-                           now: int) -> list[NumberUsage]:
-        """Up to ``limit`` numbers greater than ``after``, in number order (a cursor: pages
-        stay cheap however deep, and a listing can stream)."""
-
-    async def refresh_statistics(self) -> None:
-        """Tell the query planner about a bulk change (after ``numbers import``)."""
-
-    async def set_numbers_enabled(self, xs: Sequence[str], enabled: bool) -> list[str]:
-        """Enable or disable numbers (a disabled number gets no new bindings; its bindings
-        keep working until they end). Returns the numbers that do not exist."""
-
     async def move_numbers(self, xs: Sequence[str], account_id: int, force: bool,
                            now: int) -> list[str]:
         """Give numbers to another account. A number with active bindings is kept (and
         returned) unless ``force``, which ends them: a binding never changes account."""
-
-    async def list_numbers(self, account_id: int | None, now: int) -> list[NumberUsage]: ...
 
     async def free_numbers(
         self, account_id: int, country_code: int, parties: Sequence[str], now: int, limit: int
@@ -416,28 +479,9 @@ class Store(BindingIndex, RecordsStore, Protocol):
         the busiest party's bindings. Exact (expired bindings never count); O(bindings)."""
 
     # --- bindings -------------------------------------------------------------------------
-    async def insert_binding(self, binding: Binding, now: int) -> None:
-        """Insert atomically or raise ``BindConflict``; expired holders of its keys are removed."""
-
     async def find_by_customer_bind_id(
         self, account_id: int, customer_bind_id: str, now: int
     ) -> Binding | None: ...
-
-    async def get_binding(self, bind_id: str, now: int) -> Binding | None: ...
-
-    async def delete_binding(self, bind_id: str) -> bool:
-        """End a binding now; False when it was already gone."""
-
-    async def replace_binding(self, old: Binding, new: Binding, now: int) -> bool:
-        """Change a binding in place (``updateAXB``, ``renewOnCall``, the captures of
-        modes.md), atomically: ``new`` keeps what ``check_replacement`` names; its A (a
-        capture), B, expiry and the fields beyond the columns may differ. A compare-and-swap:
-        applied only while the stored binding still equals ``old`` and is active (False
-        otherwise: changed or ended meanwhile, nothing written). A key of ``new`` that another
-        active binding holds raises ``BindConflict`` (I1 and X exclusivity; expired holders
-        are released first) and nothing changes. Of two concurrent replacements of one
-        ``old`` at most one succeeds. The next read anywhere (another process's
-        ``find_by_party`` included) sees ``new``, never ``old``."""
 
     async def list_bindings(
         self, account_id: int, limit: int, offset: int, now: int
@@ -448,133 +492,7 @@ class Store(BindingIndex, RecordsStore, Protocol):
         """Up to ``limit`` active bindings of the account (only on X ``x`` unless it is ""),
         in creation order, after the binding ``after_bind_id`` ("" from the start)."""
 
-    async def find_by_party(self, x: str, number: str, now: int) -> Binding | None: ...
-
     async def find_bindings_by_number(self, number: str, now: int,
                                       limit: int) -> list[Binding]:
         """Active bindings where ``number`` is X or a party, across accounts (operators'
         search). Not on the hot path: may scan."""
-
-    async def find_by_extension(self, x: str, extension: str, now: int) -> Binding | None: ...
-
-    async def has_extension_bindings(self, x: str, now: int) -> bool: ...
-
-    async def used_extensions(self, x: str, now: int) -> set[str]: ...
-
-    # --- calls, replay guard, housekeeping -------------------------------------------------
-    async def record_call(self, call: CallRef) -> None:
-        """Remember an answered query's callId without a write on the caller's path: the
-        reference goes to the store's ``CallRefBuffer`` (one bounded buffer, one flusher, the
-        same on every store); ``get_call`` finds it at once in this process."""
-
-    async def flush_calls(self) -> None:
-        """Write every pending call reference now (shutdown, tests)."""
-
-    async def lease_worker_id(self, holder: str, now: int, lease_seconds: int,
-                              current: int | None = None) -> int | None:
-        """A snowflake worker id (0 to ``ids.WORKER_IDS`` - 1) that no other live lease holds,
-        leased to ``holder`` until ``now + lease_seconds``; ``current`` is renewed when
-        ``holder`` still holds it. None when every id is leased."""
-
-    async def release_worker_id(self, holder: str, worker_id: int) -> None: ...
-
-    async def claim_signature(self, key: str, expires_at: int, now: int) -> bool:
-        """True the first time ``key`` is claimed while unexpired; False for a replay."""
-
-    async def sweep(self, now: int, limit: int) -> int:
-        """Remove up to ``limit`` expired bindings, stale signatures and call references older
-        than ``CALL_RETENTION`` (a later report is joined by did and caller); returns bindings
-        gone."""
-
-    # --- call records and the outbox -------------------------------------------------------
-    async def get_call(self, call_id: str) -> CallRef | None: ...
-
-    async def save_call_record(self, record: CallRecord, event: OutboxEvent | None) -> bool:
-        """False when a record with this callId exists (nothing is written then)."""
-
-    async def list_call_records(
-        self, account_id: int, start_from: int, start_to: int, bind_id: str, limit: int,
-        offset: int,
-    ) -> tuple[list[CallRecord], int]:
-        """The account's records with ``start_from <= startAt < start_to`` (and the bindId,
-        when given), oldest first."""
-
-    async def get_call_record(self, account_id: int, call_id: str) -> CallRecord | None: ...
-
-    async def enqueue_event(self, event: OutboxEvent) -> None: ...
-
-    async def lease_events(self, now: int, limit: int, lease_seconds: int, *, holder: str,
-                           skip_accounts: Sequence[int] = ()) -> list[OutboxEvent]:
-        """Claim for ``holder`` up to ``limit`` pending events that are due and not leased,
-        none of the accounts in ``skip_accounts`` (their receiver is busy), longest due
-        first."""
-
-    async def finish_event(
-        self, event_id: str, state: EventState, attempts: int, next_attempt_at: int, error: str,
-        now: int, *, holder: str,
-    ) -> bool:
-        """Record an attempt: delivered, failed for good, or pending until ``next_attempt_at``.
-        Only while ``holder`` holds the event's lease; returns whether anything changed."""
-
-    async def release_event(self, event_id: str, *, holder: str) -> None:
-        """Give a leased event back unattempted, so any caller may lease it at once."""
-
-    async def list_events(self, account_id: int | None, state: EventState | None,
-                          limit: int) -> list[OutboxEvent]: ...
-
-    async def outbox_backlog(self, now: int) -> tuple[int, int]:
-        """(pending events, age in seconds of the oldest pending one)."""
-
-    async def outbox_counts(self) -> dict[EventState, int]:
-        """Events in the outbox by state."""
-
-    async def events_for_calls(self, call_ids: Sequence[str]) -> list[OutboxEvent]:
-        """Every outbox event of these calls, oldest first."""
-
-    async def requeue_event(self, event_id: str, now: int) -> OutboxEvent | None:
-        """Deliver a (failed) event again from ``now``, with a new retry horizon; the event
-        id stays, so receivers still de-duplicate. None when no such event."""
-
-    # --- lifecycle.md: cool-offs and the block list (keyed by party and by account) ----------
-    async def cool_offs(self, parties: Sequence[str], now: int) -> dict[str, int]:
-        """X → until when, for every X where any of ``parties`` cools off after ``now``.
-
-        A binding of an account with ``cool_off_seconds`` > 0 leaves, when it ends (unbind,
-        expiry swept or released by an insert, its number removed), a cool-off of that many
-        seconds for each of its parties on its X, from when it ended (its expireAt when it
-        expired). Changed in place (``replace_binding``) it leaves none. The sweeper removes
-        cool-offs that are over."""
-
-    async def add_blocked(self, account_id: int, numbers: Sequence[str], now: int) -> int:
-        """Add callers to the account's block list; returns how many were new."""
-
-    async def remove_blocked(self, account_id: int, numbers: Sequence[str]) -> int:
-        """Remove callers from the block list; returns how many were there."""
-
-    async def list_blocked(self, account_id: int, limit: int, offset: int
-                           ) -> tuple[list[str], int]:
-        """A page of the block list in number order, and its size."""
-
-    # --- operators of the admin API, and their audit trail ------------------------------------
-    async def create_operator(self, operator: Operator) -> bool:
-        """False when an operator of that name exists (nothing changes then)."""
-
-    async def get_operator(self, name: str) -> Operator | None: ...
-
-    async def get_operator_by_token_hash(self, token_hash: str) -> Operator | None: ...
-
-    async def list_operators(self) -> list[Operator]: ...
-
-    async def set_operator_disabled(self, name: str, disabled: bool) -> bool:
-        """False when no such operator."""
-
-    async def add_audit(self, entry: AuditEntry) -> None: ...
-
-    async def list_audit(self, limit: int) -> list[AuditEntry]:
-        """The newest entries first."""
-    async def next_call_record_id(self) -> int:
-        """A fresh call-record id: increasing, unique across processes, below 2^53."""
-
-    async def purge_history(self, now: int, retention: Retention, limit: int) -> int:
-        """Remove up to ``limit`` call records and up to ``limit`` delivered or failed
-        events older than their retention; returns how many rows went."""

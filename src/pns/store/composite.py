@@ -385,7 +385,7 @@ class CompositeStore:
 
     async def numbers_page(self, account_id: int | None, after: str, limit: int,
                            now: int) -> list[NumberUsage]:
-        rows = await self.records.numbers_page(  # type: ignore[attr-defined]
+        rows = await self.records.numbers_page(
             account_id, after, limit, now)
         actives = await self.index.active([row.x for row in rows], now)
         return [NumberUsage(row.x, row.account_id, row.country_code, row.enabled, count)
