@@ -236,6 +236,33 @@ def test_max_duration_ends_the_call_and_pns_records_allotted_timeout(
     assert 1 <= rec["duration"] <= 4 and rec["duration"] == rec["hangupAt"] - rec["answerAt"], rec
 
 
+def test_max_duration_set_by_update_on_axyb_ends_the_call_as_each_side_knows_it(
+        modes: Modes, pns_server: PnsServer, switch: Switch) -> None:
+    """updateAXB gives a v1 AXYB a limit: the switch's BYE reaches B from Y (what B was shown),
+    A from X (what A dialled)."""
+    a, b = _numbers(2)
+    data = modes.v1("axyb", {"phoneA": a, "phoneB": b, "bindExpireSecond": 120})
+    x, y = str(data["didX"]), str(data["didY"])
+    updated = modes.call("updateAXB", {"bindId": data["bindId"], "maxDuration": 2})["data"]
+    assert updated["maxDuration"] == 2, updated
+    a_run, b_run = switch.calls([(a, x)], uac="uac_wait_bye.xml", uas="uas_load.xml",
+                                arriving=1, caller_args=_number_in_call_id(a))
+    assert_ok(a_run)
+    assert_ok(b_run)
+    [to_caller] = [m for m in received(a_run) if m.method == "BYE"]
+    [to_callee] = [m for m in received(b_run) if m.method == "BYE"]
+    assert (user_of(to_caller.header("From") or ""), user_of(to_caller.header("To") or "")) == (
+        x, a), to_caller.text
+    assert (user_of(to_callee.header("From") or ""), user_of(to_callee.header("To") or "")) == (
+        y, b), to_callee.text
+    [inv] = invites(b_run)
+    assert _shown(inv.header("From") or "", y) and to_callee.call_id == inv.call_id, inv.text
+    assert_no_trace(b_run, [a], "the callee")
+    assert_no_trace(a_run, [b], "the caller")
+    rec = modes.record(inv.header("X-PNS-Call-Id") or "")
+    assert (rec["hangupCause"], rec["hangupCode"], rec["did"]) == ("ALLOTTED_TIMEOUT", 602, x), rec
+
+
 # ---------------------------------------------------------------------------------------------
 # calleeDtmf
 
