@@ -4,7 +4,8 @@ config against a stand-in API; this proves what pns really answers is what the s
 
 - `display` (modes.md, "one rule for what the callee sees"): AXG member → A shown X; AXYB A → B
   shown Y, B → A on Y (after A's first call) shown X; XYB the first caller of X is captured and
-  B is shown Y, and from then B reaches that caller on Y, shown Y. The callee gets the number
+  B is shown Y, and from then B reaches that caller on Y, shown Y (also with Y taken at the
+  call-in, and for AXEYB's and NXEYB's callers of X*EXT). The callee gets the number
   as From user and display name, and nothing of the caller's real number: no header, no SDP
   line, no Call-ID with it (the callers here put their number in their Call-ID too).
 - `maxDuration` (lifecycle.md): a binding made with maxDuration 2 → the switch ends the call
@@ -35,7 +36,8 @@ from .test_sip_switch import assert_no_trace, assert_ok, finals, invites, receiv
 # X/Y numbers of this module's own customer: XYB needs an X no binding uses yet, so these are
 # not shared with the other SIP tests' customers.
 MODE_NUMBERS = [f"8523557{i:04d}" for i in range(1, 9)]
-V1_ACTIONS = {"axb": "bindAXB", "axyb": "bindAXYB", "xyb": "bindXYB"}
+V1_ACTIONS = {"axb": "bindAXB", "axyb": "bindAXYB", "xyb": "bindXYB", "axeyb": "bindAXEYB",
+              "nxeyb": "bindNXEYB"}
 
 
 @dataclass
@@ -143,18 +145,19 @@ def _check_call(switch: Switch, modes: Modes, caller: str, dialled: str, callee:
     ok = [m for m in finals(a_run) if m.status == 200]  # the INVITE's and the re-INVITE's
     assert len(ok) == 2 and all(user_of(m.header("To") or "") == dialled for m in ok), ok
     call_id = inv.header("X-PNS-Call-Id") or ""
+    did = dialled.partition("*")[0]  # the record's number is X, without the extension
     rec = modes.record(call_id)
-    assert (rec["caller"], rec["did"], rec["callee"]) == (caller, dialled, callee), rec
+    assert (rec["caller"], rec["did"], rec["callee"]) == (caller, did, callee), rec
     assert (rec["hangupCause"], rec["hangupCode"], rec["hangup"]) == (
         "NORMAL_CLEARING", 16, 0), rec
     pushed = json.loads(modes.receiver.wait_for(call_id)[1])
     assert ("legList" in pushed) == v1, pushed  # NXCloud's newer CDR shape for v1 bindings
     if v1:
         legs = [(leg["callType"], leg["caller"], leg["callee"]) for leg in pushed["legList"]]
-        assert legs == [(1, caller, dialled), (2, shown, callee)], pushed
+        assert legs == [(1, caller, did), (2, shown, callee)], pushed
     else:
         assert (pushed["caller"], pushed["did"], pushed["callee"]) == (
-            caller, dialled, callee), pushed
+            caller, did, callee), pushed
 
 
 def _refused(switch: Switch, caller: str, dialled: str) -> None:
@@ -201,6 +204,58 @@ def test_xyb_the_first_caller_is_captured_and_b_shown_y(
     _check_call(switch, modes, b, y, a, y, v1=True)
     _refused(switch, late, y)
     _refused(switch, a, x)  # and X was released: A calling it is no longer this binding
+
+
+def test_xyb_with_y_taken_at_the_call_in_shows_b_that_y(modes: Modes, pns_server: PnsServer,
+                                                        switch: Switch) -> None:
+    """delayedGetY: no Y at the bind; the first call takes one, and B is shown it at once."""
+    b, a = _numbers(2)
+    data = modes.v1("xyb", {"phoneB": b, "bindExpireSecond": 120, "delayedGetY": True})
+    x = str(data["didX"])
+    assert "didY" not in data or not data["didY"], data
+    a_run, b_run = switch.calls([(a, x)], arriving=1, caller_args=_number_in_call_id(a))
+    assert_ok(a_run)
+    assert_ok(b_run)
+    [inv] = invites(b_run)
+    y = user_of(inv.header("From") or "")
+    assert y in MODE_NUMBERS and y != x and _shown(inv.header("From") or "", y), inv.text
+    assert_no_trace(b_run, [a], "the callee")
+    _check_call(switch, modes, b, y, a, y, v1=True)  # the Y B was shown reaches A
+
+
+def test_axeyb_without_a_captures_the_first_caller_of_x_ext(
+        modes: Modes, pns_server: PnsServer, switch: Switch) -> None:
+    """(A,X,E) → B shown Y; then (B,Y) → A and (A,Y) → B, shown Y; another caller of X+E: 404."""
+    b, a, late = _numbers(3)
+    data = modes.v1("axeyb", {"phoneB": b, "bindExpireSecond": 120})
+    x, y, ext = str(data["didX"]), str(data["didY"]), str(data["extensionX"])
+    _check_call(switch, modes, a, f"{x}*{ext}", b, y, v1=True)
+    _check_call(switch, modes, b, y, a, y, v1=True)
+    _check_call(switch, modes, a, y, b, y, v1=True)
+    _refused(switch, late, f"{x}*{ext}")
+
+
+def test_nxeyb_each_caller_gets_a_y_of_its_own(modes: Modes, pns_server: PnsServer,
+                                               switch: Switch) -> None:
+    """Each caller Aᵢ of X+E reaches B shown a Yᵢ allocated at that call; B reaches Aᵢ on it."""
+    b, a1, a2 = _numbers(3)
+    data = modes.v1("nxeyb", {"phoneB": b, "bindExpireSecond": 120})
+    x, ext = str(data["didX"]), str(data["extensionX"])
+    shown = []
+    for a in (a1, a2):
+        a_run, b_run = switch.calls([(a, f"{x}*{ext}")], arriving=1,
+                                    caller_args=_number_in_call_id(a))
+        assert_ok(a_run)
+        assert_ok(b_run)
+        [inv] = invites(b_run)
+        assert user_of(inv.ruri) == b, inv.text
+        y = user_of(inv.header("From") or "")
+        assert y in MODE_NUMBERS and _shown(inv.header("From") or "", y), inv.text
+        assert_no_trace(b_run, [a], "the callee")
+        shown.append(y)
+    assert shown[0] != shown[1]
+    _check_call(switch, modes, b, shown[0], a1, shown[0], v1=True)
+    _check_call(switch, modes, b, shown[1], a2, shown[1], v1=True)
 
 
 # ---------------------------------------------------------------------------------------------
