@@ -36,6 +36,7 @@ from .test_sip_switch import assert_no_trace, assert_ok, finals, invites, receiv
 # X/Y numbers of this module's own customer: XYB needs an X no binding uses yet, so these are
 # not shared with the other SIP tests' customers.
 MODE_NUMBERS = [f"8523557{i:04d}" for i in range(1, 9)]
+FAIL_PROMPT = "modes-call-fail.wav"  # this customer's audioWhenCallFail
 V1_ACTIONS = {"axb": "bindAXB", "axyb": "bindAXYB", "xyb": "bindXYB", "axeyb": "bindAXEYB",
               "nxeyb": "bindNXEYB"}
 
@@ -86,7 +87,7 @@ def modes(pns_server: PnsServer) -> Iterator[Modes]:
     _pns("numbers", "add", "--account", acc["accessKey"], *MODE_NUMBERS,
          "--store", pns_server.store)
     _pns("account", "set", acc["accessKey"], "--callback-url", receiver.url,
-         "--store", pns_server.store)
+         "--audio-when-call-fail", FAIL_PROMPT, "--store", pns_server.store)
     client = PnsClient(pns_server.base_url, acc["accessKey"], acc["accessSecret"])
     try:
         yield Modes(client, receiver)
@@ -316,6 +317,32 @@ def test_max_duration_set_by_update_on_axyb_ends_the_call_as_each_side_knows_it(
     assert_no_trace(a_run, [b], "the caller")
     rec = modes.record(inv.header("X-PNS-Call-Id") or "")
     assert (rec["hangupCause"], rec["hangupCode"], rec["did"]) == ("ALLOTTED_TIMEOUT", 602, x), rec
+
+
+# ---------------------------------------------------------------------------------------------
+# lifecycle.md's refusals
+
+
+def test_call_direction_and_block_list_refusals_play_the_fail_prompt(
+        modes: Modes, pns_server: PnsServer, switch: Switch) -> None:
+    """10023 (callDirection) and 10024 (a blocked caller) come with the fail prompt: the switch
+    answers 403 with it in X-PNS-Prompt (it answered 500 without it before), and calls no one."""
+    a, b, nuisance = _numbers(3)
+    x = str(modes.call("bindAXB", {"phoneA": a, "phoneB": b, "expireSecond": 120,
+                                   "callDirection": 1})["data"]["did"])  # only A may call
+    modes.call("addBlacklist", {"phones": nuisance})
+    a_run, b_run = switch.calls([(b, x), (nuisance, x)], uac="uac_reject.xml", rate=20)
+    assert_ok(a_run)
+    assert invites(b_run) == []
+    caller_of = {m.call_id: user_of(m.header("From") or "") for m in a_run.sent()
+                 if m.method == "INVITE"}
+    got = {caller_of[m.call_id]: m for m in finals(a_run)}
+    assert set(got) == {b, nuisance}
+    for caller, code in ((b, "10023"), (nuisance, "10024")):
+        reply = got[caller]
+        assert (reply.status, reply.header("X-PNS-Prompt"), reply.header("X-PNS-Code")) == (
+            403, FAIL_PROMPT, code), reply.text
+    assert_no_trace(a_run, [a], "the callers")
 
 
 # ---------------------------------------------------------------------------------------------
