@@ -165,14 +165,14 @@ class Switch:
     def calls(self, rows: list[tuple[str, str]], *, uac: str = "uac_call.xml",
               uas: str | None = "uas.xml", at: str = "gateway", arriving: int | None = None,
               calls: int | None = None, rate: int = 10, limit: int = 1, pause_ms: int = 200,
-              uriparams: str = "", timeout: float = 30.0,
-              host: str = HOST) -> tuple[SippRun, SippRun | None]:
+              uriparams: str = "", timeout: float = 30.0, host: str = HOST,
+              caller_args: tuple[str, ...] = ()) -> tuple[SippRun, SippRun | None]:
         """Places calls through the switch: rows of (caller, request-URI user) from a CSV.
 
         A sipp UAS (scenario `uas`) listens at the gateway (or the IVR) first. `arriving` is how
         many calls must reach it: it then ends by itself after them; else it is stopped once
-        the callers are done. `host`: the caller's own address. Returns the caller's run and the
-        callee's run.
+        the callers are done. `host`: the caller's own address. `caller_args`: more options of
+        the caller's sipp. Returns the caller's run and the callee's run.
         """
         n = next(self._runs)
         calls = calls if calls is not None else len(rows)
@@ -191,7 +191,7 @@ class Switch:
             caller_run = caller.run(
                 self.port, "-inf", str(csv), "-key", "uriparams", uriparams,
                 "-m", str(calls), "-r", str(rate), "-l", str(limit), "-d", str(pause_ms),
-                "-recv_timeout", "10000", timeout=timeout)
+                "-recv_timeout", "10000", *caller_args, timeout=timeout)
         finally:
             callee_run = None
             if callee is not None:

@@ -387,6 +387,13 @@ MAPPING = [
     ("85235554109", Answer(envelope=_envelope(0, {"callee": "", "bindType": 0})), 500, None),
     ("85235554110", Answer(envelope=_envelope(10004, {"audioWhenCallFail": "cc.wav"})), 404,
      "cc.wav"),
+    ("85235554111", Answer(envelope=_envelope(10023, {"audioWhenCallFail": "dir.wav"})), 403,
+     "dir.wav"),
+    ("85235554112", Answer(envelope=_envelope(10024, {"audioWhenCallFail": "blk.wav"})), 403,
+     "blk.wav"),
+    ("85235554113", Answer(envelope=_envelope(10010, {"audioWhenCallFail": "full.wav",
+                                                      "audioWhenDtmfErr": "e.wav"})), 480,
+     "full.wav"),
 ]
 
 
