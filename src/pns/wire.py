@@ -111,6 +111,11 @@ class V1Common(msgspec.Struct):
     ext: str = ""
     didX: str = ""
     iso2X: str = ""
+    # lifecycle.md (its fields apply to the modes too)
+    callDirection: IntField = None
+    maxDuration: IntField = None
+    renewOnCall: IntField = None
+    audioWhenCallFail: str | None = None
 
 
 class V1BindAXBBody(V1Common):
@@ -178,6 +183,11 @@ class BindAXGBody(msgspec.Struct):
     customerBindId: str = ""
     flag: IntField = 0
     businessId: str = ""
+    # lifecycle.md
+    callDirection: IntField = None
+    maxDuration: IntField = None
+    renewOnCall: IntField = None
+    audioWhenCallFail: str | None = None
 
 
 # The fields each body must carry (checked by the actions; listed here once for the decoder's
