@@ -180,10 +180,18 @@ def test_fields_that_make_no_sense_for_a_mode_are_1002(server: Server, customer:
 def test_get_and_update_every_kind(server: Server, customer: Tenant, switch: Tenant) -> None:
     c, sw = server.client(customer), server.client(switch)
     # getAXB carries each mode's own fields.
-    xyb = ok(v1(c, "xyb", {"businessId": "r", "phoneB": hk(), "customerUserId": "u-9"}))
+    xyb = ok(v1(c, "xyb", {"businessId": "r", "phoneB": hk(), "customerUserId": "u-9",
+                           "ext": "order 9", "callInExpireSecond": 60,
+                           "bindExpireStrategy": 1, "callInExpireStrategy": 2}))
     data = get(c, xyb["bindId"])
     assert data["customerUserId"] == "u-9" and data["didY"] == xyb["didY"]
-    assert data["bindType"] == 6
+    assert (data["bindType"], data["ext"], data["callInExpireSecond"],
+            data["expireStrategy"]) == (6, "order 9", 60, 2), data
+    axb = ok(v1(c, "axb", {"businessId": "r", "phoneA": hk(), "phoneB": hk(),
+                           "extensionB": "12#", "dtmfDelayTimeB": 3}))
+    data = get(c, axb["bindId"])
+    assert (data["extensionB"], data["dtmfDelayTimeB"]) == ("12#", 3) and "ext" not in data
+    done(c.call("unbindAXB", {"bindId": axb["bindId"]}))
     axe = ok(v1(c, "axe", {"businessId": "r", "phoneA": hk()}))
     assert get(c, axe["bindId"])["extension"] == axe["extensionX"]
     for bound in (xyb, axe):
@@ -260,6 +268,9 @@ def test_cool_off_in_the_modes_allocations(server: Server) -> None:
     rest = set(tenant.numbers) - {n0, again["didX"]}
     assert {axyb["didX"], axyb["didY"]} == rest
     done(c.call("unbindAXB", {"bindId": axyb["bindId"]}))
+    # B leaves Y as it leaves X: naming Y for B now is 10017 too.
+    named = v1(c, "ax", {"businessId": "r", "phoneA": b, "didX": axyb["didY"]})
+    assert code(named) == Code.PARTY_ALREADY_BOUND and "cool-off" in named["msg"], named
     # Naming, as didY, a number a party cools off on is 10017 too.
     (free,) = rest - {axyb["didX"]}
     named = v1(c, "axyb", {"businessId": "r", "phoneA": a, "phoneB": hk(), "didX": free,

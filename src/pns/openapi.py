@@ -173,7 +173,13 @@ _BINDING_DETAIL = {
                  "renewOnCall", "audioWhenCallFail"],
     "properties": {**_BINDING_ITEM["properties"], "expireSecond": _I,
                    "callDirection": {**_I, "enum": [0, 1, 2]}, "maxDuration": _I,
-                   "renewOnCall": _I, "audioWhenCallFail": _S},
+                   "renewOnCall": _I, "audioWhenCallFail": _S,
+                   "ext": {**_S, "description": "v1: as given at the bind"},
+                   "extensionB": {**_S, "description": "v1 AXB: as given at the bind"},
+                   "dtmfDelayTimeB": _I,
+                   "callInExpireSecond": {**_I, "description": "XYB: as given at the bind"},
+                   "expireStrategy": {**_I, "description": "XYB: the strategy in force "
+                                      "(callInExpireStrategy, else bindExpireStrategy)"}},
 }
 _PROMPTS = {"audioWhenCallFail": _S, "audioWhenDtmfNeed": _S, "audioWhenDtmfErr": _S}
 _RECORD = _obj(

@@ -541,9 +541,9 @@ class Store(BindingIndex, RecordsStore, Protocol):
 
         A binding of an account with ``cool_off_seconds`` > 0 leaves, when it ends (unbind,
         expiry swept or released by an insert, its number removed), a cool-off of that many
-        seconds for each of its parties on its X, from when it ended (its expireAt when it
-        expired). Changed in place (``replace_binding``) it leaves none. The sweeper removes
-        cool-offs that are over."""
+        seconds for each of its parties on its X and on its Y (the modes with a Y), from when
+        it ended (its expireAt when it expired). Changed in place (``replace_binding``) it
+        leaves none. The sweeper removes cool-offs that are over."""
 
     async def add_blocked(self, account_id: int, numbers: Sequence[str], now: int) -> int:
         """Add callers to the account's block list; returns how many were new."""
