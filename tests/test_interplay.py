@@ -4,6 +4,7 @@ and the block list before any capture or child binding."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from pns.client import PnsClient
@@ -11,6 +12,7 @@ from pns.errors import Code
 from pns.model import Role
 
 from .conftest import Server, Tenant, create_tenant, unique_hk
+from .test_lifecycle import _expire_at_after_renewal
 from .test_v1_api import v1
 
 LIFE = {"maxDuration": 90, "renewOnCall": 300, "audioWhenCallFail": "own.wav"}
@@ -334,3 +336,22 @@ def test_a_blocked_caller_is_refused_by_every_mode_and_never_captured(
     refused(sw.query(blocked, axg["did"]))
     done(c.call("unbindAXB", {"bindId": axg["bindId"]}))
     ok(c.call("removeBlacklist", {"phones": blocked}))
+
+
+def test_renew_on_call_in_nxeyb_slides_the_parent_and_each_child(
+        server: Server, customer: Tenant, switch: Tenant) -> None:
+    """A call-in is an answered query of the parent; later calls on Yᵢ are the child's."""
+    c, sw = server.client(customer), server.client(switch)
+    b, caller = hk(), hk()
+    parent = ok(v1(c, "nxeyb", {"businessId": "r", "phoneB": b, "bindExpireSecond": 60,
+                                "renewOnCall": 3600}))
+    asked = int(time.time())
+    y = ok(sw.query(caller, parent["didX"], parent["extensionX"]))["display"]
+    assert _expire_at_after_renewal(c, parent["bindId"], asked + 3600) >= asked + 3600
+    child = next(i for i in c.call("getAXBList", {})["data"]["bindList"]
+                 if i.get("parentBindId") == parent["bindId"])
+    assert get(c, child["bindId"])["renewOnCall"] == 3600
+    asked = int(time.time())
+    ok(sw.query(b, y))
+    assert _expire_at_after_renewal(c, child["bindId"], asked + 3600) >= asked + 3600
+    done(c.call("unbindAXB", {"bindId": parent["bindId"]}))
