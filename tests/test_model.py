@@ -39,6 +39,7 @@ class ModelBinding:
     alone: bool = False  # AX: X held by this binding alone
     members: frozenset[str] = frozenset()  # AXG: the group's members, parties on X
     renew: int = 0
+    direction: int = 0  # callDirection: 1 only A may call, 2 only B (anyone but A)
 
     def active(self, now: int) -> bool:
         return self.expire_at == 0 or self.expire_at > now
@@ -216,6 +217,7 @@ def machine_for(store_url: str) -> type[RuleBasedStateMachine]:
             self.group_members = new
             for m in ours:
                 m.members = new
+                m.b = m.b if m.b in new else ""  # a removed phoneB leaves A without a callee
 
         @precondition(lambda self: bool(self.model.bindings))
         @rule(pick=st.integers(0, 1000))
@@ -231,18 +233,26 @@ def machine_for(store_url: str) -> type[RuleBasedStateMachine]:
 
         @precondition(lambda self: bool(self.model.bindings))
         @rule(pick=st.integers(0, 1000), b=st.none() | st.integers(0, PEOPLE - 1),
-              expire=st.none() | st.sampled_from([0, 5, 30]))
-        def update(self, pick: int, b: int | None, expire: int | None) -> None:
+              expire=st.none() | st.sampled_from([0, 5, 30]),
+              direction=st.none() | st.sampled_from([0, 1, 2]))
+        def update(self, pick: int, b: int | None, expire: int | None,
+                   direction: int | None) -> None:
             bind_id = list(self.model.bindings)[pick % len(self.model.bindings)]
             m = self.model.bindings[bind_id]
             pb = self.people[b] if b is not None else None
             binding, code = self.call(self.service.update_binding(
-                self.account, bind_id, "", BindingUpdate(phone_b=pb, expire_second=expire),
+                self.account, bind_id, "", BindingUpdate(
+                    phone_b=pb, expire_second=expire, life=Lifecycle(call_direction=direction)),
                 now=self.now))
             if not m.active(self.now):
                 assert code is Code.BINDING_NOT_EXIST
                 return
-            if pb is not None:
+            if pb is not None and m.members:  # AXG: B must be a member (no key of its own)
+                if pb not in m.members:
+                    assert code is Code.NOT_GROUP_MEMBER, code
+                    return
+                m.b = pb
+            elif pb is not None:
                 holder = self.model.holder(m.x, pb, self.now)
                 if not m.b:
                     assert code is Code.BAD_PARAMETER
@@ -256,9 +266,11 @@ def machine_for(store_url: str) -> type[RuleBasedStateMachine]:
                 m.b = pb
             if expire is not None:
                 m.expire_at = self.now + expire if expire else 0
+            if direction is not None:
+                m.direction = direction
             assert code is None, code
-            assert (binding.bind_id, binding.x, binding.b, binding.expire_at) == (
-                m.bind_id, m.x, m.b, m.expire_at)
+            assert (binding.bind_id, binding.x, binding.b, binding.expire_at,
+                    binding.call_direction) == (m.bind_id, m.x, m.b, m.expire_at, m.direction)
 
         @rule(seconds=st.sampled_from([1, 4, 10, 31]))
         def advance_clock(self, seconds: int) -> None:
@@ -295,11 +307,14 @@ def machine_for(store_url: str) -> type[RuleBasedStateMachine]:
                     expected = expected or None
                 elif (alone := self.model.alone(x, self.now)) is not None:
                     expected = alone.a  # AX: anyone but A reaches A
+                    m = alone
                 if m is None and any(mm.extension for mm in active):
                     assert answer is not None and answer.callee == "" and answer.bind_type == 4
                     return
             if expected is None:
                 assert code is Code.BINDING_NOT_EXIST, (answer, code)
+            elif m is not None and m.direction and (caller == m.a) != (m.direction == 1):
+                assert code is Code.DIRECTION_NOT_ALLOWED, (answer, code)
             else:
                 assert answer is not None and answer.callee == expected, (answer, code)
                 if m is not None and m.renew and m.expire_at:  # renewOnCall slides expireAt

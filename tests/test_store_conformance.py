@@ -28,6 +28,7 @@ import pytest
 from pns.ids import new_bind_id
 from pns.model import (
     BIND_TYPE_AXB,
+    BIND_TYPE_AXYB,
     BIND_TYPE_EXTENSION,
     BIND_TYPE_NXEYB,
     BIND_TYPE_XYB,
@@ -1122,6 +1123,34 @@ def test_cool_offs_follow_every_end_of_a_binding(anys: SyncStore) -> None:
     assert s.cool_offs([c], now + 95) == {}
     s.record_cool_offs([binding(acc, x1, g, created_at=now)], now)  # an index kept elsewhere
     assert s.cool_offs([g], now) == {x1: now + 100}
+
+
+def test_cool_offs_on_y_as_on_x(anys: SyncStore) -> None:
+    """A binding with a Y leaves its parties a cool-off on Y too (schema 9); a capture (a
+    change in place) leaves none on either."""
+    s = anys
+    acc = new_account(s)
+    s.update_account(acc.access_key, AccountChanges(cool_off_seconds=100))
+    x, y, x2, y2 = new_numbers(s, acc, 4)
+    now = int(time.time())
+    a, b, c = phone(), phone(), phone()
+    axyb = msgspec.structs.replace(binding(acc, x, a, b, created_at=now),
+                                   bind_type=BIND_TYPE_AXYB, y=y)
+    s.insert_binding(axyb, now)
+    assert s.delete_binding(axyb.bind_id)
+    cooling = s.cool_offs([b], now)
+    assert set(cooling) == {x, y} and cooling[x] == cooling[y]
+    assert s.cool_offs([a], now) == cooling
+    xyb = msgspec.structs.replace(binding(acc, x2, "", c, created_at=now),
+                                  bind_type=BIND_TYPE_XYB, y=y2)
+    s.insert_binding(xyb, now)
+    captured = msgspec.structs.replace(xyb, a=phone(), captured_at=now)
+    assert s.replace_binding(xyb, captured, now)
+    assert s.cool_offs([c, captured.a], now) == {}
+    assert s.delete_binding(xyb.bind_id)
+    assert set(s.cool_offs([captured.a], now)) == {x2, y2}
+    s.record_cool_offs([msgspec.structs.replace(axyb, a=c)], now)  # an index kept elsewhere
+    assert set(s.cool_offs([c], now)) == {x, y, x2, y2}
 
 
 def test_block_list(anys: SyncStore) -> None:

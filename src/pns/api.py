@@ -35,6 +35,7 @@ from .wire import (
     UnbindBody,
     UpdateAXBBody,
     UpdateGroupBody,
+    V1Common,
     binding_detail,
     binding_item,
     decode,
@@ -187,7 +188,8 @@ async def _unbind(api: Api, account: Account, req: UnbindBody, now: int) -> None
     return None
 
 
-def lifecycle_fields(req: BindAXBBody | BindExtensionBody | UpdateAXBBody) -> Lifecycle:
+def lifecycle_fields(req: BindAXBBody | BindExtensionBody | BindAXGBody | UpdateAXBBody
+                     | V1Common) -> Lifecycle:
     """lifecycle.md's fields of a bind or update body (absent ones stay None)."""
     return Lifecycle(
         call_direction=optional_int(req.callDirection, "callDirection"),
@@ -317,6 +319,7 @@ async def _bind_axg(api: Api, account: Account, req: BindAXGBody, now: int) -> d
         expire_second=int_field(req.expireSecond, "expireSecond", required=True),
         phone_x=req.phoneX, phone_b=req.phoneB, customer_bind_id=req.customerBindId,
         flag=int_field(req.flag, "flag", required=False), business_id=req.businessId, now=now,
+        life=lifecycle_fields(req),
     )
     return {"bindId": binding.bind_id, "did": binding.x, "expireAt": binding.expire_at}
 

@@ -348,8 +348,7 @@ class Service:
                 expire_at=expire_at_for(expire_second, now), created_at=now,
                 **attrs,  # type: ignore[arg-type]
             )
-            if life is not None:
-                binding = life.apply(binding)
+            binding = _with_life(binding, life)
             try:
                 await self.store.insert_binding(binding, now)
                 return binding
@@ -430,7 +429,8 @@ class Service:
     async def _require_no_cool_off(self, account: Account, x: str, parties: tuple[str, ...],
                                    now: int) -> None:
         """A bind that names X for a party cooling off there: 10017, saying until when."""
-        if not account.cool_off_seconds:
+        parties = _people(parties)
+        if not account.cool_off_seconds or not parties:
             return
         until = (await self.store.cool_offs(parties, now)).get(x) or await self._ended_unswept(
             account, x, parties, now)
@@ -453,6 +453,7 @@ class Service:
         ext: str = "",
         iso2: str = "",
         now: int | None = None,
+        life: Lifecycle | None = None,
     ) -> Binding:
         """AX: X held by A alone; anyone but A calling X reaches A (display X)."""
         now = int(time.time()) if now is None else now
@@ -463,13 +464,13 @@ class Service:
         country = region_country_code(iso2) if iso2 and requested_x is None else a.country_code
 
         def make(x: str) -> Binding:
-            return Binding(
+            return _with_life(Binding(
                 bind_id=new_bind_id(x), account_id=account.id, x=x, a=a.digits, b="",
                 extension="", bind_type=BIND_TYPE_AX, customer_bind_id=customer_bind_id,
                 business_id=business_id, flag=flag, expire_second=expire_second,
                 expire_at=expire_at_for(expire_second, now), created_at=now,
                 api_version=api_version, ext=ext,
-            )
+            ), life)
 
         return await self._bind_alone(account, make, requested_x, country, (a.digits,), now)
 
@@ -488,6 +489,7 @@ class Service:
         ext: str = "",
         iso2: str = "",
         now: int | None = None,
+        life: Lifecycle | None = None,
     ) -> Binding:
         """AXYB: A calling X reaches B (shown Y); B calling Y reaches A (shown Y, the number
         B dials back) once A has called. X and Y each carry both parties (I1)."""
@@ -505,13 +507,13 @@ class Service:
         country = region_country_code(iso2) if iso2 and requested_x is None else a.country_code
 
         def make(x: str, y: str) -> Binding:
-            return Binding(
+            return _with_life(Binding(
                 bind_id=new_bind_id(x), account_id=account.id, x=x, a=a.digits, b=b.digits,
                 extension="", bind_type=BIND_TYPE_AXYB, customer_bind_id=customer_bind_id,
                 business_id=business_id, flag=flag, expire_second=expire_second,
                 expire_at=expire_at_for(expire_second, now), created_at=now, y=y,
                 api_version=api_version, ext=ext,
-            )
+            ), life)
 
         return await self._bind_two(account, make, requested_x, requested_y, country,
                                     (a.digits, b.digits), (a.digits, b.digits), now)
@@ -534,6 +536,7 @@ class Service:
         expire_strategy: int = 0,
         delayed_y: bool = False,
         now: int | None = None,
+        life: Lifecycle | None = None,
     ) -> Binding:
         """XYB: X held alone until its first call; that caller becomes A (captured atomically
         in ``query``), X is released, and A and B reach each other on Y (shown Y).
@@ -558,14 +561,14 @@ class Service:
         country = region_country_code(iso2) if iso2 and requested_x is None else b.country_code
 
         def make(x: str, y: str) -> Binding:
-            return Binding(
+            return _with_life(Binding(
                 bind_id=new_bind_id(x), account_id=account.id, x=x, a="", b=b.digits,
                 extension="", bind_type=BIND_TYPE_XYB, customer_bind_id=customer_bind_id,
                 business_id=business_id, flag=flag, expire_second=expire_second,
                 expire_at=expire_at_for(expire_second, now), created_at=now, y=y,
                 api_version=api_version, ext=ext, customer_user_id=customer_user_id,
                 call_in_expire_second=call_in_expire_second, expire_strategy=expire_strategy,
-            )
+            ), life)
 
         if delayed_y:
             return await self._bind_alone(account, lambda x: make(x, ""), requested_x,
@@ -588,6 +591,8 @@ class Service:
         for requested in (requested_x, requested_y):
             if requested is not None:
                 await self._require_own_number(account, requested, country_code)
+                await self._require_no_cool_off(account, requested.digits, (*on_x, *on_y),
+                                                now)
         if requested_x and requested_y and requested_x.digits == requested_y.digits:
             raise PnsError(Code.BAD_PARAMETER, "didX and didY must differ")
         for _ in range(_INSERT_ATTEMPTS):
@@ -611,22 +616,37 @@ class Service:
         raise PnsError(Code.NUMBERS_EXHAUSTED, "virtual numbers exhausted under contention; retry")
 
     async def _pick(self, account: Account, country_code: int, parties: tuple[str, ...],
-                    now: int, exclude: tuple[str, ...], empty: bool = False) -> str:
+                    now: int, exclude: tuple[str, ...], empty: bool = False,
+                    cool: tuple[str, ...] | None = None) -> str:
         """A number of the pool where none of ``parties`` is bound, least loaded, not one of
         ``exclude``; 10008/10010 when none. For a binding that holds its number alone
         (``empty``) one with no binding stored is preferred; the store's count includes
-        expired bindings not yet swept, so a fuller one is tried too and the insert decides."""
+        expired bindings not yet swept, so a fuller one is tried too and the insert decides.
+
+        Cool-off (lifecycle.md), as ``allocate_x``: never a number one of ``cool`` (default:
+        the real numbers among ``parties``) left less than coolOffSeconds ago."""
+        people = _people(parties if cool is None else cool)
+        cooling = (await self.store.cool_offs(people, now)
+                   if account.cool_off_seconds and people else {})
         candidates = [c for c in await self.store.free_numbers(
-            account.id, country_code, parties, now, _CANDIDATES * 4) if c.x not in exclude]
+            account.id, country_code, parties, now, _CANDIDATES * 4 + len(cooling))
+            if c.x not in exclude and c.x not in cooling]
         if empty:
             candidates = [c for c in candidates if c.active_bindings == 0] or candidates
-        if candidates:
-            return choose_x(candidates).x
+        while candidates:
+            chosen = choose_x(candidates)
+            if not await self._ended_unswept(account, chosen.x, people, now):
+                return chosen.x
+            candidates.remove(chosen)
         if not await self._has_pool(account, country_code, now):
             raise PnsError(Code.NO_VIRTUAL_NUMBER,
                            f"the account has no virtual number in country code {country_code}")
-        raise PnsError(Code.NUMBERS_EXHAUSTED, "virtual numbers exhausted: no number of the "
-                       "pool is free for these parties")
+        message = "virtual numbers exhausted: no number of the pool is free for these parties"
+        held_back = await self._cooling_in_pool(account, country_code, cooling)
+        if held_back:
+            message += (f"; {held_back} number(s) held back by cool-off (a party left them "
+                        f"less than {account.cool_off_seconds} s ago)")
+        raise PnsError(Code.NUMBERS_EXHAUSTED, message)
 
     async def bind_axeyb(
         self,
@@ -645,6 +665,7 @@ class Service:
         iso2: str = "",
         extension_length: int | None = None,
         now: int | None = None,
+        life: Lifecycle | None = None,
     ) -> Binding:
         """AXEYB: (A, X, E) reaches B (shown Y); then A and B reach each other on Y. Without
         A, the first caller of X+E becomes A (captured atomically in ``query``)."""
@@ -667,16 +688,16 @@ class Service:
         parties = (a_digits, b.digits) if a else (b.digits,)
 
         def make(x: str, y: str, extension: str) -> Binding:
-            return Binding(
+            return _with_life(Binding(
                 bind_id=new_bind_id(x), account_id=account.id, x=x, a=a_digits, b=b.digits,
                 extension=extension, bind_type=BIND_TYPE_AXEYB,
                 customer_bind_id=customer_bind_id, business_id=business_id, flag=flag,
                 expire_second=expire_second, expire_at=expire_at_for(expire_second, now),
-                created_at=now, y=y, api_version=api_version, ext=ext)
+                created_at=now, y=y, api_version=api_version, ext=ext), life)
 
         return await self._bind_extension_mode(
             account, make, requested_x, requested_y, country, parties, requested_ext, length,
-            now)
+            now, parties)
 
     async def bind_nxeyb(
         self,
@@ -693,6 +714,7 @@ class Service:
         iso2: str = "",
         extension_length: int | None = None,
         now: int | None = None,
+        life: Lifecycle | None = None,
     ) -> Binding:
         """NXEYB: B on X + E. Each caller Aᵢ of X+E reaches B shown Yᵢ, a number allocated at
         that query where Aᵢ and B are free, through a child binding Aᵢ-Yᵢ-B made then."""
@@ -707,15 +729,16 @@ class Service:
         country = region_country_code(iso2) if iso2 and requested_x is None else b.country_code
 
         def make(x: str, y: str, extension: str) -> Binding:
-            return Binding(
+            return _with_life(Binding(
                 bind_id=new_bind_id(x), account_id=account.id, x=x, a="", b=b.digits,
                 extension=extension, bind_type=BIND_TYPE_NXEYB,
                 customer_bind_id=customer_bind_id, business_id=business_id, flag=flag,
                 expire_second=expire_second, expire_at=expire_at_for(expire_second, now),
-                created_at=now, api_version=api_version, ext=ext)
+                created_at=now, api_version=api_version, ext=ext), life)
 
         return await self._bind_extension_mode(
-            account, make, requested_x, None, country, None, requested_ext, length, now)
+            account, make, requested_x, None, country, None, requested_ext, length, now,
+            (b.digits,))
 
     async def _free_extension(self, x: str, length: int, now: int) -> str:
         """A random free extension of ``length`` digits on X; 10016 when X's active
@@ -736,9 +759,12 @@ class Service:
         self, account: Account, make: Callable[[str, str, str], Binding],
         requested_x: Number | None, requested_y: Number | None, country_code: int,
         y_parties: tuple[str, ...] | None, requested_ext: str | None, length: int, now: int,
+        cool: tuple[str, ...],
     ) -> Binding:
         """Insert an AXEYB (with a Y carrying ``y_parties``) or an NXEYB parent (no Y): X
-        any number of the pool not held alone, least loaded; the extension requested or free."""
+        any number of the pool not held alone, least loaded; the extension requested or free.
+        ``cool``: the binding's parties, kept off the numbers they cool off on (X carries no
+        party of these modes, so its choice is told them)."""
         probe = make(requested_x.digits if requested_x else "",
                      requested_y.digits if requested_y else "", requested_ext or "")
         existing = await self._existing_like(account, probe, now)
@@ -747,9 +773,10 @@ class Service:
         for requested in (requested_x, requested_y):
             if requested is not None:
                 await self._require_own_number(account, requested, country_code)
+                await self._require_no_cool_off(account, requested.digits, cool, now)
         for _ in range(_INSERT_ATTEMPTS):
             x = requested_x.digits if requested_x else await self._pick(
-                account, country_code, (EXCLUSIVE,), now, ())
+                account, country_code, (EXCLUSIVE,), now, (), cool=cool)
             if requested_ext is not None:
                 used = await self.store.used_extensions(x, now)
                 if any(len(e) != len(requested_ext) for e in used):
@@ -889,6 +916,7 @@ class Service:
         flag: int = 0,
         business_id: str = "",
         now: int | None = None,
+        life: Lifecycle | None = None,
     ) -> Binding:
         """AXG: every member of the group calling X reaches A (display X); A calling X
         reaches ``phone_b`` (a member) or nobody. A and every member are parties on X (I1)."""
@@ -904,17 +932,19 @@ class Service:
         if b and b not in group.members:
             raise PnsError(Code.NOT_GROUP_MEMBER)
         requested_x = self._parse_x(phone_x) if phone_x else None
-        probe = Binding(
+        probe = _with_life(Binding(
             bind_id="", account_id=account.id, x=requested_x.digits if requested_x else "",
             a=a.digits, b=b, extension="", bind_type=BIND_TYPE_AXG,
             customer_bind_id=customer_bind_id, business_id=business_id, flag=flag,
             expire_second=expire_second, expire_at=expire_at_for(expire_second, now),
-            created_at=now, group_id=group.group_id, members=",".join(group.members))
+            created_at=now, group_id=group.group_id, members=",".join(group.members)), life)
         existing = await self._existing_like(account, probe, now)
         if existing is not None:
             return existing
         if requested_x is not None:
             await self._require_own_number(account, requested_x, a.country_code)
+            await self._require_no_cool_off(account, requested_x.digits,
+                                            (a.digits, *group.members), now)
         for _ in range(_INSERT_ATTEMPTS):
             x = requested_x.digits if requested_x is not None else await self._pick(
                 account, a.country_code, (a.digits, *group.members, EXCLUSIVE), now, ())
@@ -945,6 +975,7 @@ class Service:
             return existing
         if requested_x is not None:
             await self._require_own_number(account, requested_x, country_code)
+            await self._require_no_cool_off(account, requested_x.digits, parties, now)
         tried: list[str] = []  # numbers whose other bindings refused this one
         for _ in range(_INSERT_ATTEMPTS):
             x = requested_x.digits if requested_x is not None else await self._pick(
@@ -1058,8 +1089,7 @@ class Service:
                 expire_second=expire_second, expire_at=expire_at_for(expire_second, now),
                 created_at=now, **attrs,  # type: ignore[arg-type]
             )
-            if life is not None:
-                binding = life.apply(binding)
+            binding = _with_life(binding, life)
             try:
                 await self.store.insert_binding(binding, now)
             except BindConflict as conflict:
@@ -1191,7 +1221,15 @@ class Service:
     def _updated(self, binding: Binding, update: BindingUpdate, now: int) -> Binding:
         """The binding after ``update``, every field checked (nothing is written here)."""
         changes: dict[str, Any] = {}
-        if update.phone_b is not None:
+        if update.phone_b is not None and binding.bind_type == BIND_TYPE_NXEYB:
+            raise PnsError(Code.BAD_PARAMETER, "phoneB does not apply to an NXEYB binding: "
+                                               "its child bindings share B")
+        if update.phone_b is not None and binding.bind_type == BIND_TYPE_AXG:
+            member = require_international(update.phone_b, "phoneB").digits
+            if member not in binding.members.split(","):
+                raise PnsError(Code.NOT_GROUP_MEMBER)
+            changes["b"] = member
+        elif update.phone_b is not None:
             if not binding.b:
                 raise PnsError(Code.BAD_PARAMETER, "phoneB does not apply to a binding "
                                                    "without B")
@@ -1214,7 +1252,7 @@ class Service:
             changes["expire_at"] = expire_at_for(expire_second, now)
         changes["flag"] = flag
         changes["business_id"] = business_id
-        return update.life.apply(msgspec.structs.replace(binding, **changes))
+        return _with_life(msgspec.structs.replace(binding, **changes), update.life)
 
     async def list_bindings(
         self, account: Account, limit: int, offset: int, now: int | None = None
@@ -1280,9 +1318,14 @@ class Service:
         if extension is not None:
             binding = await self._by_extension(x.digits, extension, owner, now)
             callee = _extension_callee(binding, caller_digits)
+            if callee is not None:
+                _check_direction(binding, caller_digits, owner)
             if callee == "" and caller_digits is not None:
                 # A first caller of an AXEYB without A, or any caller of an NXEYB.
                 taken = await self._extension_call_in(binding, caller_digits, owner, now)
+                if taken is not None and taken.parent_bind_id and binding.renew_on_call \
+                        and binding.expire_at:
+                    self._renew(binding, now)  # a call-in is an answered query of the parent
                 binding, callee = (taken, taken.b) if taken is not None else (binding, None)
             if not callee:
                 raise PnsError(Code.BINDING_NOT_EXIST, data=prompt_data(owner))
@@ -1306,14 +1349,14 @@ class Service:
                 if account.role is Role.SWITCH:
                     self._in_background(self.notify_binding_error(owner, caller, x.digits, now))
                 raise PnsError(Code.BINDING_NOT_EXIST, data=prompt_data(owner))
+            # Before what an answered query changes: a refused call captures nothing.
+            _check_direction(found, caller_digits, owner)
             answered = await self._answered(found, caller_digits, x.digits, now)
             if answered is None:
                 raise PnsError(Code.BINDING_NOT_EXIST, data=prompt_data(owner))
             binding = found = answered
             if binding.bind_type == BIND_TYPE_XYB and callee == "":
                 callee = binding.b
-        if binding.call_direction and not _direction_allowed(binding, caller_digits):
-            raise PnsError(Code.DIRECTION_NOT_ALLOWED, data=binding_prompt_data(owner, binding))
         if binding.renew_on_call and binding.expire_at:
             self._renew(binding, now)
         call_id = new_snowflake()
@@ -1398,7 +1441,11 @@ class Service:
                 business_id=binding.business_id, flag=binding.flag,
                 expire_second=binding.expire_second, expire_at=binding.expire_at,
                 created_at=now, parent_bind_id=binding.bind_id,
-                api_version=binding.api_version, ext=binding.ext)
+                api_version=binding.api_version, ext=binding.ext,
+                # lifecycle.md's fields of the parent hold for each of its conversations.
+                call_direction=binding.call_direction, max_duration=binding.max_duration,
+                renew_on_call=binding.renew_on_call,
+                audio_when_call_fail=binding.audio_when_call_fail)
             try:
                 await self.store.insert_binding(child, now)
                 return child
@@ -1705,14 +1752,40 @@ def _phone_list(phones: str) -> list[str]:
     return list(dict.fromkeys(numbers))
 
 
-def _direction_allowed(binding: Binding, caller: str | None) -> bool:
-    """callDirection 1: only A may call; 2: only B (anyone but A, on an extension without B)."""
-    from_a = caller == binding.a
-    if binding.call_direction == DIRECTION_A_ONLY:
-        return from_a
-    if binding.call_direction == DIRECTION_B_ONLY:
-        return not from_a
-    return True
+def _check_direction(binding: Binding, caller: str | None, owner: Account | None) -> None:
+    """callDirection 1: only A may call; 2: only B (anyone but A where there is no B: AX,
+    AXE). Where A is still to be captured (XYB before its call-in, AXEYB without A, an
+    NXEYB parent) the caller is the A to be. 10023 with the binding's fail prompt."""
+    if not binding.call_direction:
+        return
+    from_a = caller == binding.a or (not binding.a and binding.bind_type in _CAPTURING)
+    if from_a != (binding.call_direction == DIRECTION_A_ONLY):
+        raise PnsError(Code.DIRECTION_NOT_ALLOWED, data=binding_prompt_data(owner, binding))
+
+
+# The kinds whose first caller becomes A (modes.md).
+_CAPTURING = (BIND_TYPE_AXEYB, BIND_TYPE_XYB, BIND_TYPE_NXEYB)
+
+
+def _people(parties: tuple[str, ...]) -> tuple[str, ...]:
+    """The real numbers among party keys (not "" nor ``EXCLUSIVE``): who can cool off."""
+    return tuple(p for p in parties if p and p != EXCLUSIVE)
+
+
+def _with_life(binding: Binding, life: Lifecycle | None) -> Binding:
+    """``binding`` with lifecycle.md's fields of a bind or update, each checked against its
+    bounds and against the binding's kind (1002 where a field makes no sense for it)."""
+    if life is not None:
+        binding = life.apply(binding)
+    if binding.call_direction == DIRECTION_B_ONLY and not binding.a \
+            and binding.bind_type in _CAPTURING:
+        raise PnsError(Code.BAD_PARAMETER, "callDirection 2 (only B may call) does not apply "
+                       "before the binding has an A: its first caller becomes A")
+    if binding.renew_on_call and binding.bind_type == BIND_TYPE_XYB \
+            and binding.expire_strategy:
+        raise PnsError(Code.BAD_PARAMETER, "renewOnCall does not apply to an XYB binding with "
+                       "an expiry strategy (both would move expireAt): use one of them")
+    return binding
 
 
 # A binding with every field at its default, to check lifecycle fields before a binding exists.

@@ -92,10 +92,13 @@ _FIELD_DOCS = {
     "remark": "At most 256 characters",
     "groupId": "From createGroup's answer",
     "operateType": "0 add, 1 remove, 2 replace the group's numbers",
-    "callDirection": "0 both ways (default), 1 only A may call, 2 only B may call (10023)",
+    "callDirection": "0 both ways (default), 1 only A may call, 2 only B may call (10023). "
+                     "A and B per mode: see the README; 2 on a binding whose first caller "
+                     "becomes A (XYB, AXEYB without A, NXEYB) is 1002",
     "maxDuration": "Seconds a call may last, 0-86400, 0 = no limit (the switch ends the call)",
     "renewOnCall": "0-7776000 s, 0 = off: each answered query moves expireAt to "
-                   "max(expireAt, now + renewOnCall); expireAt 0 stays 0",
+                   "max(expireAt, now + renewOnCall); expireAt 0 stays 0; not beside an XYB "
+                   "expiry strategy (1002)",
     "audioWhenCallFail": "This binding's fail prompt, instead of the account's",
 }
 
@@ -170,7 +173,13 @@ _BINDING_DETAIL = {
                  "renewOnCall", "audioWhenCallFail"],
     "properties": {**_BINDING_ITEM["properties"], "expireSecond": _I,
                    "callDirection": {**_I, "enum": [0, 1, 2]}, "maxDuration": _I,
-                   "renewOnCall": _I, "audioWhenCallFail": _S},
+                   "renewOnCall": _I, "audioWhenCallFail": _S,
+                   "ext": {**_S, "description": "v1: as given at the bind"},
+                   "extensionB": {**_S, "description": "v1 AXB: as given at the bind"},
+                   "dtmfDelayTimeB": _I,
+                   "callInExpireSecond": {**_I, "description": "XYB: as given at the bind"},
+                   "expireStrategy": {**_I, "description": "XYB: the strategy in force "
+                                      "(callInExpireStrategy, else bindExpireStrategy)"}},
 }
 _PROMPTS = {"audioWhenCallFail": _S, "audioWhenDtmfNeed": _S, "audioWhenDtmfErr": _S}
 _RECORD = _obj(

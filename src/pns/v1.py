@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from .api import Action, Api
+from .api import Action, Api, lifecycle_fields
 from .core import MAX_EXPIRE_SECOND, V1_EXTENSION_LENGTH
 from .errors import Code, PnsError
 from .model import FLAG_RECORD, Account, Binding, Role
@@ -75,6 +75,7 @@ def _core_arguments(req: V1Common, now: int) -> dict[str, Any]:
         "expire_second": fields.expire_second, "customer_bind_id": req.customerBindId,
         "flag": fields.flag, "business_id": req.businessId, "phone_x": req.didX, "now": now,
         "api_version": 1, "ext": fields.ext, "country_code": fields.country_code,
+        "life": lifecycle_fields(req),
     }
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import msgspec
 
 from .errors import Code, PnsError
-from .model import Binding, Group
+from .model import BIND_TYPE_XYB, Binding, Group
 
 IntField = int | str | None
 
@@ -111,6 +111,11 @@ class V1Common(msgspec.Struct):
     ext: str = ""
     didX: str = ""
     iso2X: str = ""
+    # lifecycle.md (its fields apply to the modes too)
+    callDirection: IntField = None
+    maxDuration: IntField = None
+    renewOnCall: IntField = None
+    audioWhenCallFail: str | None = None
 
 
 class V1BindAXBBody(V1Common):
@@ -178,6 +183,11 @@ class BindAXGBody(msgspec.Struct):
     customerBindId: str = ""
     flag: IntField = 0
     businessId: str = ""
+    # lifecycle.md
+    callDirection: IntField = None
+    maxDuration: IntField = None
+    renewOnCall: IntField = None
+    audioWhenCallFail: str | None = None
 
 
 # The fields each body must carry (checked by the actions; listed here once for the decoder's
@@ -322,8 +332,10 @@ def optional_int(value: IntField, name: str) -> int | None:
 
 
 def binding_detail(binding: Binding) -> dict[str, Any]:
-    """A ``getAXB`` / ``updateAXB`` answer: the list item plus the fields of lifecycle.md."""
-    return {
+    """A ``getAXB`` / ``updateAXB`` answer: the list item plus the fields of lifecycle.md, and
+    what the bind of its mode was given beyond the list's fields (so one read shows the whole
+    binding): v1's ``ext``, AXB's ``extensionB``, XYB's lifetime after its call-in."""
+    detail = {
         **binding_item(binding),
         "expireSecond": binding.expire_second,
         "callDirection": binding.call_direction,
@@ -331,6 +343,15 @@ def binding_detail(binding: Binding) -> dict[str, Any]:
         "renewOnCall": binding.renew_on_call,
         "audioWhenCallFail": binding.audio_when_call_fail,
     }
+    if binding.ext:
+        detail["ext"] = binding.ext
+    if binding.callee_dtmf:
+        detail["extensionB"] = binding.callee_dtmf
+        detail["dtmfDelayTimeB"] = binding.callee_dtmf_delay
+    if binding.bind_type == BIND_TYPE_XYB:
+        detail["callInExpireSecond"] = binding.call_in_expire_second
+        detail["expireStrategy"] = binding.expire_strategy
+    return detail
 
 
 class CallRecordsBody(msgspec.Struct):

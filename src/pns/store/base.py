@@ -298,9 +298,9 @@ class RecordsStore(Protocol):
 
         A binding of an account with ``cool_off_seconds`` > 0 leaves, when it ends (unbind,
         expiry swept or released by an insert, its number removed), a cool-off of that many
-        seconds for each of its parties on its X, from when it ended (its expireAt when it
-        expired). Changed in place (``replace_binding``) it leaves none. The sweeper removes
-        cool-offs that are over."""
+        seconds for each of its parties on its X and on its Y (the modes with a Y), from when
+        it ended (its expireAt when it expired). Changed in place (``replace_binding``) it
+        leaves none. The sweeper removes cool-offs that are over."""
 
     async def record_cool_offs(self, bindings: Sequence[Binding], now: int) -> None:
         """The cool-offs these ended bindings leave (their account's ``cool_off_seconds``

@@ -69,7 +69,7 @@ from .sql import (
 T = TypeVar("T")
 _log = logging.getLogger("pns.store.postgres")
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 # The migration to this version seals the secrets older releases stored in plain text.
 SEALED_SECRETS_VERSION = 4
 
@@ -505,6 +505,26 @@ _MIGRATIONS: list[str] = [
         REFERENCING OLD TABLE AS old_rows
         FOR EACH STATEMENT EXECUTE FUNCTION pns_bindings_cool_off();
     """,
+    # 9 (lifecycle.md meets modes.md): a binding's parties cool off on its Y as on its X, so no
+    # allocation of X or Y gives them back a number they just left.
+    """
+    CREATE OR REPLACE FUNCTION pns_bindings_cool_off() RETURNS trigger LANGUAGE plpgsql AS $$
+    DECLARE
+        t BIGINT := floor(extract(epoch FROM clock_timestamp()))::BIGINT;
+    BEGIN
+        INSERT INTO cool_offs (number, x, until)
+            SELECT p.number, p.x,
+                   max(CASE WHEN o.expire_at BETWEEN 1 AND t THEN o.expire_at ELSE t END
+                       + a.cool_off_seconds)
+            FROM old_rows o JOIN accounts a ON a.id = o.account_id
+            CROSS JOIN LATERAL (VALUES (o.a, o.x), (o.b, o.x), (o.a, pns_y(o.attrs)),
+                                       (o.b, pns_y(o.attrs))) AS p (number, x)
+            WHERE a.cool_off_seconds > 0 AND p.number <> '' AND p.x <> ''
+            GROUP BY p.number, p.x ORDER BY p.number, p.x
+        ON CONFLICT (number, x) DO UPDATE SET until = greatest(cool_offs.until, excluded.until);
+        RETURN NULL;
+    END $$;
+    """,
 ]
 
 _CONFLICTS = {
@@ -542,8 +562,8 @@ async def _replace(conn: Any, old: Binding, new: Binding, now: int) -> bool:
     await _insert(conn, new, now)
     # A change, not an end (lifecycle.md: cool-off follows an unbind or an expiry): the
     # delete's trigger recorded cool-offs for its parties; none stays.
-    await conn.execute("DELETE FROM cool_offs WHERE x = $1 AND number IN ($2, $3, $4)",
-                       new.x, old.a, old.b, new.b)
+    await conn.execute("DELETE FROM cool_offs WHERE x IN ($1, $2) AND number IN ($3, $4, $5)",
+                       new.x, old.y, old.a, old.b, new.b)
     return True
 
 
@@ -1068,8 +1088,9 @@ class PostgresStore(SqlCommon):
     async def record_cool_offs(self, bindings: Sequence[Binding], now: int) -> None:
         """The cool-offs these ended bindings leave, for a binding index outside this
         database (``CompositeStore``); here the ``bindings`` table's trigger does it."""
-        rows = [(party, b.x, b.expire_at if 0 < b.expire_at <= now else now, b.account_id)
-                for b in bindings for party in b.parties()]
+        rows = [(party, number, b.expire_at if 0 < b.expire_at <= now else now, b.account_id)
+                for b in bindings for number in (b.x, b.y) if number
+                for party in b.parties() if party]
         if not rows:
             return
         await self._pool.execute(

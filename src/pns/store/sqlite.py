@@ -80,7 +80,7 @@ from .sql import (
 )
 from .walheader import WalHeader
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 # The migration to this version seals the secrets older releases stored in plain text.
 SEALED_SECRETS_VERSION = 4
 _log = logging.getLogger("pns.store.sqlite")
@@ -396,6 +396,26 @@ _MIGRATIONS: list[str] = [
             FROM accounts a, (SELECT OLD.a AS number UNION ALL
                               SELECT OLD.b WHERE OLD.b <> '') p
             WHERE a.id = OLD.account_id
+        ON CONFLICT (number, x) DO UPDATE SET until = max(until, excluded.until);
+    END;
+    """,
+    # 9 (lifecycle.md meets modes.md): a binding's parties cool off on its Y as on its X (Y read
+    # from attrs), so no allocation of X or Y gives them back a number they just left.
+    """
+    DROP TRIGGER bindings_cool_off;
+    CREATE TRIGGER bindings_cool_off AFTER DELETE ON bindings
+        WHEN (SELECT cool_off_seconds FROM accounts WHERE id = OLD.account_id) > 0 BEGIN
+        INSERT INTO cool_offs (number, x, until)
+            SELECT p.number, p.x, (CASE WHEN OLD.expire_at BETWEEN 1 AND unixepoch()
+                                   THEN OLD.expire_at ELSE unixepoch() END)
+                                  + a.cool_off_seconds
+            FROM accounts a, (
+                SELECT OLD.a AS number, OLD.x AS x UNION ALL SELECT OLD.b, OLD.x
+                UNION ALL SELECT OLD.a, CASE WHEN OLD.attrs = '' THEN '' ELSE
+                    coalesce(json_extract(OLD.attrs, '$.y'), '') END
+                UNION ALL SELECT OLD.b, CASE WHEN OLD.attrs = '' THEN '' ELSE
+                    coalesce(json_extract(OLD.attrs, '$.y'), '') END) p
+            WHERE a.id = OLD.account_id AND p.number <> '' AND p.x <> ''
         ON CONFLICT (number, x) DO UPDATE SET until = max(until, excluded.until);
     END;
     """,
@@ -1145,8 +1165,10 @@ class SqliteStore(SqlCommon):
     # --- lifecycle.md: cool-offs and the block list -----------------------------------------
     async def record_cool_offs(self, bindings: Sequence[Binding], now: int) -> None:
         """As the trigger does for this store's own bindings (``Store.cool_offs``)."""
-        rows = [(party, b.x, (b.expire_at if 0 < b.expire_at <= now else now), b.account_id)
-                for b in bindings for party in b.parties()]
+        rows = [(party, number, (b.expire_at if 0 < b.expire_at <= now else now),
+                 b.account_id)
+                for b in bindings for number in (b.x, b.y) if number
+                for party in b.parties() if party]
 
         def work() -> None:
             self._conn.executemany(
@@ -1427,8 +1449,8 @@ def _replace(conn: sqlite3.Connection, old: Binding, new: Binding, now: int) -> 
     _insert(conn, new, now)
     # A change, not an end (lifecycle.md: cool-off follows an unbind or an expiry): the
     # delete's trigger recorded cool-offs for its parties; none stays.
-    conn.execute("DELETE FROM cool_offs WHERE x = ? AND number IN (?, ?, ?)",
-                 (new.x, old.a, old.b, new.b))
+    conn.execute("DELETE FROM cool_offs WHERE x IN (?, ?) AND number IN (?, ?, ?)",
+                 (new.x, old.y, old.a, old.b, new.b))
     return True
 
 
