@@ -11,7 +11,7 @@ here=$(dirname "$0")
 python=${PYTHON:-$here/../.venv/bin/python}
 total() {
     valgrind --tool=callgrind --callgrind-out-file=/dev/null "$python" "$here/query_cost.py" \
-        --only "$only" --rounds 1 --requests "$1" --cache-seconds 3600 --bindings 2000 2>&1 \
+        --only "$only" --rounds 1 --requests "$1" --cache-seconds 3600 --bindings 2000 ${STUB:+--stub $STUB} 2>&1 \
         | sed -n 's/.*Collected : \([0-9]*\).*/\1/p'
 }
 a=$(total "$small")
