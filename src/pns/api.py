@@ -98,14 +98,57 @@ class Api:
     async def handle(self, headers: Mapping[str, str], body: bytes, client: str = "",
                      actions: Mapping[str, Action] | None = None) -> Response:
         """Answer one ``POST /api/pns/``; ``headers`` has lower-case names. ``actions``: the
-        table the action header is read in (the v1 paths have their own)."""
+        table the action header is read in (the v1 paths have their own). One coroutine
+        from the headers to the action's handler: this runs on every queryAXB."""
         request_id = new_snowflake()
         action_name = headers.get("action", "")
         try:
-            table = ACTIONS if actions is None else actions
-            data = await self._run(headers, body, client, table)
-            top_level = table[action_name].top_level
-            return Response(200, envelope(Code.OK, "success", request_id, data, top_level),
+            for name in REQUIRED_HEADERS:
+                if not headers.get(name):
+                    raise PnsError(Code.MISSING_HEADER,
+                                   f"missing header {_HEADER_NAMES.get(name, name)}")
+            biz_type = headers["biztype"]
+            if biz_type != BIZ_TYPE_PNS:
+                raise PnsError(Code.BAD_PARAMETER, "bizType must be 5")
+            action = (ACTIONS if actions is None else actions).get(action_name)
+            if action is None:
+                raise PnsError(Code.BAD_PARAMETER, f"unknown action {action_name[:64]!r}")
+            now = self._clock()
+            ts = headers["ts"]
+            check_ts(ts, int(now * 1000), TS_WINDOW_MS)
+            access_key = headers["accesskey"]
+            limiter = self.limiter
+            # Counted per (accessKey, address) and per address, never per accessKey alone:
+            # the key travels in clear, and a per-key block would let anyone lock its owner
+            # out.
+            key_at_client = f"{access_key}@{client}"
+            if limiter.blocked(key_at_client) or limiter.blocked(client):
+                raise PnsError(Code.RATE_LIMITED)
+            accounts = self.service.accounts
+            account = accounts.by_access_key_fresh(access_key) or await accounts.by_access_key(
+                access_key)
+            if account is None or not account.enabled:
+                limiter.fail(client)
+                raise PnsError(Code.NO_PERMISSION, "unknown or disabled accessKey")
+            try:
+                verify_sign(headers["sign"], access_key, action_name, biz_type, ts, body,
+                            account.secrets_at(now), headers.get("algorithm", "md5"))
+            except PnsError:
+                limiter.fail(key_at_client)
+                limiter.fail(client)
+                raise
+            if account.role not in action.roles:
+                raise PnsError(Code.NO_PERMISSION,
+                               f"role {account.role.value} may not {action_name}")
+            if action.changes_state:
+                key = f"{access_key}:{headers['sign'].lower()}"
+                # A signature stays valid while its ts is inside the window, either way.
+                expires_at = int(now) + 2 * TS_WINDOW_MS // 1000 + 1
+                if not await self.service.store.claim_signature(key, expires_at, int(now)):
+                    raise PnsError(Code.REPLAYED)
+            data = await action.handler(self, account, decode(body, action.body), int(now))
+            return Response(200, envelope(Code.OK, "success", request_id, data,
+                                          action.top_level),
                             request_id, action_name, 0)
         except PnsError as exc:
             return Response(200, envelope(exc.code, exc.msg, request_id, exc.data), request_id,
@@ -114,49 +157,6 @@ class Api:
             log.exception("unexpected failure requestId=%s action=%s", request_id, action_name)
             return Response(500, envelope(Code.INTERNAL, DEFAULT_MSG[Code.INTERNAL], request_id),
                             request_id, action_name, int(Code.INTERNAL))
-
-    async def _run(self, headers: Mapping[str, str], body: bytes, client: str,
-                   actions: Mapping[str, Action]) -> dict[str, Any] | None:
-        for name in REQUIRED_HEADERS:
-            if not headers.get(name):
-                raise PnsError(Code.MISSING_HEADER,
-                               f"missing header {_HEADER_NAMES.get(name, name)}")
-        action_name = headers["action"]
-        if headers["biztype"] != BIZ_TYPE_PNS:
-            raise PnsError(Code.BAD_PARAMETER, "bizType must be 5")
-        action = actions.get(action_name)
-        if action is None:
-            raise PnsError(Code.BAD_PARAMETER, f"unknown action {action_name[:64]!r}")
-        now = self._clock()
-        check_ts(headers["ts"], int(now * 1000), TS_WINDOW_MS)
-        access_key = headers["accesskey"]
-        limiter = self.limiter
-        # Counted per (accessKey, address) and per address, never per accessKey alone: the key
-        # travels in clear, and a per-key block would let anyone lock its owner out.
-        key_at_client = f"{access_key}@{client}"
-        if limiter.blocked(key_at_client) or limiter.blocked(client):
-            raise PnsError(Code.RATE_LIMITED)
-        account = await self.service.accounts.by_access_key(access_key)
-        if account is None or not account.enabled:
-            limiter.fail(client)
-            raise PnsError(Code.NO_PERMISSION, "unknown or disabled accessKey")
-        try:
-            verify_sign(headers["sign"], access_key, action_name, headers["biztype"],
-                        headers["ts"], body, account.secrets_at(now),
-                        headers.get("algorithm", "md5"))
-        except PnsError:
-            limiter.fail(key_at_client)
-            limiter.fail(client)
-            raise
-        if account.role not in action.roles:
-            raise PnsError(Code.NO_PERMISSION, f"role {account.role.value} may not {action_name}")
-        if action.changes_state:
-            key = f"{access_key}:{headers['sign'].lower()}"
-            # A signature stays valid while its ts is inside the window, either way.
-            expires_at = int(now) + 2 * TS_WINDOW_MS // 1000 + 1
-            if not await self.service.store.claim_signature(key, expires_at, int(now)):
-                raise PnsError(Code.REPLAYED)
-        return await action.handler(self, account, decode(body, action.body), int(now))
 
 
 # --- actions --------------------------------------------------------------------------------

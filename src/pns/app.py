@@ -55,8 +55,14 @@ def error_reply(status: int) -> Reply:
 def api_headers(raw: dict[bytes, bytes]) -> dict[str, str]:
     """The headers the API reads, decoded (Latin-1: any byte is a character); the rest of a
     request's headers are never decoded."""
-    return {name: value.decode("latin-1") for key, name in _API_HEADERS
-            if (value := raw.get(key)) is not None}
+    # A loop, not a comprehension: on Python 3.11 a comprehension is a call of its own.
+    headers = {}
+    get = raw.get
+    for key, name in _API_HEADERS:
+        value = get(key)
+        if value is not None:
+            headers[name] = value.decode("latin-1")
+    return headers
 
 
 class App:

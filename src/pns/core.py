@@ -193,9 +193,17 @@ class AccountDirectory:
     """
 
     def __init__(self, store: Store, ttl: float, clock: Callable[[], float] = time.monotonic):
-        self.by_access_key = _TtlCache(store.get_account, ttl, clock, 100_000).get
-        self.by_id = _TtlCache(store.get_account_by_id, ttl, clock, 100_000).get
-        self.number = _TtlCache(store.get_number, ttl, clock, 1_000_000).get
+        by_access_key = _TtlCache(store.get_account, ttl, clock, 100_000)
+        by_id = _TtlCache(store.get_account_by_id, ttl, clock, 100_000)
+        number = _TtlCache(store.get_number, ttl, clock, 1_000_000)
+        self.by_access_key = by_access_key.get
+        self.by_id = by_id.get
+        self.number = number.get
+        # The same while fresh, without a coroutine (None: absent, or not cached): the hot
+        # path tries these first and awaits the loaders only on a miss.
+        self.by_access_key_fresh = by_access_key.fresh
+        self.by_id_fresh = by_id.fresh
+        self.number_fresh = number.fresh
 
         async def load_blocked(account_id: int) -> frozenset[str]:
             return frozenset((await store.list_blocked(account_id, BLOCK_LIST_MAX, 0))[0])
@@ -1291,6 +1299,9 @@ class Service:
         return await self.store.list_blocked(account.id, limit or LIST_MAX, offset)
 
     # --- queryAXB: the hot path ------------------------------------------------------------
+    # The kinds an answered query may change (``_answered``); the others skip its coroutine.
+    _CHANGED_WHEN_ANSWERED = frozenset({BIND_TYPE_XYB, BIND_TYPE_AXYB})
+
     async def query(
         self, account: Account, caller: str, did: str, extension: str | None,
         now: int | None = None,
@@ -1303,16 +1314,18 @@ class Service:
         if x is None:
             raise PnsError(Code.NO_COUNTRY_PREFIX, "did must carry its country code",
                            data=prompt_data(None))
-        number = await self.accounts.number(x.digits)
+        accounts = self.accounts
+        number = accounts.number_fresh(x.digits) or await accounts.number(x.digits)
         if account.role is Role.CUSTOMER and (number is None or number.account_id != account.id):
             raise PnsError(Code.NO_PERMISSION, "did is not one of this account's numbers")
         if number is None:
             raise PnsError(Code.BINDING_NOT_EXIST, data=prompt_data(None))
-        owner = await self.accounts.by_id(number.account_id)
+        owner = accounts.by_id_fresh(number.account_id) or await accounts.by_id(
+            number.account_id)
         caller_digits = normalise_caller(caller, x.country_code)
-        blocked = self.accounts.blocked_fresh(number.account_id)
+        blocked = accounts.blocked_fresh(number.account_id)
         if blocked is None:
-            blocked = await self.accounts.blocked(number.account_id)
+            blocked = await accounts.blocked(number.account_id)
         if caller_digits in blocked:
             raise PnsError(Code.CALLER_BLOCKED, data=prompt_data(owner))
         if extension is not None:
@@ -1351,10 +1364,12 @@ class Service:
                 raise PnsError(Code.BINDING_NOT_EXIST, data=prompt_data(owner))
             # Before what an answered query changes: a refused call captures nothing.
             _check_direction(found, caller_digits, owner)
-            answered = await self._answered(found, caller_digits, x.digits, now)
-            if answered is None:
-                raise PnsError(Code.BINDING_NOT_EXIST, data=prompt_data(owner))
-            binding = found = answered
+            if found.bind_type in self._CHANGED_WHEN_ANSWERED:
+                answered = await self._answered(found, caller_digits, x.digits, now)
+                if answered is None:
+                    raise PnsError(Code.BINDING_NOT_EXIST, data=prompt_data(owner))
+                found = answered
+            binding = found
             if binding.bind_type == BIND_TYPE_XYB and callee == "":
                 callee = binding.b
         if binding.renew_on_call and binding.expire_at:

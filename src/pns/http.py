@@ -81,6 +81,7 @@ _TICK = 1.0
 # at most _SLICE // 18 requests past max_pipelined.
 _SLICE = 1024
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_EMPTY = memoryview(b"")
 # A head is "request line, headers, blank line"; each header costs ": " and CRLF beyond its
 # name and value, counted too so that many empty headers are not free.
 _HEADER_OVERHEAD = 4
@@ -138,6 +139,7 @@ class _Connection(asyncio.Protocol):
     def __init__(self, server: _Server):
         self._server = server
         self._limits = server.limits
+        self._max_header_bytes = server.limits.max_header_bytes
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._parser = httptools.HttpRequestParser(self)
@@ -243,7 +245,10 @@ class _Connection(asyncio.Protocol):
                 self._pause_reading()
                 return
             data = self._unparsed
-            piece, self._unparsed = data[:_SLICE], data[_SLICE:]
+            if len(data) <= _SLICE:  # the usual case: a request or a few, in one slice
+                piece, self._unparsed = data, _EMPTY
+            else:
+                piece, self._unparsed = data[:_SLICE], data[_SLICE:]
             self._progressed = False
             try:
                 self._parser.feed_data(piece)
@@ -264,7 +269,7 @@ class _Connection(asyncio.Protocol):
                     self._fail(431)
             self._pump()
         if not self._unparsed:
-            self._unparsed = memoryview(b"")
+            self._unparsed = _EMPTY
             if self._error is None:
                 self._resume_reading()
 
@@ -291,8 +296,10 @@ class _Connection(asyncio.Protocol):
             raise httptools.HttpParserError("url too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._header_bytes += len(name) + len(value) + _HEADER_OVERHEAD
-        if self._header_bytes > self._limits.max_header_bytes:
+        # Called eight or more times per request: one attribute store, one comparison.
+        size = self._header_bytes + len(name) + len(value) + _HEADER_OVERHEAD
+        self._header_bytes = size
+        if size > self._max_header_bytes:
             self._fail(431)
             raise httptools.HttpParserError("headers too large")
         if not self._headers_done:  # trailers are counted, never kept
@@ -342,7 +349,11 @@ class _Connection(asyncio.Protocol):
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
         self._queue.append((Request(method, path, self._headers, body, self._client, query),
                             bool(self._parser.should_keep_alive())))
-        self._reset_message()
+        # Nothing of this request is in progress any more (``buffered_bytes``); the next
+        # one's headers and body get fresh containers in ``on_message_begin``.
+        self._url = b""
+        self._header_bytes = 0
+        self._body_size = 0
         self._deadline = _NEVER
 
     # --- answering -------------------------------------------------------------------------
@@ -401,7 +412,8 @@ class _Connection(asyncio.Protocol):
         if self._worker is not None:  # None: it never waited, and _pump goes on by itself
             self._worker = None
             self._pump(answered=True)
-            self._feed()
+            if self._unparsed or self._reading_paused:  # else there is nothing to feed
+                self._feed()
 
     async def _after_drain(self) -> None:
         """Wait until the client has read enough of its answers; one that reads nothing for

@@ -238,7 +238,7 @@ def decode(body: bytes, shape: type[msgspec.Struct]) -> Any:
     try:
         # JSON is UTF-8; msgspec checks only the strings it keeps, not unknown fields it skips.
         body.decode()
-        decoded = msgspec.json.decode(body, type=shape)
+        decoded = _decoder(shape)(body)
     except msgspec.ValidationError as exc:
         raise PnsError(Code.BAD_PARAMETER, f"invalid field: {exc}") from None
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
@@ -268,6 +268,13 @@ def _check_required(decoded: msgspec.Struct) -> None:
     one_of = ONE_OF_FIELDS.get(name)
     if one_of and not any(str(getattr(decoded, field)).strip() for field in one_of):
         raise PnsError(Code.BAD_PARAMETER, f"{' or '.join(one_of)} is required")
+
+
+@cache
+def _decoder(shape: type[msgspec.Struct]) -> Any:
+    """One decoder per body type: ``msgspec.json.decode(body, type=shape)`` looks the type up
+    again on every call."""
+    return msgspec.json.Decoder(shape).decode
 
 
 @cache
