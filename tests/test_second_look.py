@@ -1,0 +1,61 @@
+"""The merged modes, v1 API and lifecycle attacked as an outsider would, on every store:
+hostile numbers, another account's ids, races of a change against an end. Each test here
+failed on the tree before its fix."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .conftest import Server, Tenant, create_tenant, unique_hk
+from .test_v1_api import v1
+
+# Digits str.isdigit() passes but that are not ASCII: full-width 852..., a superscript two,
+# Arabic-Indic 852... Each is either refused or read as another number than the one dialled.
+FOREIGN_DIGITS = ["\uff18\uff15\uff12" + "21234567", "852\u00b2" + "1234567",
+                  "\u0668\u0665\u0662" + "21234567"]
+
+
+def code(envelope: dict[str, Any]) -> int:
+    return int(envelope["code"])
+
+
+def test_numbers_in_foreign_digits_are_refused_by_every_new_action(
+        server: Server, customer: Tenant) -> None:
+    """Before: the superscript was a traceback and 10009 in every action; full-width digits
+    were stored as they came (a party no switch ever dials, beside the real one on one X)."""
+    c = server.client(customer)
+    a, b = unique_hk("1"), unique_hk("2")
+    bound = c.bind_axb(a, b, 600)["data"]
+    group = c.call("createGroup", {"phones": unique_hk("6")})["data"]["groupId"]
+    for raw in FOREIGN_DIGITS:
+        assert code(c.call("updateAXB", {"bindId": bound["bindId"], "phoneB": raw})) == 1002
+        assert code(c.call("createGroup", {"phones": raw})) == 1002
+        assert code(c.call("updateGroup", {"groupId": group, "operateType": 0,
+                                           "phones": raw})) == 1002
+        assert code(c.call("bindAXG", {"groupId": group, "phoneA": raw,
+                                       "expireSecond": 60})) == 1002
+        assert code(c.call("addBlacklist", {"phones": raw})) == 1002
+        assert code(c.call("removeBlacklist", {"phones": raw})) == 1002
+        assert code(v1(c, "axb", {"phoneA": raw, "phoneB": unique_hk("2"),
+                                  "businessId": "b"})) == 1002
+        assert code(v1(c, "xyb", {"phoneB": raw, "businessId": "b"})) == 1002
+    assert c.call("getAXB", {"bindId": bound["bindId"]})["data"]["phoneB"] == b
+
+
+def test_a_caller_in_foreign_digits_is_never_captured(server: Server, switch: Tenant) -> None:
+    """Before: an XYB or NXEYB query from a full-width caller captured it as A (a party that
+    can never call again), and a superscript caller was a traceback and 10009."""
+    tenant = create_tenant(server.store_url, numbers=4)
+    c, sw = server.client(tenant), server.client(switch)
+    b = unique_hk("2")
+    xyb = v1(c, "xyb", {"phoneB": b, "businessId": "b"})["data"]
+    nxeyb = v1(c, "nxeyb", {"phoneB": unique_hk("2"), "businessId": "b"})["data"]
+    for raw in FOREIGN_DIGITS:
+        assert code(sw.query(raw, xyb["didX"])) == 10013
+        assert code(sw.query(raw, nxeyb["didX"], nxeyb["extensionX"])) == 10013
+    a = unique_hk("1")
+    answer = sw.query(a, xyb["didX"])
+    assert answer["code"] == 0 and answer["data"]["callee"] == b
+    listed = c.list_bindings(1000, 0)["data"]["bindList"]
+    assert all(item["phoneA"].isascii() for item in listed)
+    assert [i["phoneA"] for i in listed if i["bindId"] == xyb["bindId"]] == [a]
