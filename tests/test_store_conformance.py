@@ -1049,6 +1049,39 @@ def test_race_replace_against_a_bind_of_the_same_b(any_store_url: str) -> None:
                 assert s.find_by_party(x, mine.b, T0) == mine
 
 
+def test_race_replace_against_a_delete_of_the_same_binding(any_store_url: str) -> None:
+    """An update (or a capture, or a group change) and an unbind of one binding at once: the
+    binding exists throughout, so the delete always finds it and it is gone afterwards. On
+    PostgreSQL a plain DELETE that waited for the swap's lock found the old row deleted and
+    missed the new one: the unbind answered 10013 while the updated binding lived on."""
+    rounds = 20
+    with _sync_store(any_store_url) as s:
+        acc = new_account(s)
+        (x,) = new_numbers(s, acc, 1)
+        olds = [binding(acc, x, phone(), phone()) for _ in range(rounds)]
+        for old in olds:
+            s.insert_binding(old, T0)
+    step = threading.Barrier(2)
+
+    async def race(store: Store, i: int) -> list[bool]:
+        results = []
+        for old in olds:
+            step.wait(timeout=30)
+            if i == 0:
+                moved = msgspec.structs.replace(old, flag=old.flag + 1)
+                results.append(await store.replace_binding(old, moved, T0))
+            else:
+                results.append(await store.delete_binding(old.bind_id))
+        return results
+
+    swapped, deleted = in_threads(any_store_url, 2, race)
+    assert deleted == [True] * rounds, (swapped, deleted)
+    with _sync_store(any_store_url) as s:
+        for old in olds:
+            assert s.get_binding(old.bind_id, T0) is None
+            assert s.find_by_party(x, old.a, T0) is None
+
+
 def test_race_renewal_against_the_sweeper(fresh_any_store_url: str) -> None:
     """renewOnCall moves expireAt while a sweeper (whose clock says it expired) runs: either
     the renewal wins (the binding lives on with its new expiry) or the sweep does (the binding

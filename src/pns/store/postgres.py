@@ -1112,10 +1112,22 @@ class PostgresStore(SqlCommon):
         return binding_from_row(row) if row else None
 
     async def delete_binding(self, bind_id: str) -> bool:
-        async def work(conn: Any) -> str:
-            return str(await conn.execute("DELETE FROM bindings WHERE bind_id = $1", bind_id))
+        """A swap (update, capture, group change) deletes the row and inserts its successor
+        under the same bindId in one transaction. A DELETE that waited for that row's lock
+        finds it deleted and never sees the successor (READ COMMITTED re-checks only the row
+        it waited for), so a miss is retried by a new statement while the bindId exists: an
+        unbind never answers 10013 for a binding that stays."""
+        async def work(conn: Any) -> bool:
+            while True:
+                gone = str(await conn.execute("DELETE FROM bindings WHERE bind_id = $1",
+                                              bind_id))
+                if _rowcount(gone) > 0:
+                    return True
+                if await conn.fetchval("SELECT 1 FROM bindings WHERE bind_id = $1",
+                                       bind_id) is None:
+                    return False
 
-        return _rowcount(await self._retry(work)) > 0
+        return bool(await self._retry(work))
 
     async def find_by_party(self, x: str, number: str, now: int) -> Binding | None:
         row = await self._hot.fetchrow(
