@@ -59,3 +59,45 @@ def test_a_caller_in_foreign_digits_is_never_captured(server: Server, switch: Te
     listed = c.list_bindings(1000, 0)["data"]["bindList"]
     assert all(item["phoneA"].isascii() for item in listed)
     assert [i["phoneA"] for i in listed if i["bindId"] == xyb["bindId"]] == [a]
+
+
+def test_a_second_server_sees_every_change_before_its_next_answer(
+        server: Server, switch: Tenant) -> None:
+    """README: an update is seen by the very next query in any process; a group change
+    swaps reach at once; a capture is atomic whichever process answers. Here one server
+    changes and another (its own read index on SQLite) answers at once after."""
+    tenant = create_tenant(server.store_url, numbers=6)
+    c, sw = server.client(tenant), server.client(switch)
+    second = Server(server.store_url)
+    try:
+        other = second.client(switch)
+        a, b, new_b = unique_hk("1"), unique_hk("2"), unique_hk("3")
+        bound = c.bind_axb(a, b, 600)["data"]
+        assert other.query(b, bound["did"])["data"]["callee"] == a
+        assert code(c.call("updateAXB", {"bindId": bound["bindId"], "phoneB": new_b})) == 0
+        assert code(other.query(b, bound["did"])) == 10013
+        assert other.query(new_b, bound["did"])["data"]["callee"] == a
+        assert other.query(a, bound["did"])["data"]["callee"] == new_b
+        assert code(c.call("updateAXB", {"bindId": bound["bindId"], "callDirection": 1})) == 0
+        assert code(other.query(new_b, bound["did"])) == 10023
+        assert code(c.unbind(bound["bindId"])) == 0
+        assert code(other.query(a, bound["did"])) == 10013
+
+        members = [unique_hk("6"), unique_hk("6")]
+        group = c.call("createGroup", {"phones": ",".join(members)})["data"]["groupId"]
+        a = unique_hk("1")
+        axg = c.call("bindAXG", {"phoneA": a, "groupId": group, "expireSecond": 600})["data"]
+        assert other.query(members[0], axg["did"])["data"]["callee"] == a
+        newcomer = unique_hk("6")
+        assert code(c.call("updateGroup", {"groupId": group, "operateType": 2,
+                                           "phones": newcomer})) == 0
+        assert code(other.query(members[0], axg["did"])) == 10013
+        assert other.query(newcomer, axg["did"])["data"]["callee"] == a
+
+        xyb = v1(c, "xyb", {"phoneB": unique_hk("2"), "businessId": "b"})["data"]
+        first = unique_hk("1")
+        assert code(sw.query(first, xyb["didX"])) == 0  # captured by the first server
+        assert code(other.query(unique_hk("1"), xyb["didX"])) == 10013
+        assert code(other.query(first, xyb["didY"])) == 0
+    finally:
+        second.stop()
