@@ -4,6 +4,7 @@ failed on the tree before its fix."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .conftest import Server, Tenant, create_tenant, unique_hk
@@ -101,3 +102,44 @@ def test_a_second_server_sees_every_change_before_its_next_answer(
         assert code(other.query(first, xyb["didY"])) == 0
     finally:
         second.stop()
+
+
+def test_an_nxeyb_caller_calling_again_gets_its_child_back(server: Server,
+                                                          switch: Tenant) -> None:
+    """Before: each answered call of X+E made one more child, each on a Y of its own (B is a
+    party of all), so one caller redialling three times took a pool of four (X and three Ys)
+    and everyone else got 10010 for the parent's whole life."""
+    tenant = create_tenant(server.store_url, numbers=4)
+    c, sw = server.client(tenant), server.client(switch)
+    parent = v1(c, "nxeyb", {"phoneB": unique_hk("2"), "businessId": "b"})["data"]
+    caller = unique_hk("1")
+    answers = [sw.query(caller, parent["didX"], parent["extensionX"]) for _ in range(5)]
+    assert [a["code"] for a in answers] == [0] * 5
+    assert len({a["data"]["display"] for a in answers}) == 1  # one Y: one child
+    children = [i for i in c.list_bindings(1000, 0)["data"]["bindList"]
+                if i.get("parentBindId") == parent["bindId"]]
+    assert [i["phoneA"] for i in children] == [caller]
+    for _ in range(2):  # two other callers still get a Y each
+        assert code(sw.query(unique_hk("1"), parent["didX"], parent["extensionX"])) == 0
+    assert code(c.unbind(parent["bindId"])) == 0
+    assert code(sw.query(caller, answers[0]["data"]["display"])) == 10013
+
+
+def test_concurrent_first_calls_of_one_nxeyb_caller_make_one_child(
+        server: Server, switch: Tenant) -> None:
+    tenant = create_tenant(server.store_url, numbers=6)
+    c = server.client(tenant)
+    parent = v1(c, "nxeyb", {"phoneB": unique_hk("2"), "businessId": "b"})["data"]
+    caller = unique_hk("1")
+
+    def call(_: int) -> dict[str, Any]:
+        with server.client(switch) as sw:
+            return sw.query(caller, parent["didX"], parent["extensionX"])
+
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(call, range(4)))
+    assert [a["code"] for a in answers] == [0] * 4, answers
+    assert len({a["data"]["display"] for a in answers}) == 1
+    children = [i for i in c.list_bindings(1000, 0)["data"]["bindList"]
+                if i.get("parentBindId") == parent["bindId"]]
+    assert len(children) == 1
