@@ -4,8 +4,14 @@ failed on the tree before its fix."""
 
 from __future__ import annotations
 
+import json
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+
+from pns.api import ACTIONS
+from pns.client import PnsClient, encode_body, signed_headers
+from pns.v1 import V1_ACTIONS
 
 from .conftest import Server, Tenant, create_tenant, unique_hk
 from .test_v1_api import v1
@@ -143,3 +149,45 @@ def test_concurrent_first_calls_of_one_nxeyb_caller_make_one_child(
     children = [i for i in c.list_bindings(1000, 0)["data"]["bindList"]
                 if i.get("parentBindId") == parent["bindId"]]
     assert len(children) == 1
+
+
+def _twice(c: PnsClient, action: str, body: dict[str, Any],
+           path: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The same signed request sent twice, as a replaying attacker would."""
+    raw = encode_body(body)
+    headers = signed_headers(c.access_key, c.access_secret, action, raw,
+                             str(int(time.time() * 1000)))
+    first = json.loads(c.send(raw, headers, path=path, resend=False)[1])
+    again = json.loads(c.send(raw, headers, path=path, resend=False)[1])
+    return first, again
+
+
+def test_every_new_state_change_refuses_a_replay(server: Server, customer: Tenant) -> None:
+    """README: updateAXB, the group actions, the block list and the v1 binds are
+    state-changing: a replayed request is 1006 and changes nothing."""
+    assert all(ACTIONS[name].changes_state for name in (
+        "createGroup", "updateGroup", "deleteGroup", "bindAXG", "updateAXB", "addBlacklist",
+        "removeBlacklist"))
+    assert all(action.changes_state for action in V1_ACTIONS.values())
+    c = server.client(customer)
+    first, again = _twice(c, "createGroup", {"phones": unique_hk("6")})
+    assert (code(first), code(again)) == (0, 1006)
+    group = first["data"]["groupId"]
+    assert c.call("listGroup", {})["data"]["total"] == 1
+    first, again = _twice(c, "updateGroup", {"groupId": group, "operateType": 0,
+                                             "phones": unique_hk("6")})
+    assert (code(first), code(again)) == (0, 1006)
+    first, again = _twice(c, "bindAXG", {"phoneA": unique_hk("1"), "groupId": group,
+                                         "expireSecond": 600})
+    assert (code(first), code(again)) == (0, 1006)
+    assert c.list_bindings(1000, 0)["data"]["total"] == 1
+    first, again = _twice(c, "updateAXB", {"bindId": first["data"]["bindId"], "flag": 3})
+    assert (code(first), code(again)) == (0, 1006)
+    blocked = unique_hk("9")
+    for action in ("addBlacklist", "removeBlacklist"):
+        first, again = _twice(c, action, {"phones": blocked})
+        assert (code(first), code(again)) == (0, 1006)
+    first, again = _twice(c, "bindXYB", {"phoneB": unique_hk("2"), "businessId": "b"},
+                          path="/v1/pns/bind/xyb")
+    assert (code(first), code(again)) == (0, 1006)
+    assert c.list_bindings(1000, 0)["data"]["total"] == 2
