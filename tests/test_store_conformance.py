@@ -1190,14 +1190,38 @@ def test_block_list(anys: SyncStore) -> None:
     s = anys
     acc, other = new_account(s), new_account(s)
     callers = sorted(phone() for _ in range(4))
-    assert s.add_blocked(acc.id, callers[:3], T0) == 3
-    assert s.add_blocked(acc.id, callers[2:], T0) == 1  # one was there already
+    assert s.add_blocked(acc.id, callers[:3], T0, 10) == 3
+    assert s.add_blocked(acc.id, callers[2:], T0, 10) == 1  # one was there already
+    assert s.add_blocked(acc.id, [phone()], T0, 4) is None  # past the cap: nothing added
+    assert s.add_blocked(acc.id, callers[:1], T0, 4) == 0  # at the cap, nothing new: fine
     assert s.list_blocked(acc.id, 10, 0) == (callers, 4)
     assert s.list_blocked(acc.id, 2, 1) == (callers[1:3], 4)
     assert s.list_blocked(other.id, 10, 0) == ([], 0)
     assert s.remove_blocked(acc.id, [callers[0], phone()]) == 1
     assert s.remove_blocked(other.id, callers) == 0
     assert s.list_blocked(acc.id, 10, 0) == (callers[1:], 3)
+
+
+def test_concurrent_adds_never_take_a_block_list_past_its_cap(any_store_url: str) -> None:
+    """Two adds that each fit but together do not: exactly one lands. Before, the cap was
+    checked before the insert and both landed; numbers past the cap were listed and never
+    enforced (each process loads the first cap numbers of a list)."""
+    with _sync_store(any_store_url) as s:
+        accounts = [new_account(s) for _ in range(6)]
+    step = threading.Barrier(2)
+
+    async def race(store: Store, i: int) -> list[int | None]:
+        results = []
+        for acc in accounts:
+            step.wait(timeout=30)
+            results.append(await store.add_blocked(acc.id, [phone() for _ in range(3)], T0, 5))
+        return results
+
+    first, second = in_threads(any_store_url, 2, race)
+    with _sync_store(any_store_url) as s:
+        for acc, one, two in zip(accounts, first, second, strict=True):
+            assert sorted((one, two), key=str) == [3, None], (one, two)
+            assert s.list_blocked(acc.id, 10, 0)[1] == 3
 
 
 # --- THE RACE: concurrent writers through the API -------------------------------------------------

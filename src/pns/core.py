@@ -1269,11 +1269,11 @@ class Service:
         """Block callers on every number of the account; returns how many were new."""
         now = int(time.time()) if now is None else now
         numbers = _phone_list(phones)
-        (_, total) = await self.store.list_blocked(account.id, 0, 0)
-        if total + len(numbers) > BLOCK_LIST_MAX:
+        added = await self.store.add_blocked(account.id, numbers, now, BLOCK_LIST_MAX)
+        if added is None:
+            (_, total) = await self.store.list_blocked(account.id, 0, 0)
             raise PnsError(Code.BAD_PARAMETER, f"a block list holds at most {BLOCK_LIST_MAX} "
                                                f"numbers (this one has {total})")
-        added = await self.store.add_blocked(account.id, numbers, now)
         self.accounts.forget_blocked(account.id)
         return added
 

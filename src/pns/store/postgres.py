@@ -824,6 +824,23 @@ class PostgresStore(SqlCommon):
     async def _fetch(self, query: Sql, params: Mapping[str, Any]) -> list[Sequence[Any]]:
         return list(await self._pool.fetch(query.pg, *query.args(params)))
 
+    async def _write_capped(self, query: Sql, count: Sql, params: Mapping[str, Any],
+                            limit: int) -> int | None:
+        """The account's row is locked first, so concurrent calls count one after another."""
+        async def work(conn: Any) -> int | None:
+            async with conn.transaction():
+                await conn.execute("SELECT 1 FROM accounts WHERE id = $1 FOR UPDATE",
+                                   params["account_id"])
+                changed = _rowcount(str(await conn.execute(query.pg, *query.args(params))))
+                if await conn.fetchval(count.pg, *count.args(params)) > limit:
+                    raise _OverLimit  # rolls the transaction back: nothing changed
+                return changed
+
+        try:
+            return await self._retry(work)
+        except _OverLimit:
+            return None
+
     async def _fetch_snapshot(self, queries: Sequence[tuple[Sql, Mapping[str, Any]]]
                               ) -> list[list[Sequence[Any]]]:
         async with self._pool.acquire() as conn, conn.transaction(
@@ -1297,6 +1314,10 @@ def _newer_message(version: int) -> str:
 def _describe(exc: BaseException) -> str:
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class _OverLimit(Exception):
+    """A capped change that would pass its limit."""
 
 
 def _rowcount(status: str) -> int:
