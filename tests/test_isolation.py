@@ -227,3 +227,62 @@ def test_another_accounts_key_needs_its_secret(accounts: Accounts) -> None:
         assert code(forged.unbind(accounts.axb["bindId"])) == 1003
     with accounts.c1() as c1:
         assert set(listed(c1)) == {accounts.axb["bindId"], accounts.ext["bindId"]}
+
+
+def test_get_and_update_axb(accounts: Accounts) -> None:
+    """Account 2 naming account 1's binding (by bindId; by a customerBindId both use) reads
+    and changes only its own, or gets exactly what a binding that does not exist gets."""
+    with accounts.c1() as c1, accounts.c2() as c2:
+        before = c1.call("getAXB", {"bindId": accounts.axb["bindId"]})["data"]
+        unknown = c2.call("getAXB", {"bindId": "0" * 32})
+        for body in ({"bindId": accounts.axb["bindId"]}, {"bindId": accounts.ext["bindId"]}):
+            for action, extra in (("getAXB", {}), ("updateAXB", {"flag": 7}),
+                                  ("updateAXB", {"phoneB": unique_hk("2")})):
+                refused = c2.call(action, {**body, **extra})
+                assert (code(refused), refused["msg"]) == (code(unknown), unknown["msg"])
+                assert "data" not in refused
+        # customerBindId "order-1" is account 2's own twin for account 2.
+        own = c2.call("updateAXB", {"customerBindId": "order-1", "flag": 5})["data"]
+        assert own["bindId"] == accounts.twin["bindId"]
+        assert code(c2.call("getAXB", {"customerBindId": "order-ext"})) == 10013
+        assert c1.call("getAXB", {"bindId": accounts.axb["bindId"]})["data"] == before
+
+
+def test_groups(accounts: Accounts) -> None:
+    """Another account's groupId is 10019 in every group action, as an unknown one is, and
+    nothing of the group changes."""
+    member = unique_hk("6")
+    with accounts.c1() as c1, accounts.c2() as c2:
+        group = c1.call("createGroup", {"phones": member, "groupName": "mine"})["data"]["groupId"]
+        axg = c1.call("bindAXG", {"phoneA": unique_hk("1"), "groupId": group,
+                                  "expireSecond": 600})["data"]
+        for groupid in (group, "0"):
+            for action, body in (
+                    ("updateGroup", {"groupId": groupid, "operateType": 2,
+                                     "phones": unique_hk("6")}),
+                    ("deleteGroup", {"groupId": groupid}),
+                    ("bindAXG", {"phoneA": unique_hk("1"), "groupId": groupid,
+                                 "expireSecond": 60})):
+                refused = c2.call(action, body)
+                assert (code(refused), refused["msg"]) == (10019, "group does not exist")
+        assert c2.call("listGroup", {})["data"] == {"groups": [], "total": 0}
+        assert c1.call("listGroup", {})["data"]["groups"][0]["phones"] == member
+        answer = accounts.sw().query(member, axg["did"])
+        assert answer["data"]["callee"] != "" and code(answer) == 0
+
+
+def test_block_lists(accounts: Accounts) -> None:
+    """Each account's block list is its own: another account's entries neither block calls
+    to this account's numbers nor can be listed or removed by it."""
+    with accounts.c1() as c1, accounts.c2() as c2:
+        assert c2.call("addBlacklist", {"phones": accounts.b})["data"] == {"added": 1}
+        assert c1.call("addBlacklist", {"phones": accounts.a})["data"] == {"added": 1}
+        assert c2.call("removeBlacklist", {"phones": accounts.a})["data"] == {"removed": 0}
+        assert c2.call("getBlacklist", {})["data"] == {"phones": [accounts.b], "total": 1}
+        assert c1.call("getBlacklist", {})["data"] == {"phones": [accounts.a], "total": 1}
+        sw = accounts.sw()
+        # b is on account 2's list only: b still reaches a on account 1's number.
+        assert sw.query(accounts.b, accounts.axb["did"])["data"]["callee"] == accounts.a
+        assert code(sw.query(accounts.a, accounts.axb["did"])) == 10024
+        assert code(sw.query(accounts.b, accounts.twin["did"])) == 10024
+        assert sw.query(accounts.a, accounts.twin["did"])["data"]["callee"] == accounts.b

@@ -30,7 +30,11 @@ def test_international(raw: str, digits: str, cc: int) -> None:
     assert (number.digits, number.country_code) == (digits, cc)
 
 
-@pytest.mark.parametrize("raw", ["", "12", "abc", "+", "8521111111111111111", "85212"])
+@pytest.mark.parametrize("raw", ["", "12", "abc", "+", "8521111111111111111", "85212",
+                                 # Digits that are not ASCII: full-width, superscript,
+                                 # Arabic-Indic (str.isdigit() passes each of them).
+                                 "\uff18\uff15\uff1221234567", "852\u00b21234567",
+                                 "\u0668\u0665\u066221234567"])
 def test_impossible(raw: str) -> None:
     assert parse_international(raw) is None
 
@@ -42,6 +46,9 @@ def test_impossible(raw: str) -> None:
     ("+44 7401 264117", 44, "447401264117"),
     ("anonymous", 852, None),
     ("12", 852, None),
+    ("\uff18\uff15\uff1221234567", 852, None),
+    ("852\u00b21234567", 852, None),
+    ("\u00b21234567", 852, None),
 ])
 def test_caller(raw: str, cc: int, expected: str | None) -> None:
     assert normalise_caller(raw, cc) == expected

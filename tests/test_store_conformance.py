@@ -1049,6 +1049,39 @@ def test_race_replace_against_a_bind_of_the_same_b(any_store_url: str) -> None:
                 assert s.find_by_party(x, mine.b, T0) == mine
 
 
+def test_race_replace_against_a_delete_of_the_same_binding(any_store_url: str) -> None:
+    """An update (or a capture, or a group change) and an unbind of one binding at once: the
+    binding exists throughout, so the delete always finds it and it is gone afterwards. On
+    PostgreSQL a plain DELETE that waited for the swap's lock found the old row deleted and
+    missed the new one: the unbind answered 10013 while the updated binding lived on."""
+    rounds = 20
+    with _sync_store(any_store_url) as s:
+        acc = new_account(s)
+        (x,) = new_numbers(s, acc, 1)
+        olds = [binding(acc, x, phone(), phone()) for _ in range(rounds)]
+        for old in olds:
+            s.insert_binding(old, T0)
+    step = threading.Barrier(2)
+
+    async def race(store: Store, i: int) -> list[bool]:
+        results = []
+        for old in olds:
+            step.wait(timeout=30)
+            if i == 0:
+                moved = msgspec.structs.replace(old, flag=old.flag + 1)
+                results.append(await store.replace_binding(old, moved, T0))
+            else:
+                results.append(await store.delete_binding(old.bind_id))
+        return results
+
+    swapped, deleted = in_threads(any_store_url, 2, race)
+    assert deleted == [True] * rounds, (swapped, deleted)
+    with _sync_store(any_store_url) as s:
+        for old in olds:
+            assert s.get_binding(old.bind_id, T0) is None
+            assert s.find_by_party(x, old.a, T0) is None
+
+
 def test_race_renewal_against_the_sweeper(fresh_any_store_url: str) -> None:
     """renewOnCall moves expireAt while a sweeper (whose clock says it expired) runs: either
     the renewal wins (the binding lives on with its new expiry) or the sweep does (the binding
@@ -1157,14 +1190,38 @@ def test_block_list(anys: SyncStore) -> None:
     s = anys
     acc, other = new_account(s), new_account(s)
     callers = sorted(phone() for _ in range(4))
-    assert s.add_blocked(acc.id, callers[:3], T0) == 3
-    assert s.add_blocked(acc.id, callers[2:], T0) == 1  # one was there already
+    assert s.add_blocked(acc.id, callers[:3], T0, 10) == 3
+    assert s.add_blocked(acc.id, callers[2:], T0, 10) == 1  # one was there already
+    assert s.add_blocked(acc.id, [phone()], T0, 4) is None  # past the cap: nothing added
+    assert s.add_blocked(acc.id, callers[:1], T0, 4) == 0  # at the cap, nothing new: fine
     assert s.list_blocked(acc.id, 10, 0) == (callers, 4)
     assert s.list_blocked(acc.id, 2, 1) == (callers[1:3], 4)
     assert s.list_blocked(other.id, 10, 0) == ([], 0)
     assert s.remove_blocked(acc.id, [callers[0], phone()]) == 1
     assert s.remove_blocked(other.id, callers) == 0
     assert s.list_blocked(acc.id, 10, 0) == (callers[1:], 3)
+
+
+def test_concurrent_adds_never_take_a_block_list_past_its_cap(any_store_url: str) -> None:
+    """Two adds that each fit but together do not: exactly one lands. Before, the cap was
+    checked before the insert and both landed; numbers past the cap were listed and never
+    enforced (each process loads the first cap numbers of a list)."""
+    with _sync_store(any_store_url) as s:
+        accounts = [new_account(s) for _ in range(6)]
+    step = threading.Barrier(2)
+
+    async def race(store: Store, i: int) -> list[int | None]:
+        results = []
+        for acc in accounts:
+            step.wait(timeout=30)
+            results.append(await store.add_blocked(acc.id, [phone() for _ in range(3)], T0, 5))
+        return results
+
+    first, second = in_threads(any_store_url, 2, race)
+    with _sync_store(any_store_url) as s:
+        for acc, one, two in zip(accounts, first, second, strict=True):
+            assert sorted((one, two), key=str) == [3, None], (one, two)
+            assert s.list_blocked(acc.id, 10, 0)[1] == 3
 
 
 # --- THE RACE: concurrent writers through the API -------------------------------------------------

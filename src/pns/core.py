@@ -1277,11 +1277,11 @@ class Service:
         """Block callers on every number of the account; returns how many were new."""
         now = int(time.time()) if now is None else now
         numbers = _phone_list(phones)
-        (_, total) = await self.store.list_blocked(account.id, 0, 0)
-        if total + len(numbers) > BLOCK_LIST_MAX:
+        added = await self.store.add_blocked(account.id, numbers, now, BLOCK_LIST_MAX)
+        if added is None:
+            (_, total) = await self.store.list_blocked(account.id, 0, 0)
             raise PnsError(Code.BAD_PARAMETER, f"a block list holds at most {BLOCK_LIST_MAX} "
                                                f"numbers (this one has {total})")
-        added = await self.store.add_blocked(account.id, numbers, now)
         self.accounts.forget_blocked(account.id)
         return added
 
@@ -1444,6 +1444,14 @@ class Service:
         number = parse_international(binding.x)
         if account is None or number is None:
             return None
+        # One child per caller: a caller calling again gets its child back (else each redial
+        # held one more Y for B, and three redials locked everyone out of a pool of three).
+        # The child's customerBindId names parent and caller, so I3 finds it by one indexed
+        # lookup and makes two concurrent first calls of one caller share one child.
+        key = f"{binding.bind_id}:{caller}"
+        existing = await self._child_of(binding, caller, key, now)
+        if existing is not None:
+            return existing
         for _ in range(_INSERT_ATTEMPTS):
             try:
                 y = await self._pick(account, number.country_code,
@@ -1452,7 +1460,7 @@ class Service:
                 raise PnsError(exc.code, exc.msg, data=prompt_data(owner)) from None
             child = Binding(
                 bind_id=new_bind_id(y), account_id=binding.account_id, x=y, a=caller,
-                b=binding.b, extension="", bind_type=BIND_TYPE_NXEYB, customer_bind_id="",
+                b=binding.b, extension="", bind_type=BIND_TYPE_NXEYB, customer_bind_id=key,
                 business_id=binding.business_id, flag=binding.flag,
                 expire_second=binding.expire_second, expire_at=binding.expire_at,
                 created_at=now, parent_bind_id=binding.bind_id,
@@ -1464,9 +1472,20 @@ class Service:
             try:
                 await self.store.insert_binding(child, now)
                 return child
-            except BindConflict:
+            except BindConflict as conflict:
+                if conflict.kind is ConflictKind.CUSTOMER_BIND_ID:
+                    return await self._child_of(binding, caller, key, now)
                 continue  # Yᵢ was taken meanwhile: choose again
         raise PnsError(Code.NUMBERS_EXHAUSTED, data=prompt_data(owner))
+
+    async def _child_of(self, parent: Binding, caller: str, key: str,
+                        now: int) -> Binding | None:
+        """The caller's active child of an NXEYB parent, found by its customerBindId (a
+        binding the customer made under that id is not one)."""
+        found = await self.store.find_by_customer_bind_id(parent.account_id, key, now)
+        if found is None or found.parent_bind_id != parent.bind_id or found.a != caller:
+            return None
+        return found
 
     async def _delayed_y(self, binding: Binding, caller: str, now: int) -> str:
         """XYB with delayedGetY: Y allocated at the call-in, where A and B are both free."""

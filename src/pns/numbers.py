@@ -43,7 +43,9 @@ def _parse_international(raw: str) -> tuple[str, int] | None:
     int, never a NamedTuple, and every full collection walked each cached ``Number`` (65,536
     of them once binds and callers have filled the cache: tens of milliseconds per pause)."""
     digits = _clean(raw)
-    if not digits.isdigit() or not 4 <= len(digits) <= 17:
+    # ASCII only: str.isdigit() also passes full-width, Arabic-Indic and superscript digits,
+    # which int() refuses (a traceback) or which would be stored as another party's number.
+    if not digits.isascii() or not digits.isdigit() or not 4 <= len(digits) <= 17:
         return None
     fast = _parse_plain(digits)
     if fast is not None:
@@ -79,7 +81,7 @@ def normalise_caller(raw: str, country_code: int) -> str | None:
     if number is not None and number.country_code == country_code:
         return number.digits
     digits = _clean(raw)
-    if not digits.isdigit():
+    if not digits.isascii() or not digits.isdigit():
         return None
     region = phonenumbers.region_code_for_country_code(country_code)
     if region == "ZZ":

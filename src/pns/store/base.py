@@ -307,8 +307,12 @@ class RecordsStore(Protocol):
         from when each ended: its expireAt if expired at ``now``, else ``now``), for a binding
         index kept elsewhere (the SQL stores' own bindings record theirs by trigger)."""
 
-    async def add_blocked(self, account_id: int, numbers: Sequence[str], now: int) -> int:
-        """Add callers to the account's block list; returns how many were new."""
+    async def add_blocked(self, account_id: int, numbers: Sequence[str], now: int,
+                          limit: int) -> int | None:
+        """Add callers to the account's block list; returns how many were new, or None (and
+        nothing added) when the list would then hold more than ``limit`` numbers. Atomic
+        against concurrent adds: a cap checked before the insert let two adds overshoot it,
+        and the numbers beyond the cap were listed but never enforced."""
 
     async def remove_blocked(self, account_id: int, numbers: Sequence[str]) -> int:
         """Remove callers from the block list; returns how many were there."""

@@ -824,6 +824,23 @@ class PostgresStore(SqlCommon):
     async def _fetch(self, query: Sql, params: Mapping[str, Any]) -> list[Sequence[Any]]:
         return list(await self._pool.fetch(query.pg, *query.args(params)))
 
+    async def _write_capped(self, query: Sql, count: Sql, params: Mapping[str, Any],
+                            limit: int) -> int | None:
+        """The account's row is locked first, so concurrent calls count one after another."""
+        async def work(conn: Any) -> int | None:
+            async with conn.transaction():
+                await conn.execute("SELECT 1 FROM accounts WHERE id = $1 FOR UPDATE",
+                                   params["account_id"])
+                changed = _rowcount(str(await conn.execute(query.pg, *query.args(params))))
+                if await conn.fetchval(count.pg, *count.args(params)) > limit:
+                    raise _OverLimit  # rolls the transaction back: nothing changed
+                return changed
+
+        try:
+            return await self._retry(work)
+        except _OverLimit:
+            return None
+
     async def _fetch_snapshot(self, queries: Sequence[tuple[Sql, Mapping[str, Any]]]
                               ) -> list[list[Sequence[Any]]]:
         async with self._pool.acquire() as conn, conn.transaction(
@@ -1112,10 +1129,22 @@ class PostgresStore(SqlCommon):
         return binding_from_row(row) if row else None
 
     async def delete_binding(self, bind_id: str) -> bool:
-        async def work(conn: Any) -> str:
-            return str(await conn.execute("DELETE FROM bindings WHERE bind_id = $1", bind_id))
+        """A swap (update, capture, group change) deletes the row and inserts its successor
+        under the same bindId in one transaction. A DELETE that waited for that row's lock
+        finds it deleted and never sees the successor (READ COMMITTED re-checks only the row
+        it waited for), so a miss is retried by a new statement while the bindId exists: an
+        unbind never answers 10013 for a binding that stays."""
+        async def work(conn: Any) -> bool:
+            while True:
+                gone = str(await conn.execute("DELETE FROM bindings WHERE bind_id = $1",
+                                              bind_id))
+                if _rowcount(gone) > 0:
+                    return True
+                if await conn.fetchval("SELECT 1 FROM bindings WHERE bind_id = $1",
+                                       bind_id) is None:
+                    return False
 
-        return _rowcount(await self._retry(work)) > 0
+        return bool(await self._retry(work))
 
     async def find_by_party(self, x: str, number: str, now: int) -> Binding | None:
         row = await self._hot.fetchrow(
@@ -1285,6 +1314,10 @@ def _newer_message(version: int) -> str:
 def _describe(exc: BaseException) -> str:
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class _OverLimit(Exception):
+    """A capped change that would pass its limit."""
 
 
 def _rowcount(status: str) -> int:

@@ -9,7 +9,7 @@ nothing on SQLite (one writer thread: nobody else holds a row).
 
 ``SqlCommon`` holds the methods whose SQL is the same in both stores (accounts, the block list
 and cool-offs, the outbox, call records, the replay guard, worker ids, operators and their
-audit, the bindings' reads off the query's path) over five primitives each store implements on
+audit, the bindings' reads off the query's path) over six primitives each store implements on
 its driver: so each of those queries, and the code around it, is written
 once, and a store file keeps only what really differs (DDL, transactions, drivers, the binding
 index with its locks).
@@ -290,7 +290,7 @@ def _operator_from_row(row: Sequence[Any]) -> Operator:
 
 
 class SqlCommon(ABC):
-    """The methods both SQL stores share, over five primitives of their own."""
+    """The methods both SQL stores share, over six primitives of their own."""
 
     _keyring: Keyring
 
@@ -311,6 +311,13 @@ class SqlCommon(ABC):
     async def _fetch_snapshot(self, queries: Sequence[tuple[Sql, Mapping[str, Any]]]
                               ) -> list[list[Sequence[Any]]]:
         """Read several queries in one snapshot (a page and its total agree)."""
+
+    @abstractmethod
+    async def _write_capped(self, query: Sql, count: Sql, params: Mapping[str, Any],
+                            limit: int) -> int | None:
+        """Run a change, then ``count`` (one number), in one write transaction that no other
+        ``_write_capped`` of the same ``params["account_id"]`` interleaves; the rows changed,
+        or None (rolled back) when the count is above ``limit``."""
 
     async def _fetch_one(self, query: Sql, params: Mapping[str, Any]) -> Sequence[Any] | None:
         rows = await self._fetch(query, params)
@@ -378,9 +385,11 @@ class SqlCommon(ABC):
         return {str(row[0]) for row in await self._fetch(_USED_EXTENSIONS, {"x": x, "now": now})}
 
     # --- the block list (lifecycle.md), by account -----------------------------------------
-    async def add_blocked(self, account_id: int, numbers: Sequence[str], now: int) -> int:
-        return await self._write(_ADD_BLOCKED,
-                                 {"account_id": account_id, "numbers": numbers, "now": now})
+    async def add_blocked(self, account_id: int, numbers: Sequence[str], now: int,
+                          limit: int) -> int | None:
+        return await self._write_capped(
+            _ADD_BLOCKED, _LIST_BLOCKED[1],
+            {"account_id": account_id, "numbers": numbers, "now": now}, limit)
 
     async def remove_blocked(self, account_id: int, numbers: Sequence[str]) -> int:
         return await self._write(_REMOVE_BLOCKED, {"account_id": account_id, "numbers": numbers})

@@ -830,6 +830,22 @@ class SqliteStore(SqlCommon):
     async def _fetch(self, query: Sql, params: Mapping[str, Any]) -> list[Sequence[Any]]:
         return self._read.execute(query.sqlite, query.sqlite_params(params)).fetchall()
 
+    async def _write_capped(self, query: Sql, count: Sql, params: Mapping[str, Any],
+                            limit: int) -> int | None:
+        conn = self._conn
+
+        def work() -> int:
+            changed = int(conn.execute(query.sqlite, query.sqlite_params(params)).rowcount)
+            (total,) = conn.execute(count.sqlite, count.sqlite_params(params)).fetchone()
+            if total > limit:
+                raise _Stale  # this piece's savepoint rolls back: nothing changed
+            return changed
+
+        try:
+            return await self._batched(work)
+        except _Stale:
+            return None
+
     async def _fetch_snapshot(self, queries: Sequence[tuple[Sql, Mapping[str, Any]]]
                               ) -> list[list[Sequence[Any]]]:
         read = self._read
