@@ -898,11 +898,18 @@ class Service:
     async def delete_group(self, account: Account, group_id: str,
                            now: int | None = None) -> None:
         now = int(time.time()) if now is None else now
-        await self._group(account, group_id)
+        group = await self._group(account, group_id)
         if await self.group_bindings(account, group_id, now):
             raise PnsError(Code.GROUP_IN_USE)
         if not await self.store.delete_group(account.id, group_id):
             raise PnsError(Code.GROUP_NOT_EXIST)
+        # A bindAXG that read the group before the delete may have inserted since the check
+        # above (it checks the group again after its insert, but may have done so before the
+        # delete): then the group comes back and the delete is refused, so no binding ever
+        # outlives its group.
+        if await self.group_bindings(account, group_id, now):
+            await self.store.create_group(group)
+            raise PnsError(Code.GROUP_IN_USE)
 
     async def list_groups(self, account: Account, limit: int, offset: int
                           ) -> tuple[list[Group], int]:
@@ -959,7 +966,6 @@ class Service:
             binding = msgspec.structs.replace(probe, bind_id=new_bind_id(x), x=x)
             try:
                 await self.store.insert_binding(binding, now)
-                return binding
             except BindConflict as conflict:
                 if conflict.kind is ConflictKind.CUSTOMER_BIND_ID:
                     raced = await self._existing_like(account, probe, now)
@@ -968,7 +974,37 @@ class Service:
                     continue
                 if requested_x is not None:
                     raise PnsError(Code.PARTY_ALREADY_BOUND) from None
+                continue
+            return await self._follow_group(account, binding, now)
         raise PnsError(Code.NUMBERS_EXHAUSTED, "virtual numbers exhausted under contention; retry")
+
+    async def _follow_group(self, account: Account, binding: Binding, now: int) -> Binding:
+        """After a bindAXG's insert, the group as it is now: a group deleted meanwhile takes
+        the binding with it (10019), members changed meanwhile (an updateGroup that did not
+        see this binding yet) are swapped in, so a binding never keeps a group's old members
+        nor outlives its group."""
+        for _ in range(_INSERT_ATTEMPTS):
+            group = await self.store.get_group(account.id, binding.group_id)
+            if group is None:
+                await self.store.delete_binding(binding.bind_id)
+                raise PnsError(Code.GROUP_NOT_EXIST, "the group was deleted meanwhile")
+            members = ",".join(group.members)
+            if binding.members == members:
+                return binding
+            followed = msgspec.structs.replace(
+                binding, members=members, b=binding.b if binding.b in group.members else "")
+            try:
+                if await self.store.replace_binding(binding, followed, now):
+                    return followed
+            except BindConflict:
+                await self.store.delete_binding(binding.bind_id)
+                raise PnsError(Code.PARTY_ALREADY_BOUND, "a member of the group changed "
+                               "meanwhile is already bound on this X") from None
+            stored = await self.store.get_binding(binding.bind_id, now)
+            if stored is None:
+                raise PnsError(Code.GROUP_NOT_EXIST, "the group was deleted meanwhile")
+            binding = stored  # an updateGroup swapped it meanwhile: look again
+        return binding
 
     async def _bind_alone(
         self, account: Account, make: Callable[[str], Binding], requested_x: Number | None,
@@ -986,8 +1022,14 @@ class Service:
             await self._require_no_cool_off(account, requested_x.digits, parties, now)
         tried: list[str] = []  # numbers whose other bindings refused this one
         for _ in range(_INSERT_ATTEMPTS):
-            x = requested_x.digits if requested_x is not None else await self._pick(
-                account, country_code, (*parties, EXCLUSIVE), now, tuple(tried), empty=True)
+            try:
+                x = requested_x.digits if requested_x is not None else await self._pick(
+                    account, country_code, (*parties, EXCLUSIVE), now, tuple(tried),
+                    empty=True)
+            except PnsError as exc:
+                if tried and exc.code is Code.NUMBERS_EXHAUSTED:
+                    raise PnsError(Code.NUMBERS_EXHAUSTED, _held_alone(len(tried))) from None
+                raise
             binding = make(x)
             try:
                 await self.store.insert_binding(binding, now)
@@ -1002,6 +1044,8 @@ class Service:
                     raise PnsError(Code.PARTY_ALREADY_BOUND,
                                    "the requested number has other bindings") from None
                 tried.append(x)
+        if tried:
+            raise PnsError(Code.NUMBERS_EXHAUSTED, _held_alone(len(tried)))
         raise PnsError(Code.NUMBERS_EXHAUSTED, "virtual numbers exhausted under contention; retry")
 
     async def _has_pool(self, account: Account, country_code: int, now: int) -> bool:
@@ -1716,6 +1760,12 @@ def _valid_extension(extension: str, length: int) -> str:
 def _check_ext(ext: str) -> None:
     if len(ext) > MAX_EXT:
         raise PnsError(Code.BAD_PARAMETER, "ext is longer than 1024 characters")
+
+
+def _held_alone(tried: int) -> str:
+    """10010 for a binding that holds its number alone (AX, XYB) when none is empty."""
+    return (f"virtual numbers exhausted: this binding holds its number alone, and the {tried} "
+            "number(s) it could take have other bindings")
 
 
 def _same_call(call: CallRef, report: CallReport, reporter: Account | None) -> bool:
