@@ -90,7 +90,10 @@ def storm_worker(url: str, tenant: Tenant, people: list[str], ledger: Ledger,
                         ledger.anomalies.append(f"unbind {status} {env}")
                 continue
             a, b = rng.sample(people, 2)
-            body: dict[str, Any] = {"phoneA": a, "phoneB": b, "expireSecond": 0}
+            # A businessId of its own: two binds of one pair in one millisecond would
+            # otherwise be the same signed request, rightly refused as a replay (1006).
+            body: dict[str, Any] = {"phoneA": a, "phoneB": b, "expireSecond": 0,
+                                    "businessId": f"s{seed}-{n}"}
             if n % 2:
                 body["customerBindId"] = f"s{seed}-{n}"
             with ledger.lock:

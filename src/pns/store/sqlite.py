@@ -670,7 +670,7 @@ class SqliteStore(SqlCommon):
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
                                    uri=path.startswith("file:"))
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            conn.execute("PRAGMA journal_mode = WAL")
+            _enable_wal(conn)
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA foreign_keys = ON")
             conn.execute("PRAGMA cache_size = -65536")  # 64 MiB: a million bindings stay hot
@@ -1403,6 +1403,22 @@ def _has_sealed_secrets(conn: sqlite3.Connection) -> bool:
     except sqlite3.OperationalError:  # a new store: no accounts table yet
         return False
     return row is not None
+
+
+def _enable_wal(conn: sqlite3.Connection) -> None:
+    """Switch a new store to WAL. The switch needs the file to itself, and SQLite answers
+    "database is locked" at once, without its busy handler, when another process opening the
+    same new store holds a lock in the way (several ``pns serve`` workers or CLI commands
+    starting together): try again until the busy timeout."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL").fetchone()
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def _create_private(path: str) -> None:
