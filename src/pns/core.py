@@ -686,12 +686,9 @@ class Service:
             raise PnsError(Code.SAME_NUMBER)
         _check_common(customer_bind_id, business_id, flag, expire_second)
         _check_ext(ext)
-        length = extension_length or (_V1_EXTENSION_LENGTH if api_version
-                                      else self.settings.extension_length)
-        requested_ext = _valid_extension(extension, length) if extension else None
-        requested_x = self._parse_x(phone_x) if phone_x else None
+        length, requested_ext, requested_x, country = self._extension_request(
+            extension_length, api_version, extension, phone_x, iso2, b.country_code)
         requested_y = self._parse_x(phone_y) if phone_y else None
-        country = region_country_code(iso2) if iso2 and requested_x is None else b.country_code
         a_digits = a.digits if a else ""
         parties = (a_digits, b.digits) if a else (b.digits,)
 
@@ -730,11 +727,8 @@ class Service:
         b = require_international(phone_b, "phoneB")
         _check_common(customer_bind_id, business_id, flag, expire_second)
         _check_ext(ext)
-        length = extension_length or (_V1_EXTENSION_LENGTH if api_version
-                                      else self.settings.extension_length)
-        requested_ext = _valid_extension(extension, length) if extension else None
-        requested_x = self._parse_x(phone_x) if phone_x else None
-        country = region_country_code(iso2) if iso2 and requested_x is None else b.country_code
+        length, requested_ext, requested_x, country = self._extension_request(
+            extension_length, api_version, extension, phone_x, iso2, b.country_code)
 
         def make(x: str, y: str, extension: str) -> Binding:
             return _with_life(Binding(
@@ -747,6 +741,20 @@ class Service:
         return await self._bind_extension_mode(
             account, make, requested_x, None, country, None, requested_ext, length, now,
             (b.digits,))
+
+    def _extension_request(
+        self, extension_length: int | None, api_version: int, extension: str, phone_x: str,
+        iso2: str, parties_country: int,
+    ) -> tuple[int, str | None, Number | None, int]:
+        """What an extension mode's bind asks for: the extension length (4 digits through
+        v1, else the setting), the extension named, the X named, and the country X is taken
+        from (``iso2X`` when no X is named, else the parties')."""
+        length = extension_length or (_V1_EXTENSION_LENGTH if api_version
+                                      else self.settings.extension_length)
+        requested_ext = _valid_extension(extension, length) if extension else None
+        requested_x = self._parse_x(phone_x) if phone_x else None
+        country = region_country_code(iso2) if iso2 and requested_x is None else parties_country
+        return length, requested_ext, requested_x, country
 
     async def _free_extension(self, x: str, length: int, now: int) -> str:
         """A random free extension of ``length`` digits on X; 10016 when X's active
