@@ -152,23 +152,34 @@ def log_in(driver: Any, scene: Scene, token: str) -> None:
     driver.delete_all_cookies()
     driver.get(scene.server.url + "/console/login")
     css(driver, "#token")[0].send_keys(token)
-    css(driver, "#login")[0].click()
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    WebDriverWait(driver, 10).until(lambda d: css(d, "#operator") or css(d, "#login-error"))
+    submit(driver, css(driver, "#login")[0])
+    assert css(driver, "#operator") or css(driver, "#login-error")
 
 
 def submit(driver: Any, button: Any, confirm: bool = False) -> None:
-    """Click a button that loads a new page, and wait until the old page is gone (else a
-    lookup may still find the old page's elements)."""
-    from selenium.webdriver.support import expected_conditions
+    """Click a button that loads a new page, and wait until the new page has loaded (else a
+    lookup may still find the old page's elements).
+
+    The old page is marked with a window property, which no new page has. Selenium's
+    ``staleness_of`` is not used: while Chromium swaps the documents, a look at the old element
+    may fail with "Node with given id does not belong to the document" (a WebDriverException,
+    not a StaleElementReferenceException), which failed a CI run."""
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    old = css(driver, "html")[0]
+    driver.execute_script("window.__pnsOldPage = true")
     button.click()
     if confirm:
         accept_confirm(driver)
-    WebDriverWait(driver, 10).until(expected_conditions.staleness_of(old))
+
+    def new_page_loaded(d: Any) -> bool:
+        try:
+            return bool(d.execute_script(
+                "return !window.__pnsOldPage && document.readyState === 'complete'"))
+        except WebDriverException:  # the documents are being swapped: look again
+            return False
+
+    WebDriverWait(driver, 10).until(new_page_loaded)
 
 
 def accept_confirm(driver: Any) -> None:
