@@ -248,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
         pairs = bl.sample_queries(args.base, numbers, br.QUERY_PAIRS)
         for workers in [int(w) for w in args.workers.split(",")]:
             for config in configs:
+                if workers > 1 and config == "sqlite":
+                    continue  # pns serve refuses --workers on SQLite (one writer process)
                 log(f"{config}, {workers} process(es)")
                 with pns(urls[config], workers, workdir) as port:
                     query = query_run(port, pairs, seconds, workdir)

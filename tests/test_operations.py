@@ -125,6 +125,45 @@ def test_config_example_names_real_options() -> None:
     assert {k.replace("-", "_") for k in config["serve"]} <= names
 
 
+def test_the_shipped_config_and_unit_start_a_server(tmp_path: Path) -> None:
+    """deploy/systemd/pns.service's command with deploy/pns.toml.example, as docs/deploy.md
+    installs them (only the store's path and the port moved here): the server comes up. A
+    setting the example ships that serve refuses (``workers`` on SQLite did) fails here."""
+    import shlex
+
+    deploy = Path(__file__).resolve().parent.parent / "deploy"
+    port = free_port()
+    config = (deploy / "pns.toml.example").read_text()
+    assert 'store = "sqlite:////var/lib/pns/pns.db"' in config and "port = 8080" in config
+    config = config.replace("/var/lib/pns/pns.db", str(tmp_path / "pns.db")).replace(
+        "port = 8080", f"port = {port}")
+    (tmp_path / "pns.toml").write_text(config)
+    unit = (deploy / "systemd" / "pns.service").read_text()
+    (exec_start,) = [line.split("=", 1)[1] for line in unit.splitlines()
+                     if line.startswith("ExecStart=")]
+    program, *args = shlex.split(exec_start)
+    assert program == "/opt/pns/.venv/bin/pns"
+    log = tmp_path / "serve.log"
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(pns_command(*args), stdout=subprocess.DEVNULL, stderr=sink,
+                                env={**os.environ, "PNS_CONFIG": str(tmp_path / "pns.toml")})
+    try:
+        for _ in range(300):
+            assert proc.poll() is None, log.read_text()
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz",
+                                            timeout=1) as answer:
+                    assert answer.status == 200
+                    break
+            except OSError:
+                time.sleep(0.05)
+        else:
+            raise AssertionError(f"not healthy: {log.read_text()}")
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 def test_metrics_add_up_across_two_workers(pg_database: str, tmp_path: Path) -> None:
     """With --workers 2 every scrape, whichever worker answers, counts all 200 binds once;
     a previous run's files in the metrics directory are emptied on start."""

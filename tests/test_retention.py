@@ -27,7 +27,7 @@ def _ref(call_id: str, now: int) -> CallRef:
                    business_id="", bind_type=0, queried_at=now)
 
 
-def test_sweep_forgets_old_call_references(store_url: str) -> None:
+def test_old_call_references_are_purged(store_url: str) -> None:
     now = int(time.time())
     old = str(int(snowflake_floor(now - CALL_RETENTION - 60)) + 1)
     fresh = new_snowflake()
@@ -40,7 +40,7 @@ def test_sweep_forgets_old_call_references(store_url: str) -> None:
         await store.close()  # writes the pending references
         store = await open_store(store_url)
         try:
-            await store.sweep(now, 1000)
+            assert await purge_history(store, now, Retention()) == 1
             return await store.get_call(old), await store.get_call(fresh)
         finally:
             await store.close()
@@ -115,8 +115,10 @@ def test_retention_is_configurable(fresh_store_url: str, monkeypatch: pytest.Mon
                                    ) -> None:
     monkeypatch.setenv("PNS_RETENTION_RECORDS_DAYS", "7")
     monkeypatch.setenv("PNS_RETENTION_EVENTS_DAYS", "0.5")
+    monkeypatch.setenv("PNS_RETENTION_CALL_REFS_DAYS", "1")
     retention = Retention.from_env()
-    assert (retention.call_records, retention.events) == (7 * DAY, DAY // 2)
+    assert (retention.call_records, retention.events, retention.call_refs) == (
+        7 * DAY, DAY // 2, DAY)
 
     async def run() -> list[str]:
         store = await open_store(fresh_store_url)
@@ -133,6 +135,24 @@ def test_retention_is_configurable(fresh_store_url: str, monkeypatch: pytest.Mon
             await store.close()
 
     assert asyncio.run(run()) == ["6 days"]
+
+    async def refs() -> tuple[CallRef | None, CallRef | None]:
+        """A reference 25 hours old goes with a retention of one day, one of 23 hours stays."""
+        store = await open_store(fresh_store_url)
+        try:
+            older = str(int(snowflake_floor(T0 - 25 * 3600)) + 1)
+            younger = str(int(snowflake_floor(T0 - 23 * 3600)) + 1)
+            for call_id in (older, younger):
+                await store.record_call(_ref(call_id, T0))
+            await store.close()  # writes the pending references
+            store = await open_store(fresh_store_url)
+            await purge_history(store, T0, retention)
+            return await store.get_call(older), await store.get_call(younger)
+        finally:
+            await store.close()
+
+    gone, kept = asyncio.run(refs())
+    assert gone is None and kept is not None
     for bad in ("soon", "0", "-1"):
         monkeypatch.setenv("PNS_RETENTION_RECORDS_DAYS", bad)
         with pytest.raises(StoreError, match="PNS_RETENTION_RECORDS_DAYS"):

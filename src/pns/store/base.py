@@ -106,7 +106,8 @@ class BindConflict(Exception):
         super().__init__(kind.value)
 
 
-# How long an answered query's callId stays joinable to its binding.
+# How long an answered query's callId stays joinable to its binding, unless configured
+# (``Retention.call_refs``, PNS_RETENTION_CALL_REFS_DAYS).
 CALL_RETENTION = 2 * 86400
 DAY = 86400
 
@@ -126,16 +127,19 @@ def _days_from_env(name: str, default: float) -> int:
 class Retention:
     """How long history with real phone numbers in it is kept, in seconds (a privacy
     guarantee: the sweeper purges anything older). Call records count from when they were
-    reported; callback events from when they were delivered or failed for good."""
+    reported; callback events from when they were delivered or failed for good; call
+    references (a query's callId, caller and callee, kept to join its report) from the query."""
 
     call_records: int = 90 * DAY
     events: int = 30 * DAY
+    call_refs: int = CALL_RETENTION
 
     @classmethod
     def from_env(cls) -> Retention:
         return cls(
             call_records=_days_from_env("PNS_RETENTION_RECORDS_DAYS", 90),
             events=_days_from_env("PNS_RETENTION_EVENTS_DAYS", 30),
+            call_refs=_days_from_env("PNS_RETENTION_CALL_REFS_DAYS", CALL_RETENTION / DAY),
         )
 
 
@@ -237,9 +241,8 @@ class RecordsStore(Protocol):
         """True the first time ``key`` is claimed while unexpired; False for a replay."""
 
     async def sweep(self, now: int, limit: int) -> int:
-        """Remove up to ``limit`` expired bindings, stale signatures and call references older
-        than ``CALL_RETENTION`` (a later report is joined by did and caller); returns bindings
-        gone."""
+        """Remove up to ``limit`` expired bindings and stale signatures; returns bindings
+        gone. (Call references go with the history, by ``purge_history``.)"""
 
     async def save_call_record(self, record: CallRecord, event: OutboxEvent | None) -> bool:
         """False when a record with this callId exists (nothing is written then)."""

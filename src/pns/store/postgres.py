@@ -26,7 +26,6 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
-from ..ids import snowflake_floor
 from ..model import (
     Binding,
     CallRecord,
@@ -43,7 +42,6 @@ from ..model import (
 )
 from ..vault import Keyring, is_sealed, load_keyring
 from .base import (
-    CALL_RETENTION,
     BindConflict,
     ConflictKind,
     StoreError,
@@ -1222,9 +1220,6 @@ class PostgresStore(SqlCommon):
                 "WHERE until <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)", now, limit)
 
         await self._retry(cool_offs)
-        # callIds sort by time: the primary key finds the old ones.
-        await self._retry(batch("calls", "call_id", "call_id < $1",
-                                snowflake_floor(now - CALL_RETENTION)))
         return gone
 
     # --- call records and the outbox -------------------------------------------------------

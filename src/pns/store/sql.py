@@ -24,7 +24,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..ids import WORKER_IDS
+from ..ids import WORKER_IDS, snowflake_floor
 from ..model import (
     Account,
     AccountChanges,
@@ -172,6 +172,10 @@ _PURGE_EVENTS = Sql(
     "DELETE FROM outbox WHERE event_id {in_once} SELECT event_id FROM outbox "
     "WHERE state <> 'pending' AND next_attempt_at < :before LIMIT :limit {skip_locked} "
     "{end_once}")
+# callIds sort by time: the primary key finds the old ones.
+_PURGE_CALLS = Sql(
+    "DELETE FROM calls WHERE call_id {in_once} SELECT call_id FROM calls "
+    "WHERE call_id < :before LIMIT :limit {skip_locked} {end_once}")
 _RENEW_WORKER_ID = Sql(
     "UPDATE id_workers SET lease_until = :until WHERE id = :id AND holder = :holder "
     "AND lease_until > :now RETURNING id")
@@ -508,7 +512,9 @@ class SqlCommon(ABC):
             _PURGE_RECORDS, {"before": now - retention.call_records, "limit": limit})
         events = await self._write(
             _PURGE_EVENTS, {"before": now - retention.events, "limit": limit})
-        return records + events
+        calls = await self._write(
+            _PURGE_CALLS, {"before": snowflake_floor(now - retention.call_refs), "limit": limit})
+        return records + events + calls
 
     # --- operators of the admin API, and their audit trail ------------------------------------
     async def create_operator(self, operator: Operator) -> bool:

@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
-from ..ids import snowflake_floor
 from ..model import (
     Binding,
     CallRecord,
@@ -55,7 +54,6 @@ from ..model import (
 )
 from ..vault import Keyring, is_sealed, load_keyring
 from .base import (
-    CALL_RETENTION,
     BindConflict,
     ConflictKind,
     StoreError,
@@ -1325,12 +1323,6 @@ class SqliteStore(SqlCommon):
                 "DELETE FROM signatures WHERE key IN (SELECT key FROM signatures "
                 "WHERE expires_at <= ? LIMIT ?)",
                 (now, limit),
-            )
-            # callIds sort by time: the primary key finds the old ones.
-            self._conn.execute(
-                "DELETE FROM calls WHERE call_id IN (SELECT call_id FROM calls "
-                "WHERE call_id < ? LIMIT ?)",
-                (snowflake_floor(now - CALL_RETENTION), limit),
             )
             self._conn.execute(
                 "DELETE FROM cool_offs WHERE (number, x) IN (SELECT number, x FROM cool_offs "
