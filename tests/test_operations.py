@@ -297,3 +297,22 @@ def test_licence_is_declared() -> None:
     assert metadata("pns").get("License-Expression") == "Apache-2.0"
     for name in ("CHANGELOG.md", "SECURITY.md"):
         assert (REPO / name).stat().st_size > 500, name
+
+
+def test_a_skipped_test_fails_in_ci(tmp_path: Path) -> None:
+    """The rule tests/conftest.py gives CI (``CI=true``): a test skipped for want of a
+    prerequisite fails the run instead; a developer's machine may still skip."""
+    (tmp_path / "test_prerequisite.py").write_text(
+        "import pytest\n\n\ndef test_needs_what_is_missing():\n"
+        "    pytest.skip('no prerequisite here')\n")
+    root = Path(__file__).resolve().parent.parent
+
+    def outcome(ci: str) -> str:
+        result = subprocess.run(
+            [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "tests.conftest",
+             "-q", str(tmp_path / "test_prerequisite.py")],
+            cwd=root, env={**os.environ, "CI": ci}, capture_output=True, text=True, timeout=120)
+        return result.stdout.strip().splitlines()[-1]
+
+    assert "1 failed" in outcome("true")
+    assert "1 skipped" in outcome("")
