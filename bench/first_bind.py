@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import os
 import secrets
@@ -137,6 +138,9 @@ def main() -> int:
     args = parser.parse_args()
     if args.binds <= 110:
         parser.error("--binds must be more than 110 (the later median starts at bind 100)")
+    # A PostgreSQL store seals secrets with a key from the environment; these databases are
+    # thrown away, so a key of this run does.
+    os.environ.setdefault("PNS_SECRET_KEY", base64.urlsafe_b64encode(os.urandom(32)).decode())
     results = {
         "baseline: import of 1,000": measure(args.pg_url, 1000, args.binds, via_import=True),
         "import+analyze": measure(args.pg_url, args.numbers, args.binds, via_import=True),
