@@ -107,7 +107,12 @@ _NO_STORE_COMMANDS = [
     ["numbers", "disable", "85235753351"], ["numbers", "enable", "85235753351"],
     ["numbers", "move", "85235753351", "--to", "k"], ["stats"], ["deliveries"],
     ["bindings", "list", "--account", "k"], ["bindings", "show", "b"],
-    ["bindings", "unbind", "b"], ["deliver"],
+    ["bindings", "unbind", "b"], ["bindings", "update", "b", "--expire-second", "60"],
+    ["deliver"], ["numbers", "import", "--account", "k", "/dev/null"],
+    ["blacklist", "add", "--account", "k", "85235753351"],
+    ["blacklist", "remove", "--account", "k", "85235753351"],
+    ["blacklist", "list", "--account", "k"], ["operator", "create", "--name", "x"],
+    ["operator", "list"], ["operator", "disable", "x"], ["secrets", "rotate-key"],
 ]
 
 
