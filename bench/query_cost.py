@@ -171,7 +171,8 @@ async def _pns(args: argparse.Namespace, folder: str) -> tuple[list[Any], _Sink,
     # the count must not depend on how fast the run goes (valgrind's is ~50 times slower).
     calls = store._calls  # type: ignore[attr-defined]  # the SQLite store's buffer
     calls._interval = 3600.0
-    server = _Server(_stub(args.stub, app), error_reply, Limits(), time.monotonic)
+    server = _Server(_stub(args.stub, app), error_reply, Limits(), time.monotonic,
+                     store.steps_outside_task)
     sink = _Sink()
     protocols = []
     for _ in range(CONNECTIONS):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
@@ -101,10 +102,12 @@ class Harness:
     seen: list[Request] = field(default_factory=list)
     gate: asyncio.Event | None = None
     limits: Limits = LIMITS
+    first_step_outside_task: bool = False
 
     def __post_init__(self) -> None:
         self.server = HttpServer(self.app, error_reply, self.limits,
-                                 clock=lambda: self.clock[0], tick=None)
+                                 clock=lambda: self.clock[0], tick=None,
+                                 first_step_outside_task=self.first_step_outside_task)
         self.transport = FakeTransport()
         self.connection = self.connect(self.transport)
 
@@ -289,6 +292,69 @@ def test_an_answer_that_needs_no_io_is_written_at_once() -> None:
         h.feed(b"POST /x HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc")
         assert len(writes) == 1 and writes[0].endswith(b"\r\n\r\n/x abc")
         assert [a.status for a in h.answers()] == [200]
+    run(test)
+
+
+def test_a_coroutine_that_never_waits_is_answered_without_a_task_when_allowed() -> None:
+    """With ``first_step_outside_task`` (the embedded store), an app coroutine that never
+    waits is answered inside data_received: no task, no turn of the loop."""
+    async def test() -> None:
+        h = Harness(first_step_outside_task=True)
+        tasks_before = len(asyncio.all_tasks())
+
+        async def at_once(request: Request) -> Reply:
+            return Reply(200, b"now " + request.body)
+
+        h.server._state.app = at_once
+        h.feed(b"POST /x HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc"
+               b"POST /y HTTP/1.1\r\nContent-Length: 1\r\n\r\nd")
+        assert [a.body for a in h.answers()] == [b"now abc", b"now d"]
+        assert not h.connection.busy and len(asyncio.all_tasks()) == tasks_before
+    run(test)
+
+
+@pytest.mark.parametrize("outcome", ["result", "exception"])
+def test_a_coroutine_that_waits_goes_on_in_a_task_from_where_it_stopped(outcome: str) -> None:
+    """Started outside a task, a coroutine that waits is continued by a task: it gets what it
+    waited for (or its exception: answered 500), runs inside that task from then on, and the
+    requests behind it are answered after it, in order."""
+    async def test() -> None:
+        h = Harness(first_step_outside_task=True)
+        loop = asyncio.get_running_loop()
+        waits: list[asyncio.Future[bytes]] = []
+        steps: list[str] = []
+
+        async def waiting(request: Request) -> Reply:
+            if request.path != "/wait":
+                return Reply(200, request.path.encode())
+            steps.append("before" if asyncio.current_task() is None else "in a task")
+            future: asyncio.Future[bytes] = loop.create_future()
+            waits.append(future)
+            got = await future
+            steps.append("after" if asyncio.current_task() is not None else "no task")
+            return Reply(200, got)
+
+        h.server._state.app = waiting
+        # As the event loop calls data_received: from a callback, outside any task.
+        loop.call_soon(h.feed, b"GET /wait HTTP/1.1\r\n\r\nGET /next HTTP/1.1\r\n\r\n")
+        await asyncio.sleep(0)
+        # Python 3.12+ starts it as an eager task instead: inside a task from the start.
+        first = "before" if sys.version_info < (3, 12) else "in a task"
+        assert h.answers() == [] and h.connection.busy and steps == [first]
+        await asyncio.sleep(0)
+        assert h.answers() == []  # still waiting: the task does not step it again early
+        if outcome == "result":
+            waits[0].set_result(b"waited")
+        else:
+            waits[0].set_exception(RuntimeError("the store failed"))
+        await settle(lambda: len(h.answers()) == 2)
+        statuses = [(a.status, a.body) for a in h.answers()]
+        if outcome == "result":
+            assert statuses == [(200, b"waited"), (200, b"/next")]
+            assert steps == [first, "after"]
+        else:
+            assert [s for s, _ in statuses] == [500, 200] and statuses[1][1] == b"/next"
+        assert not h.connection.busy
     run(test)
 
 

@@ -13,10 +13,13 @@ requests one slice can add to the queue.
 
 An answer that needs no I/O is written from ``data_received`` itself, with no task: the app
 answers such routes with a ``Reply``, and on Python 3.12+ a coroutine starts as an eager task
-(it becomes a scheduled task only if it waits). Python 3.11 has no eager tasks, and stepping a
-coroutine outside a task breaks what needs ``asyncio.current_task()`` (``asyncio.timeout``,
-asyncpg's connect), so there a coroutine gets its task. Headers stay bytes; the app decodes
-the few it reads.
+(it becomes a scheduled task only if it waits). Python 3.11 has no eager tasks. There, when the
+server is told that the app's coroutines never need ``asyncio.current_task()`` before their
+first wait (``first_step_outside_task``: true for the embedded store, whose answers come from
+memory; false where a driver's ``asyncio.timeout`` needs a task, as redis-py's does), the
+coroutine takes its first step in ``data_received`` and gets a task only if it waits, from
+where it stopped (``_Resumed``). A task per queryAXB costs ~23k instructions of ~273k
+(bench/query_cost.sh). Headers stay bytes; the app decodes the few it reads.
 """
 
 from __future__ import annotations
@@ -26,10 +29,10 @@ import logging
 import sys
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import httptools
 
@@ -124,12 +127,45 @@ def _head(status: int, content_type: str, length: int, close: bool,
         prefix, _date(), length, more, b"Connection: close\r\n" if close else b"")
 
 
+class _Resumed:
+    """A coroutine that took its first step outside a task, continued by a task from the
+    future it waits on: what an eager task does on Python 3.12+."""
+
+    __slots__ = ("_coroutine", "_waiting_on")
+
+    def __init__(self, coroutine: Coroutine[Any, Any, None], waiting_on: Any):
+        self._coroutine = coroutine
+        self._waiting_on = waiting_on
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        coroutine, waiting_on = self._coroutine, self._waiting_on
+        while True:
+            try:
+                sent = yield waiting_on
+            except BaseException as exc:  # the task throws what the future raised, or cancels
+                try:
+                    waiting_on = coroutine.throw(exc)
+                except StopIteration:
+                    return
+            else:
+                try:
+                    waiting_on = coroutine.send(sent)
+                except StopIteration:
+                    return
+
+
+async def _resume(coroutine: Coroutine[Any, Any, None], waiting_on: Any) -> None:
+    await _Resumed(coroutine, waiting_on)
+
+
 class _Server:
-    def __init__(self, app: App, error_reply: ErrorReply, limits: Limits, clock: Clock):
+    def __init__(self, app: App, error_reply: ErrorReply, limits: Limits, clock: Clock,
+                 first_step_outside_task: bool = False):
         self.app = app
         self.error_reply = error_reply
         self.limits = limits
         self.clock = clock
+        self.first_step_outside_task = first_step_outside_task and not _EAGER_TASKS
         self.connections: set[_Connection] = set()
         self.ticker: asyncio.TimerHandle | None = None
         self.idle_waiters: list[asyncio.Future[None]] = []
@@ -378,6 +414,12 @@ class _Connection(asyncio.Protocol):
                 task = asyncio.Task(work, loop=self._loop, eager_start=True)  # type: ignore[call-arg,unused-ignore]
                 if task.done():
                     continue  # answered without waiting
+            elif self._server.first_step_outside_task:
+                try:
+                    waiting_on = work.send(None)
+                except StopIteration:
+                    continue  # answered without waiting
+                task = self._loop.create_task(_resume(work, waiting_on))
             else:
                 task = self._loop.create_task(work)
             self._worker = task
@@ -551,10 +593,12 @@ class HttpServer:
     ``None``: only when ``tick()`` is called) let tests drive the timeouts."""
 
     def __init__(self, app: App, error_reply: ErrorReply, limits: Limits | None = None,
-                 clock: Clock | None = None, tick: float | None = _TICK):
+                 clock: Clock | None = None, tick: float | None = _TICK,
+                 first_step_outside_task: bool = False):
         self._clock = clock
         self._tick_every = tick
-        self._state = _Server(app, error_reply, limits or Limits(), clock or time.monotonic)
+        self._state = _Server(app, error_reply, limits or Limits(), clock or time.monotonic,
+                              first_step_outside_task)
         self._server: asyncio.Server | None = None
 
     async def start(self, host: str, port: int, reuse_port: bool = False) -> None:

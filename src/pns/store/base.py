@@ -465,6 +465,11 @@ class Store(BindingIndex, RecordsStore, Protocol):
     narrower interfaces, and what needs the bindings and the records together (allocation,
     pool statistics, listings by account, moving numbers)."""
 
+    # True when no coroutine of the store needs ``asyncio.current_task()`` (no driver's
+    # ``asyncio.timeout``): the HTTP layer may then start a request outside a task, and give
+    # it one only if it waits (Python 3.11; 3.12+ has eager tasks for that).
+    steps_outside_task: bool
+
     # --- the pool of virtual numbers ------------------------------------------------------
     async def move_numbers(self, xs: Sequence[str], account_id: int, force: bool,
                            now: int) -> list[str]:

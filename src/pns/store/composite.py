@@ -124,6 +124,8 @@ class CompositeStore:
     """``Store`` = ``ShardedIndex`` (bindings by X) + ``BindingLedger`` and ``RecordsStore`` (by
     account). Methods of the records store not named here are its own (``__getattr__``)."""
 
+    steps_outside_task = False  # redis-py's reads run under asyncio.timeout
+
     def __init__(self, index: ShardedIndex, ledger: BindingLedger, records: RecordsStore):
         self.index = index
         self.ledger = ledger

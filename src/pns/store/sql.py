@@ -297,6 +297,7 @@ class SqlCommon(ABC):
     """The methods both SQL stores share, over six primitives of their own."""
 
     _keyring: Keyring
+    steps_outside_task = False
 
     @abstractmethod
     async def _write(self, query: Sql, params: Mapping[str, Any]) -> int:

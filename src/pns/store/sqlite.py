@@ -633,6 +633,10 @@ class _ChangeWatch:
 
 
 class SqliteStore(SqlCommon):
+    # Reads run on the event loop's connection, writes wait on plain futures of the writer
+    # thread: nothing needs a task.
+    steps_outside_task = True
+
     def __init__(self, conn: sqlite3.Connection, read: sqlite3.Connection,
                  path: str = ":memory:", index: bool = False, keyring: Keyring | None = None):
         self._conn = conn  # the write connection: used by the writer thread only
