@@ -257,6 +257,52 @@ def test_accounts_create_disable_rotate_prompts_callback(admin_server: Server,
     assert all(secret not in e["target"] and new_secret not in e["target"] for e in audit)
 
 
+def test_cool_off_through_the_api_and_the_console_as_the_cli(admin_server: Server,
+                                                              admin: Admin) -> None:
+    key = admin.post("accounts", {"name": "cooling"}).json()["accessKey"]
+    listed = {a["accessKey"]: a for a in admin.get("accounts").json()["accounts"]}
+    assert listed[key]["coolOffSeconds"] == 0
+    changed = admin.patch(f"accounts/{key}", {"coolOffSeconds": 120})
+    assert changed.status_code == 200 and changed.json()["coolOffSeconds"] == 120
+    listed = {a["accessKey"]: a for a in admin.get("accounts").json()["accounts"]}
+    assert listed[key]["coolOffSeconds"] == 120
+    # Nothing else named: the other settings stay.
+    assert admin.patch(f"accounts/{key}", {"enabled": True}).json()["coolOffSeconds"] == 120
+    too_long = admin.patch(f"accounts/{key}", {"coolOffSeconds": 2_592_001})
+    assert too_long.status_code == 400
+    message = too_long.json()["error"]
+    assert "2592000" in message
+    assert admin.patch(f"accounts/{key}", {"coolOffSeconds": -1}).status_code == 400
+    assert admin.patch(f"accounts/{key}", {"coolOffSeconds": "60"}).status_code == 400
+    # The CLI refuses the same with the same words.
+    refused = cli("account", "set", key, "--cool-off", "2592001",
+                  "--store", admin_server.store_url, check=False)
+    assert refused.returncode != 0 and message in " ".join(refused.stderr.split())
+    assert admin.patch(f"accounts/{key}", {"coolOffSeconds": 2_592_000}).status_code == 200
+
+    browser = Browser(admin_server)
+    assert browser.login(admin.token).status_code == 303
+    page = browser.http.get("/console/accounts").text
+    assert 'name="coolOffSeconds" value="2592000"' in page
+    form = {"csrf": browser.csrf(), "next": "/console/accounts", "callbackUrl": "",
+            "audioWhenCallFail": "", "audioWhenDtmfNeed": "", "audioWhenDtmfErr": ""}
+    saved = browser.http.post(f"/console/accounts/{key}/settings",
+                              data={**form, "coolOffSeconds": "300"})
+    assert saved.status_code == 303
+    listed = {a["accessKey"]: a for a in admin.get("accounts").json()["accounts"]}
+    assert listed[key]["coolOffSeconds"] == 300
+    for bad in ("2592001", "9" * 40, "ten", "-5"):
+        answer = browser.http.post(f"/console/accounts/{key}/settings",
+                                   data={**form, "coolOffSeconds": bad})
+        assert answer.status_code == 400 and "content-security-policy" in answer.headers
+        assert "coolOffSeconds" in answer.text
+    listed = {a["accessKey"]: a for a in admin.get("accounts").json()["accounts"]}
+    assert listed[key]["coolOffSeconds"] == 300
+    entries = admin.get("audit").json()["entries"]
+    assert any(e["action"] == "account.update" and e["target"] == f"{key} coolOffSeconds"
+               for e in entries)
+
+
 # --- numbers -------------------------------------------------------------------------------------
 def test_numbers_add_import_disable_enable_move_remove(admin_server: Server, admin: Admin,
                                                        tenant: Tenant) -> None:

@@ -31,7 +31,14 @@ from click.core import ParameterSource
 from rich.console import Console
 
 from . import __version__
-from .core import BLOCK_LIST_MAX, MAX_COOL_OFF, BindingUpdate, Lifecycle, Service, Settings
+from .core import (
+    BLOCK_LIST_MAX,
+    BindingUpdate,
+    Lifecycle,
+    Service,
+    Settings,
+    check_cool_off,
+)
 from .errors import PnsError
 from .model import Account, AccountChanges, Binding, EventState, Role, VirtualNumber
 from .numbers import parse_international
@@ -547,6 +554,17 @@ _ACCOUNT_COLUMNS = ("id", "name", "role", "accessKey", "enabled", "audioWhenCall
                     "audioWhenDtmfNeed", "audioWhenDtmfErr", "callbackUrl")
 
 
+def _cool_off_option(ctx: click.Context, param: click.Parameter, value: int | None
+                     ) -> int | None:
+    """The core's bound and message, so the CLI and the admin API refuse alike."""
+    if value is None:
+        return None
+    try:
+        return check_cool_off(value)
+    except PnsError as exc:
+        raise click.BadParameter(exc.msg, ctx, param) from None
+
+
 @account.command("set")
 @click.argument("access_key")
 @click.option("--audio-when-call-fail", default=None, help="Prompt when a call cannot connect.")
@@ -555,7 +573,7 @@ _ACCOUNT_COLUMNS = ("id", "name", "role", "accessKey", "enabled", "audioWhenCall
 @click.option("--callback-url", default=None, help="Where call records are delivered.")
 @click.option("--disable/--enable", "disabled", default=None,
               help="A disabled account is refused (1005).")
-@click.option("--cool-off", "cool_off", default=None, type=click.IntRange(0, MAX_COOL_OFF),
+@click.option("--cool-off", "cool_off", default=None, type=int, callback=_cool_off_option,
               metavar="SECONDS",
               help="After a binding ends, its parties are not given its number again for this "
                    "long (0: off).")

@@ -73,6 +73,17 @@ def _parse_local_time(text: str) -> int:
     raise AdminError(400, f"not a time: {text!r} (use YYYY-MM-DDTHH:MM, UTC)")
 
 
+def _parse_seconds(text: str, field: str) -> int | None:
+    """A whole number of seconds from a form; None when empty (the setting is left as it is).
+    Long digit strings are not converted (the core's bound refuses them anyway)."""
+    text = text.strip()
+    if not text:
+        return None
+    if not (text.isascii() and text.isdigit()):
+        raise AdminError(400, f"{field} must be whole seconds")
+    return int(text) if len(text) <= 15 else 10**15
+
+
 def _load_static() -> dict[str, tuple[bytes, str]]:
     folder = resources.files("pns.console").joinpath("static")
     files = {}
@@ -325,7 +336,9 @@ class Console:
                     key, audio_when_call_fail=form.get("audioWhenCallFail", ""),
                     audio_when_dtmf_need=form.get("audioWhenDtmfNeed", ""),
                     audio_when_dtmf_err=form.get("audioWhenDtmfErr", ""),
-                    callback_url=form.get("callbackUrl", ""))
+                    callback_url=form.get("callbackUrl", ""),
+                    cool_off_seconds=_parse_seconds(form.get("coolOffSeconds", ""),
+                                                    "coolOffSeconds"))
             else:
                 raise AdminError(404, "no such change")
             await admin.audit(who, "account.update", f"{key} {op}")
