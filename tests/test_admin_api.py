@@ -671,6 +671,58 @@ def test_csp_and_security_headers_on_every_console_page(admin_server: Server,
     assert browser.http.get("/console/static/nothing.js").status_code == 404
 
 
+def test_bad_times_give_a_page_with_the_csp_and_no_traceback(admin_server: Server,
+                                                             admin: Admin,
+                                                             tenant: Tenant) -> None:
+    browser = Browser(admin_server)
+    assert browser.login(admin.token).status_code == 303
+    huge = "9" * 23
+    for params in ({"from": huge}, {"to": huge}, {"from": "99999999999999"},
+                   {"from": "yesterday"}, {"to": "2024-13-45T99:99"}):
+        answer = browser.http.get("/console/records",
+                                  params={"account": tenant.access_key, **params})
+        assert answer.status_code == 400, (params, answer.text)
+        assert answer.headers["content-type"].startswith("text/html")
+        assert "default-src 'none'" in answer.headers["content-security-policy"]
+        assert answer.headers["x-frame-options"] == "DENY"
+        field = next(iter(params))
+        assert 'id="error"' in answer.text and f"{field}:" in answer.text
+        assert 'id="records-filter"' in answer.text  # the filter, to correct it
+    ok = browser.http.get("/console/records", params={"account": tenant.access_key,
+                                                      "from": "2024-01-01T00:00"})
+    assert ok.status_code == 200 and 'id="error"' not in ok.text
+    assert "Traceback" not in admin_server.log_text()
+    assert "OverflowError" not in admin_server.log_text()
+
+
+def test_an_unexpected_error_is_a_console_page_too() -> None:
+    """A fault no view expected: an HTML error page with the console's headers, not the
+    HTTP layer's JSON."""
+    from pns.admin.security import Session
+    from pns.console.views import Console
+    from pns.http import Request
+    from pns.model import Operator, OperatorRole
+
+    class Broken:
+        async def accounts(self) -> list[Any]:
+            raise RuntimeError("the store went away")
+
+    class Gate:
+        async def session(self, cookie: str) -> Session:
+            return Session(Operator("ann", OperatorRole.ADMIN, "0" * 64), "nonce")
+
+    console = Console(Broken(), Gate())  # type: ignore[arg-type]
+    request = Request("GET", "/console/accounts", {}, b"", "127.0.0.1")
+    reply = asyncio.run(console(request))
+    headers = dict(reply.headers)
+    assert reply.status == 500 and reply.content_type.startswith("text/html")
+    assert "default-src 'none'" in headers["Content-Security-Policy"]
+    assert b"went away" not in reply.body and b"Traceback" not in reply.body
+    missing = asyncio.run(console(Request("GET", "/console/static/none.js", {}, b"", "x")))
+    assert missing.status == 404 and missing.content_type.startswith("text/html")
+    assert "Content-Security-Policy" in dict(missing.headers)
+
+
 def test_hostile_names_are_escaped_on_the_page(admin_server: Server, admin: Admin) -> None:
     hostile = '<script>alert(1)</script>"><img src=x onerror=alert(2)>'
     made = admin.post("accounts", {"name": hostile})
