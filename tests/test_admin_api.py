@@ -8,6 +8,8 @@ other client addresses (``X-Forwarded-For``) and lock out only those with the lo
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import itertools
 import json
 import re
@@ -563,6 +565,30 @@ def test_login_sets_a_strict_http_only_session_cookie(admin_server: Server,
     assert "Max-Age=0" in set_cookies(logout)["pns_session"]
 
 
+def test_logout_ends_the_session_on_the_server(admin_server: Server) -> None:
+    token = make_operator(admin_server)
+    browser, elsewhere = Browser(admin_server), Browser(admin_server)
+    assert browser.login(token).status_code == 303
+    assert elsewhere.login(token).status_code == 303
+    saved = browser.http.cookies["pns_session"]
+    csrf = browser.csrf()
+    assert browser.http.post("/console/logout", data={"csrf": csrf}).status_code == 303
+    # The cookie kept from before the logout (a copy, a stolen one) no longer works, nor does
+    # the operator's session in another browser: logging out ends them all.
+    for cookie in (saved, elsewhere.http.cookies["pns_session"]):
+        answer = httpx.get(admin_server.url + "/console/", cookies={"pns_session": cookie},
+                           headers={"X-Forwarded-For": other_address()})
+        assert answer.status_code == 303 and answer.headers["location"] == "/console/login"
+    replayed = httpx.post(admin_server.url + "/console/accounts", cookies={"pns_session": saved},
+                          data={"csrf": csrf, "name": "after-logout"},
+                          headers={"X-Forwarded-For": other_address()})
+    assert replayed.status_code == 401
+    # A new login works at once.
+    again = Browser(admin_server)
+    assert again.login(token).status_code == 303
+    assert again.http.get("/console/").status_code == 200
+
+
 def test_secure_cookie_only_behind_a_trusted_tls_proxy(admin_server: Server,
                                                        admin: Admin) -> None:
     trusted = Browser(admin_server, **{"X-Forwarded-Proto": "https"})
@@ -709,7 +735,7 @@ def test_an_unexpected_error_is_a_console_page_too() -> None:
 
     class Gate:
         async def session(self, cookie: str) -> Session:
-            return Session(Operator("ann", OperatorRole.ADMIN, "0" * 64), "nonce")
+            return Session(Operator("ann", OperatorRole.ADMIN, "0" * 64), "nonce", b"k" * 32)
 
     console = Console(Broken(), Gate())  # type: ignore[arg-type]
     request = Request("GET", "/console/accounts", {}, b"", "127.0.0.1")
@@ -767,17 +793,53 @@ def test_forged_session_cookies_are_refused(admin_server: Server, admin: Admin) 
     browser = Browser(admin_server)
     assert browser.login(admin.token).status_code == 303
     real = browser.http.cookies["pns_session"]
-    name, expires, nonce, signature = real.split(".")
+    name, generation, expires, nonce, key_id, signature = real.split(".")
     forgeries = [
-        f"{name}.{int(expires) + 10**6}.{nonce}.{signature}",
-        f"{name}.{expires}.{nonce}.{'0' * 64}",
-        f"someone.{expires}.{nonce}.{signature}",
-        f"{name}.{expires}.{nonce}", "garbage", "",
+        f"{name}.{generation}.{int(expires) + 10**6}.{nonce}.{key_id}.{signature}",
+        f"{name}.{int(generation) + 1}.{expires}.{nonce}.{key_id}.{signature}",
+        f"{name}.{generation}.{expires}.{nonce}.{key_id}.{'0' * 64}",
+        f"{name}.{generation}.{expires}.{nonce}.00000000.{signature}",
+        f"{name}.{generation}.{expires}.{nonce}.nothex!!.{signature}",
+        f"someone.{generation}.{expires}.{nonce}.{key_id}.{signature}",
+        f"{name}.{generation}.{expires}.{nonce}.{key_id}", "garbage", "",
     ]
     for forged in forgeries:
         answer = httpx.get(admin_server.url + "/console/", cookies={"pns_session": forged},
                            headers={"X-Forwarded-For": other_address()})
         assert answer.status_code == 303, forged
+
+
+def test_the_store_alone_cannot_make_a_session(admin_server: Server, admin: Admin) -> None:
+    """Whoever reads the operators table (a backup, a dump) has the token hash and the session
+    generation, not the server's key: a session signed with the hash is refused."""
+    name = admin.get("me").json()["name"]
+
+    async def stored() -> Any:
+        store = await open_store(admin_server.store_url)
+        try:
+            return await store.get_operator(name)
+        finally:
+            await store.close()
+
+    operator = asyncio.run(stored())
+    token_hash = bytes.fromhex(operator.token_hash)
+    expires = int(time.time()) + 3600
+    nonce = "ab" * 16
+    browser = Browser(admin_server)
+    assert browser.login(admin.token).status_code == 303
+    key_id = browser.http.cookies["pns_session"].split(".")[4]
+
+    def signed(payload: str) -> str:
+        return f"{payload}.{hmac.new(token_hash, payload.encode(), hashlib.sha256).hexdigest()}"
+
+    forgeries = [
+        signed(f"{name}.{expires}.{nonce}"),  # the old format, keyed by the hash
+        signed(f"{name}.{operator.session_generation}.{expires}.{nonce}.{key_id}"),
+    ]
+    for forged in forgeries:
+        answer = httpx.get(admin_server.url + "/console/", cookies={"pns_session": forged},
+                           headers={"X-Forwarded-For": other_address()})
+        assert answer.status_code == 303 and answer.headers["location"] == "/console/login"
 
 
 # --- turning it off, or moving it ---------------------------------------------------------------

@@ -199,6 +199,7 @@ class Console:
             return self.failure(session, 403, "The form's CSRF token is missing or wrong: "
                                 "reload the page and try again.")
         if path == "/console/logout":
+            await self.gate.end_sessions(session)
             return self.redirect("/console/login", (self._clear(SESSION_COOKIE, request),))
         if session.operator.role is not OperatorRole.ADMIN:
             return self.failure(session, 403, "A viewer may not change anything.")
