@@ -469,8 +469,24 @@ def test_records_delivery_state_and_redeliver(admin_server: Server, admin: Admin
     other = create_tenant(admin_server.store_url)
     assert admin.post(f"records/{call_id}/redeliver",
                       {"account": other.access_key}).status_code == 404
+    assert viewer.post(f"records/{call_id}/reveal", body).status_code == 403
     revealed = admin.post(f"records/{call_id}/reveal", body).json()
     assert revealed["caller"] == a and revealed["callee"] == b
+    # Each reveal is kept in the audit trail: who, and which record; never the numbers.
+    name = admin.get("me").json()["name"]
+    entries = admin.get("audit").json()["entries"]
+    reveals = [e for e in entries if e["action"] == "record.reveal"]
+    assert [(e["operator"], e["target"]) for e in reveals][:1] == [(name, call_id)]
+    assert all(a not in e["target"] and b not in e["target"] for e in entries)
+    # The console's reveal is audited the same way.
+    browser = Browser(admin_server)
+    assert browser.login(admin.token).status_code == 303
+    page = browser.http.post(f"/console/records/{call_id}/reveal", data={
+        "csrf": browser.csrf(), "account": tenant.access_key,
+        "next": f"/console/records?account={tenant.access_key}"})
+    assert page.status_code == 200 and a in page.text and b in page.text
+    entries = admin.get("audit").json()["entries"]
+    assert [e["action"] for e in entries if e["target"] == call_id].count("record.reveal") == 2
 
 
 def test_failed_deliveries_listed_and_retried(admin_server: Server, admin: Admin,
@@ -621,11 +637,31 @@ def test_every_form_is_refused_without_its_csrf_token(admin_server: Server, admi
     bind_id = client.bind_axb(unique_hk("1"), unique_hk("2"))["data"]["bindId"]
     browser = Browser(admin_server)
     assert browser.login(admin.token).status_code == 303
-    page = browser.http.get("/console/bindings", params={"number": tenant.numbers[0]}).text
-    if bind_id not in page:
-        page = browser.http.get("/console/bindings", params={"bindId": bind_id}).text
-    forms = re.findall(r"<form[^>]*method=\"post\"[^>]*>.*?</form>", page, re.S)
-    assert forms and all('name="csrf"' in form for form in forms)
+    # Every form of every page that changes something carries the session's CSRF token, and
+    # each is refused without it.
+    pages = ["/console/", "/console/accounts", "/console/deliveries?state=failed",
+             "/console/audit", f"/console/numbers?account={tenant.access_key}",
+             f"/console/bindings?bindId={bind_id}",
+             f"/console/records?account={tenant.access_key}"]
+    actions: set[str] = set()
+    token = browser.csrf()
+    for path in pages:
+        page = browser.http.get(path).text
+        forms = re.findall(r"<form[^>]*method=\"post\"[^>]*>.*?</form>", page, re.S)
+        assert forms, path
+        for form in forms:
+            assert f'name="csrf" value="{token}"' in form, (path, form)
+            actions.update(re.findall(r'action="([^"]+)"', form))
+    assert {"/console/accounts", "/console/numbers", "/console/logout",
+            f"/console/bindings/{bind_id}/unbind"} <= actions
+    for action in sorted(actions):
+        answer = browser.http.post(action, data={"op": "disable", "name": "no-csrf",
+                                                 "numbers": tenant.numbers[0]})
+        assert answer.status_code == 403, action
+    assert tenant.access_key in browser.http.get("/console/accounts").text  # still logged in
+    assert "no-csrf" not in browser.http.get("/console/accounts").text
+    assert all(n["enabled"] for n in admin.get("numbers", account=tenant.access_key
+                                               ).json()["numbers"])
     for csrf in ("", "0" * 64, browser.csrf().upper()):
         answer = browser.http.post(f"/console/bindings/{bind_id}/unbind",
                                    data={"csrf": csrf, "next": "/console/bindings"})
