@@ -127,6 +127,23 @@ def test_operator_cli_create_list_disable(admin_server: Server) -> None:
 
 
 # --- 401, 403 -------------------------------------------------------------------------------
+def test_operator_create_prints_json_on_a_terminal_too(admin_server: Server,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    import pns.cli
+
+    monkeypatch.setattr(pns.cli, "_wants_json", lambda as_json: bool(as_json))  # a terminal
+    name = f"op-tty-{next(_addresses)}"
+    result = CliRunner().invoke(pns.cli.main, ["operator", "create", "--name", name,
+                                               "--role", "viewer",
+                                               "--store", admin_server.store_url])
+    assert result.exit_code == 0, result.output
+    made = json.loads(result.output)
+    assert made["name"] == name and made["role"] == "viewer"
+    assert str(made["token"]).startswith("pnsop_")
+
+
 def test_every_endpoint_needs_a_token(admin_server: Server) -> None:
     for route in ROUTES:
         path = "/admin/api/" + re.sub(r"\{\w+\}", "x1", route.pattern)

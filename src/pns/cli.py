@@ -1147,12 +1147,15 @@ def _operator_json(op: Any) -> dict[str, Any]:
 @click.option("--name", required=True, help="Letters, digits, _ and -; at most 64.")
 @click.option("--role", type=click.Choice(["admin", "viewer"]), default="admin",
               show_default=True)
-@_format_option
+@click.option("--json", "as_json", is_flag=True, hidden=True,
+              help="Accepted for scripts: the output is JSON anyway.")
 @_store_option
 @click.pass_context
-def operator_create(ctx: click.Context, name: str, role: str, as_json: bool | None,
+def operator_create(ctx: click.Context, name: str, role: str, as_json: bool,
                     store_url: str | None) -> None:
-    """Create an operator; prints its token (shown only here, stored hashed)."""
+    """Create an operator; prints it and its token as one JSON object (the token is shown only
+    here, stored hashed). JSON on a terminal too: the token is copied or piped into a secret
+    store whole, and a table's padding invites copying it wrong."""
     from .admin.operators import new_operator, valid_name
     from .model import OperatorRole
 
@@ -1161,7 +1164,7 @@ def operator_create(ctx: click.Context, name: str, role: str, as_json: bool | No
     op, token = new_operator(name, OperatorRole(role))
     if not _with_store(ctx, lambda s: s.create_operator(op)):
         raise _refuse(ctx, f"an operator named {name} exists already")
-    emit_one({**_operator_json(op), "token": token}, as_json)
+    emit_one({**_operator_json(op), "token": token}, True)
 
 
 @operator.command("list")
