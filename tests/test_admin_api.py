@@ -8,6 +8,8 @@ other client addresses (``X-Forwarded-For``) and lock out only those with the lo
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import itertools
 import json
 import re
@@ -125,6 +127,23 @@ def test_operator_cli_create_list_disable(admin_server: Server) -> None:
 
 
 # --- 401, 403 -------------------------------------------------------------------------------
+def test_operator_create_prints_json_on_a_terminal_too(admin_server: Server,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    import pns.cli
+
+    monkeypatch.setattr(pns.cli, "_wants_json", lambda as_json: bool(as_json))  # a terminal
+    name = f"op-tty-{next(_addresses)}"
+    result = CliRunner().invoke(pns.cli.main, ["operator", "create", "--name", name,
+                                               "--role", "viewer",
+                                               "--store", admin_server.store_url])
+    assert result.exit_code == 0, result.output
+    made = json.loads(result.output)
+    assert made["name"] == name and made["role"] == "viewer"
+    assert str(made["token"]).startswith("pnsop_")
+
+
 def test_every_endpoint_needs_a_token(admin_server: Server) -> None:
     for route in ROUTES:
         path = "/admin/api/" + re.sub(r"\{\w+\}", "x1", route.pattern)
@@ -255,6 +274,52 @@ def test_accounts_create_disable_rotate_prompts_callback(admin_server: Server,
     assert {("account.create", key), ("account.rotate-secret", key),
             ("account.update", key)} <= actions
     assert all(secret not in e["target"] and new_secret not in e["target"] for e in audit)
+
+
+def test_cool_off_through_the_api_and_the_console_as_the_cli(admin_server: Server,
+                                                              admin: Admin) -> None:
+    key = admin.post("accounts", {"name": "cooling"}).json()["accessKey"]
+    listed = {a["accessKey"]: a for a in admin.get("accounts").json()["accounts"]}
+    assert listed[key]["coolOffSeconds"] == 0
+    changed = admin.patch(f"accounts/{key}", {"coolOffSeconds": 120})
+    assert changed.status_code == 200 and changed.json()["coolOffSeconds"] == 120
+    listed = {a["accessKey"]: a for a in admin.get("accounts").json()["accounts"]}
+    assert listed[key]["coolOffSeconds"] == 120
+    # Nothing else named: the other settings stay.
+    assert admin.patch(f"accounts/{key}", {"enabled": True}).json()["coolOffSeconds"] == 120
+    too_long = admin.patch(f"accounts/{key}", {"coolOffSeconds": 2_592_001})
+    assert too_long.status_code == 400
+    message = too_long.json()["error"]
+    assert "2592000" in message
+    assert admin.patch(f"accounts/{key}", {"coolOffSeconds": -1}).status_code == 400
+    assert admin.patch(f"accounts/{key}", {"coolOffSeconds": "60"}).status_code == 400
+    # The CLI refuses the same with the same words.
+    refused = cli("account", "set", key, "--cool-off", "2592001",
+                  "--store", admin_server.store_url, check=False)
+    assert refused.returncode != 0 and message in " ".join(refused.stderr.split())
+    assert admin.patch(f"accounts/{key}", {"coolOffSeconds": 2_592_000}).status_code == 200
+
+    browser = Browser(admin_server)
+    assert browser.login(admin.token).status_code == 303
+    page = browser.http.get("/console/accounts").text
+    assert 'name="coolOffSeconds" value="2592000"' in page
+    form = {"csrf": browser.csrf(), "next": "/console/accounts", "callbackUrl": "",
+            "audioWhenCallFail": "", "audioWhenDtmfNeed": "", "audioWhenDtmfErr": ""}
+    saved = browser.http.post(f"/console/accounts/{key}/settings",
+                              data={**form, "coolOffSeconds": "300"})
+    assert saved.status_code == 303
+    listed = {a["accessKey"]: a for a in admin.get("accounts").json()["accounts"]}
+    assert listed[key]["coolOffSeconds"] == 300
+    for bad in ("2592001", "9" * 40, "ten", "-5"):
+        answer = browser.http.post(f"/console/accounts/{key}/settings",
+                                   data={**form, "coolOffSeconds": bad})
+        assert answer.status_code == 400 and "content-security-policy" in answer.headers
+        assert "coolOffSeconds" in answer.text
+    listed = {a["accessKey"]: a for a in admin.get("accounts").json()["accounts"]}
+    assert listed[key]["coolOffSeconds"] == 300
+    entries = admin.get("audit").json()["entries"]
+    assert any(e["action"] == "account.update" and e["target"] == f"{key} coolOffSeconds"
+               for e in entries)
 
 
 # --- numbers -------------------------------------------------------------------------------------
@@ -421,8 +486,24 @@ def test_records_delivery_state_and_redeliver(admin_server: Server, admin: Admin
     other = create_tenant(admin_server.store_url)
     assert admin.post(f"records/{call_id}/redeliver",
                       {"account": other.access_key}).status_code == 404
+    assert viewer.post(f"records/{call_id}/reveal", body).status_code == 403
     revealed = admin.post(f"records/{call_id}/reveal", body).json()
     assert revealed["caller"] == a and revealed["callee"] == b
+    # Each reveal is kept in the audit trail: who, and which record; never the numbers.
+    name = admin.get("me").json()["name"]
+    entries = admin.get("audit").json()["entries"]
+    reveals = [e for e in entries if e["action"] == "record.reveal"]
+    assert [(e["operator"], e["target"]) for e in reveals][:1] == [(name, call_id)]
+    assert all(a not in e["target"] and b not in e["target"] for e in entries)
+    # The console's reveal is audited the same way.
+    browser = Browser(admin_server)
+    assert browser.login(admin.token).status_code == 303
+    page = browser.http.post(f"/console/records/{call_id}/reveal", data={
+        "csrf": browser.csrf(), "account": tenant.access_key,
+        "next": f"/console/records?account={tenant.access_key}"})
+    assert page.status_code == 200 and a in page.text and b in page.text
+    entries = admin.get("audit").json()["entries"]
+    assert [e["action"] for e in entries if e["target"] == call_id].count("record.reveal") == 2
 
 
 def test_failed_deliveries_listed_and_retried(admin_server: Server, admin: Admin,
@@ -517,6 +598,30 @@ def test_login_sets_a_strict_http_only_session_cookie(admin_server: Server,
     assert "Max-Age=0" in set_cookies(logout)["pns_session"]
 
 
+def test_logout_ends_the_session_on_the_server(admin_server: Server) -> None:
+    token = make_operator(admin_server)
+    browser, elsewhere = Browser(admin_server), Browser(admin_server)
+    assert browser.login(token).status_code == 303
+    assert elsewhere.login(token).status_code == 303
+    saved = browser.http.cookies["pns_session"]
+    csrf = browser.csrf()
+    assert browser.http.post("/console/logout", data={"csrf": csrf}).status_code == 303
+    # The cookie kept from before the logout (a copy, a stolen one) no longer works, nor does
+    # the operator's session in another browser: logging out ends them all.
+    for cookie in (saved, elsewhere.http.cookies["pns_session"]):
+        answer = httpx.get(admin_server.url + "/console/", cookies={"pns_session": cookie},
+                           headers={"X-Forwarded-For": other_address()})
+        assert answer.status_code == 303 and answer.headers["location"] == "/console/login"
+    replayed = httpx.post(admin_server.url + "/console/accounts", cookies={"pns_session": saved},
+                          data={"csrf": csrf, "name": "after-logout"},
+                          headers={"X-Forwarded-For": other_address()})
+    assert replayed.status_code == 401
+    # A new login works at once.
+    again = Browser(admin_server)
+    assert again.login(token).status_code == 303
+    assert again.http.get("/console/").status_code == 200
+
+
 def test_secure_cookie_only_behind_a_trusted_tls_proxy(admin_server: Server,
                                                        admin: Admin) -> None:
     trusted = Browser(admin_server, **{"X-Forwarded-Proto": "https"})
@@ -549,11 +654,31 @@ def test_every_form_is_refused_without_its_csrf_token(admin_server: Server, admi
     bind_id = client.bind_axb(unique_hk("1"), unique_hk("2"))["data"]["bindId"]
     browser = Browser(admin_server)
     assert browser.login(admin.token).status_code == 303
-    page = browser.http.get("/console/bindings", params={"number": tenant.numbers[0]}).text
-    if bind_id not in page:
-        page = browser.http.get("/console/bindings", params={"bindId": bind_id}).text
-    forms = re.findall(r"<form[^>]*method=\"post\"[^>]*>.*?</form>", page, re.S)
-    assert forms and all('name="csrf"' in form for form in forms)
+    # Every form of every page that changes something carries the session's CSRF token, and
+    # each is refused without it.
+    pages = ["/console/", "/console/accounts", "/console/deliveries?state=failed",
+             "/console/audit", f"/console/numbers?account={tenant.access_key}",
+             f"/console/bindings?bindId={bind_id}",
+             f"/console/records?account={tenant.access_key}"]
+    actions: set[str] = set()
+    token = browser.csrf()
+    for path in pages:
+        page = browser.http.get(path).text
+        forms = re.findall(r"<form[^>]*method=\"post\"[^>]*>.*?</form>", page, re.S)
+        assert forms, path
+        for form in forms:
+            assert f'name="csrf" value="{token}"' in form, (path, form)
+            actions.update(re.findall(r'action="([^"]+)"', form))
+    assert {"/console/accounts", "/console/numbers", "/console/logout",
+            f"/console/bindings/{bind_id}/unbind"} <= actions
+    for action in sorted(actions):
+        answer = browser.http.post(action, data={"op": "disable", "name": "no-csrf",
+                                                 "numbers": tenant.numbers[0]})
+        assert answer.status_code == 403, action
+    assert tenant.access_key in browser.http.get("/console/accounts").text  # still logged in
+    assert "no-csrf" not in browser.http.get("/console/accounts").text
+    assert all(n["enabled"] for n in admin.get("numbers", account=tenant.access_key
+                                               ).json()["numbers"])
     for csrf in ("", "0" * 64, browser.csrf().upper()):
         answer = browser.http.post(f"/console/bindings/{bind_id}/unbind",
                                    data={"csrf": csrf, "next": "/console/bindings"})
@@ -625,6 +750,58 @@ def test_csp_and_security_headers_on_every_console_page(admin_server: Server,
     assert browser.http.get("/console/static/nothing.js").status_code == 404
 
 
+def test_bad_times_give_a_page_with_the_csp_and_no_traceback(admin_server: Server,
+                                                             admin: Admin,
+                                                             tenant: Tenant) -> None:
+    browser = Browser(admin_server)
+    assert browser.login(admin.token).status_code == 303
+    huge = "9" * 23
+    for params in ({"from": huge}, {"to": huge}, {"from": "99999999999999"},
+                   {"from": "yesterday"}, {"to": "2024-13-45T99:99"}):
+        answer = browser.http.get("/console/records",
+                                  params={"account": tenant.access_key, **params})
+        assert answer.status_code == 400, (params, answer.text)
+        assert answer.headers["content-type"].startswith("text/html")
+        assert "default-src 'none'" in answer.headers["content-security-policy"]
+        assert answer.headers["x-frame-options"] == "DENY"
+        field = next(iter(params))
+        assert 'id="error"' in answer.text and f"{field}:" in answer.text
+        assert 'id="records-filter"' in answer.text  # the filter, to correct it
+    ok = browser.http.get("/console/records", params={"account": tenant.access_key,
+                                                      "from": "2024-01-01T00:00"})
+    assert ok.status_code == 200 and 'id="error"' not in ok.text
+    assert "Traceback" not in admin_server.log_text()
+    assert "OverflowError" not in admin_server.log_text()
+
+
+def test_an_unexpected_error_is_a_console_page_too() -> None:
+    """A fault no view expected: an HTML error page with the console's headers, not the
+    HTTP layer's JSON."""
+    from pns.admin.security import Session
+    from pns.console.views import Console
+    from pns.http import Request
+    from pns.model import Operator, OperatorRole
+
+    class Broken:
+        async def accounts(self) -> list[Any]:
+            raise RuntimeError("the store went away")
+
+    class Gate:
+        async def session(self, cookie: str) -> Session:
+            return Session(Operator("ann", OperatorRole.ADMIN, "0" * 64), "nonce", b"k" * 32)
+
+    console = Console(Broken(), Gate())  # type: ignore[arg-type]
+    request = Request("GET", "/console/accounts", {}, b"", "127.0.0.1")
+    reply = asyncio.run(console(request))
+    headers = dict(reply.headers)
+    assert reply.status == 500 and reply.content_type.startswith("text/html")
+    assert "default-src 'none'" in headers["Content-Security-Policy"]
+    assert b"went away" not in reply.body and b"Traceback" not in reply.body
+    missing = asyncio.run(console(Request("GET", "/console/static/none.js", {}, b"", "x")))
+    assert missing.status == 404 and missing.content_type.startswith("text/html")
+    assert "Content-Security-Policy" in dict(missing.headers)
+
+
 def test_hostile_names_are_escaped_on_the_page(admin_server: Server, admin: Admin) -> None:
     hostile = '<script>alert(1)</script>"><img src=x onerror=alert(2)>'
     made = admin.post("accounts", {"name": hostile})
@@ -669,17 +846,53 @@ def test_forged_session_cookies_are_refused(admin_server: Server, admin: Admin) 
     browser = Browser(admin_server)
     assert browser.login(admin.token).status_code == 303
     real = browser.http.cookies["pns_session"]
-    name, expires, nonce, signature = real.split(".")
+    name, generation, expires, nonce, key_id, signature = real.split(".")
     forgeries = [
-        f"{name}.{int(expires) + 10**6}.{nonce}.{signature}",
-        f"{name}.{expires}.{nonce}.{'0' * 64}",
-        f"someone.{expires}.{nonce}.{signature}",
-        f"{name}.{expires}.{nonce}", "garbage", "",
+        f"{name}.{generation}.{int(expires) + 10**6}.{nonce}.{key_id}.{signature}",
+        f"{name}.{int(generation) + 1}.{expires}.{nonce}.{key_id}.{signature}",
+        f"{name}.{generation}.{expires}.{nonce}.{key_id}.{'0' * 64}",
+        f"{name}.{generation}.{expires}.{nonce}.00000000.{signature}",
+        f"{name}.{generation}.{expires}.{nonce}.nothex!!.{signature}",
+        f"someone.{generation}.{expires}.{nonce}.{key_id}.{signature}",
+        f"{name}.{generation}.{expires}.{nonce}.{key_id}", "garbage", "",
     ]
     for forged in forgeries:
         answer = httpx.get(admin_server.url + "/console/", cookies={"pns_session": forged},
                            headers={"X-Forwarded-For": other_address()})
         assert answer.status_code == 303, forged
+
+
+def test_the_store_alone_cannot_make_a_session(admin_server: Server, admin: Admin) -> None:
+    """Whoever reads the operators table (a backup, a dump) has the token hash and the session
+    generation, not the server's key: a session signed with the hash is refused."""
+    name = admin.get("me").json()["name"]
+
+    async def stored() -> Any:
+        store = await open_store(admin_server.store_url)
+        try:
+            return await store.get_operator(name)
+        finally:
+            await store.close()
+
+    operator = asyncio.run(stored())
+    token_hash = bytes.fromhex(operator.token_hash)
+    expires = int(time.time()) + 3600
+    nonce = "ab" * 16
+    browser = Browser(admin_server)
+    assert browser.login(admin.token).status_code == 303
+    key_id = browser.http.cookies["pns_session"].split(".")[4]
+
+    def signed(payload: str) -> str:
+        return f"{payload}.{hmac.new(token_hash, payload.encode(), hashlib.sha256).hexdigest()}"
+
+    forgeries = [
+        signed(f"{name}.{expires}.{nonce}"),  # the old format, keyed by the hash
+        signed(f"{name}.{operator.session_generation}.{expires}.{nonce}.{key_id}"),
+    ]
+    for forged in forgeries:
+        answer = httpx.get(admin_server.url + "/console/", cookies={"pns_session": forged},
+                           headers={"X-Forwarded-For": other_address()})
+        assert answer.status_code == 303 and answer.headers["location"] == "/console/login"
 
 
 # --- turning it off, or moving it ---------------------------------------------------------------

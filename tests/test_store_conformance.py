@@ -805,6 +805,13 @@ def test_operators_and_the_audit_trail(fresh: SyncStore) -> None:
     assert s.set_operator_disabled("nobody", True) is False
     assert s.set_operator_disabled("victor", False) is True
     assert s.get_operator("victor").disabled is False
+    # Logout: the generation the console's sessions carry goes up, for this operator only.
+    assert s.get_operator("alice").session_generation == 0
+    assert s.end_operator_sessions("alice") is True and s.end_operator_sessions("alice") is True
+    assert s.get_operator("alice").session_generation == 2
+    assert s.get_operator_by_token_hash("a" * 64).session_generation == 2
+    assert s.get_operator("victor").session_generation == 0
+    assert s.end_operator_sessions("nobody") is False
     for i in range(3):
         s.add_audit(AuditEntry(T0 + i, "alice", "binding.unbind", f"bind-{i}"))
     entries = s.list_audit(2)

@@ -31,7 +31,14 @@ from click.core import ParameterSource
 from rich.console import Console
 
 from . import __version__
-from .core import BLOCK_LIST_MAX, MAX_COOL_OFF, BindingUpdate, Lifecycle, Service, Settings
+from .core import (
+    BLOCK_LIST_MAX,
+    BindingUpdate,
+    Lifecycle,
+    Service,
+    Settings,
+    check_cool_off,
+)
 from .errors import PnsError
 from .model import Account, AccountChanges, Binding, EventState, Role, VirtualNumber
 from .numbers import parse_international
@@ -547,6 +554,17 @@ _ACCOUNT_COLUMNS = ("id", "name", "role", "accessKey", "enabled", "audioWhenCall
                     "audioWhenDtmfNeed", "audioWhenDtmfErr", "callbackUrl")
 
 
+def _cool_off_option(ctx: click.Context, param: click.Parameter, value: int | None
+                     ) -> int | None:
+    """The core's bound and message, so the CLI and the admin API refuse alike."""
+    if value is None:
+        return None
+    try:
+        return check_cool_off(value)
+    except PnsError as exc:
+        raise click.BadParameter(exc.msg, ctx, param) from None
+
+
 @account.command("set")
 @click.argument("access_key")
 @click.option("--audio-when-call-fail", default=None, help="Prompt when a call cannot connect.")
@@ -555,7 +573,7 @@ _ACCOUNT_COLUMNS = ("id", "name", "role", "accessKey", "enabled", "audioWhenCall
 @click.option("--callback-url", default=None, help="Where call records are delivered.")
 @click.option("--disable/--enable", "disabled", default=None,
               help="A disabled account is refused (1005).")
-@click.option("--cool-off", "cool_off", default=None, type=click.IntRange(0, MAX_COOL_OFF),
+@click.option("--cool-off", "cool_off", default=None, type=int, callback=_cool_off_option,
               metavar="SECONDS",
               help="After a binding ends, its parties are not given its number again for this "
                    "long (0: off).")
@@ -1129,12 +1147,15 @@ def _operator_json(op: Any) -> dict[str, Any]:
 @click.option("--name", required=True, help="Letters, digits, _ and -; at most 64.")
 @click.option("--role", type=click.Choice(["admin", "viewer"]), default="admin",
               show_default=True)
-@_format_option
+@click.option("--json", "as_json", is_flag=True, hidden=True,
+              help="Accepted for scripts: the output is JSON anyway.")
 @_store_option
 @click.pass_context
-def operator_create(ctx: click.Context, name: str, role: str, as_json: bool | None,
+def operator_create(ctx: click.Context, name: str, role: str, as_json: bool,
                     store_url: str | None) -> None:
-    """Create an operator; prints its token (shown only here, stored hashed)."""
+    """Create an operator; prints it and its token as one JSON object (the token is shown only
+    here, stored hashed). JSON on a terminal too: the token is copied or piped into a secret
+    store whole, and a table's padding invites copying it wrong."""
     from .admin.operators import new_operator, valid_name
     from .model import OperatorRole
 
@@ -1143,7 +1164,7 @@ def operator_create(ctx: click.Context, name: str, role: str, as_json: bool | No
     op, token = new_operator(name, OperatorRole(role))
     if not _with_store(ctx, lambda s: s.create_operator(op)):
         raise _refuse(ctx, f"an operator named {name} exists already")
-    emit_one({**_operator_json(op), "token": token}, as_json)
+    emit_one({**_operator_json(op), "token": token}, True)
 
 
 @operator.command("list")

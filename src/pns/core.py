@@ -84,6 +84,15 @@ MAX_DURATION = 86_400
 MAX_RENEW_ON_CALL = 7_776_000
 MAX_PROMPT = 1024
 DIRECTION_BOTH, DIRECTION_A_ONLY, DIRECTION_B_ONLY = 0, 1, 2
+
+
+def check_cool_off(seconds: int) -> int:
+    """An account's ``coolOffSeconds`` within lifecycle.md's bounds (1002 beyond them): one rule
+    and one message for every way an operator sets it (the CLI, the admin API, the console)."""
+    if not 0 <= seconds <= MAX_COOL_OFF:
+        raise PnsError(Code.BAD_PARAMETER,
+                       f"coolOffSeconds must be from 0 to {MAX_COOL_OFF} (30 days)")
+    return seconds
 _UPDATE_ATTEMPTS = 8
 
 

@@ -330,6 +330,9 @@ class Operator(msgspec.Struct, frozen=True):
     token_hash: str
     disabled: bool = False
     created_at: int = 0
+    # Console sessions carry the generation they were made in; logging out bumps it, so a
+    # saved cookie stops working on every process (schema version 10).
+    session_generation: int = 0
 
 
 class AuditEntry(msgspec.Struct, frozen=True):

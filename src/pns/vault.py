@@ -18,6 +18,7 @@ import base64
 import binascii
 import contextlib
 import hashlib
+import hmac
 import logging
 import os
 import secrets
@@ -133,6 +134,21 @@ class Keyring:
             return aead.decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], context.encode()).decode()
         except (binascii.Error, ValueError, InvalidTag):
             raise StoreError(f"a sealed secret does not open with key {key_id}") from None
+
+    def derived_key(self, purpose: str, key_id: str | None = None) -> tuple[str, bytes] | None:
+        """A key for ``purpose`` (signing console sessions) and the id of the key it comes
+        from: the sealing key's by default, else key ``key_id``'s (the key file is read again
+        for one this process does not know yet, as in ``unseal``); None when no key has that
+        id. An HMAC of the purpose, so it is never the sealing key itself and one purpose's
+        key says nothing of another's. Like the sealing key, it lives outside the store."""
+        if key_id is None:
+            key_id = self._current_id
+        elif key_id not in self._by_id and self.path is not None:
+            self.reload()
+        key = next((k for k in self.keys if _key_id(k) == key_id), None)
+        if key is None:
+            return None
+        return key_id, hmac.new(key, f"pns {purpose}".encode(), hashlib.sha256).digest()
 
     def is_current(self, stored: str) -> bool:
         """Sealed with the key that seals now (or empty)."""

@@ -277,6 +277,20 @@ def test_redeliver_a_record(browser: Any, scene: Scene, shots: Path) -> None:
     assert [b["callId"] for b in scene.receiver.bodies()] == [scene.call_id] * 2
 
 
+def test_reveal_a_record_is_logged(browser: Any, scene: Scene, shots: Path) -> None:
+    log_in(browser, scene, scene.admin_token)
+    browser.get(scene.server.url + f"/console/records?account={scene.rides.access_key}")
+    row = row_with(browser, "records", scene.call_id)
+    submit(browser, row.find_element("css selector", "button.reveal"))
+    revealed = css(browser, "#revealed")[0].text
+    assert scene.riders[0] in revealed and scene.call_id in revealed
+    browser.get(scene.server.url + "/console/audit")
+    rows = [row.text for row in css(browser, "#audit tr")]
+    assert any("record.reveal" in text and scene.call_id in text and "alice" in text
+               for text in rows)
+    assert not any(scene.riders[0] in text for text in rows)
+
+
 def row_with(driver: Any, table: str, text: str) -> Any:
     rows = [row for row in css(driver, f"#{table} tbody tr") if text in row.text
             or text in row.get_attribute("innerHTML")]
@@ -304,6 +318,16 @@ def test_accounts_create_settings_rotate_disable(browser: Any, scene: Scene,
     submit(browser, row.find_element("css selector", "form.settings button"))
     assert "updated" in css(browser, "#notice")[0].text
     row = row_with(browser, "accounts", key)
+    assert row.find_element("css selector", "input[name='callbackUrl']").get_attribute(
+        "value") == "https://hooks.example/cdr"
+    cool_off = row.find_element("css selector", "input[name='coolOffSeconds']")
+    assert cool_off.get_attribute("value") == "0"
+    cool_off.clear()
+    cool_off.send_keys("600")
+    submit(browser, row.find_element("css selector", "form.settings button"))
+    row = row_with(browser, "accounts", key)
+    assert row.find_element("css selector", "input[name='coolOffSeconds']").get_attribute(
+        "value") == "600"
     assert row.find_element("css selector", "input[name='callbackUrl']").get_attribute(
         "value") == "https://hooks.example/cdr"
 
@@ -351,7 +375,12 @@ def test_numbers_import_disable_move_remove(browser: Any, scene: Scene, shots: P
         submit(browser, css(browser, f"button[value='{op}']")[0], confirm)
 
     act("disable", x)
+    assert "disabled" in css(browser, "#notice")[0].text
     assert "disabled" in row_with(browser, "numbers", x).text
+    act("enable", x)
+    assert "enabled" in css(browser, "#notice")[0].text
+    assert "disabled" not in row_with(browser, "numbers", x).text
+    assert "disabled" not in row_with(browser, "numbers", x).get_attribute("class")
     from selenium.webdriver.support.ui import Select
 
     Select(css(browser, "#numbers-account")[0]).select_by_value(scene.rides.access_key)
@@ -426,3 +455,14 @@ def test_a_viewer_cannot_write(browser: Any, scene: Scene, shots: Path) -> None:
     assert answer.status_code == 403 and "viewer" in answer.text
     listed = scene.server.client(scene.rides).list_bindings()["data"]["bindList"]
     assert first["bindId"] in {b["bindId"] for b in listed}
+
+
+def test_log_out_ends_the_session(browser: Any, scene: Scene) -> None:
+    """Last: logging out ends every session of the operator, the kept cookie's too."""
+    log_in(browser, scene, scene.admin_token)
+    kept = browser.get_cookie("pns_session")["value"]
+    submit(browser, css(browser, "form.who button")[0])
+    assert browser.current_url.endswith("/console/login")
+    assert browser.get_cookie("pns_session") is None
+    answer = httpx.get(scene.server.url + "/console/", cookies={"pns_session": kept})
+    assert answer.status_code == 303 and answer.headers["location"] == "/console/login"

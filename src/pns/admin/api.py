@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable
-from typing import Any, NamedTuple
+from typing import Annotated, Any, NamedTuple
 from urllib.parse import parse_qs
 
 import msgspec
 
+from ..core import MAX_COOL_OFF
 from ..http import Reply, Request
 from ..model import Operator, OperatorRole
 from .security import Gate, header
@@ -36,6 +37,12 @@ class UpdateAccountBody(msgspec.Struct, forbid_unknown_fields=True):
     audioWhenDtmfNeed: str | None = None
     audioWhenDtmfErr: str | None = None
     callbackUrl: str | None = None
+    # The bound is checked by the core's rule (its message, as the CLI's), not by msgspec;
+    # the schema only tells clients of it.
+    coolOffSeconds: Annotated[int, msgspec.Meta(
+        description="After a binding ends, its parties are not given its numbers again for "
+                    "this long (0: off)",
+        extra_json_schema={"minimum": 0, "maximum": MAX_COOL_OFF})] | None = None
 
 
 class RotateSecretBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -126,7 +133,7 @@ async def _update_account(api: AdminApi, call: Call) -> Any:
     updated = await api.admin.update_account(
         key, enabled=body.enabled, audio_when_call_fail=body.audioWhenCallFail,
         audio_when_dtmf_need=body.audioWhenDtmfNeed, audio_when_dtmf_err=body.audioWhenDtmfErr,
-        callback_url=body.callbackUrl)
+        callback_url=body.callbackUrl, cool_off_seconds=body.coolOffSeconds)
     fields = [f for f in body.__struct_fields__ if getattr(body, f) is not None]
     await api.admin.audit(call.operator.name, "account.update", f"{key} {','.join(fields)}")
     return updated
@@ -256,7 +263,8 @@ ROUTES: tuple[Route, ...] = (
           "Create an account; the answer holds its accessSecret, shown only here",
           CreateAccountBody),
     Route("PATCH", "accounts/{accessKey}", _update_account, True,
-          "Enable or disable an account; set its prompts and callback URL", UpdateAccountBody),
+          "Enable or disable an account; set its prompts, callback URL and cool-off",
+          UpdateAccountBody),
     Route("POST", "accounts/{accessKey}/rotate-secret", _rotate_secret, True,
           "A new accessSecret; the old one works for graceSeconds more", RotateSecretBody),
     Route("GET", "numbers", _numbers, False,

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..callbacks import record_fields
-from ..core import LIST_MAX, Service
+from ..core import LIST_MAX, Service, check_cool_off
 from ..errors import PnsError
 from ..model import (
     Account,
@@ -75,7 +75,8 @@ def account_json(account: Account) -> dict[str, Any]:
         "audioWhenCallFail": account.audio_when_call_fail,
         "audioWhenDtmfNeed": account.audio_when_dtmf_need,
         "audioWhenDtmfErr": account.audio_when_dtmf_err,
-        "callbackUrl": account.callback_url, "createdAt": account.created_at,
+        "callbackUrl": account.callback_url, "coolOffSeconds": account.cool_off_seconds,
+        "createdAt": account.created_at,
     }
 
 
@@ -181,8 +182,14 @@ class AdminService:
         self, access_key: str, *, enabled: bool | None = None,
         audio_when_call_fail: str | None = None, audio_when_dtmf_need: str | None = None,
         audio_when_dtmf_err: str | None = None, callback_url: str | None = None,
+        cool_off_seconds: int | None = None,
     ) -> dict[str, Any]:
         await self._account(access_key)
+        if cool_off_seconds is not None:
+            try:
+                check_cool_off(cool_off_seconds)
+            except PnsError as exc:
+                raise AdminError(400, exc.msg) from None
         for prompt in (audio_when_call_fail, audio_when_dtmf_need, audio_when_dtmf_err):
             if prompt is not None and len(prompt) > MAX_PROMPT:
                 raise AdminError(400, f"a prompt is at most {MAX_PROMPT} characters")
@@ -192,7 +199,7 @@ class AdminService:
         changes = AccountChanges(
             enabled=enabled, audio_when_call_fail=audio_when_call_fail,
             audio_when_dtmf_need=audio_when_dtmf_need, audio_when_dtmf_err=audio_when_dtmf_err,
-            callback_url=callback_url)
+            callback_url=callback_url, cool_off_seconds=cool_off_seconds)
         account = await self.store.update_account(access_key, changes)
         assert account is not None
         return account_json(account)

@@ -10,6 +10,7 @@ revealed number.
 from __future__ import annotations
 
 import calendar
+import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -35,6 +36,7 @@ from ..http import Reply, Request
 from ..model import OperatorRole
 from .charts import rate_chart, usage_percent
 
+log = logging.getLogger("pns.console")
 HTML = "text/html; charset=utf-8"
 _STATIC_TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                  ".svg": "image/svg+xml"}
@@ -58,19 +60,39 @@ def _format_time(epoch: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(epoch)) + " UTC"
 
 
-def _parse_local_time(text: str) -> int:
-    """A ``datetime-local`` field (read as UTC) or epoch seconds; 0 when empty."""
+# The last second of the year 9999: a time field beyond it is a typo, and a bigger number
+# would overflow the stores' 64-bit integers (SQLite raises OverflowError).
+MAX_TIME = 253_402_300_799
+
+
+def _parse_local_time(text: str, field: str) -> int:
+    """A ``datetime-local`` field (read as UTC) or epoch seconds; 0 when empty. Anything else,
+    or a time past ``MAX_TIME``, is a 400 naming the field, never an error deeper down."""
     text = text.strip()
     if not text:
         return 0
-    if text.isdigit():
+    if text.isascii() and text.isdigit():
+        if len(text) > len(str(MAX_TIME)) or int(text) > MAX_TIME:
+            raise AdminError(400, f"{field}: {text[:20]!r} is too far ahead (epoch seconds "
+                                  "up to the year 9999)")
         return int(text)
     for fmt in ("%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d"):
         try:
             return calendar.timegm(time.strptime(text, fmt))
         except ValueError:
             continue
-    raise AdminError(400, f"not a time: {text!r} (use YYYY-MM-DDTHH:MM, UTC)")
+    raise AdminError(400, f"{field}: not a time: {text[:40]!r} (use YYYY-MM-DDTHH:MM, UTC)")
+
+
+def _parse_seconds(text: str, field: str) -> int | None:
+    """A whole number of seconds from a form; None when empty (the setting is left as it is).
+    Long digit strings are not converted (the core's bound refuses them anyway)."""
+    text = text.strip()
+    if not text:
+        return None
+    if not (text.isascii() and text.isdigit()):
+        raise AdminError(400, f"{field} must be whole seconds")
+    return int(text) if len(text) <= 15 else 10**15
 
 
 def _load_static() -> dict[str, tuple[bytes, str]]:
@@ -136,6 +158,18 @@ class Console:
 
     # --- dispatch ----------------------------------------------------------------------------
     async def __call__(self, request: Request) -> Reply:
+        """Every answer of the console is one of its pages, with its headers: an error no
+        view expected is logged here and shown as a plain error page, never the HTTP layer's
+        JSON fault (which carries no CSP)."""
+        try:
+            return await self._dispatch(request)
+        except Exception:
+            log.exception("console: unexpected error answering %s %s", request.method,
+                          request.path)
+            return self.failure(None, 500, "Something went wrong on the server; its log has "
+                                "the details. Try again, or go back.")
+
+    async def _dispatch(self, request: Request) -> Reply:
         path = request.path
         if path == "/console":
             return self.redirect("/console/")
@@ -165,6 +199,7 @@ class Console:
             return self.failure(session, 403, "The form's CSRF token is missing or wrong: "
                                 "reload the page and try again.")
         if path == "/console/logout":
+            await self.gate.end_sessions(session)
             return self.redirect("/console/login", (self._clear(SESSION_COOKIE, request),))
         if session.operator.role is not OperatorRole.ADMIN:
             return self.failure(session, 403, "A viewer may not change anything.")
@@ -176,7 +211,7 @@ class Console:
 
     def _static(self, request: Request, name: str) -> Reply:
         if request.method not in ("GET", "HEAD") or name not in self.static:
-            return Reply(404, b"not found", "text/plain", PAGE_HEADERS)
+            return self.failure(None, 404, "There is no such file.")
         body, content_type = self.static[name]
         return Reply(200, body, content_type,
                      (("Cache-Control", "max-age=300"), ("X-Content-Type-Options", "nosniff")))
@@ -268,16 +303,19 @@ class Console:
                        ) -> Reply:
         account = query.get("account", "")
         start, end = query.get("from", ""), query.get("to", "")
-        result = None
-        if account:
-            result = await self.admin.records(account, _parse_local_time(start),
-                                              _parse_local_time(end), 200, 0)
+        result, error, start_at, end_at = None, "", 0, 0
+        try:
+            start_at, end_at = _parse_local_time(start, "from"), _parse_local_time(end, "to")
+        except AdminError as exc:  # shown above the filter, which keeps what was typed
+            error = str(exc)
+        if account and not error:
+            result = await self.admin.records(account, start_at, end_at, 200, 0)
         here = "/console/records?" + urlencode(
             {k: v for k, v in (("account", account), ("from", start), ("to", end)) if v})
-        return self.page(200, "records.html", session, result=result, account=account,
-                         start=start, end=end, accounts=await self.admin.accounts(),
-                         revealed=revealed, page="records", notice=self._notice(query),
-                         here=here)
+        return self.page(400 if error else 200, "records.html", session, result=result,
+                         account=account, start=start, end=end, error=error,
+                         accounts=await self.admin.accounts(), revealed=revealed,
+                         page="records", notice=self._notice(query), here=here)
 
     async def _deliveries(self, request: Request, session: Session,
                           query: dict[str, str]) -> Reply:
@@ -325,7 +363,9 @@ class Console:
                     key, audio_when_call_fail=form.get("audioWhenCallFail", ""),
                     audio_when_dtmf_need=form.get("audioWhenDtmfNeed", ""),
                     audio_when_dtmf_err=form.get("audioWhenDtmfErr", ""),
-                    callback_url=form.get("callbackUrl", ""))
+                    callback_url=form.get("callbackUrl", ""),
+                    cool_off_seconds=_parse_seconds(form.get("coolOffSeconds", ""),
+                                                    "coolOffSeconds"))
             else:
                 raise AdminError(404, "no such change")
             await admin.audit(who, "account.update", f"{key} {op}")

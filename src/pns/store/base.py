@@ -388,6 +388,10 @@ class RecordsStore(Protocol):
     async def set_operator_disabled(self, name: str, disabled: bool) -> bool:
         """False when no such operator."""
 
+    async def end_operator_sessions(self, name: str) -> bool:
+        """Bump the operator's session generation, so the console sessions it has now stop
+        working (logout). False when no such operator."""
+
     async def add_audit(self, entry: AuditEntry) -> None: ...
 
     async def list_audit(self, limit: int) -> list[AuditEntry]:

@@ -67,7 +67,7 @@ from .sql import (
 T = TypeVar("T")
 _log = logging.getLogger("pns.store.postgres")
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 # The migration to this version seals the secrets older releases stored in plain text.
 SEALED_SECRETS_VERSION = 4
 
@@ -522,6 +522,11 @@ _MIGRATIONS: list[str] = [
         ON CONFLICT (number, x) DO UPDATE SET until = greatest(cool_offs.until, excluded.until);
         RETURN NULL;
     END $$;
+    """,
+    # 10: each operator's console session generation; logging out bumps it, so a session
+    # cookie saved before stops working on every process.
+    """
+    ALTER TABLE operators ADD COLUMN session_generation BIGINT NOT NULL DEFAULT 0;
     """,
 ]
 

@@ -121,7 +121,7 @@ def _placeholders(columns: str) -> str:
     return ", ".join(f":{column.strip()}" for column in columns.split(","))
 
 
-_OPERATOR_COLUMNS = "name, role, token_hash, disabled, created_at"
+_OPERATOR_COLUMNS = "name, role, token_hash, disabled, created_at, session_generation"
 
 INSERT_EVENT = Sql(f"INSERT INTO outbox ({EVENT_COLUMNS}) VALUES ({_placeholders(EVENT_COLUMNS)})")
 INSERT_RECORD = Sql(
@@ -160,6 +160,8 @@ _OPERATOR_BY = {
 }
 _LIST_OPERATORS = Sql(f"SELECT {_OPERATOR_COLUMNS} FROM operators ORDER BY name")
 _SET_OPERATOR_DISABLED = Sql("UPDATE operators SET disabled = :disabled WHERE name = :name")
+_END_OPERATOR_SESSIONS = Sql(
+    "UPDATE operators SET session_generation = session_generation + 1 WHERE name = :name")
 _ADD_AUDIT = Sql(
     "INSERT INTO operator_audit (at, operator, action, target) "
     "VALUES (:at, :operator, :action, :target)")
@@ -290,7 +292,7 @@ def record_params(record: CallRecord) -> dict[str, Any]:
 
 def _operator_from_row(row: Sequence[Any]) -> Operator:
     return Operator(name=row[0], role=OperatorRole(row[1]), token_hash=row[2],
-                    disabled=bool(row[3]), created_at=row[4])
+                    disabled=bool(row[3]), created_at=row[4], session_generation=row[5])
 
 
 class SqlCommon(ABC):
@@ -523,6 +525,7 @@ class SqlCommon(ABC):
             "name": operator.name, "role": operator.role.value,
             "token_hash": operator.token_hash, "disabled": operator.disabled,
             "created_at": operator.created_at,
+            "session_generation": operator.session_generation,
         })
         return bool(created)
 
@@ -541,6 +544,9 @@ class SqlCommon(ABC):
         changed = await self._write(_SET_OPERATOR_DISABLED,
                                     {"name": name, "disabled": disabled})
         return changed > 0
+
+    async def end_operator_sessions(self, name: str) -> bool:
+        return await self._write(_END_OPERATOR_SESSIONS, {"name": name}) > 0
 
     async def add_audit(self, entry: AuditEntry) -> None:
         await self._write(_ADD_AUDIT, {"at": entry.at, "operator": entry.operator,

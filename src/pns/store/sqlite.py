@@ -78,7 +78,7 @@ from .sql import (
 )
 from .walheader import WalHeader
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 # The migration to this version seals the secrets older releases stored in plain text.
 SEALED_SECRETS_VERSION = 4
 _log = logging.getLogger("pns.store.sqlite")
@@ -416,6 +416,11 @@ _MIGRATIONS: list[str] = [
             WHERE a.id = OLD.account_id AND p.number <> '' AND p.x <> ''
         ON CONFLICT (number, x) DO UPDATE SET until = max(until, excluded.until);
     END;
+    """,
+    # 10: each operator's console session generation; logging out bumps it, so a session
+    # cookie saved before stops working on every process.
+    """
+    ALTER TABLE operators ADD COLUMN session_generation INTEGER NOT NULL DEFAULT 0;
     """,
 ]
 
