@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import os
 import random
 import secrets
@@ -80,7 +81,8 @@ class SyncStore:
         method = getattr(self.store, name)
 
         def call(*args: Any, **kwargs: Any) -> Any:
-            return self._runner.run(method(*args, **kwargs))
+            result = method(*args, **kwargs)
+            return self._runner.run(result) if inspect.isawaitable(result) else result
 
         return call
 
