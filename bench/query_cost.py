@@ -172,7 +172,7 @@ async def _pns(args: argparse.Namespace, folder: str) -> tuple[list[Any], _Sink,
     calls = store._calls  # type: ignore[attr-defined]  # the SQLite store's buffer
     calls._interval = 3600.0
     server = _Server(_stub(args.stub, app), error_reply, Limits(), time.monotonic,
-                     store.steps_outside_task)
+                     store.answers_in_process)
     sink = _Sink()
     protocols = []
     for _ in range(CONNECTIONS):

@@ -35,8 +35,8 @@ def test_old_call_references_are_purged(store_url: str) -> None:
 
     async def run() -> tuple[CallRef | None, CallRef | None]:
         store = await open_store(store_url)
-        await store.record_call(_ref(old, now))
-        await store.record_call(_ref(fresh, now))
+        store.record_call(_ref(old, now))
+        store.record_call(_ref(fresh, now))
         await store.close()  # writes the pending references
         store = await open_store(store_url)
         try:
@@ -143,7 +143,7 @@ def test_retention_is_configurable(fresh_store_url: str, monkeypatch: pytest.Mon
             older = str(int(snowflake_floor(T0 - 25 * 3600)) + 1)
             younger = str(int(snowflake_floor(T0 - 23 * 3600)) + 1)
             for call_id in (older, younger):
-                await store.record_call(_ref(call_id, T0))
+                store.record_call(_ref(call_id, T0))
             await store.close()  # writes the pending references
             store = await open_store(fresh_store_url)
             await purge_history(store, T0, retention)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import os
 import random
 import secrets
@@ -79,8 +80,13 @@ class SyncStore:
     def __getattr__(self, name: str) -> Callable[..., Any]:
         method = getattr(self.store, name)
 
+        async def in_the_loop(*args: Any, **kwargs: Any) -> Any:
+            """Plain methods too run in the loop: some start the store's tasks."""
+            result = method(*args, **kwargs)
+            return await result if inspect.isawaitable(result) else result
+
         def call(*args: Any, **kwargs: Any) -> Any:
-            return self._runner.run(method(*args, **kwargs))
+            return self._runner.run(in_the_loop(*args, **kwargs))
 
         return call
 

@@ -103,43 +103,14 @@ class Api:
         request_id = new_snowflake()
         action_name = headers.get("action", "")
         try:
-            for name in REQUIRED_HEADERS:
-                if not headers.get(name):
-                    raise PnsError(Code.MISSING_HEADER,
-                                   f"missing header {_HEADER_NAMES.get(name, name)}")
-            biz_type = headers["biztype"]
-            if biz_type != BIZ_TYPE_PNS:
-                raise PnsError(Code.BAD_PARAMETER, "bizType must be 5")
-            action = (ACTIONS if actions is None else actions).get(action_name)
-            if action is None:
-                raise PnsError(Code.BAD_PARAMETER, f"unknown action {action_name[:64]!r}")
             now = self._clock()
-            ts = headers["ts"]
-            check_ts(ts, int(now * 1000), TS_WINDOW_MS)
+            action = self._admit(headers, client, actions, now)
             access_key = headers["accesskey"]
-            limiter = self.limiter
-            # Counted per (accessKey, address) and per address, never per accessKey alone:
-            # the key travels in clear, and a per-key block would let anyone lock its owner
-            # out.
-            key_at_client = f"{access_key}@{client}"
-            if limiter.blocked(key_at_client) or limiter.blocked(client):
-                raise PnsError(Code.RATE_LIMITED)
             accounts = self.service.accounts
             account = accounts.by_access_key_fresh(access_key) or await accounts.by_access_key(
                 access_key)
-            if account is None or not account.enabled:
-                limiter.fail(client)
-                raise PnsError(Code.NO_PERMISSION, "unknown or disabled accessKey")
-            try:
-                verify_sign(headers["sign"], access_key, action_name, biz_type, ts, body,
-                            account.secrets_at(now), headers.get("algorithm", "md5"))
-            except PnsError:
-                limiter.fail(key_at_client)
-                limiter.fail(client)
-                raise
-            if account.role not in action.roles:
-                raise PnsError(Code.NO_PERMISSION,
-                               f"role {account.role.value} may not {action_name}")
+            self._authenticate(headers, body, client, account, action, now)
+            assert account is not None
             if action.changes_state:
                 key = f"{access_key}:{headers['sign'].lower()}"
                 # A signature stays valid while its ts is inside the window, either way.
@@ -151,12 +122,93 @@ class Api:
                                           action.top_level),
                             request_id, action_name, 0)
         except PnsError as exc:
-            return Response(200, envelope(exc.code, exc.msg, request_id, exc.data), request_id,
-                            action_name, int(exc.code))
+            return _refused(exc, request_id, action_name)
         except Exception:
-            log.exception("unexpected failure requestId=%s action=%s", request_id, action_name)
-            return Response(500, envelope(Code.INTERNAL, DEFAULT_MSG[Code.INTERNAL], request_id),
-                            request_id, action_name, int(Code.INTERNAL))
+            return _failed(request_id, action_name)
+
+    def answer_now(self, headers: Mapping[str, str], body: bytes,
+                   client: str = "") -> Response | None:
+        """``handle`` for a ``queryAXB`` that needs no waiting (``Service.query_now``): the
+        switch's question on the embedded store, without a coroutine. None: ``handle`` must
+        answer it, and nothing was changed meanwhile (the checks it shares with ``handle``
+        change something only when they refuse, and a refusal is answered here)."""
+        action_name = headers.get("action", "")
+        if action_name != "queryAXB":
+            return None
+        request_id = new_snowflake()
+        try:
+            now = self._clock()
+            action = self._admit(headers, client, None, now)
+            account = self.service.accounts.by_access_key_fresh(headers["accesskey"])
+            if account is None:
+                return None
+            self._authenticate(headers, body, client, account, action, now)
+            req: QueryBody = decode(body, QueryBody)
+            answer = self.service.query_now(account, req.caller, req.did, req.extension or None,
+                                            int(now))
+            if answer is None:
+                return None
+            return Response(200, envelope(Code.OK, "success", request_id, query_data(answer)),
+                            request_id, action_name, 0)
+        except PnsError as exc:
+            return _refused(exc, request_id, action_name)
+        except Exception:
+            return _failed(request_id, action_name)
+
+    def _admit(self, headers: Mapping[str, str], client: str,
+               actions: Mapping[str, Action] | None, now: float) -> Action:
+        """What is checked before the account is known: the headers, the action, ts and the
+        rate limit."""
+        for name in REQUIRED_HEADERS:
+            if not headers.get(name):
+                raise PnsError(Code.MISSING_HEADER,
+                               f"missing header {_HEADER_NAMES.get(name, name)}")
+        if headers["biztype"] != BIZ_TYPE_PNS:
+            raise PnsError(Code.BAD_PARAMETER, "bizType must be 5")
+        action_name = headers["action"]
+        action = (ACTIONS if actions is None else actions).get(action_name)
+        if action is None:
+            raise PnsError(Code.BAD_PARAMETER, f"unknown action {action_name[:64]!r}")
+        check_ts(headers["ts"], int(now * 1000), TS_WINDOW_MS)
+        limiter = self.limiter
+        # Counted per (accessKey, address) and per address, never per accessKey alone: the
+        # key travels in clear, and a per-key block would let anyone lock its owner out.
+        if limiter.blocked(f"{headers['accesskey']}@{client}") or limiter.blocked(client):
+            raise PnsError(Code.RATE_LIMITED)
+        return action
+
+    def _authenticate(self, headers: Mapping[str, str], body: bytes, client: str,
+                      account: Account | None, action: Action, now: float) -> None:
+        """The account may make this request: it exists and is enabled, the signature is
+        its own (failures counted for the rate limit), its role may take the action."""
+        limiter = self.limiter
+        if account is None or not account.enabled:
+            limiter.fail(client)
+            raise PnsError(Code.NO_PERMISSION, "unknown or disabled accessKey")
+        access_key = headers["accesskey"]
+        action_name = headers["action"]
+        try:
+            verify_sign(headers["sign"], access_key, action_name, headers["biztype"],
+                        headers["ts"], body, account.secrets_at(now),
+                        headers.get("algorithm", "md5"))
+        except PnsError:
+            limiter.fail(f"{access_key}@{client}")
+            limiter.fail(client)
+            raise
+        if account.role not in action.roles:
+            raise PnsError(Code.NO_PERMISSION,
+                           f"role {account.role.value} may not {action_name}")
+
+
+def _refused(exc: PnsError, request_id: str, action_name: str) -> Response:
+    return Response(200, envelope(exc.code, exc.msg, request_id, exc.data), request_id,
+                    action_name, int(exc.code))
+
+
+def _failed(request_id: str, action_name: str) -> Response:
+    log.exception("unexpected failure requestId=%s action=%s", request_id, action_name)
+    return Response(500, envelope(Code.INTERNAL, DEFAULT_MSG[Code.INTERNAL], request_id),
+                    request_id, action_name, int(Code.INTERNAL))
 
 
 # --- actions --------------------------------------------------------------------------------

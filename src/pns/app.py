@@ -6,7 +6,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from .api import ACTIONS, REQUIRED_HEADERS, Action, Api, envelope
+from .api import ACTIONS, REQUIRED_HEADERS, Action, Api, Response, envelope
 from .errors import Code
 from .http import Reply, Request
 from .ids import new_snowflake
@@ -74,13 +74,21 @@ class App:
         self.api = api
         self.metrics = metrics or Metrics()
         self.admin = admin
+        # The switch's question answered without a coroutine where the store allows it.
+        self._answers_now = api.service.store.answers_in_process
 
     def __call__(self, request: Request) -> Reply | Awaitable[Reply]:
         path = request.path
         if path in API_PATHS:
             if request.method != "POST":
                 return error_reply(405)
-            return self._api(api_headers(request.headers), request.body, request.client)
+            headers = api_headers(request.headers)
+            if self._answers_now:
+                started = time.perf_counter()
+                response = self.api.answer_now(headers, request.body, request.client)
+                if response is not None:
+                    return self._answered(response, time.perf_counter() - started, ACTIONS)
+            return self._api(headers, request.body, request.client)
         v1_action = V1_PATHS.get(path)
         if v1_action is not None:
             return self._v1(request, v1_action)
@@ -137,8 +145,12 @@ class App:
                    actions: dict[str, Action] | None = None) -> Reply:
         started = time.perf_counter()
         response = await self.api.handle(headers, body, client, actions)
-        elapsed = time.perf_counter() - started
-        known = ACTIONS if actions is None else actions
+        return self._answered(response, time.perf_counter() - started,
+                              ACTIONS if actions is None else actions)
+
+    def _answered(self, response: Response, elapsed: float,
+                  known: dict[str, Action]) -> Reply:
+        """Every API answer is counted and logged, whichever way it was made."""
         action = response.action if response.action in known else "unknown"
         self.metrics.observe(action, response.code, elapsed)
         reason = ALLOCATION_FAILURES.get(response.code)

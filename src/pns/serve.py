@@ -141,12 +141,12 @@ async def run_server(
     app = App(Api(service), metrics,
               admin=front if front is not None and admin and admin.listen is None else None)
     server = HttpServer(app, error_reply, limits,
-                        first_step_outside_task=store.steps_outside_task)
+                        first_step_outside_task=store.answers_in_process)
     await server.start(host, port, reuse_port=reuse_port)
     servers = [server]
     if front is not None and admin is not None and admin.listen is not None:
         admin_server = HttpServer(admin_only(front), error_reply, limits,
-                                  first_step_outside_task=store.steps_outside_task)
+                                  first_step_outside_task=store.answers_in_process)
         await admin_server.start(*admin.listen, reuse_port=reuse_port)
         servers.append(admin_server)
         log.info("admin API and console on http://%s:%d/console/", admin.listen[0],

@@ -230,7 +230,7 @@ class RecordsStore(Protocol):
 
     async def list_numbers(self, account_id: int | None, now: int) -> list[NumberUsage]: ...
 
-    async def record_call(self, call: CallRef) -> None:
+    def record_call(self, call: CallRef) -> None:
         """Remember an answered query's callId without a write on the caller's path: the
         reference goes to the store's ``CallRefBuffer`` (one bounded buffer, one flusher, the
         same on every store); ``get_call`` finds it at once in this process."""
@@ -469,10 +469,16 @@ class Store(BindingIndex, RecordsStore, Protocol):
     narrower interfaces, and what needs the bindings and the records together (allocation,
     pool statistics, listings by account, moving numbers)."""
 
-    # True when no coroutine of the store needs ``asyncio.current_task()`` (no driver's
-    # ``asyncio.timeout``): the HTTP layer may then start a request outside a task, and give
-    # it one only if it waits (Python 3.11; 3.12+ has eager tasks for that).
-    steps_outside_task: bool
+    # True when the store answers reads in this process without waiting (the embedded store):
+    # ``find_by_party_now`` answers, and no coroutine of the store needs
+    # ``asyncio.current_task()`` (no driver's ``asyncio.timeout``), so the HTTP layer may start
+    # a request outside a task and give it one only if it waits (Python 3.11; 3.12+ has eager
+    # tasks for that).
+    answers_in_process: bool
+
+    def find_by_party_now(self, x: str, number: str, now: int) -> Binding | None:
+        """``find_by_party`` without waiting; only where ``answers_in_process`` (elsewhere it
+        raises ``StoreError``)."""
 
     # --- the pool of virtual numbers ------------------------------------------------------
     async def move_numbers(self, xs: Sequence[str], account_id: int, force: bool,

@@ -52,6 +52,7 @@ from .base import (
     BindingLedger,
     ConflictKind,
     RecordsStore,
+    StoreError,
     check_replacement,
     summarise_pools,
 )
@@ -124,7 +125,10 @@ class CompositeStore:
     """``Store`` = ``ShardedIndex`` (bindings by X) + ``BindingLedger`` and ``RecordsStore`` (by
     account). Methods of the records store not named here are its own (``__getattr__``)."""
 
-    steps_outside_task = False  # redis-py's reads run under asyncio.timeout
+    answers_in_process = False  # redis-py's reads run under asyncio.timeout
+
+    def find_by_party_now(self, x: str, number: str, now: int) -> Binding | None:
+        raise StoreError("a binding index on Redis answers reads only by waiting")
 
     def __init__(self, index: ShardedIndex, ledger: BindingLedger, records: RecordsStore):
         self.index = index
@@ -473,8 +477,8 @@ class CompositeStore:
     async def get_number(self, x: str) -> VirtualNumber | None:
         return await self.records.get_number(x)
 
-    async def record_call(self, call: CallRef) -> None:
-        await self.records.record_call(call)
+    def record_call(self, call: CallRef) -> None:
+        self.records.record_call(call)
 
     async def get_call(self, call_id: str) -> CallRef | None:
         return await self.records.get_call(call_id)

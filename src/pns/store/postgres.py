@@ -1181,7 +1181,7 @@ class PostgresStore(SqlCommon):
         return row is not None
 
     # --- calls, replay guard, housekeeping -------------------------------------------------
-    async def record_call(self, call: CallRef) -> None:
+    def record_call(self, call: CallRef) -> None:
         """Buffered (``callrefs.CallRefBuffer``): the query pays no write."""
         self._calls.add(call)
 

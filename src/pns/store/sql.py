@@ -38,7 +38,7 @@ from ..model import (
     Role,
     binding_from_row,
 )
-from .base import Retention
+from .base import Retention, StoreError
 
 if TYPE_CHECKING:
     from ..vault import Keyring
@@ -299,7 +299,10 @@ class SqlCommon(ABC):
     """The methods both SQL stores share, over six primitives of their own."""
 
     _keyring: Keyring
-    steps_outside_task = False
+    answers_in_process = False
+
+    def find_by_party_now(self, x: str, number: str, now: int) -> Binding | None:
+        raise StoreError(f"{type(self).__name__} answers reads only by waiting")
 
     @abstractmethod
     async def _write(self, query: Sql, params: Mapping[str, Any]) -> int:

@@ -640,7 +640,7 @@ class _ChangeWatch:
 class SqliteStore(SqlCommon):
     # Reads run on the event loop's connection, writes wait on plain futures of the writer
     # thread: nothing needs a task.
-    steps_outside_task = True
+    answers_in_process = True
 
     def __init__(self, conn: sqlite3.Connection, read: sqlite3.Connection,
                  path: str = ":memory:", index: bool = False, keyring: Keyring | None = None):
@@ -1133,6 +1133,9 @@ class SqliteStore(SqlCommon):
         return await self._batched(work)
 
     async def find_by_party(self, x: str, number: str, now: int) -> Binding | None:
+        return self.find_by_party_now(x, number, now)
+
+    def find_by_party_now(self, x: str, number: str, now: int) -> Binding | None:
         if self._index is not None:
             self._sync_index()
             return self._index.find_by_party(x, number, now)
@@ -1304,7 +1307,7 @@ class SqliteStore(SqlCommon):
         self._index_version = version
 
     # --- calls, replay guard, housekeeping -------------------------------------------------
-    async def record_call(self, call: CallRef) -> None:
+    def record_call(self, call: CallRef) -> None:
         """Buffered (``callrefs.CallRefBuffer``): the query pays no write."""
         self._calls.add(call)
 
