@@ -178,7 +178,7 @@ def _numbers_change(enabled: bool) -> Handler:
         changed = await api.admin.set_numbers_enabled(body.numbers, enabled)
         await api.admin.audit(call.operator.name,
                               "numbers.enable" if enabled else "numbers.disable",
-                              " ".join(changed["changed"]))
+                              " ".join(changed["enabled" if enabled else "disabled"]))
         return changed
     return change
 
