@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 
 from pns.admin.api import ROUTES
@@ -353,8 +354,8 @@ def test_numbers_add_import_disable_enable_move_remove(admin_server: Server, adm
     assert disabled.status_code == 200 and disabled.json() == {
         "disabled": [x1, x2, x3], "notFound": []}
     wait_until(lambda: client.bind_axb(unique_hk("1"), unique_hk("2"))["code"] == 10008)
-    assert admin.post("numbers/enable", {"numbers": [x1]}).json() == {
-        "enabled": [x1], "notFound": []}
+    assert _shaped("numbers/enable", admin.post("numbers/enable", {"numbers": [x1]}).json()
+                   ) == {"enabled": [x1], "notFound": []}
     bound = client.bind_axb(unique_hk("1"), unique_hk("2"))
     assert bound["code"] == 0 and bound["data"]["did"] == x1
     assert admin.post("numbers/disable", {"numbers": [unique_hk("9")]}).status_code == 404
@@ -388,6 +389,14 @@ def _cli_answer(*args: str) -> tuple[int, dict[str, Any]]:
     return done.returncode, json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def _shaped(pattern: str, answer: Any) -> Any:
+    """``answer``, checked against the shape /openapi.json gives the route's 200."""
+    route = next(r for r in ROUTES if r.method == "POST" and r.pattern == pattern)
+    assert route.answer is not None
+    msgspec.convert(answer, type=route.answer)  # raises on a missing or unknown field
+    return answer
+
+
 def test_number_answers_are_the_clis(admin_server: Server, admin: Admin,
                                      tenant: Tenant) -> None:
     """The admin API names what a number operation did as `pns numbers ...` does (gap 12):
@@ -400,7 +409,7 @@ def test_number_answers_are_the_clis(admin_server: Server, admin: Admin,
     added = admin.post("numbers", {"account": other.access_key,
                                    "numbers": [mine, theirs, mine]})
     owned = [{"number": theirs, "account": tenant.access_key}]
-    assert added.status_code == 200 and added.json() == {
+    assert added.status_code == 200 and _shaped("numbers", added.json()) == {
         "added": 1, "alreadyPresent": 0, "ownedByOtherAccounts": owned}
     again = {"added": 0, "alreadyPresent": 1, "ownedByOtherAccounts": owned}
     assert _cli_answer("numbers", "add", "--account", other.access_key, mine, theirs,
@@ -409,7 +418,7 @@ def test_number_answers_are_the_clis(admin_server: Server, admin: Admin,
                                params={"account": other.access_key},
                                content=f"{mine}\n{theirs}\n".encode(),
                                headers={"Content-Type": "text/plain"})
-    assert imported.status_code == 200 and imported.json() == again
+    assert imported.status_code == 200 and _shaped("numbers/import", imported.json()) == again
 
     # Nothing matched: a 404 with the CLI's words, never a claim that something was done.
     for path, body in (("numbers/remove", {"numbers": [missing]}),
@@ -426,16 +435,18 @@ def test_number_answers_are_the_clis(admin_server: Server, admin: Admin,
     # Some matched: done, with the rest named, the same JSON as the CLI's.
     disabled = admin.post("numbers/disable", {"numbers": [mine, missing]})
     assert disabled.status_code == 200
-    assert disabled.json() == {"disabled": [mine], "notFound": [missing]}
+    assert _shaped("numbers/disable", disabled.json()) == {"disabled": [mine],
+                                                            "notFound": [missing]}
     assert _cli_answer("numbers", "enable", mine, missing, *store) == (
         0, {"enabled": [mine], "notFound": [missing]})
     moved = admin.post("numbers/move", {"numbers": [mine, missing],
                                         "account": tenant.access_key})
-    assert moved.status_code == 200 and moved.json() == {
+    assert moved.status_code == 200 and _shaped("numbers/move", moved.json()) == {
         "moved": [mine], "to": tenant.access_key, "kept": [], "notFound": [missing]}
     removed = admin.post("numbers/remove", {"numbers": ["+" + mine, missing]})
     assert removed.status_code == 200
-    assert removed.json() == {"removed": [mine], "kept": [], "notFound": [missing]}
+    assert _shaped("numbers/remove", removed.json()) == {"removed": [mine], "kept": [],
+                                                          "notFound": [missing]}
     entries = admin.get("audit").json()["entries"]
     assert any(e["action"] == "numbers.remove" and e["target"] == mine for e in entries)
 
@@ -1025,3 +1036,9 @@ def test_openapi_describes_the_admin_api_apart(admin_server: Server) -> None:
             assert ("admin" in operation.get("tags", [])) == is_admin
             assert (operation.get("security") == [{"operatorToken": []}]) == is_admin
     assert document["components"]["securitySchemes"]["operatorToken"]["scheme"] == "bearer"
+    removal = document["paths"]["/admin/api/numbers/remove"]["post"]["responses"]
+    assert removal["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/NumbersRemoved"}
+    assert set(document["components"]["schemas"]["NumbersRemoved"]["required"]) == {
+        "removed", "kept", "notFound"}
+    assert "None of the numbers exists" in removal["404"]["description"]
