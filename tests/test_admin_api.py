@@ -18,11 +18,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 
 from pns.admin.api import ROUTES
 from pns.admin.rates import RateHistory
 from pns.admin.security import LOGIN_FAILURES
+from pns.admin.service import AdminService
+from pns.core import Service
 from pns.logs import mask_number
 from pns.model import EventState, OutboxEvent, Role
 from pns.store import open_store
@@ -328,9 +331,10 @@ def test_numbers_add_import_disable_enable_move_remove(admin_server: Server, adm
     other = create_tenant(admin_server.store_url, Role.CUSTOMER, numbers=0)
     x1, x2, x3 = unique_hk("4"), unique_hk("4"), unique_hk("4")
     added = admin.post("numbers", {"account": other.access_key, "numbers": [x1, "+" + x2]})
-    assert added.status_code == 200 and added.json() == {"added": 2, "alreadyPresent": []}
+    assert added.status_code == 200 and added.json() == {
+        "added": 2, "alreadyPresent": 0, "ownedByOtherAccounts": []}
     again = admin.post("numbers", {"account": other.access_key, "numbers": [x1]})
-    assert again.json() == {"added": 0, "alreadyPresent": [x1]}
+    assert again.json() == {"added": 0, "alreadyPresent": 1, "ownedByOtherAccounts": []}
     bad = admin.post("numbers", {"account": other.access_key, "numbers": [x3, "12"]})
     assert bad.status_code == 400
     imported = admin.http.post("/admin/api/numbers/import", params={"account": other.access_key},
@@ -347,16 +351,19 @@ def test_numbers_add_import_disable_enable_move_remove(admin_server: Server, adm
 
     client = admin_server.client(other)
     disabled = admin.post("numbers/disable", {"numbers": [x1, x2, x3]})
-    assert disabled.status_code == 200 and disabled.json()["missing"] == []
+    assert disabled.status_code == 200 and disabled.json() == {
+        "disabled": [x1, x2, x3], "notFound": []}
     wait_until(lambda: client.bind_axb(unique_hk("1"), unique_hk("2"))["code"] == 10008)
-    assert admin.post("numbers/enable", {"numbers": [x1]}).status_code == 200
+    assert _shaped("numbers/enable", admin.post("numbers/enable", {"numbers": [x1]}).json()
+                   ) == {"enabled": [x1], "notFound": []}
     bound = client.bind_axb(unique_hk("1"), unique_hk("2"))
     assert bound["code"] == 0 and bound["data"]["did"] == x1
     assert admin.post("numbers/disable", {"numbers": [unique_hk("9")]}).status_code == 404
 
     # A number with bindings moves only with force, which ends them.
     moved = admin.post("numbers/move", {"numbers": [x1, x2], "account": tenant.access_key})
-    assert moved.json() == {"moved": [x2], "kept": [x1], "account": tenant.access_key}
+    assert moved.json() == {"moved": [x2], "to": tenant.access_key, "kept": [x1],
+                            "notFound": []}
     forced = admin.post("numbers/move", {"numbers": [x1], "account": tenant.access_key,
                                          "force": True})
     assert forced.json()["moved"] == [x1]
@@ -369,11 +376,108 @@ def test_numbers_add_import_disable_enable_move_remove(admin_server: Server, adm
     tclient = admin_server.client(tenant)
     assert tclient.bind_axb(unique_hk("1"), unique_hk("2"), phoneX=x1)["code"] == 0
     removed = admin.post("numbers/remove", {"numbers": [x1, x3]})
-    assert removed.json() == {"removed": [x3], "kept": [x1]}
+    assert removed.json() == {"removed": [x3], "kept": [x1], "notFound": []}
     assert admin.post("numbers/remove", {"numbers": [x1], "force": True}
                       ).json()["removed"] == [x1]
     left = {n["number"] for n in admin.get("numbers").json()["numbers"]}
     assert x1 not in left and x3 not in left and x2 in left
+
+
+def _cli_answer(*args: str) -> tuple[int, dict[str, Any]]:
+    """`pns ARGS --json`'s exit status and its one JSON answer (printed on failure too)."""
+    done = cli(*args, "--json", check=False)
+    return done.returncode, json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _shaped(pattern: str, answer: Any) -> Any:
+    """``answer``, checked against the shape /openapi.json gives the route's 200."""
+    route = next(r for r in ROUTES if r.method == "POST" and r.pattern == pattern)
+    assert route.answer is not None
+    msgspec.convert(answer, type=route.answer)  # raises on a missing or unknown field
+    return answer
+
+
+def test_number_answers_are_the_clis(admin_server: Server, admin: Admin,
+                                     tenant: Tenant) -> None:
+    """The admin API names what a number operation did as `pns numbers ...` does (gap 12):
+    notFound instead of claiming a number it never had, the owner of a number another
+    account has, alreadyPresent as a count; one that found no number is a 404."""
+    store = ("--store", admin_server.store_url)
+    other = create_tenant(admin_server.store_url, Role.CUSTOMER, numbers=0)
+    mine, missing = unique_hk("4"), unique_hk("4")
+    theirs = tenant.numbers[0]
+    added = admin.post("numbers", {"account": other.access_key,
+                                   "numbers": [mine, theirs, mine]})
+    owned = [{"number": theirs, "account": tenant.access_key}]
+    assert added.status_code == 200 and _shaped("numbers", added.json()) == {
+        "added": 1, "alreadyPresent": 0, "ownedByOtherAccounts": owned}
+    again = {"added": 0, "alreadyPresent": 1, "ownedByOtherAccounts": owned}
+    assert _cli_answer("numbers", "add", "--account", other.access_key, mine, theirs,
+                       *store) == (1, again)
+    imported = admin.http.post("/admin/api/numbers/import",
+                               params={"account": other.access_key},
+                               content=f"{mine}\n{theirs}\n".encode(),
+                               headers={"Content-Type": "text/plain"})
+    assert imported.status_code == 200 and _shaped("numbers/import", imported.json()) == again
+
+    # Nothing matched: a 404 with the CLI's words, never a claim that something was done.
+    for path, body in (("numbers/remove", {"numbers": [missing]}),
+                       ("numbers/disable", {"numbers": [missing]}),
+                       ("numbers/enable", {"numbers": [missing, "not-a-number"]}),
+                       ("numbers/move", {"numbers": [missing], "account": other.access_key})):
+        refused = admin.post(path, body)
+        verb = path.split("/")[1]
+        assert refused.status_code == 404, path
+        assert refused.json() == {"error": f"nothing to {verb}: no such number(s): "
+                                           + ", ".join(body["numbers"])}
+    assert missing not in {n["number"] for n in admin.get("numbers").json()["numbers"]}
+
+    # Some matched: done, with the rest named, the same JSON as the CLI's.
+    disabled = admin.post("numbers/disable", {"numbers": [mine, missing]})
+    assert disabled.status_code == 200
+    assert _shaped("numbers/disable", disabled.json()) == {"disabled": [mine],
+                                                            "notFound": [missing]}
+    assert _cli_answer("numbers", "enable", mine, missing, *store) == (
+        0, {"enabled": [mine], "notFound": [missing]})
+    moved = admin.post("numbers/move", {"numbers": [mine, missing],
+                                        "account": tenant.access_key})
+    assert moved.status_code == 200 and _shaped("numbers/move", moved.json()) == {
+        "moved": [mine], "to": tenant.access_key, "kept": [], "notFound": [missing]}
+    removed = admin.post("numbers/remove", {"numbers": ["+" + mine, missing]})
+    assert removed.status_code == 200
+    assert _shaped("numbers/remove", removed.json()) == {"removed": [mine], "kept": [],
+                                                          "notFound": [missing]}
+    entries = admin.get("audit").json()["entries"]
+    assert any(e["action"] == "numbers.remove" and e["target"] == mine for e in entries)
+
+
+def test_admin_add_refreshes_planner_statistics(admin_server: Server) -> None:
+    """An add through the admin API tells the store's query planner, as `pns numbers
+    import` does (one rule, in pool.add_numbers); adding nothing new does not."""
+    other = create_tenant(admin_server.store_url, Role.CUSTOMER, numbers=0)
+    xs = [unique_hk("4") for _ in range(3)]
+
+    async def add_twice() -> list[int]:
+        store = await open_store(admin_server.store_url)
+        refreshed = [0]
+        refresh = store.refresh_statistics
+
+        async def counted() -> None:
+            refreshed[0] += 1
+            await refresh()
+
+        store.refresh_statistics = counted  # type: ignore[method-assign]
+        try:
+            service = AdminService(Service(store))
+            first = await service.add_numbers(other.access_key, xs)
+            after_first = refreshed[0]
+            second = await service.add_numbers(other.access_key, xs)
+            assert first["added"] == 3 and second["alreadyPresent"] == 3
+            return [after_first, refreshed[0]]
+        finally:
+            await store.close()
+
+    assert asyncio.run(add_twice()) == [1, 1]
 
 
 # --- bindings ------------------------------------------------------------------------------------
@@ -932,3 +1036,9 @@ def test_openapi_describes_the_admin_api_apart(admin_server: Server) -> None:
             assert ("admin" in operation.get("tags", [])) == is_admin
             assert (operation.get("security") == [{"operatorToken": []}]) == is_admin
     assert document["components"]["securitySchemes"]["operatorToken"]["scheme"] == "bearer"
+    removal = document["paths"]["/admin/api/numbers/remove"]["post"]["responses"]
+    assert removal["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/NumbersRemoved"}
+    assert set(document["components"]["schemas"]["NumbersRemoved"]["required"]) == {
+        "removed", "kept", "notFound"}
+    assert "None of the numbers exists" in removal["404"]["description"]

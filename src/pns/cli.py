@@ -30,7 +30,7 @@ import click
 from click.core import ParameterSource
 from rich.console import Console
 
-from . import __version__
+from . import __version__, pool
 from .core import (
     BLOCK_LIST_MAX,
     BindingUpdate,
@@ -40,8 +40,7 @@ from .core import (
     check_cool_off,
 )
 from .errors import PnsError
-from .model import Account, AccountChanges, Binding, EventState, Role, VirtualNumber
-from .numbers import parse_international
+from .model import Account, AccountChanges, Binding, EventState, Role
 from .store import DEFAULT_STORE_URL, Store, StoreError, open_store, schema_versions
 from .store.rows import redact
 
@@ -643,63 +642,28 @@ def _read_numbers(args: Iterable[str], file: Path | None) -> list[str]:
     return raw
 
 
-def _as_digits(texts: Iterable[str]) -> list[str]:
-    """Numbers as the store keeps them (digits with the country code); text that is not a
-    number is kept as given, so it is reported as not found rather than dropped."""
-    out = []
-    for text in texts:
-        number = parse_international(text)
-        out.append(number.digits if number is not None else text)
-    return list(dict.fromkeys(out))
-
-
 async def _add_numbers(store: Store, access_key: str, texts: list[str], batch: int,
                        progress: bool) -> dict[str, Any]:
-    """Add numbers to a customer account: how many were added, how many the account had
-    already, and which belong to another account (named by its accessKey)."""
-    parsed = [parse_international(text) for text in texts]
-    bad = [text for text, n in zip(texts, parsed, strict=True) if n is None]
-    if bad:
-        raise click.ClickException(
-            f"{len(bad)} not possible international number(s) (country code first), e.g. "
-            f"{', '.join(bad[:5])}; nothing was added")
-    owner = await _account_or_fail(store, access_key)
-    if owner.role is not Role.CUSTOMER:
-        raise click.ClickException(f"{access_key} is a {owner.role.value} account: only "
-                                   "customer accounts own virtual numbers")
-    records = list({n.digits: VirtualNumber(n.digits, owner.id, n.country_code)
-                    for n in parsed if n is not None}.values())
-    existing: list[str] = []
-    if progress:
+    """Add numbers to a customer account; what is reported is ``pool.add_numbers``'s."""
+    try:
+        parsed = pool.parse_for_add(texts)
+        owner = await _account_or_fail(store, access_key)
+        if not progress:
+            return await pool.add_numbers(store, owner, parsed, batch)
         from rich.progress import Progress
 
         with Progress(console=Console(stderr=True), transient=False) as bar:
-            task = bar.add_task("importing", total=len(records))
-            for start in range(0, len(records), batch):
-                chunk = records[start:start + batch]
-                existing += await store.add_numbers(chunk)
-                bar.advance(task, len(chunk))
-    else:
-        for start in range(0, len(records), batch):
-            existing += await store.add_numbers(records[start:start + batch])
-    if len(records) > len(existing):
-        await store.refresh_statistics()
-    owners = await store.number_owners(existing) if existing else {}
-    keys = {a.id: a.access_key for a in await store.list_accounts()} if existing else {}
-    others = [{"number": x, "account": keys.get(owners[x], str(owners[x]))}
-              for x in existing if x in owners and owners[x] != owner.id]
-    return {"added": len(records) - len(existing),
-            "alreadyPresent": len(existing) - len(others), "ownedByOtherAccounts": others}
+            task = bar.add_task("importing", total=len({n.digits for n in parsed}))
+            return await pool.add_numbers(store, owner, parsed, batch,
+                                          lambda done: bar.advance(task, done))
+    except pool.PoolRefusal as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def _report_added(ctx: click.Context, result: dict[str, Any], as_json: bool | None) -> None:
     emit_one(result, as_json)
-    others = result["ownedByOtherAccounts"]
-    if others:
-        named = ", ".join(f"{o['number']} (account {o['account']})" for o in others[:10])
-        raise _refuse(
-            ctx, f"{len(others)} number(s) belong to another account and were not added: {named}; "
-            "`pns numbers move NUMBER --to ACCOUNT` gives a number to another account")
+    if result["ownedByOtherAccounts"]:
+        raise _refuse(ctx, pool.owned_by_others_message(result))
 
 
 @numbers.command("add")
@@ -754,7 +718,7 @@ def numbers_import(ctx: click.Context, file: Path, access_key: str, batch: int,
 def numbers_list(ctx: click.Context, access_key: str | None, limit: int, after: str,
                  as_json: bool | None, store_url: str | None) -> None:
     """Numbers in number order, each with its owner and its active bindings."""
-    start = _as_digits([after])[0] if after else ""
+    start = pool.as_digits([after])[0] if after else ""
 
     async def work(store: Store) -> AsyncIterator[dict[str, Any]]:
         account_id = (await _account_or_fail(store, access_key)).id if access_key else None
@@ -823,20 +787,15 @@ def _stream(ctx: click.Context, rows: Callable[[Store], AsyncIterator[dict[str, 
         raise failure[0]
 
 
-def _finish(ctx: click.Context, result: dict[str, Any], as_json: bool | None, done_key: str,
-            verb: str) -> None:
+def _finish(ctx: click.Context, change: pool.Change, as_json: bool | None) -> None:
     """Print what a number command did; fail when it matched nothing or kept something."""
-    emit_one(result, as_json)
-    if result.get("kept"):
-        kept = result["kept"]
-        raise _refuse(
-            ctx, f"{len(kept)} number(s) have active bindings and were kept: "
-            f"{', '.join(kept[:10])} (use --force to end their bindings)")
-    if not result[done_key]:
-        raise _refuse(
-            ctx, f"nothing to {verb}: no such number(s): {', '.join(result['notFound'][:10])}")
-    if result["notFound"]:
-        click.echo(f"not found: {', '.join(result['notFound'][:10])}", err=True)
+    emit_one(change.report, as_json)
+    if change.kept:
+        raise _refuse(ctx, change.kept_message())
+    if change.nothing_found:
+        raise _refuse(ctx, change.nothing_message())
+    if change.not_found:
+        click.echo(f"not found: {', '.join(change.not_found[:10])}", err=True)
 
 
 @numbers.command("remove")
@@ -851,21 +810,12 @@ def numbers_remove(ctx: click.Context, number: tuple[str, ...], force: bool,
 
     Prints removed, kept and notFound; exit 1 when a number was kept or none was found.
     """
-    xs = _as_digits(number)
-
-    async def work(store: Store) -> dict[str, Any]:
-        found = await store.number_owners(xs)
-        present = [x for x in xs if x in found]
-        kept = await store.remove_numbers(present, force, int(time.time())) if present else []
-        return {"removed": [x for x in present if x not in kept], "kept": kept,
-                "notFound": [x for x in xs if x not in found]}
-
-    _finish(ctx, _with_store(ctx, work), as_json, "removed", "remove")
+    _finish(ctx, _with_store(ctx, lambda s: pool.remove_numbers(s, number, force,
+                                                                  int(time.time()))), as_json)
 
 
 def _enable_command(enabled: bool) -> Callable[..., None]:
     verb = "enable" if enabled else "disable"
-    key = "enabled" if enabled else "disabled"
 
     @numbers.command(verb)
     @click.argument("number", nargs=-1, required=True)
@@ -874,10 +824,8 @@ def _enable_command(enabled: bool) -> Callable[..., None]:
     @click.pass_context
     def command(ctx: click.Context, number: tuple[str, ...], as_json: bool | None,
                 store_url: str | None) -> None:
-        xs = _as_digits(number)
-        missing = _with_store(ctx, lambda s: s.set_numbers_enabled(xs, enabled))
-        found = [x for x in xs if x not in missing]
-        _finish(ctx, {key: found, "notFound": missing}, as_json, key, verb)
+        _finish(ctx, _with_store(ctx, lambda s: pool.set_numbers_enabled(s, number, enabled)),
+                as_json)
 
     command.__doc__ = (
         "Let numbers take new bindings again." if enabled else
@@ -902,20 +850,15 @@ def numbers_move(ctx: click.Context, number: tuple[str, ...], to_key: str, force
                  as_json: bool | None, store_url: str | None) -> None:
     """Give numbers to another account; refused while a number has active bindings, unless
     --force (which ends them). Prints moved, kept and notFound."""
-    xs = _as_digits(number)
 
-    async def work(store: Store) -> dict[str, Any]:
+    async def work(store: Store) -> pool.Change:
         target = await _account_or_fail(store, to_key)
-        if target.role is not Role.CUSTOMER:
-            raise click.ClickException(f"{to_key} is a {target.role.value} account: only "
-                                       "customer accounts own virtual numbers")
-        found = await store.number_owners(xs)
-        present = [x for x in xs if x in found]
-        kept = await store.move_numbers(present, target.id, force, int(time.time()))
-        return {"moved": [x for x in present if x not in kept], "to": to_key, "kept": kept,
-                "notFound": [x for x in xs if x not in found]}
+        try:
+            return await pool.move_numbers(store, number, target, force, int(time.time()))
+        except pool.PoolRefusal as exc:
+            raise click.ClickException(str(exc)) from None
 
-    _finish(ctx, _with_store(ctx, work), as_json, "moved", "move")
+    _finish(ctx, _with_store(ctx, work), as_json)
 
 
 # --- operators' views ----------------------------------------------------------------------
@@ -990,7 +933,7 @@ _BINDING_COLUMNS = ("bindId", "customerBindId", "phoneA", "phoneB", "did", "didY
 def bindings_list(ctx: click.Context, access_key: str, x: str | None, limit: int, after: str,
                   as_json: bool | None, store_url: str | None) -> None:
     """An account's active bindings in creation order."""
-    on_x = _as_digits([x])[0] if x else ""
+    on_x = pool.as_digits([x])[0] if x else ""
 
     async def work(store: Store) -> AsyncIterator[dict[str, Any]]:
         owner = await _account_or_fail(store, access_key)

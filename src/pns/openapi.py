@@ -385,10 +385,11 @@ def _admin_paths() -> tuple[dict[str, Any], dict[str, Any]]:
     """The admin API, one operation per route of ``pns.admin.api.ROUTES``."""
     from .admin.api import PREFIX, ROUTES
 
-    bodies = [route.body for route in ROUTES if route.body is not None]
+    shapes = list(dict.fromkeys(
+        shape for route in ROUTES for shape in (route.body, route.answer) if shape is not None))
     (schemas, components) = msgspec.json.schema_components(
-        bodies, ref_template="#/components/schemas/{name}")
-    body_schema = dict(zip(bodies, schemas, strict=True))
+        shapes, ref_template="#/components/schemas/{name}")
+    body_schema = dict(zip(shapes, schemas, strict=True))
     components["AdminError"] = {"type": "object", "required": ["error"],
                                 "properties": {"error": {"type": "string"}}}
     error = {"content": {"application/json": {
@@ -411,11 +412,12 @@ def _admin_paths() -> tuple[dict[str, Any], dict[str, Any]]:
             "responses": {
                 "201" if route.pattern == "accounts" and route.method == "POST" else "200": {
                     "description": "Done", "content": {"application/json": {
-                        "schema": {"type": "object"}}}},
+                        "schema": body_schema[route.answer] if route.answer is not None
+                        else {"type": "object"}}}},
                 "400": {"description": "Invalid input", **error},
                 "401": {"description": "No valid operator token", **error},
                 "403": {"description": "A viewer asked to change something", **error},
-                "404": {"description": "No such thing", **error},
+                "404": {"description": route.not_found, **error},
                 "429": {"description": "Too many wrong tokens from this address", **error},
             },
         }

@@ -388,7 +388,22 @@ def test_numbers_import_disable_move_remove(browser: Any, scene: Scene, shots: P
     assert "moved" in css(browser, "#notice")[0].text
     browser.get(scene.server.url + f"/console/numbers?account={scene.rides.access_key}")
     assert y in css(browser, "#numbers")[0].text
-    act("remove", x, confirm=True)
+    # The notice tells what the CLI tells: the owner of a number another account has, and
+    # the numbers not found; a change that found none is refused.
+    browser.get(scene.server.url + f"/console/numbers?account={scene.shop.access_key}")
+    act("add", y)
+    notice = css(browser, "#notice")[0].text
+    assert "0 added" in notice and "owned by another account" in notice
+    assert f"{y} (account {scene.rides.access_key})" in notice
+    missing = unique_hk("5")
+    act("remove", f"{x}\n{missing}", confirm=True)
+    notice = css(browser, "#notice")[0].text
+    assert "1 removed" in notice and f"Not found: {missing}" in notice
+    assert x not in css(browser, "#numbers")[0].text
+    act("disable", missing)
+    assert f"nothing to disable: no such number(s): {missing}" in css(browser, "#error")[0].text
+    browser.get(scene.server.url + f"/console/numbers?account={scene.shop.access_key}")
+    act("remove", y, confirm=True)
     assert "removed" in css(browser, "#notice")[0].text
     browser.get(scene.server.url + "/console/numbers")
     assert x not in css(browser, "#numbers")[0].text

@@ -69,6 +69,46 @@ class RecordBody(msgspec.Struct, forbid_unknown_fields=True):
     account: str
 
 
+# --- answers described in /openapi.json: the number operations report what pns.pool reports
+# (`pns numbers ...`'s JSON); test_admin_api.py checks each answer against its shape.
+class OwnedNumber(msgspec.Struct, forbid_unknown_fields=True):
+    number: str
+    account: str
+
+
+class NumbersAdded(msgspec.Struct, forbid_unknown_fields=True):
+    added: int
+    alreadyPresent: Annotated[int, msgspec.Meta(
+        description="How many the account had already")]
+    ownedByOtherAccounts: Annotated[list[OwnedNumber], msgspec.Meta(
+        description="Not added: each number with the accessKey of the account that owns it")]
+
+
+class NumbersRemoved(msgspec.Struct, forbid_unknown_fields=True):
+    removed: list[str]
+    kept: Annotated[list[str], msgspec.Meta(
+        description="Numbers with active bindings, left as they were (without force)")]
+    notFound: list[str]
+
+
+class NumbersDisabled(msgspec.Struct, forbid_unknown_fields=True):
+    disabled: list[str]
+    notFound: list[str]
+
+
+class NumbersEnabled(msgspec.Struct, forbid_unknown_fields=True):
+    enabled: list[str]
+    notFound: list[str]
+
+
+class NumbersMoved(msgspec.Struct, forbid_unknown_fields=True):
+    moved: list[str]
+    to: str
+    kept: Annotated[list[str], msgspec.Meta(
+        description="Numbers with active bindings, left as they were (without force)")]
+    notFound: list[str]
+
+
 class Call(NamedTuple):
     """One admin API request, once authenticated."""
 
@@ -89,6 +129,10 @@ class Route(NamedTuple):
     summary: str
     body: type[msgspec.Struct] | None = None
     query: tuple[str, ...] = ()
+    # The answer's shape, for /openapi.json; None: described as any object.
+    answer: type[msgspec.Struct] | None = None
+    # What a 404 means here, when more than "no such thing".
+    not_found: str = "No such thing"
 
 
 def _decode(body: bytes, shape: type[msgspec.Struct]) -> Any:
@@ -178,7 +222,7 @@ def _numbers_change(enabled: bool) -> Handler:
         changed = await api.admin.set_numbers_enabled(body.numbers, enabled)
         await api.admin.audit(call.operator.name,
                               "numbers.enable" if enabled else "numbers.disable",
-                              " ".join(changed["changed"]))
+                              " ".join(changed["enabled" if enabled else "disabled"]))
         return changed
     return change
 
@@ -254,6 +298,8 @@ async def _audit(api: AdminApi, call: Call) -> Any:
     return {"entries": await api.admin.audit_log(min(_int(call.query, "limit", 100), 1000))}
 
 
+_NONE_FOUND = "None of the numbers exists (nothing was changed)"
+
 ROUTES: tuple[Route, ...] = (
     Route("GET", "me", _me, False, "The operator behind the token and its role"),
     Route("GET", "overview", _overview, False,
@@ -270,18 +316,21 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "numbers", _numbers, False,
           "Virtual numbers with owner and active bindings (?account=)", query=("account",)),
     Route("POST", "numbers", _add_numbers, True, "Give numbers to a customer account",
-          AddNumbersBody),
+          AddNumbersBody, answer=NumbersAdded, not_found="No such account"),
     Route("POST", "numbers/import", _import_numbers, True,
-          "Import a text file, one number a line (?account=); all or nothing",
-          query=("account",)),
+          "Import a text file, one number a line (?account=); a bad line refuses them all",
+          query=("account",), answer=NumbersAdded, not_found="No such account"),
     Route("POST", "numbers/disable", _numbers_change(False), True,
-          "Disable numbers: no new bindings on them", NumbersBody),
+          "Disable numbers: no new bindings on them", NumbersBody, answer=NumbersDisabled,
+          not_found=_NONE_FOUND),
     Route("POST", "numbers/enable", _numbers_change(True), True, "Enable numbers again",
-          NumbersBody),
+          NumbersBody, answer=NumbersEnabled, not_found=_NONE_FOUND),
     Route("POST", "numbers/move", _move_numbers, True,
-          "Give numbers to another account (force ends their bindings)", MoveNumbersBody),
+          "Give numbers to another account (force ends their bindings)", MoveNumbersBody,
+          answer=NumbersMoved, not_found="No such account, or " + _NONE_FOUND.lower()),
     Route("POST", "numbers/remove", _remove_numbers, True,
-          "Remove numbers (force ends their bindings)", NumbersBody),
+          "Remove numbers (force ends their bindings)", NumbersBody, answer=NumbersRemoved,
+          not_found=_NONE_FOUND),
     Route("GET", "bindings", _bindings, False,
           "Active bindings by number (X or party), bindId or customerBindId; parties masked",
           query=("number", "bindId", "customerBindId", "account")),

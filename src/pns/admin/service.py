@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .. import pool
 from ..callbacks import record_fields
 from ..core import LIST_MAX, Service, check_cool_off
 from ..errors import PnsError
@@ -25,7 +26,6 @@ from ..model import (
     EventState,
     OutboxEvent,
     Role,
-    VirtualNumber,
 )
 from ..numbers import parse_international
 from ..wire import binding_item
@@ -227,58 +227,52 @@ class AdminService:
         ]
 
     @staticmethod
-    def parse_numbers(raw: Sequence[str]) -> list[tuple[str, int]]:
-        """(digits, country code) of each number; refuses the whole list if one is bad."""
+    def _texts(raw: Sequence[str]) -> list[str]:
+        """The request's numbers, blank lines and ``#`` comments left out (a file upload),
+        bounded so one request cannot hold the store for long."""
         texts = [t.strip() for t in raw if t.strip() and not t.strip().startswith("#")]
         if not texts:
             raise AdminError(400, "no numbers given")
         if len(texts) > MAX_NUMBERS_PER_REQUEST:
             raise AdminError(400, f"at most {MAX_NUMBERS_PER_REQUEST} numbers at once")
-        parsed, bad = [], []
-        for text in texts:
-            number = parse_international(text)
-            if number is None:
-                bad.append(text)
-            else:
-                parsed.append((number.digits, number.country_code))
-        if bad:
-            raise AdminError(400, f"{len(bad)} not possible international numbers (country "
-                                  f"code first), e.g. {', '.join(bad[:5])}; none were added")
-        return parsed
+        return texts
 
     async def add_numbers(self, access_key: str, raw: Sequence[str]) -> dict[str, Any]:
-        owner = await self._account(access_key, customer=True)
-        parsed = self.parse_numbers(raw)
-        existing = await self.store.add_numbers(
-            [VirtualNumber(x, owner.id, cc) for x, cc in parsed])
-        return {"added": len(parsed) - len(existing), "alreadyPresent": existing}
+        """``pool.add_numbers``'s report, as ``pns numbers add``/``import`` print it: a
+        number another account owns is named with its owner, and the answer is still 200
+        (the others were added), as the CLI still adds them."""
+        try:
+            parsed = pool.parse_for_add(self._texts(raw))
+            owner = await self._account(access_key)
+            return await pool.add_numbers(self.store, owner, parsed)
+        except pool.PoolRefusal as exc:
+            raise AdminError(400, str(exc)) from None
 
-    def _digits(self, raw: Sequence[str]) -> list[str]:
-        return [x for x, _ in self.parse_numbers(raw)]
+    @staticmethod
+    def _matched(change: pool.Change) -> dict[str, Any]:
+        """The report of a change that found a number; 404 when it found none, as the CLI
+        fails then (``notFound`` alone would read as a success)."""
+        if change.nothing_found:
+            raise AdminError(404, change.nothing_message())
+        return change.report
 
     async def set_numbers_enabled(self, raw: Sequence[str], enabled: bool) -> dict[str, Any]:
-        xs = self._digits(raw)
-        missing = await self.store.set_numbers_enabled(xs, enabled)
-        if missing and len(missing) == len(xs):
-            raise AdminError(404, f"no such number: {', '.join(missing[:5])}")
-        return {"changed": [x for x in xs if x not in missing], "missing": missing,
-                "enabled": enabled}
+        return self._matched(await pool.set_numbers_enabled(self.store, self._texts(raw),
+                                                            enabled))
 
     async def move_numbers(self, raw: Sequence[str], to_access_key: str,
                            force: bool) -> dict[str, Any]:
-        target = await self._account(to_access_key, customer=True)
-        xs = self._digits(raw)
-        for x in xs:
-            if await self.store.get_number(x) is None:
-                raise AdminError(404, f"no such number: {x}")
-        kept = await self.store.move_numbers(xs, target.id, force, self._now())
-        return {"moved": [x for x in xs if x not in kept], "kept": kept,
-                "account": target.access_key}
+        target = await self._account(to_access_key)
+        try:
+            change = await pool.move_numbers(self.store, self._texts(raw), target, force,
+                                             self._now())
+        except pool.PoolRefusal as exc:
+            raise AdminError(400, str(exc)) from None
+        return self._matched(change)
 
     async def remove_numbers(self, raw: Sequence[str], force: bool) -> dict[str, Any]:
-        xs = self._digits(raw)
-        kept = await self.store.remove_numbers(xs, force, self._now())
-        return {"removed": [x for x in xs if x not in kept], "kept": kept}
+        return self._matched(await pool.remove_numbers(self.store, self._texts(raw), force,
+                                                       self._now()))
 
     # --- bindings ------------------------------------------------------------------------------
     def _binding_json(self, binding: Binding, accounts: dict[int, Account],

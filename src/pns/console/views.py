@@ -49,7 +49,6 @@ NOTICES = {
     "numbers-disabled": "The numbers were disabled.",
     "numbers-enabled": "The numbers were enabled.",
     "numbers-moved": "The numbers were moved.",
-    "numbers-kept": "Some numbers have active bindings and were kept (tick force to end them).",
     "numbers-removed": "The numbers were removed.",
 }
 
@@ -271,12 +270,12 @@ class Console:
                          page="accounts", notice=self._notice(query), secret=None)
 
     async def _numbers(self, request: Request, session: Session,
-                       query: dict[str, str]) -> Reply:
+                       query: dict[str, str], notice: str = "") -> Reply:
         account = query.get("account", "")
         return self.page(200, "numbers.html", session,
                          numbers=await self.admin.numbers(account), account=account,
                          accounts=await self.admin.accounts(), page="numbers",
-                         notice=self._notice(query),
+                         notice=notice or self._notice(query),
                          here="/console/numbers?" + urlencode({"account": account}))
 
     async def _bindings(self, request: Request, session: Session,
@@ -371,7 +370,7 @@ class Console:
             await admin.audit(who, "account.update", f"{key} {op}")
             return self.redirect(_with_notice(back, "account-updated"))
         if parts == ["numbers"]:
-            return await self._numbers_change(session, form, back)
+            return await self._numbers_change(request, session, form, back)
         if len(parts) == 3 and parts[0] == "bindings":
             bind_id, op = parts[1], parts[2]
             if op == "unbind":
@@ -401,8 +400,13 @@ class Console:
             return self.redirect(_with_notice(back, "retried"))
         raise AdminError(404, "There is no such change.")
 
-    async def _numbers_change(self, session: Session, form: dict[str, str],
+    async def _numbers_change(self, request: Request, session: Session, form: dict[str, str],
                               back: str) -> Reply:
+        """Apply a change and tell what it did as the CLI and the admin API report it. A
+        change that found no number is refused (404, the error page); one that found some
+        but not all, kept some or met another account's numbers shows the page with those
+        named (a notice built here from the answer, never from the URL), a clean one
+        redirects with a fixed notice."""
         admin, who = self.admin, session.operator.name
         op = form.get("op", "")
         numbers = form.get("numbers", "").replace(",", "\n").splitlines()
@@ -411,23 +415,64 @@ class Console:
             account = form.get("account", "")
             added = await admin.add_numbers(account, numbers)
             await admin.audit(who, "numbers.add", f"{account} {added['added']} number(s)")
-            return self.redirect(_with_notice(back, "numbers-added"))
+            return await self._numbers_outcome(request, session, back, "numbers-added",
+                                               added_details(added))
         if op in ("disable", "enable"):
             changed = await admin.set_numbers_enabled(numbers, op == "enable")
-            await admin.audit(who, f"numbers.{op}", " ".join(changed["changed"]))
-            return self.redirect(_with_notice(back, f"numbers-{op}d"))
+            await admin.audit(who, f"numbers.{op}", " ".join(changed[f"{op}d"]))
+            return await self._numbers_outcome(request, session, back, f"numbers-{op}d",
+                                               change_details(changed, f"{op}d"))
         if op == "move":
             moved = await admin.move_numbers(numbers, form.get("account", ""), force)
-            await admin.audit(who, "numbers.move",
-                              f"{moved['account']} {' '.join(moved['moved'])}")
-            return self.redirect(_with_notice(back, "numbers-kept" if moved["kept"]
-                                              else "numbers-moved"))
+            await admin.audit(who, "numbers.move", f"{moved['to']} {' '.join(moved['moved'])}")
+            return await self._numbers_outcome(request, session, back, "numbers-moved",
+                                               change_details(moved, "moved"))
         if op == "remove":
             removed = await admin.remove_numbers(numbers, force)
             await admin.audit(who, "numbers.remove", " ".join(removed["removed"]))
-            return self.redirect(_with_notice(back, "numbers-kept" if removed["kept"]
-                                              else "numbers-removed"))
+            return await self._numbers_outcome(request, session, back, "numbers-removed",
+                                               change_details(removed, "removed"))
         raise AdminError(400, "choose what to do with the numbers")
+
+    async def _numbers_outcome(self, request: Request, session: Session, back: str,
+                               notice: str, details: str) -> Reply:
+        if not details:
+            return self.redirect(_with_notice(back, notice))
+        return await self._numbers(request, session, parse_query(back.partition("?")[2]),
+                                   notice=details)
+
+
+def _listed(numbers: list[str]) -> str:
+    """At most ten numbers, and how many more: a notice stays one readable line."""
+    more = f" and {len(numbers) - 10} more" if len(numbers) > 10 else ""
+    return ", ".join(numbers[:10]) + more
+
+
+def added_details(added: dict[str, Any]) -> str:
+    """What an add did beyond adding: the numbers the account had, and those another account
+    owns (with the owner, so the operator knows which to move)."""
+    parts = [f"{added['added']} added."]
+    if added["alreadyPresent"]:
+        parts.append(f"{added['alreadyPresent']} the account had already.")
+    others = added["ownedByOtherAccounts"]
+    if others:
+        parts.append("Not added, owned by another account: " + _listed(
+            [f"{o['number']} (account {o['account']})" for o in others])
+            + " (Move gives a number to another account).")
+    return " ".join(parts) if len(parts) > 1 else ""
+
+
+def change_details(report: dict[str, Any], done: str) -> str:
+    """How many numbers a remove, disable, enable or move changed (``done``: the report's
+    key for them), and those it kept or did not find; empty when it did what was asked
+    with every number."""
+    parts = [f"{len(report[done])} {done}."]
+    if report.get("kept"):
+        parts.append(f"Kept, with active bindings (tick force to end them): "
+                     f"{_listed(report['kept'])}.")
+    if report["notFound"]:
+        parts.append(f"Not found: {_listed(report['notFound'])}.")
+    return " ".join(parts) if len(parts) > 1 else ""
 
 
 def _form(body: bytes) -> dict[str, str]:
