@@ -118,20 +118,20 @@ class Api:
                 if not await self.service.store.claim_signature(key, expires_at, int(now)):
                     raise PnsError(Code.REPLAYED)
             data = await action.handler(self, account, decode(body, action.body), int(now))
-            return Response(200, envelope(Code.OK, "success", request_id, data,
-                                          action.top_level),
-                            request_id, action_name, 0)
+            return _succeeded(request_id, action_name, data, action.top_level)
         except PnsError as exc:
             return _refused(exc, request_id, action_name)
         except Exception:
             return _failed(request_id, action_name)
 
     def answer_now(self, headers: Mapping[str, str], body: bytes,
-                   client: str = "") -> Response | None:
-        """``handle`` for a ``queryAXB`` that needs no waiting (``Service.query_now``): the
-        switch's question on the embedded store, without a coroutine. None: ``handle`` must
-        answer it, and nothing was changed meanwhile (the checks it shares with ``handle``
-        change something only when they refuse, and a refusal is answered here)."""
+                   client: str = "") -> Response | Awaitable[Response] | None:
+        """``handle`` for a ``queryAXB``, without a coroutine when it needs no waiting
+        (``Service.query_now``): the switch's question on the embedded store. An awaitable:
+        the request passed every check and ``Service.query`` answers it (the checks are not
+        made twice). None: ``handle`` must answer it (another action, or an account not
+        cached), and nothing was changed meanwhile (the checks it shares with ``handle`` change
+        something only when they refuse, and a refusal is answered here)."""
         action_name = headers.get("action", "")
         if action_name != "queryAXB":
             return None
@@ -147,13 +147,22 @@ class Api:
             answer = self.service.query_now(account, req.caller, req.did, req.extension or None,
                                             int(now))
             if answer is None:
-                return None
-            return Response(200, envelope(Code.OK, "success", request_id, query_data(answer)),
-                            request_id, action_name, 0)
+                return self._query_later(account, req, int(now), request_id)
+            return _succeeded(request_id, action_name, query_data(answer))
         except PnsError as exc:
             return _refused(exc, request_id, action_name)
         except Exception:
             return _failed(request_id, action_name)
+
+    async def _query_later(self, account: Account, req: QueryBody, now: int,
+                           request_id: str) -> Response:
+        """The rest of a ``queryAXB`` that ``answer_now`` checked but could not answer at once."""
+        try:
+            return _succeeded(request_id, "queryAXB", await _query(self, account, req, now))
+        except PnsError as exc:
+            return _refused(exc, request_id, "queryAXB")
+        except Exception:
+            return _failed(request_id, "queryAXB")
 
     def _admit(self, headers: Mapping[str, str], client: str,
                actions: Mapping[str, Action] | None, now: float) -> Action:
@@ -198,6 +207,12 @@ class Api:
         if account.role not in action.roles:
             raise PnsError(Code.NO_PERMISSION,
                            f"role {account.role.value} may not {action_name}")
+
+
+def _succeeded(request_id: str, action_name: str, data: Any,
+               top_level: tuple[str, ...] = ()) -> Response:
+    return Response(200, envelope(Code.OK, "success", request_id, data, top_level), request_id,
+                    action_name, 0)
 
 
 def _refused(exc: PnsError, request_id: str, action_name: str) -> Response:

@@ -86,8 +86,10 @@ class App:
             if self._answers_now:
                 started = time.perf_counter()
                 response = self.api.answer_now(headers, request.body, request.client)
-                if response is not None:
+                if isinstance(response, Response):
                     return self._answered(response, time.perf_counter() - started, ACTIONS)
+                if response is not None:
+                    return self._later(response, started, ACTIONS)
             return self._api(headers, request.body, request.client)
         v1_action = V1_PATHS.get(path)
         if v1_action is not None:
@@ -141,12 +143,14 @@ class App:
                 new_snowflake()))
         return self._api(headers, request.body, request.client, V1_ACTIONS)
 
-    async def _api(self, headers: dict[str, str], body: bytes, client: str,
-                   actions: dict[str, Action] | None = None) -> Reply:
-        started = time.perf_counter()
-        response = await self.api.handle(headers, body, client, actions)
-        return self._answered(response, time.perf_counter() - started,
-                              ACTIONS if actions is None else actions)
+    def _api(self, headers: dict[str, str], body: bytes, client: str,
+             actions: dict[str, Action] | None = None) -> Awaitable[Reply]:
+        return self._later(self.api.handle(headers, body, client, actions), time.perf_counter(),
+                           ACTIONS if actions is None else actions)
+
+    async def _later(self, response: Awaitable[Response], started: float,
+                     known: dict[str, Action]) -> Reply:
+        return self._answered(await response, time.perf_counter() - started, known)
 
     def _answered(self, response: Response, elapsed: float,
                   known: dict[str, Action]) -> Reply:

@@ -1236,14 +1236,7 @@ class Service:
         self, account: Account, bind_id: str, customer_bind_id: str, now: int | None = None
     ) -> Binding:
         now = int(time.time()) if now is None else now
-        if bind_id:
-            binding = await self.store.get_binding(bind_id, now)
-        elif customer_bind_id:
-            binding = await self.store.find_by_customer_bind_id(account.id, customer_bind_id, now)
-        else:
-            raise PnsError(Code.BAD_PARAMETER, "bindId or customerBindId is required")
-        if binding is None or binding.account_id != account.id:
-            raise PnsError(Code.BINDING_NOT_EXIST)
+        binding = await self.get_binding(account, bind_id, customer_bind_id, now)
         if not await self.store.delete_binding(binding.bind_id):
             raise PnsError(Code.BINDING_NOT_EXIST)
         if binding.bind_type == BIND_TYPE_NXEYB and not binding.parent_bind_id:
