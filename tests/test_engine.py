@@ -28,7 +28,7 @@ import pytest
 
 from pns.client import PnsClient
 from pns.core import Service, Settings
-from pns.ids import WORKER_IDS
+from pns.ids import WORKER_IDS, new_snowflake
 from pns.model import Binding, CallRef, Role, VirtualNumber
 from pns.store import open_store
 from pns.store.callrefs import CallRefBuffer
@@ -315,6 +315,28 @@ def test_the_buffer_is_bounded_and_drops_the_oldest(caplog: pytest.LogCaptureFix
 
     asyncio.run(go())
     assert sum("buffer full" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_every_batch_size_of_call_references_is_written_whole(store_url: str) -> None:
+    """SQLite writes a batch in chunks of 64, 32, ..., 1 rows: sizes around each chunk's
+    edges must all land, every column in its place."""
+
+    async def go() -> None:
+        store = await open_store(store_url)
+        try:
+            for size in (1, 2, 3, 31, 63, 64, 65, 127, 128, 129, 200):
+                refs = [CallRef(new_snowflake(), f"{size:032d}", size, "85230000000",
+                                f"caller{i}", f"callee{i}", f"c{i}", f"b{i}", i % 3, T0 + i,
+                                size + 1) for i in range(size)]
+                for ref in refs:
+                    store.record_call(ref)
+                await store.flush_calls()
+                for ref in refs:
+                    assert await store.get_call(ref.call_id) == ref
+        finally:
+            await store.close()
+
+    asyncio.run(go())
 
 
 def test_sigkill_after_queries_then_reports_still_join(tmp_path: Path) -> None:
