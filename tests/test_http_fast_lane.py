@@ -40,8 +40,9 @@ names = st.one_of(
 )
 values = st.one_of(
     st.sampled_from(["127.0.0.1:8080", "application/json", "queryAXB", "5", "close",
-                     "keep-alive", "chunked", "100-continue", "websocket", "a: b", "a  b"]),
-    st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=24),
+                     "keep-alive", "chunked", "100-continue", "websocket", "a: b", "a  b",
+                     "a \t b"]),
+    st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), min_size=1, max_size=24),
 ).map(str.encode)
 
 

@@ -93,10 +93,10 @@ _HEADER_OVERHEAD = 4
 # The fast lane (``_Connection._take_plain``): a request in the plainest form every client of
 # the API sends, taken without httptools. Each piece is a strict subset of what httptools
 # accepts, written so that it can only mean one thing: one SP between the parts of the request
-# line, exactly ": " after a token name, values of visible ASCII with single inner spaces (no
-# OWS for the two parsers to trim differently), no query or percent-encoding in the path.
+# line, exactly ": " after a token name, values of visible ASCII and inner spaces (no OWS for
+# the two parsers to trim differently), no query or percent-encoding in the path.
 _PLAIN_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
-_PLAIN_VALUE = rb"[!-~]+(?: [!-~]+)*"
+_PLAIN_VALUE = rb"[!-~][ -~]*(?<! )"
 _PLAIN_PATH = rb"/[A-Za-z0-9\-._~!$&'()*+,;=:@/]*"
 _PLAIN_HEAD = re.compile(rb"(GET|POST) (" + _PLAIN_PATH + rb") HTTP/1\.1\r\n((?:" + _PLAIN_TOKEN
                          + rb": " + _PLAIN_VALUE + rb"\r\n)*)\r\n")
