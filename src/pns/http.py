@@ -113,13 +113,14 @@ _EAGER_TASKS = sys.version_info >= (3, 12)
 
 
 class _DateHeader:
-    """``Date: ...\\r\\n`` (RFC 9110 6.6.1), formatted once per second."""
+    """``Date: ...\\r\\n`` (RFC 9110 6.6.1), formatted once per second. Asked for by a
+    method, not ``__call__``: calling an instance costs a type lookup on every answer."""
 
     def __init__(self) -> None:
         self._second = -1
         self._line = b""
 
-    def __call__(self) -> bytes:
+    def line(self) -> bytes:
         now = time.time()
         second = int(now)
         if second != self._second:
@@ -132,18 +133,23 @@ _date = _DateHeader()
 _status_lines: dict[tuple[int, str], bytes] = {}
 
 
-def _head(status: int, content_type: str, length: int, close: bool,
-          extra: tuple[tuple[str, str], ...] = ()) -> bytes:
-    prefix = _status_lines.get((status, content_type))
+def _answer(reply: Reply, close: bool, head: bool = False) -> bytes:
+    """Head and body in one formatting: the body is copied once, into the answer."""
+    prefix = _status_lines.get((reply.status, reply.content_type))
     if prefix is None:
-        reason = _REASONS.get(status, "Unknown")
-        prefix = f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n".encode(
-            "latin-1")
-        _status_lines[(status, content_type)] = prefix
+        reason = _REASONS.get(reply.status, "Unknown")
+        prefix = f"HTTP/1.1 {reply.status} {reason}\r\nContent-Type: {reply.content_type}\r\n"\
+            .encode("latin-1")
+        _status_lines[(reply.status, reply.content_type)] = prefix
+    extra = reply.headers
     more = "".join(f"{name}: {value}\r\n" for name, value in extra).encode(
         "latin-1") if extra else b""
-    return b"%s%sContent-Length: %d\r\n%s%s\r\n" % (
-        prefix, _date(), length, more, b"Connection: close\r\n" if close else b"")
+    body = reply.body
+    # The answer to HEAD has no content (RFC 9110 9.3.2): bytes after its head would be read
+    # as the start of the next answer on a keep-alive connection.
+    return b"%s%sContent-Length: %d\r\n%s%s\r\n%s" % (
+        prefix, _date.line(), len(body), more, b"Connection: close\r\n" if close else b"",
+        b"" if head else body)
 
 
 class _Resumed:
@@ -295,7 +301,7 @@ class _Connection(asyncio.Protocol):
         self._client = str(peer[0]) if isinstance(peer, tuple) else ""
         if len(self._server.connections) >= self._limits.max_connections:
             self._closing = True
-            transport.write(self._answer(self._server.error_reply(503), close=True))  # type: ignore[attr-defined]
+            transport.write(_answer(self._server.error_reply(503), close=True))  # type: ignore[attr-defined]
             transport.close()
             return
         self._server.connections.add(self)
@@ -600,21 +606,13 @@ class _Connection(asyncio.Protocol):
         if transport is None or transport.is_closing():
             return
         close = not keep_alive
-        # The answer to HEAD has no content (RFC 9110 9.3.2): bytes after its head would be
-        # read as the start of the next answer on a keep-alive connection.
-        transport.write(self._answer(reply, close, head=request.method == "HEAD"))
+        transport.write(_answer(reply, close, request.method == "HEAD"))
         if close:
             self._closing = True
             if self._unparsed or self._queue or self._in_message:
                 self._linger()  # the client sent more: let it read this answer first
             else:
                 transport.close()
-
-    @staticmethod
-    def _answer(reply: Reply, close: bool, head: bool = False) -> bytes:
-        return _head(reply.status, reply.content_type, len(reply.body), close,
-                     reply.headers) + (
-            b"" if head else reply.body)
 
     def _fail(self, status: int) -> None:
         """A transport-level error: nothing more is parsed. Requests complete before the bad
@@ -633,7 +631,7 @@ class _Connection(asyncio.Protocol):
         if transport is None or transport.is_closing():
             return
         self._closing = True
-        transport.write(self._answer(self._server.error_reply(status), close=True))
+        transport.write(_answer(self._server.error_reply(status), close=True))
         self._linger()
 
     def _linger(self) -> None:
