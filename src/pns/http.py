@@ -207,16 +207,6 @@ class _Shape(NamedTuple):
                    names.index(b"content-length") if b"content-length" in names else -1)
 
 
-def _plain_body(data: bytes, start: int, length: bytes | None) -> bytes | None:
-    """The body of a plain request, if its Content-Length (none: no body) counts exactly the
-    bytes after the head. Anything else (leading zeros, a sign, a pipelined request behind)
-    is left to httptools."""
-    body = data[start:]
-    if length is None:
-        return None if body else body
-    return body if length == b"%d" % len(body) else None
-
-
 class _Server:
     def __init__(self, app: App, error_reply: ErrorReply, limits: Limits, clock: Clock,
                  first_step_outside_task: bool = False):
@@ -361,14 +351,11 @@ class _Connection(asyncio.Protocol):
         What happens next is what ``on_message_complete`` and ``_feed`` do for the same bytes
         fed in one slice."""
         shape = self._shape
-        match = shape.pattern.match(data) if shape is not None else None
-        if shape is not None and match is not None:
+        if shape is not None and (match := shape.pattern.match(data)) is not None:
             path, *values = match.groups()
-            body = _plain_body(data, match.end(),
-                               values[shape.length_at] if shape.length_at >= 0 else None)
-            if body is None:
-                return False
             method, headers = shape.method, dict(zip(shape.names, values, strict=True))
+            length = values[shape.length_at] if shape.length_at >= 0 else None
+            lines = None
         else:
             match = _PLAIN_HEAD.match(data)
             if match is None:
@@ -382,11 +369,14 @@ class _Connection(asyncio.Protocol):
                 headers[name.lower()] = value
             if len(headers) != len(lines) or not _PLAIN_REFUSES.isdisjoint(headers):
                 return False
-            body = _plain_body(data, match.end(), headers.get(b"content-length"))
-            if body is None:
-                return False
-            method = raw_method.decode("ascii")
-            self._shape = self._server.shape(raw_method, lines)
+            method, length = raw_method.decode("ascii"), headers.get(b"content-length")
+        body = data[match.end():]
+        # The Content-Length (none: no body) counts exactly the bytes after the head. Anything
+        # else (leading zeros, a sign, a pipelined request behind) is left to httptools.
+        if (length != b"%d" % len(body)) if length is not None else body:
+            return False
+        if lines is not None:
+            self._shape = self._server.shape(match[1], lines)
         self._queue.append((Request(method, path.decode("ascii"), headers, body, self._client),
                             True))
         self._unprogressed = len(data)
@@ -563,7 +553,8 @@ class _Connection(asyncio.Protocol):
             # A request begun meanwhile keeps the request timeout, not the keep-alive one.
             self._arm(self._limits.request_timeout if self._in_message
                       else self._limits.keepalive_timeout)
-            self._notify_idle()
+            if self._server.idle_waiters:  # a shutdown waits: rarely, so no call otherwise
+                self._notify_idle()
 
     async def _finish(self, request: Request, keep_alive: bool,
                       answer: Awaitable[Reply]) -> None:
