@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from pns.http import _SLICE, Request
 
-from .test_http_protocol import Harness, run
+from .test_http_protocol import Harness, run, settle
 
 TOKEN_CHARS = "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 PATH_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$&'()*+,;=:@/"
@@ -238,4 +238,24 @@ def test_a_request_longer_than_a_slice_is_left_to_httptools() -> None:
         h = Harness()
         h.feed(request)
         assert len(h.seen) == 1 and h.connection._shape is None
+    run(test)
+
+
+def test_plain_requests_behind_one_that_waits_are_answered_in_order() -> None:
+    """While the app waits on one request, plain ones queue behind it as httptools' would,
+    and are answered in order once it is answered."""
+    async def test() -> None:
+        gate = asyncio.Event()
+        fast, slow = Harness(gate=gate), Harness(gate=gate)
+        slow.connection._take_plain = lambda data: False  # type: ignore[method-assign]
+        for h in (fast, slow):
+            for n in range(3):
+                h.feed(QUERY.replace(b"0123abcd", b"%08d" % n))
+        await asyncio.sleep(0)
+        assert fast.transport.written == slow.transport.written == b""
+        assert len(fast.connection._queue) == len(slow.connection._queue) == 2
+        gate.set()
+        await settle(lambda: len(fast.answers()) == len(slow.answers()) == 3)
+        assert _outcome(fast) == _outcome(slow)
+        assert [r.headers[b"sign"] for r in fast.seen] == [b"%08d" % n for n in range(3)]
     run(test)
