@@ -200,7 +200,7 @@ class _Shape(NamedTuple):
     pattern: re.Pattern[bytes]
     method: str
     names: tuple[bytes, ...]  # lower-case, in order
-    length_at: int  # where Content-Length is among the values, -1: absent
+    length_at: int  # which group is Content-Length's value; 0 (the path's): none
 
     @classmethod
     def of(cls, method: bytes, raw_names: tuple[bytes, ...]) -> _Shape:
@@ -210,7 +210,7 @@ class _Shape(NamedTuple):
         return cls(re.compile(re.escape(method) + b" (" + _PLAIN_PATH + rb") HTTP/1\.1\r\n"
                               + fields + rb"\r\n"),
                    method.decode("ascii"), names,
-                   names.index(b"content-length") if b"content-length" in names else -1)
+                   names.index(b"content-length") + 1 if b"content-length" in names else 0)
 
 
 class _Server:
@@ -358,9 +358,10 @@ class _Connection(asyncio.Protocol):
         fed in one slice."""
         shape = self._shape
         if shape is not None and (match := shape.pattern.match(data)) is not None:
-            path, *values = match.groups()
-            method, headers = shape.method, dict(zip(shape.names, values, strict=True))
-            length = values[shape.length_at] if shape.length_at >= 0 else None
+            groups = match.groups()  # the path, then the values
+            # One name per value by construction; strict= would cost a keyword dict per call.
+            method, headers = shape.method, dict(zip(shape.names, groups[1:]))  # noqa: B905
+            path, length = groups[0], groups[shape.length_at] if shape.length_at else None
             lines = None
         else:
             match = _PLAIN_HEAD.match(data)
