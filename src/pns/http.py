@@ -11,6 +11,12 @@ otherwise grow without bound. Input is fed to the parser in slices of at most ``
 bytes, which bounds both how far a count can lag behind the bytes and how many pipelined
 requests one slice can add to the queue.
 
+httptools' callbacks, thirteen per request, cost more than the rest of the layer. A request
+that arrives whole in one read, in the plainest form (``_PLAIN_HEAD``), is read by a regex
+instead; anything else, or anything in doubt, goes to httptools untouched. Two parsers that
+read the same bytes differently are how requests are smuggled: tests/test_http_fast_lane.py
+holds the two readings equal.
+
 An answer that needs no I/O is written from ``data_received`` itself, with no task: the app
 answers such routes with a ``Reply``, and on Python 3.12+ a coroutine starts as an eager task
 (it becomes a scheduled task only if it waits). Python 3.11 has no eager tasks. There, when the
@@ -26,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import sys
 import time
 from collections import deque
@@ -89,18 +96,37 @@ _EMPTY = memoryview(b"")
 # name and value, counted too so that many empty headers are not free.
 _HEADER_OVERHEAD = 4
 
+# The fast lane (``_Connection._take_plain``): a request in the plainest form every client of
+# the API sends, taken without httptools. Each piece is a strict subset of what httptools
+# accepts, written so that it can only mean one thing: one SP between the parts of the request
+# line, exactly ": " after a token name, values of visible ASCII and inner spaces (no OWS for
+# the two parsers to trim differently), no query or percent-encoding in the path.
+_PLAIN_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_PLAIN_VALUE = rb"[!-~][ -~]*(?<! )"
+_PLAIN_PATH = rb"/[A-Za-z0-9\-._~!$&'()*+,;=:@/]*"
+_PLAIN_HEAD = re.compile(rb"(GET|POST) (" + _PLAIN_PATH + rb") HTTP/1\.1\r\n((?:" + _PLAIN_TOKEN
+                         + rb": " + _PLAIN_VALUE + rb"\r\n)*)\r\n")
+# Headers that change framing, the connection or the answer (httptools' and ``on_headers_
+# complete``'s own): a request with any of them is left to httptools. Content-Length is
+# checked by the fast lane itself.
+_PLAIN_REFUSES = frozenset((b"transfer-encoding", b"connection", b"proxy-connection",
+                            b"upgrade", b"expect"))
+# Compiled shapes kept per server; past this many, new shapes take the strict lane only.
+_SHAPES = 64
+
 _REASONS = {status.value: status.phrase for status in HTTPStatus}
 _EAGER_TASKS = sys.version_info >= (3, 12)
 
 
 class _DateHeader:
-    """``Date: ...\\r\\n`` (RFC 9110 6.6.1), formatted once per second."""
+    """``Date: ...\\r\\n`` (RFC 9110 6.6.1), formatted once per second. Asked for by a
+    method, not ``__call__``: calling an instance costs a type lookup on every answer."""
 
     def __init__(self) -> None:
         self._second = -1
         self._line = b""
 
-    def __call__(self) -> bytes:
+    def line(self) -> bytes:
         now = time.time()
         second = int(now)
         if second != self._second:
@@ -113,18 +139,23 @@ _date = _DateHeader()
 _status_lines: dict[tuple[int, str], bytes] = {}
 
 
-def _head(status: int, content_type: str, length: int, close: bool,
-          extra: tuple[tuple[str, str], ...] = ()) -> bytes:
-    prefix = _status_lines.get((status, content_type))
+def _answer(reply: Reply, close: bool, head: bool = False) -> bytes:
+    """Head and body in one formatting: the body is copied once, into the answer."""
+    prefix = _status_lines.get((reply.status, reply.content_type))
     if prefix is None:
-        reason = _REASONS.get(status, "Unknown")
-        prefix = f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n".encode(
-            "latin-1")
-        _status_lines[(status, content_type)] = prefix
+        reason = _REASONS.get(reply.status, "Unknown")
+        prefix = f"HTTP/1.1 {reply.status} {reason}\r\nContent-Type: {reply.content_type}\r\n"\
+            .encode("latin-1")
+        _status_lines[(reply.status, reply.content_type)] = prefix
+    extra = reply.headers
     more = "".join(f"{name}: {value}\r\n" for name, value in extra).encode(
         "latin-1") if extra else b""
-    return b"%s%sContent-Length: %d\r\n%s%s\r\n" % (
-        prefix, _date(), length, more, b"Connection: close\r\n" if close else b"")
+    body = reply.body
+    # The answer to HEAD has no content (RFC 9110 9.3.2): bytes after its head would be read
+    # as the start of the next answer on a keep-alive connection.
+    return b"%s%sContent-Length: %d\r\n%s%s\r\n%s" % (
+        prefix, _date.line(), len(body), more, b"Connection: close\r\n" if close else b"",
+        b"" if head else body)
 
 
 class _Resumed:
@@ -158,6 +189,30 @@ async def _resume(coroutine: Coroutine[Any, Any, None], waiting_on: Any) -> None
     await _Resumed(coroutine, waiting_on)
 
 
+class _Shape(NamedTuple):
+    """A plain request's method and header names, compiled into one regex whose groups are
+    the path and the values. A client sends the same head request after request, but for a
+    few values: matching its shape costs a fraction of ``_PLAIN_HEAD`` and the loop that
+    takes its headers apart (bench/query_cost.py). A shape is made only from names the strict
+    lane accepted, and spelled with the same pieces, so it accepts a subset of what
+    ``_PLAIN_HEAD`` does and reads it the same way."""
+
+    pattern: re.Pattern[bytes]
+    method: str
+    names: tuple[bytes, ...]  # lower-case, in order
+    length_at: int  # which group is Content-Length's value; 0 (the path's): none
+
+    @classmethod
+    def of(cls, method: bytes, raw_names: tuple[bytes, ...]) -> _Shape:
+        fields = b"".join(re.escape(name) + b": (" + _PLAIN_VALUE + rb")\r\n"
+                          for name in raw_names)
+        names = tuple(name.lower() for name in raw_names)
+        return cls(re.compile(re.escape(method) + b" (" + _PLAIN_PATH + rb") HTTP/1\.1\r\n"
+                              + fields + rb"\r\n"),
+                   method.decode("ascii"), names,
+                   names.index(b"content-length") + 1 if b"content-length" in names else 0)
+
+
 class _Server:
     def __init__(self, app: App, error_reply: ErrorReply, limits: Limits, clock: Clock,
                  first_step_outside_task: bool = False):
@@ -165,10 +220,24 @@ class _Server:
         self.error_reply = error_reply
         self.limits = limits
         self.clock = clock
+        # The longest request the fast lane takes: one slice (so httptools, fed the same
+        # bytes, would count no more than them), and no longer than any limit, so that none
+        # can refuse it: its URL, body and header bytes (in the plain form a header line is
+        # exactly the ": " and CRLF that ``on_header`` counts) are each shorter than itself.
+        self.plain_max = min(_SLICE, limits.max_header_bytes, limits.max_url,
+                             limits.max_body) if limits.max_pipelined > 0 else 0
+        self.shapes: dict[tuple[bytes, tuple[bytes, ...]], _Shape] = {}
         self.first_step_outside_task = first_step_outside_task and not _EAGER_TASKS
         self.connections: set[_Connection] = set()
         self.ticker: asyncio.TimerHandle | None = None
         self.idle_waiters: list[asyncio.Future[None]] = []
+
+    def shape(self, method: bytes, lines: list[bytes]) -> _Shape | None:
+        raw_names = tuple(line.partition(b": ")[0] for line in lines)
+        shape = self.shapes.get((method, raw_names))
+        if shape is None and len(self.shapes) < _SHAPES:
+            shape = self.shapes[(method, raw_names)] = _Shape.of(method, raw_names)
+        return shape
 
 
 class _Connection(asyncio.Protocol):
@@ -208,6 +277,8 @@ class _Connection(asyncio.Protocol):
         self._client_done = False
         # A request has begun arriving and is not complete.
         self._in_message = False
+        # The shape of this client's last plain request: the first the fast lane tries.
+        self._shape: _Shape | None = None
         self._reset_message()
 
     def _reset_message(self) -> None:
@@ -226,7 +297,7 @@ class _Connection(asyncio.Protocol):
         self._client = str(peer[0]) if isinstance(peer, tuple) else ""
         if len(self._server.connections) >= self._limits.max_connections:
             self._closing = True
-            transport.write(self._answer(self._server.error_reply(503), close=True))  # type: ignore[attr-defined]
+            transport.write(_answer(self._server.error_reply(503), close=True))  # type: ignore[attr-defined]
             transport.close()
             return
         self._server.connections.add(self)
@@ -267,9 +338,58 @@ class _Connection(asyncio.Protocol):
             return  # a refused request's rest: read, and thrown away
         if self._unparsed:  # only when reading was paused and the transport sent more anyway
             self._unparsed = memoryview(bytes(self._unparsed) + data)
+        elif (len(data) <= self._server.plain_max and not self._in_message and not self._queue
+              and self._drained is None and self._take_plain(data)):
+            return
         else:
             self._unparsed = memoryview(data)
         self._feed()
+
+    # --- the fast lane ------------------------------------------------------------------------
+    def _take_plain(self, data: bytes) -> bool:
+        """Take ``data`` as one request without httptools, if it is exactly one whole request
+        in the plainest form (see ``_PLAIN_HEAD``), with no header that httptools or
+        ``on_headers_complete`` treats specially; else leave it, untouched, to httptools.
+
+        httptools' callbacks cost more than half the HTTP layer's time per request. Called
+        only between requests (nothing unparsed, none in progress or queued), when httptools
+        is idle and has nothing of this request; it stays idle, as after a message it parsed.
+        What happens next is what ``on_message_complete`` and ``_feed`` do for the same bytes
+        fed in one slice."""
+        shape = self._shape
+        if shape is not None and (match := shape.pattern.match(data)) is not None:
+            groups = match.groups()  # the path, then the values
+            # One name per value by construction; strict= would cost a keyword dict per call.
+            method, headers = shape.method, dict(zip(shape.names, groups[1:]))  # noqa: B905
+            path, length = groups[0], groups[shape.length_at] if shape.length_at else None
+            lines = None
+        else:
+            match = _PLAIN_HEAD.match(data)
+            if match is None:
+                return False
+            raw_method, path, block = match.groups()
+            lines = block.split(b"\r\n")
+            del lines[-1]  # after the last line's CRLF
+            headers = {}
+            for line in lines:
+                name, _, value = line.partition(b": ")
+                headers[name.lower()] = value
+            if len(headers) != len(lines) or not _PLAIN_REFUSES.isdisjoint(headers):
+                return False
+            method, length = raw_method.decode("ascii"), headers.get(b"content-length")
+        body = data[match.end():]
+        # The Content-Length (none: no body) counts exactly the bytes after the head. Anything
+        # else (leading zeros, a sign, a pipelined request behind) is left to httptools.
+        if (length != b"%d" % len(body)) if length is not None else body:
+            return False
+        if lines is not None:
+            self._shape = self._server.shape(match[1], lines)
+        self._queue.append((Request(method, path.decode("ascii"), headers, body, self._client),
+                            True))
+        self._unprogressed = len(data)
+        self._deadline = _NEVER
+        self._pump()
+        return True
 
     # --- feeding the parser -----------------------------------------------------------------
     def _feed(self) -> None:
@@ -440,7 +560,8 @@ class _Connection(asyncio.Protocol):
             # A request begun meanwhile keeps the request timeout, not the keep-alive one.
             self._arm(self._limits.request_timeout if self._in_message
                       else self._limits.keepalive_timeout)
-            self._notify_idle()
+            if self._server.idle_waiters:  # a shutdown waits: rarely, so no call otherwise
+                self._notify_idle()
 
     async def _finish(self, request: Request, keep_alive: bool,
                       answer: Awaitable[Reply]) -> None:
@@ -483,21 +604,13 @@ class _Connection(asyncio.Protocol):
         if transport is None or transport.is_closing():
             return
         close = not keep_alive
-        # The answer to HEAD has no content (RFC 9110 9.3.2): bytes after its head would be
-        # read as the start of the next answer on a keep-alive connection.
-        transport.write(self._answer(reply, close, head=request.method == "HEAD"))
+        transport.write(_answer(reply, close, request.method == "HEAD"))
         if close:
             self._closing = True
             if self._unparsed or self._queue or self._in_message:
                 self._linger()  # the client sent more: let it read this answer first
             else:
                 transport.close()
-
-    @staticmethod
-    def _answer(reply: Reply, close: bool, head: bool = False) -> bytes:
-        return _head(reply.status, reply.content_type, len(reply.body), close,
-                     reply.headers) + (
-            b"" if head else reply.body)
 
     def _fail(self, status: int) -> None:
         """A transport-level error: nothing more is parsed. Requests complete before the bad
@@ -516,7 +629,7 @@ class _Connection(asyncio.Protocol):
         if transport is None or transport.is_closing():
             return
         self._closing = True
-        transport.write(self._answer(self._server.error_reply(status), close=True))
+        transport.write(_answer(self._server.error_reply(status), close=True))
         self._linger()
 
     def _linger(self) -> None:
