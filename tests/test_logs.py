@@ -106,6 +106,76 @@ def test_access_lines_are_written_in_batches_as_logging_would(restore_logging: N
                         r"ms=0\.123", lines[0])
 
 
+def _logging_line(fmt: str, created: float, message: str) -> str:
+    """What logging (text) or ``json.dumps`` (json) makes of an INFO pns.access record made
+    at ``created``: the reference the writer's access lines must equal byte for byte."""
+    msecs = int((created - int(created)) * 1000)
+    if fmt == "json":
+        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{msecs:03d}Z"
+        return json.dumps({"ts": ts, "level": "info", "logger": "pns.access", "msg": message},
+                          ensure_ascii=False)
+    record = logging.LogRecord("pns.access", logging.INFO, __file__, 0, message, None, None)
+    record.created, record.msecs = created, msecs + 0.0
+    return logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s").format(record)
+
+
+# Around a second's end (a cached second must not outlive it), back in time, and on both of
+# London's 2024 clock changes (at 01:00 UTC the local hour jumps to 02:00 on 31 March and
+# falls back from 02:00 to 01:00 on 27 October).
+SECOND = 1_711_846_800.0  # 2024-03-31 01:00:00 UTC
+TIMES = [SECOND - 1.0005, SECOND - 0.0015, SECOND - 0.0004, SECOND, SECOND + 0.0009,
+         SECOND + 0.999, SECOND + 0.9999999, SECOND - 0.9999, SECOND + 1.0, SECOND + 3600.5,
+         1_729_990_799.9995, 1_729_990_800.0004, 1_729_994_399.999, 1_729_994_400.001]
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+@pytest.mark.parametrize("tz", ["UTC", "Europe/London", "Asia/Hong_Kong"])
+def test_access_lines_equal_loggings_at_any_time(restore_logging: None,
+                                                 monkeypatch: pytest.MonkeyPatch, fmt: str,
+                                                 tz: str) -> None:
+    """Each access line equals what logging (or ``json.dumps``) makes of the record at its
+    time, across second boundaries, out of order and across DST changes; JSON escapes what
+    ``json.dumps`` escapes; a log record between access lines keeps its place."""
+    monkeypatch.setenv("TZ", tz)
+    time.tzset()
+    try:
+        out = io.StringIO()
+        logs.configure("info", fmt, stream=out)
+        writer = logs._writer
+        assert writer is not None
+        entries = [(t, f"{i:019d}", "queryAXB", i % 3 * 1000, 0.000123 * i + 0.0000005)
+                   for i, t in enumerate(TIMES)]
+        entries.append((SECOND, "7", 'a"b\\c\nd\x01e\u00e9\u2028', -1, 12.3456789))
+        for entry in entries[:5]:
+            writer.put(entry)
+        logging.getLogger("pns.test").warning("between")
+        for entry in entries[5:]:
+            writer.put(entry)
+        logs.stop_writer()
+        lines = [_logging_line(fmt, created, f"requestId={request_id} action={action} "
+                                             f"code={code:d} ms={seconds * 1000:.3f}")
+                 for created, request_id, action, code, seconds in entries]
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    text = out.getvalue()
+    between = re.search(r"^.*between.*$", text, re.MULTILINE)
+    assert between is not None
+    lines.insert(5, between.group())
+    assert text == "".join(line + "\n" for line in lines)
+
+
+def test_an_access_entry_that_cannot_be_formatted_is_lost_alone(restore_logging: None) -> None:
+    out = io.StringIO()
+    logs.configure("info", "text", stream=out)
+    writer = logs._writer
+    assert writer is not None
+    for code in (1, "not a code", 2):
+        writer.put((SECOND, "1", "queryAXB", code, 0.0))  # type: ignore[arg-type]
+    logs.stop_writer()
+    assert re.findall(r"code=(\S+)", out.getvalue()) == ["1", "2"]
+
+
 def test_a_stalled_log_never_blocks_the_service(restore_logging: None) -> None:
     """A log pipe nobody reads: the writer thread blocks, the service does not. Past the
     queue's capacity lines are dropped and counted, and the count is logged once the log
