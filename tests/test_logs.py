@@ -100,8 +100,8 @@ def test_access_lines_are_written_in_batches_as_logging_would(restore_logging: N
                                (f"{0:019d}", "queryAXB", 0, 0.123), None)
     formatter = logs.TextFormatter()
     expected = formatter.format(record)
-    created = record.created
-    assert formatter.format_access(created, record.getMessage()) == expected
+    entry = (record.created, f"{0:019d}", "queryAXB", 0, 0.000123)
+    assert formatter.format_access([entry]) == expected + "\n"
     assert re.fullmatch(r"\S+ \S+ INFO pns\.access requestId=0{19} action=queryAXB code=0 "
                         r"ms=0\.123", lines[0])
 
