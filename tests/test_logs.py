@@ -100,7 +100,7 @@ def test_access_lines_are_written_in_batches_as_logging_would(restore_logging: N
                                (f"{0:019d}", "queryAXB", 0, 0.123), None)
     formatter = logs.TextFormatter()
     expected = formatter.format(record)
-    entry = (record.created, f"{0:019d}", "queryAXB", 0, 0.000123)
+    entry = (record.created, f"{0:019d}", "queryAXB", 0, 0.123)
     assert formatter.format_access([entry]) == expected + "\n"
     assert re.fullmatch(r"\S+ \S+ INFO pns\.access requestId=0{19} action=queryAXB code=0 "
                         r"ms=0\.123", lines[0])
@@ -117,6 +117,22 @@ def _logging_line(fmt: str, created: float, message: str) -> str:
     record = logging.LogRecord("pns.access", logging.INFO, __file__, 0, message, None, None)
     record.created, record.msecs = created, msecs + 0.0
     return logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s").format(record)
+
+
+def _access_line(fmt: str, entry: logs.AccessEntry) -> str:
+    created, request_id, action, code, milliseconds = entry
+    return _logging_line(fmt, created, f"requestId={request_id} action={action} code={code:d} "
+                                       f"ms={milliseconds:.3f}")
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_timestamps_stay_right_when_their_cache_is_emptied(fmt: str) -> None:
+    """Past a few seconds of distinct milliseconds the formatter forgets its timestamps'
+    text and makes it anew."""
+    formatter = logs.JsonFormatter() if fmt == "json" else logs.TextFormatter()
+    entries = [(SECOND + i * 0.0010007, "1", "queryAXB", 0, 0.5) for i in range(9000)]
+    text = formatter.format_access(entries[:5000]) + formatter.format_access(entries[5000:])
+    assert text == "".join(_access_line(fmt, entry) + "\n" for entry in entries)
 
 
 # Around a second's end (a cached second must not outlive it), back in time, and on both of
@@ -143,18 +159,16 @@ def test_access_lines_equal_loggings_at_any_time(restore_logging: None,
         logs.configure("info", fmt, stream=out)
         writer = logs._writer
         assert writer is not None
-        entries = [(t, f"{i:019d}", "queryAXB", i % 3 * 1000, 0.000123 * i + 0.0000005)
+        entries = [(t, f"{i:019d}", "queryAXB", i % 3 * 1000, 0.123 * i + 0.0005)
                    for i, t in enumerate(TIMES)]
-        entries.append((SECOND, "7", 'a"b\\c\nd\x01e\u00e9\u2028', -1, 12.3456789))
+        entries.append((SECOND, "7", 'a"b\\c\nd\x01e\u00e9\u2028', -1, 12345.6789))
         for entry in entries[:5]:
             writer.put(entry)
         logging.getLogger("pns.test").warning("between")
         for entry in entries[5:]:
             writer.put(entry)
         logs.stop_writer()
-        lines = [_logging_line(fmt, created, f"requestId={request_id} action={action} "
-                                             f"code={code:d} ms={seconds * 1000:.3f}")
-                 for created, request_id, action, code, seconds in entries]
+        lines = [_access_line(fmt, entry) for entry in entries]
     finally:
         monkeypatch.undo()
         time.tzset()

@@ -70,64 +70,77 @@ class _MaskedTracebacks(logging.Formatter):
         return mask_number(text) if self.mask else text
 
 
+# (time.time(), requestId, action, code, duration in milliseconds): what ``access_log``
+# queues, the arguments of one access line.
 AccessEntry = tuple[float, str, str, int, float]
 
 
-class _Seconds(dict[int, str]):
-    """A timestamp's text to the second, by whole second: the lines of one second share it,
-    so it is made once a second rather than once a line."""
+class _Stamps(dict[tuple[int, int], str]):
+    """A timestamp's text by (whole second, milliseconds): the lines of one millisecond share
+    it, and a second's text is made once for all its milliseconds, so neither ``strftime``
+    nor the milliseconds' formatting runs once a line."""
 
-    def __init__(self, make: Callable[[int], str]):
+    def __init__(self, second: Callable[[int], str], msec_format: str):
         super().__init__()
-        self._make = make
+        self._second = second
+        self._msec_format = msec_format
+        self._seconds: dict[int, str] = {}
 
-    def __missing__(self, second: int) -> str:
-        if len(self) >= 4:
-            self.clear()  # lines come in time order: older seconds are not asked for again
-        text = self[second] = self._make(second)
-        return text
+    def __missing__(self, key: tuple[int, int]) -> str:
+        if len(self) >= 4096:  # a few seconds' worth: lines come in time order
+            self.clear()
+            self._seconds.clear()
+        second, msecs = key
+        text = self._seconds.get(second)
+        if text is None:
+            text = self._seconds[second] = self._second(second)
+        stamp = self[key] = self._msec_format % (text, msecs)
+        return stamp
 
 
-def _access_lines(template: str, seconds: _Seconds, created: Sequence[float],
+def _access_lines(template: str, stamps: _Stamps, created: Sequence[float],
                   request_ids: Sequence[str], actions: Sequence[str], codes: Sequence[int],
-                  durations: Sequence[float]) -> str:
+                  milliseconds: Sequence[float]) -> str:
     """A batch's lines, each ending in a newline, made by one ``%`` of ``template`` repeated
-    (its fields: the second's text, milliseconds, then ``_ACCESS_MSG``'s): every step runs in
-    C over the whole batch, as a Python loop over lines would cost more than the log's
-    budget. The milliseconds are logging's (``LogRecord.msecs``): ``int((created -
+    (its fields: the timestamp's text, then ``_ACCESS_MSG``'s): every step runs in C over the
+    whole batch, as a Python loop over lines would cost more than the log's budget. The
+    milliseconds of the timestamp are logging's (``LogRecord.msecs``): ``int((created -
     int(created)) * 1000)``."""
     whole = list(map(int, created))
     msecs = map(int, map(mul, map(sub, created, whole), repeat(1000)))
-    milliseconds = map(mul, durations, repeat(1000))
     return (template * len(whole)) % tuple(chain.from_iterable(zip(
-        map(seconds.__getitem__, whole), msecs, request_ids, actions, codes, milliseconds,
-        strict=True)))
+        map(stamps.__getitem__, zip(whole, msecs, strict=True)), request_ids, actions, codes,
+        milliseconds, strict=True)))
 
 
 class TextFormatter(_MaskedTracebacks):
     """``asctime level logger message``; with ``mask``, numbers are masked in tracebacks and
     stacks too (a traceback quotes exception messages, which may carry a caller's number)."""
 
+    # logging's own, made this class's: records' asctime and access lines' stamps share it.
+    default_msec_format: str = "%s,%03d"
+
     def __init__(self, mask: bool = False):
         super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
         self.mask = mask
-        self._seconds = _Seconds(self._asctime)
-        self._access = f"{self.default_msec_format} INFO {_ACCESS} {_ACCESS_MSG}\n"
+        self._stamps = _Stamps(self._asctime, self.default_msec_format)
+        self._access = f"%s INFO {_ACCESS} {_ACCESS_MSG}\n"
 
     def _asctime(self, second: int) -> str:
         return time.strftime(self.default_time_format, self.converter(second))
 
     def format_access(self, entries: Sequence[AccessEntry]) -> str:
         """What ``format`` makes of INFO records of pns.access, without the records."""
-        return _access_lines(self._access, self._seconds, *zip(*entries, strict=True))
+        return _access_lines(self._access, self._stamps, *zip(*entries, strict=True))
 
 
 class JsonFormatter(_MaskedTracebacks):
     def __init__(self, mask: bool = False):
         super().__init__()
         self.mask = mask
-        self._seconds = _Seconds(lambda second: time.strftime(_UTC_SECOND, time.gmtime(second)))
-        self._access = (f'{{"ts": "{_UTC_MSEC}", "level": "info", "logger": "{_ACCESS}", '
+        self._stamps = _Stamps(lambda second: time.strftime(_UTC_SECOND, time.gmtime(second)),
+                               _UTC_MSEC)
+        self._access = (f'{{"ts": "%s", "level": "info", "logger": "{_ACCESS}", '
                         f'"msg": "{_ACCESS_MSG}"}}\n')
 
     def format(self, record: logging.LogRecord) -> str:
@@ -146,11 +159,11 @@ class JsonFormatter(_MaskedTracebacks):
     def format_access(self, entries: Sequence[AccessEntry]) -> str:
         """What ``format`` makes of INFO records of pns.access, without the records. Ids and
         actions are escaped only in a batch that needs it, which pns's own never do."""
-        created, request_ids, actions, codes, durations = zip(*entries, strict=True)
+        created, request_ids, actions, codes, milliseconds = zip(*entries, strict=True)
         if _JSON_ESCAPED.search("".join(request_ids + actions)):
             request_ids, actions = _json_inner(request_ids), _json_inner(actions)
-        return _access_lines(self._access, self._seconds, created, request_ids, actions, codes,
-                             durations)
+        return _access_lines(self._access, self._stamps, created, request_ids, actions, codes,
+                             milliseconds)
 
 
 def _json_inner(texts: Sequence[str]) -> tuple[str, ...]:
@@ -287,7 +300,7 @@ def access_log(request_id: str, action: str, code: int, seconds: float) -> None:
         return
     writer = _writer
     if writer is not None:
-        writer.put((time.time(), request_id, action, code, seconds))
+        writer.put((time.time(), request_id, action, code, seconds * 1000))
     else:
         _access_logger.info(_ACCESS_MSG, request_id, action, code, seconds * 1000)
 
