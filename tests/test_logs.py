@@ -127,8 +127,8 @@ def _access_line(fmt: str, entry: logs.AccessEntry) -> str:
 
 @pytest.mark.parametrize("fmt", ["text", "json"])
 def test_timestamps_stay_right_when_their_cache_is_emptied(fmt: str) -> None:
-    """Past a few seconds of distinct milliseconds the formatter forgets its timestamps'
-    text and makes it anew."""
+    """Lines over more seconds than the formatter keeps the text of: a second forgotten is
+    made anew, right."""
     formatter = logs.JsonFormatter() if fmt == "json" else logs.TextFormatter()
     entries = [(SECOND + i * 0.0010007, "1", "queryAXB", 0, 0.5) for i in range(9000)]
     text = formatter.format_access(entries[:5000]) + formatter.format_access(entries[5000:])

@@ -76,43 +76,39 @@ class _MaskedTracebacks(logging.Formatter):
 AccessEntry = tuple[float, str, str, int, float]
 
 
-class _Stamps(dict[tuple[int, int], str]):
-    """A timestamp's text by (whole second, milliseconds): the lines of one millisecond share
-    it, and a second's text is made once for all its milliseconds, so neither ``strftime``
-    nor the milliseconds' formatting runs once a line."""
+class _Stamps(dict[int, str]):
+    """Timestamps' text in two parts: the second's, by whole second (the lines of one second
+    share it, so ``strftime`` runs once a second), then the milliseconds', from ``msecs``, a
+    table made once. Two small lookups a line: the log's entries are cold in the CPU's caches
+    by the time they are written, and a larger table of whole timestamps cost more."""
 
     def __init__(self, second: Callable[[int], str], msec_format: str):
         super().__init__()
         self._second = second
-        self._msec_format = msec_format
-        self._seconds: dict[int, str] = {}
+        # What msec_format (``%s`` the second's text, then the milliseconds) adds to it.
+        self.msecs = tuple(msec_format % ("", msecs) for msecs in range(1000))
 
-    def __missing__(self, key: tuple[int, int]) -> str:
-        if len(self) >= 4096:  # a few seconds' worth: lines come in time order
-            self.clear()
-            self._seconds.clear()
-        second, msecs = key
-        text = self._seconds.get(second)
-        if text is None:
-            text = self._seconds[second] = self._second(second)
-        stamp = self[key] = self._msec_format % (text, msecs)
-        return stamp
+    def __missing__(self, second: int) -> str:
+        if len(self) >= 4:
+            self.clear()  # lines come in time order: older seconds are not asked for again
+        text = self[second] = self._second(second)
+        return text
 
 
 def _access_lines(template: str, stamps: _Stamps, created: Sequence[float],
                   request_ids: Sequence[str], actions: Sequence[str], codes: Sequence[int],
                   milliseconds: Sequence[float]) -> str:
     """A batch's lines, each ending in a newline, made by one ``%`` of ``template`` repeated
-    (its fields: the timestamp's text, then ``_ACCESS_MSG``'s): every step runs in C over the
-    whole batch, as a Python loop over lines would cost more than the log's budget. The
-    milliseconds of the timestamp are logging's (``LogRecord.msecs``): ``int((created -
-    int(created)) * 1000)``, with ``trunc``, which is ``int`` for a float at half the cost
-    of calling ``int``."""
+    (its fields: the second's and the milliseconds' text, then ``_ACCESS_MSG``'s): every
+    step runs in C over the whole batch, as a Python loop over lines would cost more than
+    the log's budget. The milliseconds of the timestamp are logging's (``LogRecord.msecs``):
+    ``int((created - int(created)) * 1000)``, with ``trunc``, which is ``int`` for a float
+    at half the cost of calling ``int``."""
     whole = list(map(trunc, created))
     msecs = map(trunc, map(mul, map(sub, created, whole), repeat(1000.0)))
     return (template * len(whole)) % tuple(chain.from_iterable(zip(
-        map(stamps.__getitem__, zip(whole, msecs, strict=True)), request_ids, actions, codes,
-        milliseconds, strict=True)))
+        map(stamps.__getitem__, whole), map(stamps.msecs.__getitem__, msecs), request_ids,
+        actions, codes, milliseconds, strict=True)))
 
 
 class TextFormatter(_MaskedTracebacks):
@@ -126,7 +122,7 @@ class TextFormatter(_MaskedTracebacks):
         super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
         self.mask = mask
         self._stamps = _Stamps(self._asctime, self.default_msec_format)
-        self._access = f"%s INFO {_ACCESS} {_ACCESS_MSG}\n"
+        self._access = f"%s%s INFO {_ACCESS} {_ACCESS_MSG}\n"
 
     def _asctime(self, second: int) -> str:
         return time.strftime(self.default_time_format, self.converter(second))
@@ -142,7 +138,7 @@ class JsonFormatter(_MaskedTracebacks):
         self.mask = mask
         self._stamps = _Stamps(lambda second: time.strftime(_UTC_SECOND, time.gmtime(second)),
                                _UTC_MSEC)
-        self._access = (f'{{"ts": "%s", "level": "info", "logger": "{_ACCESS}", '
+        self._access = (f'{{"ts": "%s%s", "level": "info", "logger": "{_ACCESS}", '
                         f'"msg": "{_ACCESS_MSG}"}}\n')
 
     def format(self, record: logging.LogRecord) -> str:
