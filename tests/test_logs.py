@@ -100,10 +100,94 @@ def test_access_lines_are_written_in_batches_as_logging_would(restore_logging: N
                                (f"{0:019d}", "queryAXB", 0, 0.123), None)
     formatter = logs.TextFormatter()
     expected = formatter.format(record)
-    created = record.created
-    assert formatter.format_access(created, record.getMessage()) == expected
+    entry = (record.created, f"{0:019d}", "queryAXB", 0, 0.123)
+    assert formatter.format_access([entry]) == expected + "\n"
     assert re.fullmatch(r"\S+ \S+ INFO pns\.access requestId=0{19} action=queryAXB code=0 "
                         r"ms=0\.123", lines[0])
+
+
+def _logging_line(fmt: str, created: float, message: str) -> str:
+    """What logging (text) or ``json.dumps`` (json) makes of an INFO pns.access record made
+    at ``created``: the reference the writer's access lines must equal byte for byte."""
+    msecs = int((created - int(created)) * 1000)
+    if fmt == "json":
+        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{msecs:03d}Z"
+        return json.dumps({"ts": ts, "level": "info", "logger": "pns.access", "msg": message},
+                          ensure_ascii=False)
+    record = logging.LogRecord("pns.access", logging.INFO, __file__, 0, message, None, None)
+    record.created, record.msecs = created, msecs + 0.0
+    return logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s").format(record)
+
+
+def _access_line(fmt: str, entry: logs.AccessEntry) -> str:
+    created, request_id, action, code, milliseconds = entry
+    return _logging_line(fmt, created, f"requestId={request_id} action={action} code={code:d} "
+                                       f"ms={milliseconds:.3f}")
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_timestamps_stay_right_when_their_cache_is_emptied(fmt: str) -> None:
+    """Lines over more seconds than the formatter keeps the text of: a second forgotten is
+    made anew, right."""
+    formatter = logs.JsonFormatter() if fmt == "json" else logs.TextFormatter()
+    entries = [(SECOND + i * 0.0010007, "1", "queryAXB", 0, 0.5) for i in range(9000)]
+    text = formatter.format_access(entries[:5000]) + formatter.format_access(entries[5000:])
+    assert text == "".join(_access_line(fmt, entry) + "\n" for entry in entries)
+
+
+# Around a second's end (a cached second must not outlive it), back in time, and on both of
+# London's 2024 clock changes (at 01:00 UTC the local hour jumps to 02:00 on 31 March and
+# falls back from 02:00 to 01:00 on 27 October).
+SECOND = 1_711_846_800.0  # 2024-03-31 01:00:00 UTC
+TIMES = [SECOND - 1.0005, SECOND - 0.0015, SECOND - 0.0004, SECOND, SECOND + 0.0009,
+         SECOND + 0.999, SECOND + 0.9999999, SECOND - 0.9999, SECOND + 1.0, SECOND + 3600.5,
+         1_729_990_799.9995, 1_729_990_800.0004, 1_729_994_399.999, 1_729_994_400.001]
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+@pytest.mark.parametrize("tz", ["UTC", "Europe/London", "Asia/Hong_Kong"])
+def test_access_lines_equal_loggings_at_any_time(restore_logging: None,
+                                                 monkeypatch: pytest.MonkeyPatch, fmt: str,
+                                                 tz: str) -> None:
+    """Each access line equals what logging (or ``json.dumps``) makes of the record at its
+    time, across second boundaries, out of order and across DST changes; JSON escapes what
+    ``json.dumps`` escapes; a log record between access lines keeps its place."""
+    monkeypatch.setenv("TZ", tz)
+    time.tzset()
+    try:
+        out = io.StringIO()
+        logs.configure("info", fmt, stream=out)
+        writer = logs._writer
+        assert writer is not None
+        entries = [(t, f"{i:019d}", "queryAXB", i % 3 * 1000, 0.123 * i + 0.0005)
+                   for i, t in enumerate(TIMES)]
+        entries.append((SECOND, "7", 'a"b\\c\nd\x01e\u00e9\u2028', -1, 12345.6789))
+        for entry in entries[:5]:
+            writer.put(entry)
+        logging.getLogger("pns.test").warning("between")
+        for entry in entries[5:]:
+            writer.put(entry)
+        logs.stop_writer()
+        lines = [_access_line(fmt, entry) for entry in entries]
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    text = out.getvalue()
+    between = re.search(r"^.*between.*$", text, re.MULTILINE)
+    assert between is not None
+    lines.insert(5, between.group())
+    assert text == "".join(line + "\n" for line in lines)
+
+
+def test_an_access_entry_that_cannot_be_formatted_is_lost_alone(restore_logging: None) -> None:
+    out = io.StringIO()
+    logs.configure("info", "text", stream=out)
+    writer = logs._writer
+    assert writer is not None
+    for code in (1, "not a code", 2):
+        writer.put((SECOND, "1", "queryAXB", code, 0.0))  # type: ignore[arg-type]
+    logs.stop_writer()
+    assert re.findall(r"code=(\S+)", out.getvalue()) == ["1", "2"]
 
 
 def test_a_stalled_log_never_blocks_the_service(restore_logging: None) -> None:

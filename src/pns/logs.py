@@ -21,7 +21,12 @@ import sys
 import threading
 import time
 from collections import deque
-from typing import Any, TextIO
+from collections.abc import Callable, Iterator, Sequence
+from itertools import chain, groupby, repeat
+from json.encoder import encode_basestring
+from math import trunc
+from operator import mul, sub
+from typing import Any, TextIO, cast
 
 # Phone numbers have at most 15 digits (E.164); longer runs are ids (requestId has 19), which
 # must stay whole to correlate logs. Whole runs of 7+ digits are matched and the longer ones
@@ -31,6 +36,11 @@ _DIGIT_RUN = re.compile(r"\d{7,}")
 _ACCESS = "pns.access"
 _ACCESS_MSG = "requestId=%s action=%s code=%d ms=%.3f"
 _access_logger = logging.getLogger(_ACCESS)
+# What JSON strings escape (json.dumps with ensure_ascii=False); the ids and actions pns
+# makes hold none of it.
+_JSON_ESCAPED = re.compile(r'[\x00-\x1f"\\]')
+_UTC_SECOND = "%Y-%m-%dT%H:%M:%S"
+_UTC_MSEC = "%s.%03dZ"
 # Queue length that wakes the writer at once; otherwise it writes every _INTERVAL seconds.
 _BATCH = 256
 _INTERVAL = 0.05
@@ -61,30 +71,75 @@ class _MaskedTracebacks(logging.Formatter):
         return mask_number(text) if self.mask else text
 
 
+# (time.time(), requestId, action, code, duration in milliseconds): what ``access_log``
+# queues, the arguments of one access line.
+AccessEntry = tuple[float, str, str, int, float]
+
+
+class _Stamps(dict[int, str]):
+    """Timestamps' text in two parts: the second's, by whole second (the lines of one second
+    share it, so ``strftime`` runs once a second), then the milliseconds', from ``msecs``, a
+    table made once. Two small lookups a line: the log's entries are cold in the CPU's caches
+    by the time they are written, and a larger table of whole timestamps cost more."""
+
+    def __init__(self, second: Callable[[int], str], msec_format: str):
+        super().__init__()
+        self._second = second
+        # What msec_format (``%s`` the second's text, then the milliseconds) adds to it.
+        self.msecs = tuple(msec_format % ("", msecs) for msecs in range(1000))
+
+    def __missing__(self, second: int) -> str:
+        if len(self) >= 4:
+            self.clear()  # lines come in time order: older seconds are not asked for again
+        text = self[second] = self._second(second)
+        return text
+
+
+def _access_lines(template: str, stamps: _Stamps, created: Sequence[float],
+                  request_ids: Sequence[str], actions: Sequence[str], codes: Sequence[int],
+                  milliseconds: Sequence[float]) -> str:
+    """A batch's lines, each ending in a newline, made by one ``%`` of ``template`` repeated
+    (its fields: the second's and the milliseconds' text, then ``_ACCESS_MSG``'s): every
+    step runs in C over the whole batch, as a Python loop over lines would cost more than
+    the log's budget. The milliseconds of the timestamp are logging's (``LogRecord.msecs``):
+    ``int((created - int(created)) * 1000)``, with ``trunc``, which is ``int`` for a float
+    at half the cost of calling ``int``."""
+    whole = list(map(trunc, created))
+    msecs = map(trunc, map(mul, map(sub, created, whole), repeat(1000.0)))
+    return (template * len(whole)) % tuple(chain.from_iterable(zip(
+        map(stamps.__getitem__, whole), map(stamps.msecs.__getitem__, msecs), request_ids,
+        actions, codes, milliseconds, strict=True)))
+
+
 class TextFormatter(_MaskedTracebacks):
     """``asctime level logger message``; with ``mask``, numbers are masked in tracebacks and
     stacks too (a traceback quotes exception messages, which may carry a caller's number)."""
 
+    # logging's own, made this class's: records' asctime and access lines' stamps share it.
+    default_msec_format: str = "%s,%03d"
+
     def __init__(self, mask: bool = False):
         super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
         self.mask = mask
-        self._second = -1
-        self._asctime = ""
+        self._stamps = _Stamps(self._asctime, self.default_msec_format)
+        self._access = f"%s%s INFO {_ACCESS} {_ACCESS_MSG}\n"
 
-    def format_access(self, created: float, message: str) -> str:
-        """What ``format`` makes of an INFO record of pns.access, without the record."""
-        second = int(created)
-        if second != self._second:
-            self._second = second
-            self._asctime = time.strftime(self.default_time_format, self.converter(created))
-        msecs = int((created - second) * 1000)
-        return f"{self._asctime},{msecs:03d} INFO {_ACCESS} {message}"
+    def _asctime(self, second: int) -> str:
+        return time.strftime(self.default_time_format, self.converter(second))
+
+    def format_access(self, entries: Sequence[AccessEntry]) -> str:
+        """What ``format`` makes of INFO records of pns.access, without the records."""
+        return _access_lines(self._access, self._stamps, *zip(*entries, strict=True))
 
 
 class JsonFormatter(_MaskedTracebacks):
     def __init__(self, mask: bool = False):
         super().__init__()
         self.mask = mask
+        self._stamps = _Stamps(lambda second: time.strftime(_UTC_SECOND, time.gmtime(second)),
+                               _UTC_MSEC)
+        self._access = (f'{{"ts": "%s%s", "level": "info", "logger": "{_ACCESS}", '
+                        f'"msg": "{_ACCESS_MSG}"}}\n')
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {
@@ -99,14 +154,24 @@ class JsonFormatter(_MaskedTracebacks):
             entry["stack"] = self.formatStack(record.stack_info)
         return json.dumps(entry, ensure_ascii=False)
 
-    def format_access(self, created: float, message: str) -> str:
-        return json.dumps({"ts": _utc(created), "level": "info", "logger": _ACCESS,
-                           "msg": message}, ensure_ascii=False)
+    def format_access(self, entries: Sequence[AccessEntry]) -> str:
+        """What ``format`` makes of INFO records of pns.access, without the records. Ids and
+        actions are escaped only in a batch that needs it, which pns's own never do."""
+        created, request_ids, actions, codes, milliseconds = zip(*entries, strict=True)
+        if _JSON_ESCAPED.search("".join(request_ids + actions)):
+            request_ids, actions = _json_inner(request_ids), _json_inner(actions)
+        return _access_lines(self._access, self._stamps, created, request_ids, actions, codes,
+                             milliseconds)
+
+
+def _json_inner(texts: Sequence[str]) -> tuple[str, ...]:
+    """The texts as JSON strings, without their quotes, to be put inside one."""
+    return tuple(encode_basestring(text)[1:-1] for text in texts)
 
 
 def _utc(created: float) -> str:
-    return (time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))
-            + f".{int((created - int(created)) * 1000):03d}Z")
+    return _UTC_MSEC % (time.strftime(_UTC_SECOND, time.gmtime(created)),
+                        int((created - int(created)) * 1000))
 
 
 class MaskingFilter(logging.Filter):
@@ -118,9 +183,6 @@ class MaskingFilter(logging.Filter):
         if masked != message:
             record.msg, record.args = masked, None
         return True
-
-
-AccessEntry = tuple[float, str, str, int, float]
 
 
 class _Writer:
@@ -156,42 +218,50 @@ class _Writer:
             self.flush()
 
     def flush(self) -> None:
-        """Write everything queued so far (from the writer thread, or at exit)."""
+        """Write everything queued so far (from the writer thread, or at exit). Access
+        entries are formatted a run at a time (between two records, in queue order), which is
+        what keeps the access log cheap."""
         with self._lock:
-            items, lines = self._items, []
-            while items:
-                line = self._line(items.popleft())
-                if line is not None:
-                    lines.append(line)
+            items = self._items
+            popleft = items.popleft
+            batch = [popleft() for _ in range(len(items))]
+            # A run of one type is all access entries (tuples) or all records.
+            texts = [self._access_lines(cast(list[AccessEntry], list(run))) if kind is tuple
+                     else "".join(map(self._record_line,
+                                      cast(Iterator[logging.LogRecord], run)))
+                     for kind, run in groupby(batch, type)]
             if self.dropped != self._reported_dropped:
                 lost = self.dropped - self._reported_dropped
                 self._reported_dropped = self.dropped
-                lines.append(self._line(logging.LogRecord(
+                texts.append(self._record_line(logging.LogRecord(
                     "pns.logs", logging.WARNING, __file__, 0,
                     "%d log lines dropped: the log was not written fast enough", (lost,),
-                    None)) or "")
-            if not lines:
+                    None)))
+            text = "".join(texts)
+            if not text:
                 return
             stream = self._handler.stream
             try:
-                stream.write("\n".join(lines) + "\n")
+                stream.write(text)
                 stream.flush()
             except Exception:  # a closed or broken log stream must not kill the writer
                 pass
 
-    def _line(self, item: logging.LogRecord | AccessEntry) -> str | None:
+    def _access_lines(self, entries: list[AccessEntry]) -> str:
+        # An access line holds a 19-digit id, an action name, a code and a duration: no
+        # phone number to mask, by construction.
         try:
-            if isinstance(item, logging.LogRecord):
-                if not self._handler.filter(item):
-                    return None
-                return self._handler.format(item)
-            # An access line holds a 19-digit id, an action name, a code and a duration: no
-            # phone number to mask, by construction.
-            created, request_id, action, code, seconds = item
-            return self._formatter.format_access(
-                created, _ACCESS_MSG % (request_id, action, code, seconds * 1000))
+            return self._formatter.format_access(entries)
         except Exception:
-            return None  # a record that cannot be formatted is lost alone
+            if len(entries) == 1:
+                return ""  # an entry that cannot be formatted is lost alone
+            return "".join(self._access_lines([entry]) for entry in entries)
+
+    def _record_line(self, record: logging.LogRecord) -> str:
+        try:
+            return self._handler.format(record) + "\n" if self._handler.filter(record) else ""
+        except Exception:
+            return ""  # a record that cannot be formatted is lost alone
 
     def stop(self) -> None:
         self._stopping = True
@@ -228,7 +298,7 @@ def access_log(request_id: str, action: str, code: int, seconds: float) -> None:
         return
     writer = _writer
     if writer is not None:
-        writer.put((time.time(), request_id, action, code, seconds))
+        writer.put((time.time(), request_id, action, code, seconds * 1000))
     else:
         _access_logger.info(_ACCESS_MSG, request_id, action, code, seconds * 1000)
 
