@@ -259,3 +259,25 @@ def test_plain_requests_behind_one_that_waits_are_answered_in_order() -> None:
         assert _outcome(fast) == _outcome(slow)
         assert [r.headers[b"sign"] for r in fast.seen] == [b"%08d" % n for n in range(3)]
     run(test)
+
+
+@pytest.mark.parametrize("last", [b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n",
+                                  b"GET / HTTP/1.0\r\n\r\n"])
+def test_nothing_is_read_after_a_request_that_closes_while_it_waits(last: bytes) -> None:
+    """httptools reads nothing after a request that closes the connection (the bytes after
+    it are an error): a plain request arriving while the app waits on that one is not taken
+    by the fast lane either, and the connection ends as httptools' does."""
+    async def test() -> None:
+        gate = asyncio.Event()
+        fast, slow = Harness(gate=gate), Harness(gate=gate)
+        slow.connection._take_plain = lambda data: False  # type: ignore[method-assign]
+        for h in (fast, slow):
+            h.feed(last)
+            await asyncio.sleep(0)
+            h.feed(QUERY)
+        assert len(fast.connection._queue) == len(slow.connection._queue) == 0
+        gate.set()
+        await settle(lambda: fast.transport.closed and slow.transport.closed)
+        assert _outcome(fast) == _outcome(slow)
+        assert len(fast.seen) == 1
+    run(test)
