@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pns.http import _SLICE, Request
+from pns.http import _SLICE
 
 from .test_http_protocol import Harness, run, settle
 
@@ -150,18 +150,27 @@ def streams(draw: st.DrawFn) -> list[bytes]:
     return [read for read in reads if read]
 
 
-def _outcome(h: Harness) -> tuple[list[Request], bytes, bool, bool, int]:
+def _outcome(h: Harness) -> tuple[object, ...]:
+    """What the client and the app see, and the state the next bytes meet: the timer armed,
+    a request in progress or queued, reading paused, an error pending."""
     written = REQUEST_ID.sub(b"", DATE.sub(b"", bytes(h.transport.written)))
-    return (h.seen, written, h.transport.closed, h.transport.eof_written,
-            h.connection.buffered_bytes)
+    c = h.connection
+    return (h.seen, written, h.transport.closed, h.transport.eof_written, h.transport.paused,
+            c.buffered_bytes, c._deadline, c._in_message, len(c._queue), c._closing,
+            c._lingering, c._error)
 
 
-async def _both(reads: list[bytes]) -> tuple[Harness, Harness]:
-    fast, slow = Harness(), Harness()
+async def _both(reads: list[bytes],
+                gate: asyncio.Event | None = None) -> tuple[Harness, Harness]:
+    """The reads fed to a connection with the fast lane and to one without; with ``gate``,
+    the app waits on every request until it opens, so reads arrive while it waits."""
+    fast, slow = Harness(gate=gate), Harness(gate=gate)
     slow.connection._take_plain = lambda data: False  # type: ignore[method-assign]
     for h in (fast, slow):
         for read in reads:
             h.feed(read)
+            h.clock[0] += 1  # so that a timer armed at another read differs
+            await asyncio.sleep(0)
         # The request after: both parsers must be in the same state to read it alike.
         h.feed(b"GET /after HTTP/1.1\r\nHost: x\r\n\r\n")
     await asyncio.sleep(0)
@@ -169,11 +178,18 @@ async def _both(reads: list[bytes]) -> tuple[Harness, Harness]:
 
 
 @settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(streams())
-def test_the_fast_lane_reads_every_stream_as_httptools_does(reads: list[bytes]) -> None:
+@given(streams(), st.booleans())
+def test_the_fast_lane_reads_every_stream_as_httptools_does(reads: list[bytes],
+                                                            waits: bool) -> None:
     async def test() -> None:
-        fast, slow = await _both(reads)
+        gate = asyncio.Event() if waits else None
+        fast, slow = await _both(reads, gate)
         assert _outcome(fast) == _outcome(slow)
+        if gate is not None:
+            gate.set()
+            for _ in range(20):
+                await asyncio.sleep(0)
+            assert _outcome(fast) == _outcome(slow)
     run(test)
 
 
