@@ -277,10 +277,6 @@ class _Connection(asyncio.Protocol):
         self._client_done = False
         # A request has begun arriving and is not complete.
         self._in_message = False
-        # httptools parsed a request that closes the connection (``Connection: close``,
-        # HTTP/1.0): it reads nothing after it (more bytes are an error), and neither may the
-        # fast lane, though that request's answer may not be written yet (the app waits).
-        self._parser_closed = False
         # The shape of this client's last plain request: the first the fast lane tries.
         self._shape: _Shape | None = None
         self._reset_message()
@@ -342,8 +338,9 @@ class _Connection(asyncio.Protocol):
             return  # a refused request's rest: read, and thrown away
         if self._unparsed:  # only when reading was paused and the transport sent more anyway
             self._unparsed = memoryview(bytes(self._unparsed) + data)
-        elif (len(data) <= self._server.plain_max and not self._in_message and not self._queue
-              and self._drained is None and not self._parser_closed and self._take_plain(data)):
+        elif (len(data) <= self._server.plain_max and self._worker is None
+              and not self._in_message and not self._queue and self._drained is None
+              and self._take_plain(data)):
             return
         else:
             self._unparsed = memoryview(data)
@@ -356,8 +353,10 @@ class _Connection(asyncio.Protocol):
         ``on_headers_complete`` treats specially; else leave it, untouched, to httptools.
 
         httptools' callbacks cost more than half the HTTP layer's time per request. Called
-        only between requests (nothing unparsed, none in progress or queued), when httptools
-        is idle and has nothing of this request; it stays idle, as after a message it parsed.
+        only between requests (nothing unparsed, none in progress, queued or being answered:
+        after a request that closes, httptools reads nothing more, and neither may this), when
+        httptools is idle and has nothing of this request; it stays idle, as after a message
+        it parsed.
         What happens next is what ``on_message_complete`` and ``_feed`` do for the same bytes
         fed in one slice."""
         shape = self._shape
@@ -507,10 +506,8 @@ class _Connection(asyncio.Protocol):
             path = url.decode("latin-1")
         method = self._parser.get_method().decode("latin-1")
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
-        keep_alive = bool(self._parser.should_keep_alive())
-        self._parser_closed = not keep_alive
         self._queue.append((Request(method, path, self._headers, body, self._client, query),
-                            keep_alive))
+                            bool(self._parser.should_keep_alive())))
         # Nothing of this request is in progress any more (``buffered_bytes``); the next
         # one's headers and body get fresh containers in ``on_message_begin``.
         self._url = b""

@@ -110,21 +110,18 @@ _ANY_EXTENSION_ON_X = (
     "SELECT 1 FROM bindings b WHERE b.x = ? AND b.extension <> '' "
     "AND NOT (b.expire_at BETWEEN 1 AND ?) LIMIT 1"
 )
-_SELECT_CALL = (
-    "SELECT call_id, bind_id, account_id, x, caller, callee, customer_bind_id, business_id, "
-    "bind_type, queried_at, queried_by FROM calls WHERE call_id = ?"
-)
 # Call references go in with one statement per chunk of rows, not executemany: one step of
 # SQLite (and one release of the GIL) per chunk instead of per row. Chunks are powers of two up
 # to 64 rows (704 parameters: under the 999 of SQLite before 3.32), so seven statements cover
 # every batch size and all stay in the connection's statement cache.
-_CALL_COLUMNS = ("call_id, bind_id, account_id, x, caller, callee, customer_bind_id, "
-                 "business_id, bind_type, queried_at, queried_by")
-_CALL_WIDTH = len(msgspec.structs.fields(CallRef))
+# The columns are CallRef's fields, in its order: what ``astuple`` gives is a row.
+_CALL_COLUMNS = ", ".join(CallRef.__struct_fields__)
+_CALL_WIDTH = len(CallRef.__struct_fields__)
+_SELECT_CALL = f"SELECT {_CALL_COLUMNS} FROM calls WHERE call_id = ?"
 _CALL_CHUNKS = (64, 32, 16, 8, 4, 2, 1)
 _INSERT_CALLS = {
     rows: f"INSERT INTO calls ({_CALL_COLUMNS}) VALUES "
-          + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * rows)
+          + ", ".join([f"({', '.join('?' * _CALL_WIDTH)})"] * rows)
           + " ON CONFLICT (call_id) DO NOTHING"
     for rows in _CALL_CHUNKS
 }
