@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from pns.app import api_headers, error_reply
-from pns.http import _SLICE, HttpServer, Limits, Reply, Request, _Connection
+from pns.http import _CORK_LIMIT, _SLICE, HttpServer, Limits, Reply, Request, _Connection
 
 MIB = 1024 * 1024
 LIMITS = Limits()
@@ -130,7 +130,9 @@ class Harness:
         return reply
 
     def feed(self, data: bytes) -> None:
+        """One read, then the end of the event loop's pass (where held answers are written)."""
         self.connection.data_received(data)
+        self.server._state.uncork()
 
     def answers(self) -> list[Answer]:
         return parse_answers(bytes(self.transport.written))
@@ -276,9 +278,9 @@ def test_pipelined_burst_with_instant_answers_is_answered_in_order() -> None:
 
 
 # --- answers --------------------------------------------------------------------------------
-def test_an_answer_that_needs_no_io_is_written_at_once() -> None:
-    """No task and no turn of the loop: the answer is written before data_received returns,
-    head and body in one write."""
+def test_an_answer_that_needs_no_io_is_written_at_the_end_of_the_pass() -> None:
+    """No task: the answer is made before data_received returns, and written when the event
+    loop's pass ends, head and body in one write."""
     async def test() -> None:
         h = Harness()
         writes: list[bytes] = []
@@ -289,9 +291,117 @@ def test_an_answer_that_needs_no_io_is_written_at_once() -> None:
             original(data)
 
         h.transport.write = write  # type: ignore[method-assign]
-        h.feed(b"POST /x HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc")
+        tasks_before = len(asyncio.all_tasks())
+        h.connection.data_received(b"POST /x HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc")
+        assert writes == [] and len(h.seen) == 1 and len(asyncio.all_tasks()) == tasks_before
+        holding = h.connection.buffered_bytes  # the held answer is counted as held
+        await asyncio.sleep(0)  # the pass ends
         assert len(writes) == 1 and writes[0].endswith(b"\r\n\r\n/x abc")
         assert [a.status for a in h.answers()] == [200]
+        assert holding - h.connection.buffered_bytes == len(writes[0])
+    run(test)
+
+
+def test_the_answers_of_a_pass_are_written_together_when_it_ends() -> None:
+    """Several connections answered in one pass: nothing is written until the pass ends, then
+    each its own answer, once."""
+    async def test() -> None:
+        h = Harness()
+        transports = [h.transport] + [FakeTransport() for _ in range(4)]
+        connections = [h.connection] + [h.connect(t) for t in transports[1:]]
+        for i, connection in enumerate(connections):
+            connection.data_received(b"GET /c%d HTTP/1.1\r\n\r\n" % i)
+        assert [t.writes for t in transports] == [0] * 5
+        await asyncio.sleep(0)
+        assert [t.writes for t in transports] == [1] * 5
+        assert [[a.body for a in parse_answers(bytes(t.written))] for t in transports] == \
+            [[b"/c%d " % i] for i in range(5)]
+    run(test)
+
+
+def test_a_pass_that_holds_the_limit_of_answers_writes_them_at_once() -> None:
+    """However many connections one pass answers, no answer waits for more than
+    ``_CORK_LIMIT`` answers' work: at that many held, they are written."""
+    async def test() -> None:
+        h = Harness()
+        transports = [h.transport] + [FakeTransport() for _ in range(_CORK_LIMIT)]
+        connections = [h.connection] + [h.connect(t) for t in transports[1:]]
+        for connection in connections[:_CORK_LIMIT - 1]:
+            connection.data_received(b"GET /a HTTP/1.1\r\n\r\n")
+        assert sum(t.writes for t in transports) == 0
+        connections[_CORK_LIMIT - 1].data_received(b"GET /a HTTP/1.1\r\n\r\n")
+        assert [t.writes for t in transports] == [1] * _CORK_LIMIT + [0]
+        connections[_CORK_LIMIT].data_received(b"GET /b HTTP/1.1\r\n\r\n")
+        assert transports[-1].writes == 0
+        await asyncio.sleep(0)
+        assert [t.writes for t in transports] == [1] * (_CORK_LIMIT + 1)
+        assert parse_answers(bytes(transports[-1].written))[0].body == b"/b "
+    run(test)
+
+
+def test_a_connection_holds_one_answer_at_most() -> None:
+    """Pipelined requests answered in one pass: a second answer is written at once with the
+    held one (so the transport's flow control sees them), a third is held; order is kept."""
+    async def test() -> None:
+        h = Harness()
+        h.connection.data_received(b"GET /1 HTTP/1.1\r\n\r\nGET /2 HTTP/1.1\r\n\r\n"
+                                   b"GET /3 HTTP/1.1\r\n\r\n")
+        assert [a.body for a in h.answers()] == [b"/1 ", b"/2 "] and h.transport.writes == 1
+        await asyncio.sleep(0)
+        assert [a.body for a in h.answers()] == [b"/1 ", b"/2 ", b"/3 "]
+    run(test)
+
+
+@pytest.mark.parametrize("then", ["close", "100-continue", "half-close", "timeout", "shutdown",
+                                  "refusal"])
+def test_a_held_answer_is_written_before_what_follows_it(then: str) -> None:
+    """Whatever follows a held answer in the same pass (an answer that closes, a 100 Continue,
+    the client's end of input, a timeout, a shutdown, a refusal) is written after it, and a
+    close never drops it."""
+    async def test() -> None:
+        h = Harness()
+        first = b"GET /held HTTP/1.1\r\n\r\n"
+        bodies: list[bytes | None]
+        if then == "close":
+            h.connection.data_received(first + b"GET /last HTTP/1.1\r\nConnection: close\r\n\r\n")
+            bodies = [b"/held ", b"/last "]
+        elif then == "100-continue":
+            h.connection.data_received(
+                first + b"POST /e HTTP/1.1\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n")
+            assert bytes(h.transport.written).endswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+            h.connection.data_received(b"ok")
+            bodies = [b"/held "]
+        elif then == "half-close":
+            h.connection.data_received(first)
+            assert h.connection.eof_received() is None  # nothing left to answer: close
+            h.transport.close()  # what the transport does when told None
+            bodies = [b"/held "]
+        elif then == "timeout":
+            h.connection.data_received(first)
+            h.advance(LIMITS.keepalive_timeout + 1)
+            bodies = [b"/held "]
+        elif then == "shutdown":
+            h.connection.data_received(first)
+            h.connection.close_when_idle()
+            bodies = [b"/held "]
+        else:
+            h.connection.data_received(first + b"GET /" + b"u" * (LIMITS.max_url + 10)
+                                       + b" HTTP/1.1\r\n\r\n")
+            bodies = [b"/held ", None]
+        await asyncio.sleep(0)
+        answers = h.answers()
+        if then == "100-continue":
+            head, _, rest = bytes(h.transport.written).partition(b"HTTP/1.1 100 Continue\r\n\r\n")
+            assert [a.body for a in parse_answers(head)] == [b"/held "]
+            assert [a.body for a in parse_answers(rest)] == [b"/e ok"]
+            return
+        assert len(answers) == len(bodies)
+        assert [a.body if b is not None else None
+                for a, b in zip(answers, bodies, strict=True)] == bodies
+        if then == "refusal":
+            assert answers[1].status == 414
+        if then in ("close", "timeout", "shutdown", "half-close"):
+            assert h.transport.closed
     run(test)
 
 

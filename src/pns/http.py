@@ -17,7 +17,21 @@ instead; anything else, or anything in doubt, goes to httptools untouched. Two p
 read the same bytes differently are how requests are smuggled: tests/test_http_fast_lane.py
 holds the two readings equal.
 
-An answer that needs no I/O is written from ``data_received`` itself, with no task: the app
+Keep-alive answers are written once per pass of the event loop, not one by one (``_Server.
+uncork``): every request the pass read is answered first, then the answers are written
+together. Why: each write to a client that sleeps waiting for it wakes that client, and on a
+VM the wake-up (an IPI to the other CPU) costs the writer about as much kernel time as the
+write itself. A single client of many connections (a load generator, a
+proxy) sleeps again after each answer if they come one by one, and is woken once per pass if
+they come together: measured with wrk, the server's kernel time per request fell from about
+32 to 14 µs and its throughput rose by about 40% (BENCHMARKS.md). An answer waits at most for
+the rest of its pass, and a pass writes as soon as ``_CORK_LIMIT`` connections hold answers, so
+the wait is bounded under any load. A connection holds one answer at most: a second in the
+same pass (pipelined) is written at once with it, so flow control (``pause_writing``) still
+stops a client that does not read. An answer that closes the connection, a refusal and a
+``100 Continue`` are written at once, after the connection's held answer.
+
+An answer that needs no I/O is made in ``data_received`` itself, with no task: the app
 answers such routes with a ``Reply``, and on Python 3.12+ a coroutine starts as an eager task
 (it becomes a scheduled task only if it waits). Python 3.11 has no eager tasks. There, when the
 server is told that the app's coroutines never need ``asyncio.current_task()`` before their
@@ -113,6 +127,11 @@ _PLAIN_REFUSES = frozenset((b"transfer-encoding", b"connection", b"proxy-connect
                             b"upgrade", b"expect"))
 # Compiled shapes kept per server; past this many, new shapes take the strict lane only.
 _SHAPES = 64
+# Connections whose answers wait for the end of the loop's pass; at this many they are written
+# at once. It bounds how long an answer waits for the others of its pass (as many answers'
+# work) and the bytes held back. Measured with wrk over 64 connections: 32 gains what no bound
+# gains, 16 a little less.
+_CORK_LIMIT = 32
 
 _REASONS = {status.value: status.phrase for status in HTTPStatus}
 _EAGER_TASKS = sys.version_info >= (3, 12)
@@ -231,6 +250,24 @@ class _Server:
         self.connections: set[_Connection] = set()
         self.ticker: asyncio.TimerHandle | None = None
         self.idle_waiters: list[asyncio.Future[None]] = []
+        # Connections holding an answer until the end of this pass of the event loop.
+        self.corked: list[_Connection] = []
+
+    def cork(self, connection: _Connection) -> None:
+        """``connection`` now holds an answer: it is written at the end of this pass of the
+        event loop (the first held schedules that), or now if the pass holds many."""
+        corked = self.corked
+        corked.append(connection)
+        if len(corked) == 1:
+            connection._loop.call_soon(self.uncork)
+        elif len(corked) >= _CORK_LIMIT:
+            self.uncork()
+
+    def uncork(self) -> None:
+        """Write every held answer: the pass that made them is over (or holds enough)."""
+        corked, self.corked = self.corked, []
+        for connection in corked:
+            connection._uncork()
 
     def shape(self, method: bytes, lines: list[bytes]) -> _Shape | None:
         raw_names = tuple(line.partition(b": ")[0] for line in lines)
@@ -279,6 +316,8 @@ class _Connection(asyncio.Protocol):
         self._in_message = False
         # The shape of this client's last plain request: the first the fast lane tries.
         self._shape: _Shape | None = None
+        # A keep-alive answer made in this pass of the event loop, not yet written.
+        self._corked = b""
         self._reset_message()
 
     def _reset_message(self) -> None:
@@ -308,6 +347,7 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._server.connections.discard(self)
         self._closing = True
+        self._corked = b""
         self._deadline = _NEVER
         self._unparsed = memoryview(b"")
         self._queue.clear()
@@ -319,6 +359,7 @@ class _Connection(asyncio.Protocol):
         # The client is done sending. Requests already read are still answered (a client may
         # half-close after its last request); a lingering connection is done.
         if self._lingering or (not self._queue and self._worker is None):
+            self._uncork()  # the transport's close sends what it was given, not what is held
             return None  # close
         self._client_done = True
         return True
@@ -554,10 +595,12 @@ class _Connection(asyncio.Protocol):
             return
         if self._client_done and self._transport is not None:
             self._closing = True
+            self._uncork()
             self._transport.close()
             return
         if self._expect_continue and self._transport is not None:
             self._expect_continue = False
+            self._uncork()
             self._transport.write(_CONTINUE)
         if answered:
             # A request begun meanwhile keeps the request timeout, not the keep-alive one.
@@ -606,14 +649,25 @@ class _Connection(asyncio.Protocol):
         transport = self._transport
         if transport is None or transport.is_closing():
             return
-        close = not keep_alive
-        transport.write(_answer(reply, close, request.method == "HEAD"))
-        if close:
-            self._closing = True
-            if self._unparsed or self._queue or self._in_message:
-                self._linger()  # the client sent more: let it read this answer first
+        answer = _answer(reply, not keep_alive, request.method == "HEAD")
+        if keep_alive:
+            held = self._corked
+            if not held:
+                self._corked = answer
+                self._server.cork(self)
             else:
-                transport.close()
+                # A second answer in one pass (pipelined): both go now, so that the
+                # transport's flow control (pause_writing) sees every answer but one.
+                self._corked = b""
+                transport.write(held + answer)
+            return
+        self._uncork()
+        transport.write(answer)
+        self._closing = True
+        if self._unparsed or self._queue or self._in_message:
+            self._linger()  # the client sent more: let it read this answer first
+        else:
+            transport.close()
 
     def _fail(self, status: int) -> None:
         """A transport-level error: nothing more is parsed. Requests complete before the bad
@@ -627,11 +681,21 @@ class _Connection(asyncio.Protocol):
         self._unprogressed = 0
         self._reset_message()
 
+    def _uncork(self) -> None:
+        """Write the answer held for the end of the pass (before anything written after it)."""
+        held = self._corked
+        if held:
+            self._corked = b""
+            transport = self._transport
+            if transport is not None and not transport.is_closing():
+                transport.write(held)
+
     def _refuse(self, status: int) -> None:
         transport = self._transport
         if transport is None or transport.is_closing():
             return
         self._closing = True
+        self._uncork()
         transport.write(_answer(self._server.error_reply(status), close=True))
         self._linger()
 
@@ -672,6 +736,7 @@ class _Connection(asyncio.Protocol):
             self._pump()
         else:
             self._closing = True
+            self._uncork()
             transport.close()
 
     @property
@@ -684,6 +749,7 @@ class _Connection(asyncio.Protocol):
         progress, requests parsed but not answered, and answers not yet sent."""
         transport = self._transport
         unsent = transport.get_write_buffer_size() if transport is not None else 0
+        unsent += len(self._corked)
         in_progress = self._unprogressed + len(self._url) + self._header_bytes + self._body_size
         queued = sum(len(r.body) + len(r.path) + sum(map(len, r.headers)) +
                      sum(map(len, r.headers.values())) for r, _keep in self._queue)
@@ -692,6 +758,7 @@ class _Connection(asyncio.Protocol):
     def close_when_idle(self) -> None:
         if self._worker is None and self._transport is not None:
             self._closing = True
+            self._uncork()
             self._transport.close()
 
     def _notify_idle(self) -> None:
