@@ -18,7 +18,8 @@ import pytest
 
 from pns.api import Api, Response
 from pns.auth import sign
-from pns.core import Service, Settings
+from pns.core import AccountDirectory, Service, Settings
+from pns.errors import Code
 from pns.model import Role, VirtualNumber
 from pns.store import open_store
 from pns.v1 import V1_ACTIONS
@@ -165,6 +166,57 @@ def test_every_quick_answer_is_the_answer_of_the_full_path(tmp_path: Path) -> No
         assert not answered_now[name] and continued[name], name
 
 
+def test_a_number_not_cached_is_read_without_waiting_and_kept_for_the_ttl(
+        tmp_path: Path) -> None:
+    """Each number goes stale once per ttl, so with many numbers the quick path meets numbers
+    not cached all the time: it reads them itself (no coroutine), keeps them for the ttl (a
+    number given to another account is seen by the next read after it), and answers as the
+    full path does."""
+    async def run() -> None:
+        rig, store = await _rig(tmp_path)
+        try:
+            await rig.call("rides", "bindAXB", {
+                "phoneA": A, "phoneB": B, "expireSecond": 600, "phoneX": X[0]})
+            clock = [1000.0]
+            reads: list[str] = []
+            read_now = store.get_number_now
+
+            def counted(x: str) -> VirtualNumber | None:
+                reads.append(x)
+                return read_now(x)
+
+            store.get_number_now = counted
+            service = rig.api.service
+            service.accounts = AccountDirectory(store, ttl=10, clock=lambda: clock[0])
+            rides = await service.accounts.by_access_key("rides")
+            assert rides is not None
+            await service.accounts.by_id(rides.id)
+            await service.accounts.blocked(rides.id)
+            query = rig.request("rides", "queryAXB", {"caller": B, "did": X[0]})
+
+            first = rig.api.answer_now(*query, "127.0.0.1")
+            assert isinstance(first, Response) and first.code == 0 and reads == [X[0]]
+            again = rig.api.answer_now(*query, "127.0.0.1")
+            assert isinstance(again, Response) and again.code == 0 and reads == [X[0]]
+
+            shop = await store.get_account("shop")
+            assert shop is not None
+            await store.move_numbers([X[0]], shop.id, True, int(time.time()))
+            clock[0] += 9.9  # still the cached owner: the bindings are gone, 10013
+            _now, _later, full = await rig.both(*query)
+            assert full.code == Code.BINDING_NOT_EXIST and reads == [X[0]]
+
+            clock[0] += 0.2  # past the ttl: read again, now shop's number
+            await service.accounts.by_access_key("rides")  # (the account is read by waiting)
+            now, _later, full = await rig.both(*query)
+            assert now is not None and now.code == Code.NO_PERMISSION == full.code
+            assert _comparable(now) == _comparable(full) and reads == [X[0], X[0]]
+        finally:
+            await store.close()
+
+    asyncio.run(run())
+
+
 def test_a_refusal_is_counted_once(tmp_path: Path) -> None:
     """A bad signature answered by the quick path counts one failure for the rate limit, as
     the full path does: the two never both see one request."""
@@ -198,6 +250,8 @@ def test_stores_that_wait_never_answer_now(pg_database: str) -> None:
             assert not store.answers_in_process
             with pytest.raises(Exception, match="only by waiting"):
                 store.find_by_party_now(X[0], A, int(time.time()))
+            with pytest.raises(Exception, match="only by waiting"):
+                store.get_number_now(X[0])
             service = Service(store)
             assert service.query_now(None, A, X[0], None, 0) is None  # type: ignore[arg-type]
         finally:

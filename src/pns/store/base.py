@@ -480,6 +480,10 @@ class Store(BindingIndex, RecordsStore, Protocol):
         """``find_by_party`` without waiting; only where ``answers_in_process`` (elsewhere it
         raises ``StoreError``)."""
 
+    def get_number_now(self, x: str) -> VirtualNumber | None:
+        """``get_number`` without waiting; only where ``answers_in_process`` (elsewhere it
+        raises ``StoreError``)."""
+
     # --- the pool of virtual numbers ------------------------------------------------------
     async def move_numbers(self, xs: Sequence[str], account_id: int, force: bool,
                            now: int) -> list[str]:

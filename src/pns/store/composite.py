@@ -130,6 +130,9 @@ class CompositeStore:
     def find_by_party_now(self, x: str, number: str, now: int) -> Binding | None:
         raise StoreError("a binding index on Redis answers reads only by waiting")
 
+    def get_number_now(self, x: str) -> VirtualNumber | None:
+        raise StoreError("a binding index on Redis answers reads only by waiting")
+
     def __init__(self, index: ShardedIndex, ledger: BindingLedger, records: RecordsStore):
         self.index = index
         self.ledger = ledger

@@ -36,6 +36,7 @@ from ..model import (
     OperatorRole,
     OutboxEvent,
     Role,
+    VirtualNumber,
     binding_from_row,
 )
 from .base import Retention, StoreError
@@ -302,6 +303,9 @@ class SqlCommon(ABC):
     answers_in_process = False
 
     def find_by_party_now(self, x: str, number: str, now: int) -> Binding | None:
+        raise StoreError(f"{type(self).__name__} answers reads only by waiting")
+
+    def get_number_now(self, x: str) -> VirtualNumber | None:
         raise StoreError(f"{type(self).__name__} answers reads only by waiting")
 
     @abstractmethod

@@ -926,6 +926,9 @@ class SqliteStore(SqlCommon):
         return await self._own(work)
 
     async def get_number(self, x: str) -> VirtualNumber | None:
+        return self.get_number_now(x)
+
+    def get_number_now(self, x: str) -> VirtualNumber | None:
         row = self._read.execute(
             "SELECT x, account_id, country_code, enabled FROM numbers WHERE x = ?", (x,)
         ).fetchone()
