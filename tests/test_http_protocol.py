@@ -352,6 +352,22 @@ def test_a_connection_holds_one_answer_at_most() -> None:
     run(test)
 
 
+def test_a_held_answer_to_a_client_gone_meanwhile_is_dropped() -> None:
+    """A client that resets its connection while its answer is held: nothing is written to
+    the dead transport, and the other answers of the pass still go."""
+    async def test() -> None:
+        h = Harness()
+        other = FakeTransport()
+        second = h.connect(other)
+        h.connection.data_received(b"GET /gone HTTP/1.1\r\n\r\n")
+        second.data_received(b"GET /stays HTTP/1.1\r\n\r\n")
+        h.connection.connection_lost(ConnectionResetError())
+        await asyncio.sleep(0)
+        assert h.transport.writes == 0
+        assert [a.body for a in parse_answers(bytes(other.written))] == [b"/stays "]
+    run(test)
+
+
 @pytest.mark.parametrize("then", ["close", "100-continue", "half-close", "timeout", "shutdown",
                                   "refusal"])
 def test_a_held_answer_is_written_before_what_follows_it(then: str) -> None:

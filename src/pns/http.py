@@ -21,10 +21,10 @@ Keep-alive answers are written once per pass of the event loop, not one by one (
 uncork``): every request the pass read is answered first, then the answers are written
 together. Why: each write to a client that sleeps waiting for it wakes that client, and on a
 VM the wake-up (an IPI to the other CPU) costs the writer about as much kernel time as the
-write itself. A single client of many connections (a load generator, a
-proxy) sleeps again after each answer if they come one by one, and is woken once per pass if
-they come together: measured with wrk, the server's kernel time per request fell from about
-32 to 14 µs and its throughput rose by about 40% (BENCHMARKS.md). An answer waits at most for
+write itself. A single client of many connections (a load generator, a proxy) sleeps again
+after each answer if they come one by one, and is woken once per pass if they come together:
+measured with wrk, the server's kernel time per request fell from about 32 to 14 µs and its
+throughput rose by about 40% (BENCHMARKS.md). An answer waits at most for
 the rest of its pass, and a pass writes as soon as ``_CORK_LIMIT`` connections hold answers, so
 the wait is bounded under any load. A connection holds one answer at most: a second in the
 same pass (pipelined) is written at once with it, so flow control (``pause_writing``) still
@@ -594,9 +594,7 @@ class _Connection(asyncio.Protocol):
             self._refuse(self._error)
             return
         if self._client_done and self._transport is not None:
-            self._closing = True
-            self._uncork()
-            self._transport.close()
+            self._close()
             return
         if self._expect_continue and self._transport is not None:
             self._expect_continue = False
@@ -690,6 +688,14 @@ class _Connection(asyncio.Protocol):
             if transport is not None and not transport.is_closing():
                 transport.write(held)
 
+    def _close(self) -> None:
+        """Answer nothing more and close, the held answer first (a transport's close sends
+        what it was given, not what this connection holds)."""
+        self._closing = True
+        self._uncork()
+        if self._transport is not None:
+            self._transport.close()
+
     def _refuse(self, status: int) -> None:
         transport = self._transport
         if transport is None or transport.is_closing():
@@ -735,9 +741,7 @@ class _Connection(asyncio.Protocol):
             self._fail(408)
             self._pump()
         else:
-            self._closing = True
-            self._uncork()
-            transport.close()
+            self._close()
 
     @property
     def busy(self) -> bool:
@@ -757,9 +761,7 @@ class _Connection(asyncio.Protocol):
 
     def close_when_idle(self) -> None:
         if self._worker is None and self._transport is not None:
-            self._closing = True
-            self._uncork()
-            self._transport.close()
+            self._close()
 
     def _notify_idle(self) -> None:
         if self._server.idle_waiters and not any(c.busy for c in self._server.connections):
