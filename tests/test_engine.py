@@ -32,7 +32,7 @@ from pns.ids import WORKER_IDS, new_snowflake
 from pns.model import Binding, CallRef, Role, VirtualNumber
 from pns.store import open_store
 from pns.store.callrefs import CallRefBuffer
-from pns.store.sqlite import path_from_url
+from pns.store.sqlite import BUSY_TIMEOUT_MS, path_from_url
 
 from .conftest import Server, cli, create_tenant, unique_hk
 
@@ -404,13 +404,15 @@ def test_index_sees_the_cli_before_the_next_answer(tmp_path: Path) -> None:
         other.stop()
 
 
-def _other_process(path: str, sql: str) -> str:
-    """Run ``sql`` in a process of its own (autocommit); its first row, as text."""
+def _other_process(path: str, sql: str, wait: float = 5.0) -> str:
+    """Run ``sql`` in a process of its own (autocommit, waiting ``wait`` s for locks); its
+    first row, as text."""
     script = ("import sqlite3, sys\n"
-              "conn = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+              "conn = sqlite3.connect(sys.argv[1], isolation_level=None, "
+              "timeout=float(sys.argv[3]))\n"
               "print(conn.execute(sys.argv[2]).fetchone())\n")
-    done = subprocess.run([sys.executable, "-c", script, path, sql], capture_output=True,
-                          text=True, timeout=30, check=True)
+    done = subprocess.run([sys.executable, "-c", script, path, sql, str(wait)],
+                          capture_output=True, text=True, timeout=30, check=True)
     return done.stdout.strip()
 
 
@@ -463,9 +465,14 @@ def test_closing_an_indexed_store_keeps_the_other_connections_locks(tmp_path: Pa
             for _ in range(2):
                 served = await open_store(url, index=True)
                 assert served._changes._header is not None  # type: ignore[attr-defined]
+                started = time.monotonic()
                 await served.close()
+                # Its last checkpoint does not wait out busy_timeout for the open read (a
+                # shutdown held up 10 s by any reader); half of it is a wide margin.
+                assert time.monotonic() - started < BUSY_TIMEOUT_MS / 2000
             await writer.create_account("d", Role.CUSTOMER, "k2", "s", T0)
-            busy = _other_process(path, "PRAGMA wal_checkpoint(TRUNCATE)")
+            # Busy for as long as the read is open: no need to wait the default 5 s.
+            busy = _other_process(path, "PRAGMA wal_checkpoint(TRUNCATE)", wait=0.2)
             assert busy.startswith("(1,"), busy
             assert reader.execute("SELECT count(*) FROM accounts").fetchone()[0] == 1
             reader.execute("COMMIT")

@@ -130,6 +130,8 @@ DELETION_LOG_KEPT = 100_000
 # Jobs the writer thread takes into one transaction at most.
 _GROUP_MAX = 1024
 BUSY_TIMEOUT_MS = 10_000
+# The closing checkpoint's wait for readers and writers of other connections (see _Checkpointer).
+_LAST_CHECKPOINT_WAIT_MS = 200
 # The schema version that brought the deletion log the read index follows.
 _INDEX_SCHEMA = 3
 # A store with fewer bindings builds its read index before it answers; a larger one in a thread.
@@ -1587,6 +1589,9 @@ class _Checkpointer:
                         conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
                 except (OSError, sqlite3.Error):
                     _log.exception("WAL checkpoint failed; will retry")
+            # The last one only tidies the file: it must not hold up a shutdown for as long
+            # as another connection keeps a read open (busy_timeout would wait 10 s).
+            conn.execute(f"PRAGMA busy_timeout = {_LAST_CHECKPOINT_WAIT_MS}")
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         finally:
