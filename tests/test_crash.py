@@ -388,6 +388,7 @@ def _pg_ready(timeout: float) -> bool:
     return False
 
 
+@pytest.mark.serial  # restarts the PostgreSQL every other test uses
 def test_postgresql_restart_under_load(pg_database: str) -> None:
     cluster = _pg_cluster()
     tenant = create_tenant(pg_database, numbers=4)
