@@ -1,0 +1,129 @@
+"""What one signed reportCall costs inside ``pns serve``, next to the queryAXB it follows.
+
+    .venv/bin/python bench/report_cost.py [--calls N] [--profile] [--ids-in-process]
+
+The same objects and set-up as ``bench/query_cost.py`` (the HTTP protocol object on 64 fake
+connections, ``App``, ``Api``, ``Service``, SQLite with its in-memory read index, call
+references flushed every 5 ms as ``pns serve`` does). First ``--calls`` queryAXB, one per
+connection per round; then, for each answer's callId, the switch's signed reportCall (the body
+the shipped Kamailio config sends), again one per connection per round. Prints the process
+CPU per query and per report (every thread: the SQLite writer's transactions are most of a
+report's cost) and checks that every report was answered with code 0.
+
+``--ids-in-process`` hands out call-record ids from a counter in this process instead of the
+store's (not unique across processes: an experiment only). It bounds what taking the id in the
+record's own transaction would save: one of a report's three write round trips.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import gc
+import itertools
+import json
+import os
+import pstats
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import query_cost
+
+from pns import logs
+from pns.auth import sign
+
+
+def _report(access_key: str, secret: str, call_id: str, did: str, caller: str,
+            ts: str) -> bytes:
+    now = int(time.time())
+    body = json.dumps({
+        "callId": call_id, "startAt": now - 5, "ringAt": now - 4, "answerAt": now - 3,
+        "hangupAt": now, "hangupCause": "NORMAL_CLEARING", "hangupCode": 16, "hangup": 1,
+        "recordFile": "", "did": did, "caller": caller,
+    }, separators=(",", ":")).encode()
+    signature = sign(access_key, "reportCall", "5", ts, body, secret)
+    return (
+        b"POST /api/pns/ HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n"
+        b"Content-Type: application/json\r\n"
+        + f"accessKey: {access_key}\r\naction: reportCall\r\nbizType: 5\r\nts: {ts}\r\n"
+          f"sign: {signature}\r\n".encode()
+        + b"Content-Length: %d\r\n\r\n" % len(body) + body
+    )
+
+
+def _body(message: bytes) -> Any:
+    return json.loads(message[message.index(b"\r\n\r\n") + 4:])
+
+
+async def main(args: argparse.Namespace) -> dict[str, float]:
+    log_file = open(os.devnull, "w")  # noqa: SIM115
+    logs.configure("info", "text", log_file)
+    setup = argparse.Namespace(bindings=2000, numbers=100, cache_seconds=3600.0,
+                               stub="none")
+    with tempfile.TemporaryDirectory() as folder:
+        protocols, sink, requests, store = await query_cost._pns(setup, folder)
+        store._calls._interval = 0.005  # as served
+        if args.ids_in_process:
+            counter = itertools.count(10**12)
+
+            async def next_id() -> int:
+                return next(counter)
+
+            store.next_call_record_id = next_id
+        answers: list[bytes] = []
+        counted = sink.wrote
+
+        def wrote(data: bytes) -> None:
+            answers.append(data)
+            counted(data)
+
+        sink.wrote = wrote  # type: ignore[method-assign]
+        try:
+            started = time.process_time()
+            await query_cost._drive(protocols, sink, requests, args.calls)
+            query_us = (time.process_time() - started) / args.calls * 1e6
+            await asyncio.sleep(0.1)  # the last call references written
+            ts = str(int(time.time() * 1000))
+            reports = []
+            for i, answer in enumerate(answers):
+                asked = _body(requests[i % len(requests)])
+                reports.append(_report("benchswitch", "s2", _body(answer)["data"]["callId"],
+                                       asked["did"], asked["caller"], ts))
+            answers.clear()
+            gc.collect()
+            profiler = cProfile.Profile() if args.profile else None
+            if profiler is not None:
+                profiler.enable()
+            started = time.process_time()
+            await query_cost._drive(protocols, sink, reports, len(reports))
+            report_us = (time.process_time() - started) / len(reports) * 1e6
+            if profiler is not None:
+                profiler.disable()
+                pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
+            refused = [a for a in answers if _body(a)["code"] != 0]
+            assert not refused, refused[:1]
+        finally:
+            await store.close()
+            logs.stop_writer()
+            log_file.close()
+    return {"query_us": round(query_us, 1), "report_us": round(report_us, 1)}
+
+
+def _args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--calls", type=int, default=64 * 100)
+    parser.add_argument("--profile", action="store_true", help="cProfile the reports")
+    parser.add_argument("--ids-in-process", action="store_true",
+                        help="call-record ids from a local counter (an experiment's bound)")
+    return parser.parse_args()
+
+
+if __name__ == "__main__":
+    print(json.dumps(asyncio.run(main(_args()))))
