@@ -110,16 +110,23 @@ class _Sink:
             self.done.set()
 
 
-def _request(access_key: str, secret: str, caller: str, did: str, ts: str) -> bytes:
-    body = json.dumps({"caller": caller, "did": did}, separators=(",", ":")).encode()
-    signature = sign(access_key, "queryAXB", "5", ts, body, secret)
+def signed_request(access_key: str, secret: str, action: str, fields: dict[str, Any],
+                   ts: str) -> bytes:
+    """One ``POST /api/pns/`` of ``action`` with ``fields`` as its body, signed as the shipped
+    switch signs it."""
+    body = json.dumps(fields, separators=(",", ":")).encode()
+    signature = sign(access_key, action, "5", ts, body, secret)
     return (
         b"POST /api/pns/ HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n"
         b"Content-Type: application/json\r\n"
-        + f"accessKey: {access_key}\r\naction: queryAXB\r\nbizType: 5\r\nts: {ts}\r\n"
+        + f"accessKey: {access_key}\r\naction: {action}\r\nbizType: 5\r\nts: {ts}\r\n"
           f"sign: {signature}\r\n".encode()
         + b"Content-Length: %d\r\n\r\n" % len(body) + body
     )
+
+
+def _request(access_key: str, secret: str, caller: str, did: str, ts: str) -> bytes:
+    return signed_request(access_key, secret, "queryAXB", {"caller": caller, "did": did}, ts)
 
 
 async def _drive(protocols: list[Any], sink: _Sink, requests: list[bytes],

@@ -17,19 +17,19 @@ instead; anything else, or anything in doubt, goes to httptools untouched. Two p
 read the same bytes differently are how requests are smuggled: tests/test_http_fast_lane.py
 holds the two readings equal.
 
-Keep-alive answers are written once per pass of the event loop, not one by one (``_Server.
-uncork``): every request the pass read is answered first, then the answers are written
-together. Why: each write to a client that sleeps waiting for it wakes that client, and on a
-VM the wake-up (an IPI to the other CPU) costs the writer about as much kernel time as the
+Keep-alive answers are written once per pass of the event loop, not one by one
+(``_Server.uncork``): every request the pass read is answered first, then the answers are
+written together. Why: each write to a client that sleeps waiting for it wakes that client, and
+on a VM the wake-up (an IPI to the other CPU) costs the writer about as much kernel time as the
 write itself. A single client of many connections (a load generator, a proxy) sleeps again
 after each answer if they come one by one, and is woken once per pass if they come together:
 measured with wrk, the server's kernel time per request fell from about 32 to 14 µs and its
-throughput rose by about 40% (BENCHMARKS.md). An answer waits at most for
-the rest of its pass, and a pass writes as soon as ``_CORK_LIMIT`` connections hold answers, so
-the wait is bounded under any load. A connection holds one answer at most: a second in the
-same pass (pipelined) is written at once with it, so flow control (``pause_writing``) still
-stops a client that does not read. An answer that closes the connection, a refusal and a
-``100 Continue`` are written at once, after the connection's held answer.
+throughput rose by about 40% (BENCHMARKS.md). An answer waits at most for the rest of its pass,
+and a pass writes as soon as ``_CORK_LIMIT`` connections hold answers, so the wait is bounded
+under any load. A connection holds one answer at most: a second in the same pass (pipelined) is
+written at once with it, so flow control (``pause_writing``) still stops a client that does not
+read. An answer that closes the connection, a refusal and a ``100 Continue`` are written at
+once, after the connection's held answer.
 
 An answer that needs no I/O is made in ``data_received`` itself, with no task: the app
 answers such routes with a ``Reply``, and on Python 3.12+ a coroutine starts as an eager task
