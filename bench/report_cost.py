@@ -1,18 +1,19 @@
 """What one signed reportCall costs inside ``pns serve``, next to the queryAXB it follows.
 
-    .venv/bin/python bench/report_cost.py [--calls N] [--profile] [--ids-in-process]
+    .venv/bin/python bench/report_cost.py [--calls N] [--connections N] [--profile]
 
 The same objects and set-up as ``bench/query_cost.py`` (the HTTP protocol object on 64 fake
 connections, ``App``, ``Api``, ``Service``, SQLite with its in-memory read index, call
 references flushed every 5 ms as ``pns serve`` does). First ``--calls`` queryAXB, one per
 connection per round; then, for each answer's callId, the switch's signed reportCall (the body
-the shipped Kamailio config sends), again one per connection per round. Prints the process
-CPU per query and per report (every thread: the SQLite writer's transactions are most of a
-report's cost) and checks that every report was answered with code 0.
+the shipped Kamailio config sends), one per connection per round on ``--connections`` of them.
+Prints the process CPU per query and per report (every thread: the SQLite writer's
+transactions are most of a report's cost) and checks that every report was answered with
+code 0.
 
-``--ids-in-process`` hands out call-record ids from a counter in this process instead of the
-store's (not unique across processes: an experiment only). It bounds what taking the id in the
-record's own transaction would save: one of a report's three write round trips.
+``--connections 1`` sends the reports one at a time, as a switch does at a few hundred calls a
+second: each write transaction then commits alone, with nothing to group with, which is what
+a report costs through Kamailio. 64 (the default) lets the writer group them.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import argparse
 import asyncio
 import cProfile
 import gc
-import itertools
 import json
 import os
 import pstats
@@ -60,13 +60,6 @@ async def main(args: argparse.Namespace) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as folder:
         protocols, sink, requests, store = await query_cost._pns(setup, folder)
         store._calls._interval = 0.005  # as served
-        if args.ids_in_process:
-            counter = itertools.count(10**12)
-
-            async def next_id() -> int:
-                return next(counter)
-
-            store.next_call_record_id = next_id
         answers: list[bytes] = []
         counted = sink.wrote
 
@@ -92,7 +85,7 @@ async def main(args: argparse.Namespace) -> dict[str, float]:
             if profiler is not None:
                 profiler.enable()
             started = time.process_time()
-            await query_cost._drive(protocols, sink, reports, len(reports))
+            await query_cost._drive(protocols[:args.connections], sink, reports, len(reports))
             report_us = (time.process_time() - started) / len(reports) * 1e6
             if profiler is not None:
                 profiler.disable()
@@ -111,8 +104,8 @@ def _args() -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=64 * 100)
     parser.add_argument("--profile", action="store_true", help="cProfile the reports")
-    parser.add_argument("--ids-in-process", action="store_true",
-                        help="call-record ids from a local counter (an experiment's bound)")
+    parser.add_argument("--connections", type=int, default=64,
+                        help="reports in flight at once (1: one at a time, as a switch)")
     return parser.parse_args()
 
 

@@ -10,6 +10,7 @@ import secrets
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -562,3 +563,39 @@ def test_call_record_ids_are_unique_across_processes(fresh_store_url: str) -> No
     assert all(r == sorted(r) for r in results)
     drawn = [i for r in results for i in r]
     assert len(set(drawn)) == 200 and max(drawn) <= 2**53
+
+
+_DRAW_IDS = """
+import asyncio, sys
+from pns.store import open_store
+
+async def main():
+    store = await open_store(sys.argv[1])
+    try:
+        print(*[await store.next_call_record_id() for _ in range(int(sys.argv[2]))])
+    finally:
+        await store.close()
+
+asyncio.run(main())
+"""
+
+
+def test_call_record_ids_drawn_in_blocks_are_unique_across_processes_and_restarts(
+        fresh_store_url: str) -> None:
+    """Ids come from the store in blocks (``record_ids``): three processes drawing more than
+    a block each at once never share an id, each process's ids increase, and a process
+    started after them gets only ids above theirs (unused ids of a block are never reused)."""
+    assert create_tenant(fresh_store_url).account_id > 0  # the store exists, migrated
+    draws = [subprocess.Popen([sys.executable, "-c", _DRAW_IDS, fresh_store_url, "150"],
+                              stdout=subprocess.PIPE, text=True) for _ in range(3)]
+    drawn = []
+    for process in draws:
+        out, _ = process.communicate(timeout=60)
+        assert process.returncode == 0
+        ids = [int(i) for i in out.split()]
+        assert len(ids) == 150 and ids == sorted(ids)
+        drawn += ids
+    assert len(set(drawn)) == 450 and min(drawn) > 0 and max(drawn) <= 2**53
+    later = subprocess.run([sys.executable, "-c", _DRAW_IDS, fresh_store_url, "2"],
+                           capture_output=True, text=True, timeout=60, check=True)
+    assert min(int(i) for i in later.stdout.split()) > max(drawn)

@@ -18,8 +18,8 @@ names one X or one account. Guarantees a store must keep (the conformance suite 
   until ``purge_history`` removes it after its retention).
 - ``finish_event`` changes an event only for the holder of its current lease: once a lease ran
   out and another caller leased the event, the first holder's finish changes nothing.
-- ``next_call_record_id`` hands out increasing ids, never twice, across processes; they stay
-  below 2^53 (exact in JavaScript).
+- ``next_call_record_id`` hands out ids never twice, across processes, increasing within a
+  process (drawn in blocks: ``record_ids``); they stay below 2^53 (exact in JavaScript).
 
 ``Store`` is the union of two narrower interfaces, split by key: ``BindingIndex`` (everything
 that names one X; it can live on a cluster sharded by X) and ``RecordsStore`` (everything keyed
@@ -398,7 +398,8 @@ class RecordsStore(Protocol):
         """The newest entries first."""
 
     async def next_call_record_id(self) -> int:
-        """A fresh call-record id: increasing, unique across processes, below 2^53."""
+        """A fresh call-record id: unique across processes, increasing within this one, below
+        2^53."""
 
     async def purge_history(self, now: int, retention: Retention, limit: int) -> int:
         """Remove up to ``limit`` call records and up to ``limit`` delivered or failed

@@ -49,6 +49,7 @@ from .base import (
     summarise_pools,
 )
 from .callrefs import CallRefBuffer
+from .record_ids import RecordIds
 from .rows import (
     SECRET_COLUMNS,
     redact,
@@ -688,6 +689,7 @@ class PostgresStore(SqlCommon):
         self._keyring = keyring
         self._hot = hot if hot is not None else pool
         self._calls = CallRefBuffer(self._write_calls)
+        self._record_ids = RecordIds(self._draw_record_ids)
 
     @classmethod
     async def open(cls, url: str, *, migrate: bool = True) -> PostgresStore:
@@ -1240,7 +1242,12 @@ class PostgresStore(SqlCommon):
         return CallRef(*row) if row else None
 
     async def next_call_record_id(self) -> int:
-        return int(await self._pool.fetchval("SELECT nextval('call_record_ids')"))
+        return await self._record_ids.next()
+
+    async def _draw_record_ids(self, count: int) -> list[int]:
+        rows = await self._pool.fetch(
+            "SELECT nextval('call_record_ids') FROM generate_series(1, $1)", count)
+        return [int(row[0]) for row in rows]
 
     async def save_call_record(self, record: CallRecord, event: OutboxEvent | None) -> bool:
         async def work(conn: Any) -> bool:

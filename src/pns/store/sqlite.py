@@ -64,6 +64,7 @@ from .base import (
 )
 from .callrefs import CallRefBuffer
 from .memory import BindingIndex
+from .record_ids import RecordIds
 from .rows import (
     SECRET_COLUMNS,
     secret_context,
@@ -667,6 +668,7 @@ class SqliteStore(SqlCommon):
         self._writer: _Writer | None = None
         self._checkpoints: _Checkpointer | None = None
         self._calls = CallRefBuffer(self._write_calls)
+        self._record_ids = RecordIds(self._draw_record_ids)
         # The read index once built (None: reads go to SQLite), and how far it has read.
         self._index: BindingIndex | None = None
         self._index_build: asyncio.Task[None] | None = None
@@ -1372,11 +1374,14 @@ class SqliteStore(SqlCommon):
         return CallRef(*row) if row else None
 
     async def next_call_record_id(self) -> int:
-        def work() -> int:
+        return await self._record_ids.next()
+
+    async def _draw_record_ids(self, count: int) -> range:
+        def work() -> range:
             (value,) = self._conn.execute(
-                "UPDATE counters SET value = value + 1 WHERE name = 'call_record' "
-                "RETURNING value").fetchone()
-            return int(value)
+                "UPDATE counters SET value = value + ? WHERE name = 'call_record' "
+                "RETURNING value", (count,)).fetchone()
+            return range(int(value) - count + 1, int(value) + 1)
 
         return await self._batched(work)
 
