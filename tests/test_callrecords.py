@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from pns.callbacks import KIND_BINDING_ERROR, new_event
-from pns.client import verify_callback
+from pns.client import encode_body, signed_headers, verify_callback
 from pns.core import AccountDirectory
 from pns.delivery import Deliverer, DeliverySettings
 from pns.model import EventState, OutboxEvent, Role
@@ -477,6 +477,33 @@ def test_call_record_ids_are_exact_in_javascript_and_increase(fast_server: Serve
     assert listed == reported == delivered
     assert all(isinstance(i, int) and 0 < i <= 2**53 for i in listed)
     assert listed == sorted(set(listed))
+
+
+def test_a_replayed_report_is_refused_and_a_refused_one_claims_nothing(
+        fast_server: Server, receiver: Receiver) -> None:
+    """reportCall claims its signature in its record's own write (README): the same signed
+    report sent again is 1006, stored and delivered once; a report refused before that write
+    (an unknown callId) claimed nothing, so its replay gets the same refusal, not 1006."""
+    customer = create_tenant(fast_server.store_url, numbers=1, callback_url=receiver.url)
+    switch = create_tenant(fast_server.store_url, Role.SWITCH)
+    call_id, *_ = _call(fast_server, customer, switch)
+    s = fast_server.client(switch)
+
+    def twice(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        raw = encode_body(body)
+        headers = signed_headers(s.access_key, s.access_secret, "reportCall", raw,
+                                 str(int(time.time() * 1000)))
+        return (json.loads(s.send(raw, headers, resend=False)[1]),
+                json.loads(s.send(raw, headers, resend=False)[1]))
+
+    first, again = twice({"callId": call_id, "startAt": 1000, "hangupAt": 1010})
+    assert (first["code"], again["code"]) == (0, 1006), (first, again)
+    assert fast_server.client(customer).call_records()["data"]["total"] == 1
+    receiver.wait_for(1)
+    time.sleep(1.0)
+    assert len(receiver.received) == 1
+    first, again = twice({"callId": "1999999999999999999", "startAt": 1000})
+    assert (first["code"], again["code"]) == (10013, 10013), (first, again)
 
 
 class TrickleReceiver:

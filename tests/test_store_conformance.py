@@ -50,6 +50,7 @@ from pns.model import (
     VirtualNumber,
 )
 from pns.store import BindConflict, ConflictKind, Store, StoreError, open_store
+from pns.store.base import Replayed, SignatureClaim
 
 from .conftest import (
     ALL_STORES,
@@ -675,6 +676,47 @@ def test_call_records_are_saved_once_with_their_event(fresh: SyncStore) -> None:
     assert s.list_call_records(acc.id, 0, 2**62, "b" * 32, 10, 0) == ([first, later], 2)
     assert s.list_call_records(acc.id, 0, 2**62, "", 1, 1) == ([first], 3)
     assert s.list_call_records(other.id, 0, 2**62, "", 10, 0) == ([theirs], 1)
+
+
+def test_a_record_claims_its_signature_in_its_own_write(fresh: SyncStore) -> None:
+    """``save_call_record`` with a ``SignatureClaim``: the claim and the record commit together;
+    a second save with a claimed signature writes nothing (not its record, not its event) and
+    raises ``Replayed``; a claim whose record exists already is still taken."""
+    s = fresh
+    acc = new_account(s)
+    claim = SignatureClaim(f"k:{secrets.token_hex(16)}", T0 + 121, T0)
+    first = call_record(acc, "5" * 19, T0)
+    ev = event(acc, T0, call_id=first.call_id)
+    assert s.save_call_record(first, ev, claim) is True
+    assert s.claim_signature(claim.key, claim.expires_at, T0) is False
+    other = call_record(acc, "6" * 19, T0)
+    with pytest.raises(Replayed):
+        s.save_call_record(other, event(acc, T0, call_id=other.call_id), claim)
+    assert s.get_call_record(acc.id, other.call_id) is None
+    assert s.list_events(None, None, 100) == [ev]
+    # Expired, the signature can be claimed again.
+    assert s.save_call_record(other, None, claim._replace(now=claim.expires_at)) is True
+    again = SignatureClaim(f"k:{secrets.token_hex(16)}", T0 + 121, T0)
+    assert s.save_call_record(call_record(acc, first.call_id, T0 + 9), None, again) is False
+    assert s.claim_signature(again.key, again.expires_at, T0) is False
+    assert s.get_call_record(acc.id, first.call_id) == first
+
+
+def test_concurrent_claims_in_record_writes_have_one_winner(fresh_store_url: str) -> None:
+    """Eight stores save eight different records under one claim at once: one is written,
+    seven raise ``Replayed`` and leave nothing."""
+    with _sync_store(fresh_store_url) as s:
+        acc = new_account(s)
+    claim = SignatureClaim(f"race:{secrets.token_hex(16)}", T0 + 121, T0)
+
+    async def save(store: Store, i: int) -> bool:
+        return await store.save_call_record(call_record(acc, f"{i + 1}" * 19, T0), None, claim)
+
+    results = in_threads(fresh_store_url, 8, save)
+    assert results.count(True) == 1, results
+    assert all(isinstance(r, Replayed) for r in results if r is not True), results
+    with _sync_store(fresh_store_url) as s:
+        assert s.list_call_records(acc.id, 0, 2**62, "", 100, 0)[1] == 1
 
 
 def test_outbox_leases_and_attempts(fresh: SyncStore) -> None:

@@ -20,6 +20,7 @@ from .errors import DEFAULT_MSG, Code, PnsError
 from .ids import new_snowflake
 from .model import Account, Role
 from .ratelimit import FailureLimiter
+from .store.base import SignatureClaim
 from .wire import (
     BindAXBBody,
     BindAXGBody,
@@ -63,6 +64,16 @@ class Action(NamedTuple):
     roles: frozenset[Role]
     changes_state: bool
     top_level: tuple[str, ...] = ()
+    # The action's one write claims the request's signature (one transaction, not two): its
+    # handler gets ``Claimed(body, claim)``.
+    claims_in_write: bool = False
+
+
+class Claimed(NamedTuple):
+    """The body of an action that claims its signature in its own write, with the claim."""
+
+    body: Any
+    claim: SignatureClaim
 
 
 class Response(NamedTuple):
@@ -111,13 +122,19 @@ class Api:
                 access_key)
             self._authenticate(headers, body, client, account, action, now)
             assert account is not None
+            claim = None
             if action.changes_state:
-                key = f"{access_key}:{headers['sign'].lower()}"
                 # A signature stays valid while its ts is inside the window, either way.
-                expires_at = int(now) + 2 * TS_WINDOW_MS // 1000 + 1
-                if not await self.service.store.claim_signature(key, expires_at, int(now)):
+                claim = SignatureClaim(f"{access_key}:{headers['sign'].lower()}",
+                                       int(now) + 2 * TS_WINDOW_MS // 1000 + 1, int(now))
+                if not action.claims_in_write and not await self.service.store.claim_signature(
+                        *claim):
                     raise PnsError(Code.REPLAYED)
-            data = await action.handler(self, account, decode(body, action.body), int(now))
+            decoded = decode(body, action.body)
+            if action.claims_in_write:
+                assert claim is not None
+                decoded = Claimed(decoded, claim)
+            data = await action.handler(self, account, decoded, int(now))
             return _succeeded(request_id, action_name, data, action.top_level)
         except PnsError as exc:
             return _refused(exc, request_id, action_name)
@@ -333,8 +350,10 @@ def query_data(answer: QueryAnswer) -> dict[str, Any]:
     return data
 
 
-async def _report_call(api: Api, account: Account, report: CallReport, now: int) -> dict[str, Any]:
-    record = await api.service.report_call(report, now, reporter=account)
+async def _report_call(api: Api, account: Account, claimed: Claimed, now: int
+                       ) -> dict[str, Any]:
+    record = await api.service.report_call(claimed.body, now, reporter=account,
+                                           claim=claimed.claim)
     return {"id": record.id, "callId": record.call_id}
 
 
@@ -401,7 +420,7 @@ ACTIONS: dict[str, Action] = {
     "unbindAXB": Action(UnbindBody, _unbind, _CUSTOMER, True),
     "getAXBList": Action(ListBody, _list, _CUSTOMER, False),
     "queryAXB": Action(QueryBody, _query, _ANYONE, False),
-    "reportCall": Action(CallReport, _report_call, _SWITCH, True),
+    "reportCall": Action(CallReport, _report_call, _SWITCH, True, claims_in_write=True),
     "getCallRecords": Action(CallRecordsBody, _call_records, _CUSTOMER, False),
     "redeliverCallRecord": Action(RedeliverBody, _redeliver, _CUSTOMER, True),
     "createGroup": Action(CreateGroupBody, _create_group, _CUSTOMER, True, ("groupId",)),

@@ -53,7 +53,7 @@ from .numbers import (
     region_country_code,
     require_international,
 )
-from .store.base import BindConflict, ConflictKind, Store
+from .store.base import BindConflict, ConflictKind, Replayed, SignatureClaim, Store
 
 log = logging.getLogger("pns.core")
 K = TypeVar("K")
@@ -1656,8 +1656,14 @@ class Service:
 
     # --- call records ----------------------------------------------------------------------
     async def report_call(self, report: CallReport, now: int | None = None,
-                          reporter: Account | None = None) -> CallRecord:
+                          reporter: Account | None = None,
+                          claim: SignatureClaim | None = None) -> CallRecord:
         """Store a finished call once per callId, and enqueue its delivery.
+
+        ``claim``: the request's replay guard, claimed by the record's own write (a report
+        arrives alone, so a separate claim would cost a transaction of its own, a fifth of
+        its CPU): ``REPLAYED`` when the signature was claimed before. A report refused before
+        that write (a bad parameter, an unknown callId) claims nothing.
 
         The callId's reference is joined only when it is the reporter's own query (the
         account that asked is the one reporting) and agrees with the report's did and caller
@@ -1686,7 +1692,11 @@ class Service:
         if owner is not None and owner.callback_url:
             event = new_event(owner.id, KIND_CALL_RECORD, await self._cdr(record), now,
                               call_id=record.call_id)
-        if await self.store.save_call_record(record, event):
+        try:
+            saved = await self.store.save_call_record(record, event, claim)
+        except Replayed:
+            raise PnsError(Code.REPLAYED) from None
+        if saved:
             if event is not None:
                 self.on_event()
             return record

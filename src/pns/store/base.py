@@ -12,7 +12,9 @@ names one X or one account. Guarantees a store must keep (the conformance suite 
 - Reads never return an expired binding, whether the sweeper has run or not.
 - ``claim_signature`` is atomic: of two concurrent claims of one signature, exactly one wins.
 - ``save_call_record`` stores a record and its outbox event in one transaction, once per
-  ``callId``: a repeated report changes nothing and enqueues nothing.
+  ``callId``: a repeated report changes nothing and enqueues nothing. Given a
+  ``SignatureClaim``, it claims the signature in that transaction first, with the same one
+  winner as ``claim_signature``; a lost claim writes nothing and raises ``Replayed``.
 - ``lease_events`` hands a due event to one caller at a time, across processes, until the lease
   runs out; an event is never lost once enqueued (it ends delivered or failed, and stays visible
   until ``purge_history`` removes it after its retention).
@@ -33,7 +35,7 @@ import os
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from ..model import (
     Account,
@@ -147,6 +149,19 @@ class StoreError(Exception):
     """An operator-facing store failure with a clear one-line message (CLI, migrations)."""
 
 
+class SignatureClaim(NamedTuple):
+    """A signed request's claim on its signature (the replay guard), made by the request's own
+    write when it has one (``save_call_record``): one transaction, not two."""
+
+    key: str
+    expires_at: int
+    now: int
+
+
+class Replayed(Exception):
+    """A write's ``SignatureClaim`` found the signature already claimed: nothing was written."""
+
+
 class BindingIndex(Protocol):
     """Everything that names one X: bindings, their parties and extensions, the query.
 
@@ -244,8 +259,11 @@ class RecordsStore(Protocol):
         """Remove up to ``limit`` expired bindings and stale signatures; returns bindings
         gone. (Call references go with the history, by ``purge_history``.)"""
 
-    async def save_call_record(self, record: CallRecord, event: OutboxEvent | None) -> bool:
-        """False when a record with this callId exists (nothing is written then)."""
+    async def save_call_record(self, record: CallRecord, event: OutboxEvent | None,
+                               claim: SignatureClaim | None = None) -> bool:
+        """False when a record with this callId exists (nothing is written then, but
+        ``claim``). With ``claim``, the signature is claimed in the same transaction, before
+        anything else: ``Replayed`` when it was claimed already (nothing is written)."""
 
     async def list_call_records(
         self, account_id: int, start_from: int, start_to: int, bind_id: str, limit: int,

@@ -52,6 +52,7 @@ from .base import (
     BindingLedger,
     ConflictKind,
     RecordsStore,
+    SignatureClaim,
     StoreError,
     check_replacement,
     summarise_pools,
@@ -489,8 +490,9 @@ class CompositeStore:
     async def claim_signature(self, key: str, expires_at: int, now: int) -> bool:
         return await self.records.claim_signature(key, expires_at, now)
 
-    async def save_call_record(self, record: CallRecord, event: OutboxEvent | None) -> bool:
-        return await self.records.save_call_record(record, event)
+    async def save_call_record(self, record: CallRecord, event: OutboxEvent | None,
+                               claim: SignatureClaim | None = None) -> bool:
+        return await self.records.save_call_record(record, event, claim)
 
     async def list_call_records(self, account_id: int, start_from: int, start_to: int,
                                 bind_id: str, limit: int, offset: int

@@ -44,6 +44,8 @@ from ..vault import Keyring, is_sealed, load_keyring
 from .base import (
     BindConflict,
     ConflictKind,
+    Replayed,
+    SignatureClaim,
     StoreError,
     check_replacement,
     summarise_pools,
@@ -57,6 +59,7 @@ from .rows import (
 )
 from .sql import (
     BINDING_COLUMNS,
+    CLAIM_SIGNATURE,
     INSERT_EVENT,
     INSERT_RECORD,
     Sql,
@@ -1249,9 +1252,13 @@ class PostgresStore(SqlCommon):
             "SELECT nextval('call_record_ids') FROM generate_series(1, $1)", count)
         return [int(row[0]) for row in rows]
 
-    async def save_call_record(self, record: CallRecord, event: OutboxEvent | None) -> bool:
+    async def save_call_record(self, record: CallRecord, event: OutboxEvent | None,
+                               claim: SignatureClaim | None = None) -> bool:
         async def work(conn: Any) -> bool:
             async with conn.transaction():
+                if claim is not None and await conn.fetchval(
+                        CLAIM_SIGNATURE.pg, *CLAIM_SIGNATURE.args(claim._asdict())) is None:
+                    raise Replayed  # the transaction rolls back
                 params = record_params(record)
                 if await conn.fetchval(INSERT_RECORD.pg, *INSERT_RECORD.args(params)) is None:
                     return False

@@ -128,7 +128,7 @@ INSERT_EVENT = Sql(f"INSERT INTO outbox ({EVENT_COLUMNS}) VALUES ({_placeholders
 INSERT_RECORD = Sql(
     f"INSERT INTO call_records ({RECORD_COLUMNS}) VALUES ({_placeholders(RECORD_COLUMNS)}) "
     "ON CONFLICT (call_id) DO NOTHING RETURNING 1")
-_CLAIM_SIGNATURE = Sql(
+CLAIM_SIGNATURE = Sql(
     "INSERT INTO signatures (key, expires_at) VALUES (:key, :expires_at) "
     "ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at "
     "WHERE signatures.expires_at <= :now RETURNING 1")
@@ -426,7 +426,7 @@ class SqlCommon(ABC):
     # --- the replay guard and worker ids ------------------------------------------------------
     async def claim_signature(self, key: str, expires_at: int, now: int) -> bool:
         claimed = await self._write_returning(
-            _CLAIM_SIGNATURE, {"key": key, "expires_at": expires_at, "now": now})
+            CLAIM_SIGNATURE, {"key": key, "expires_at": expires_at, "now": now})
         return bool(claimed)
 
     async def lease_worker_id(self, holder: str, now: int, lease_seconds: int,

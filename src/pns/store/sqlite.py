@@ -58,6 +58,8 @@ from ..vault import Keyring, is_sealed, load_keyring
 from .base import (
     BindConflict,
     ConflictKind,
+    Replayed,
+    SignatureClaim,
     StoreError,
     check_replacement,
     summarise_pools,
@@ -72,6 +74,7 @@ from .rows import (
 from .sql import (
     ACTIVE,
     BINDING_COLUMNS,
+    CLAIM_SIGNATURE,
     INSERT_EVENT,
     INSERT_RECORD,
     Sql,
@@ -1385,8 +1388,12 @@ class SqliteStore(SqlCommon):
 
         return await self._batched(work)
 
-    async def save_call_record(self, record: CallRecord, event: OutboxEvent | None) -> bool:
+    async def save_call_record(self, record: CallRecord, event: OutboxEvent | None,
+                               claim: SignatureClaim | None = None) -> bool:
         def work() -> bool:
+            if claim is not None and not self._conn.execute(
+                    CLAIM_SIGNATURE.sqlite, claim._asdict()).fetchall():
+                raise Replayed  # the job's savepoint (or transaction) rolls back
             if not self._conn.execute(INSERT_RECORD.sqlite, record_params(record)).fetchall():
                 return False
             if event is not None:
