@@ -394,6 +394,33 @@ def test_replay_refused_for_state_changes_only(server: Server, customer: Tenant)
     assert code(_post(server, headers, list_body)[1]) == 0
 
 
+def test_a_bind_replay_is_refused_whatever_its_first_answer(server: Server) -> None:
+    """bindAXB claims its signature with its insert (README): a replay is 1006 after a
+    binding, after a refusal (A is bound on the X asked for; a malformed body), after the
+    answer of a repeated customerBindId (no insert: the signature is claimed by itself); the
+    repeat itself, signed anew, still answers the same binding."""
+    customer = create_tenant(server.store_url, numbers=2)
+    a, b = fresh_pair()
+
+    def twice(fields: dict[str, Any] | bytes) -> tuple[int, int, dict[str, Any]]:
+        raw = fields if isinstance(fields, bytes) else json.dumps(fields).encode()
+        headers = signed_headers(customer.access_key, customer.access_secret, "bindAXB", raw)
+        first = _post(server, headers, raw)[1]
+        return code(first), code(_post(server, headers, raw)[1]), first
+
+    bind = {"phoneA": a, "phoneB": b, "expireSecond": 600, "customerBindId": f"r{a}"}
+    first, again, bound = twice(bind)
+    assert (first, again) == (0, 1006)
+    first, again, _ = twice({"phoneA": a, "phoneB": unique_hk("2"), "expireSecond": 0,
+                             "phoneX": bound["data"]["did"]})
+    assert (first, again) == (10017, 1006)
+    assert twice(b'{"phoneA": 1}')[:2] == (1002, 1006)
+    first, again, repeat = twice(bind)
+    assert (first, again) == (0, 1006)
+    assert repeat["data"]["bindId"] == bound["data"]["bindId"]
+    assert server.client(customer).list_bindings(1000, 0)["data"]["total"] == 1
+
+
 # --- malformed input -------------------------------------------------------------------------
 @pytest.mark.parametrize("body", [
     b"{", b"[]", b"null", b"not json", b'{"phoneA": 85211111114, "phoneB": "1", '

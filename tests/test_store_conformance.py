@@ -678,6 +678,11 @@ def test_call_records_are_saved_once_with_their_event(fresh: SyncStore) -> None:
     assert s.list_call_records(other.id, 0, 2**62, "", 10, 0) == ([theirs], 1)
 
 
+def replay(claim: SignatureClaim) -> SignatureClaim:
+    """The same signature claimed by another request (a claim this request took is its own)."""
+    return SignatureClaim(claim.key, claim.expires_at, claim.now)
+
+
 def test_a_record_claims_its_signature_in_its_own_write(fresh: SyncStore) -> None:
     """``save_call_record`` with a ``SignatureClaim``: the claim and the record commit together;
     a second save with a claimed signature writes nothing (not its record, not its event) and
@@ -691,15 +696,47 @@ def test_a_record_claims_its_signature_in_its_own_write(fresh: SyncStore) -> Non
     assert s.claim_signature(claim.key, claim.expires_at, T0) is False
     other = call_record(acc, "6" * 19, T0)
     with pytest.raises(Replayed):
-        s.save_call_record(other, event(acc, T0, call_id=other.call_id), claim)
+        s.save_call_record(other, event(acc, T0, call_id=other.call_id), replay(claim))
     assert s.get_call_record(acc.id, other.call_id) is None
     assert s.list_events(None, None, 100) == [ev]
     # Expired, the signature can be claimed again.
-    assert s.save_call_record(other, None, claim._replace(now=claim.expires_at)) is True
+    assert s.save_call_record(other, None, SignatureClaim(claim.key, T0 + 241, claim.expires_at)
+                              ) is True
     again = SignatureClaim(f"k:{secrets.token_hex(16)}", T0 + 121, T0)
     assert s.save_call_record(call_record(acc, first.call_id, T0 + 9), None, again) is False
     assert s.claim_signature(again.key, again.expires_at, T0) is False
     assert s.get_call_record(acc.id, first.call_id) == first
+
+
+def test_a_binding_claims_its_signature_with_its_insert(fresh: SyncStore) -> None:
+    """``insert_binding`` with a ``SignatureClaim``: the claim is taken with the insert; a
+    second insert under it raises ``Replayed`` and inserts nothing; after a conflict,
+    ``claim.taken`` says truly whether the signature is claimed (SQLite rolls it back with
+    the insert; elsewhere it was taken just before)."""
+    s = fresh
+    acc = new_account(s)
+    (x,) = new_numbers(s, acc, 1)
+    claim = SignatureClaim(f"k:{secrets.token_hex(16)}", T0 + 121, T0)
+    first = binding(acc, x, phone(), phone())
+    s.insert_binding(first, T0, claim)
+    assert claim.taken
+    assert s.claim_signature(claim.key, claim.expires_at, T0) is False
+    second = binding(acc, x, phone(), phone())
+    with pytest.raises(Replayed):
+        s.insert_binding(second, T0, replay(claim))
+    assert s.get_binding(second.bind_id, T0) is None
+    assert s.get_binding(first.bind_id, T0) == first
+    conflicting = SignatureClaim(f"k:{secrets.token_hex(16)}", T0 + 121, T0)
+    with pytest.raises(BindConflict):
+        s.insert_binding(binding(acc, x, first.a, phone()), T0, conflicting)
+    claimed_after = not s.claim_signature(conflicting.key, conflicting.expires_at, T0)
+    assert claimed_after is conflicting.taken
+    if not claimed_after:  # the probe just took it: give it back to this request
+        conflicting.taken = True
+    # The bind tried again after its conflict: the claim it holds is its own.
+    retried = binding(acc, x, phone(), phone())
+    s.insert_binding(retried, T0, conflicting)
+    assert s.get_binding(retried.bind_id, T0) == retried
 
 
 def test_concurrent_claims_in_record_writes_have_one_winner(fresh_store_url: str) -> None:
@@ -710,7 +747,8 @@ def test_concurrent_claims_in_record_writes_have_one_winner(fresh_store_url: str
     claim = SignatureClaim(f"race:{secrets.token_hex(16)}", T0 + 121, T0)
 
     async def save(store: Store, i: int) -> bool:
-        return await store.save_call_record(call_record(acc, f"{i + 1}" * 19, T0), None, claim)
+        return await store.save_call_record(call_record(acc, f"{i + 1}" * 19, T0), None,
+                                            replay(claim))
 
     results = in_threads(fresh_store_url, 8, save)
     assert results.count(True) == 1, results

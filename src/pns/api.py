@@ -20,7 +20,7 @@ from .errors import DEFAULT_MSG, Code, PnsError
 from .ids import new_snowflake
 from .model import Account, Role
 from .ratelimit import FailureLimiter
-from .store.base import SignatureClaim
+from .store.base import SignatureClaim, take_claim
 from .wire import (
     BindAXBBody,
     BindAXGBody,
@@ -67,6 +67,13 @@ class Action(NamedTuple):
     # The action's one write claims the request's signature (one transaction, not two): its
     # handler gets ``Claimed(body, claim)``.
     claims_in_write: bool = False
+
+
+def _claim_of(headers: Mapping[str, str], now: int) -> SignatureClaim:
+    """The replay guard's claim for a signed request: a signature stays valid while its ts is
+    inside the window, either way."""
+    return SignatureClaim(f"{headers['accesskey']}:{headers['sign'].lower()}",
+                          now + 2 * TS_WINDOW_MS // 1000 + 1, now)
 
 
 class Claimed(NamedTuple):
@@ -122,24 +129,33 @@ class Api:
                 access_key)
             self._authenticate(headers, body, client, account, action, now)
             assert account is not None
-            claim = None
-            if action.changes_state:
-                # A signature stays valid while its ts is inside the window, either way.
-                claim = SignatureClaim(f"{access_key}:{headers['sign'].lower()}",
-                                       int(now) + 2 * TS_WINDOW_MS // 1000 + 1, int(now))
-                if not action.claims_in_write and not await self.service.store.claim_signature(
-                        *claim):
-                    raise PnsError(Code.REPLAYED)
-            decoded = decode(body, action.body)
             if action.claims_in_write:
-                assert claim is not None
-                decoded = Claimed(decoded, claim)
-            data = await action.handler(self, account, decoded, int(now))
+                data = await self._claiming(action, account, headers, body, int(now))
+            else:
+                if action.changes_state and not await take_claim(
+                        self.service.store, _claim_of(headers, int(now))):
+                    raise PnsError(Code.REPLAYED)
+                data = await action.handler(self, account, decode(body, action.body), int(now))
             return _succeeded(request_id, action_name, data, action.top_level)
         except PnsError as exc:
             return _refused(exc, request_id, action_name)
         except Exception:
             return _failed(request_id, action_name)
+
+    async def _claiming(self, action: Action, account: Account, headers: Mapping[str, str],
+                        body: bytes, now: int) -> dict[str, Any] | None:
+        """An action whose write claims its signature (``Action.claims_in_write``). A refusal
+        wrote nothing, so the claim is then taken on its own: a replay is 1006 whatever the
+        first answer was, as for every state-changing action."""
+        claim = _claim_of(headers, now)
+        try:
+            return await action.handler(self, account, Claimed(decode(body, action.body), claim),
+                                        now)
+        except PnsError as exc:
+            if exc.code is not Code.REPLAYED and not claim.taken and not await take_claim(
+                    self.service.store, claim):
+                raise PnsError(Code.REPLAYED) from None
+            raise
 
     def answer_now(self, headers: Mapping[str, str], body: bytes,
                    client: str = "") -> Response | Awaitable[Response] | None:
@@ -244,12 +260,14 @@ def _failed(request_id: str, action_name: str) -> Response:
 
 
 # --- actions --------------------------------------------------------------------------------
-async def _bind_axb(api: Api, account: Account, req: BindAXBBody, now: int) -> dict[str, Any]:
+async def _bind_axb(api: Api, account: Account, claimed: Claimed, now: int) -> dict[str, Any]:
+    req: BindAXBBody = claimed.body
     binding = await api.service.bind_axb(
         account, req.phoneA, req.phoneB,
         expire_second=int_field(req.expireSecond, "expireSecond", required=True),
         customer_bind_id=req.customerBindId, flag=int_field(req.flag, "flag", required=False),
         business_id=req.businessId, phone_x=req.phoneX, now=now, life=lifecycle_fields(req),
+        claim=claimed.claim,
     )
     return {"bindId": binding.bind_id, "did": binding.x, "expireAt": binding.expire_at}
 
@@ -415,7 +433,7 @@ _SWITCH = frozenset({Role.SWITCH})
 _ANYONE = frozenset({Role.CUSTOMER, Role.SWITCH})
 
 ACTIONS: dict[str, Action] = {
-    "bindAXB": Action(BindAXBBody, _bind_axb, _CUSTOMER, True),
+    "bindAXB": Action(BindAXBBody, _bind_axb, _CUSTOMER, True, claims_in_write=True),
     "bindAXBExtension": Action(BindExtensionBody, _bind_extension, _CUSTOMER, True),
     "unbindAXB": Action(UnbindBody, _unbind, _CUSTOMER, True),
     "getAXBList": Action(ListBody, _list, _CUSTOMER, False),

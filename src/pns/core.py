@@ -53,7 +53,14 @@ from .numbers import (
     region_country_code,
     require_international,
 )
-from .store.base import BindConflict, ConflictKind, Replayed, SignatureClaim, Store
+from .store.base import (
+    BindConflict,
+    ConflictKind,
+    Replayed,
+    SignatureClaim,
+    Store,
+    take_claim,
+)
 
 log = logging.getLogger("pns.core")
 K = TypeVar("K")
@@ -342,10 +349,16 @@ class Service:
         callee_dtmf_delay: int = 0,
         country_code: int | None = None,
         life: Lifecycle | None = None,
+        claim: SignatureClaim | None = None,
     ) -> Binding:
         """``api_version`` 1 for the v1 API, which adds ``ext`` (copied into call records),
         ``callee_dtmf`` and its delay (keyed into B's line on A's calls) and ``country_code``
-        (``iso2X``: the country to take X from, which must be the parties')."""
+        (``iso2X``: the country to take X from, which must be the parties').
+
+        ``claim``: the request's replay guard, claimed by the binding's insert (binds arrive
+        many at once, and a claim of its own cost each one a second trip through the store's
+        writer: a quarter of a bind's CPU); by itself when the answer is a binding that
+        exists (a repeated customerBindId)."""
         now = int(time.time()) if now is None else now
         a = require_international(phone_a, "phoneA")
         b = require_international(phone_b, "phoneB")
@@ -366,6 +379,7 @@ class Service:
             now, attrs,
         )
         if existing is not None:
+            await self._claim_alone(claim)
             return existing
         if requested_x is not None:
             await self._require_own_number(account, requested_x, a.country_code)
@@ -385,8 +399,10 @@ class Service:
             )
             binding = _with_life(binding, life)
             try:
-                await self.store.insert_binding(binding, now)
+                await self.store.insert_binding(binding, now, claim)
                 return binding
+            except Replayed:
+                raise PnsError(Code.REPLAYED) from None
             except BindConflict as conflict:
                 if conflict.kind is ConflictKind.CUSTOMER_BIND_ID:
                     # A concurrent request with the same customerBindId won: same answer as a
@@ -397,12 +413,18 @@ class Service:
                         BIND_TYPE_AXB, now, attrs,
                     )
                     if raced is not None:
+                        await self._claim_alone(claim)
                         return raced
                     continue
                 if requested_x is not None:
                     raise PnsError(Code.PARTY_ALREADY_BOUND) from None
                 # Another bind took a party on the chosen X meanwhile: choose again.
         raise PnsError(Code.NUMBERS_EXHAUSTED, "virtual numbers exhausted under contention; retry")
+
+    async def _claim_alone(self, claim: SignatureClaim | None) -> None:
+        """The replay guard's claim by itself, for an answer that writes nothing."""
+        if claim is not None and not await take_claim(self.store, claim):
+            raise PnsError(Code.REPLAYED)
 
     async def allocate_x(self, account: Account, a: Number, b: Number, now: int) -> str:
         """Choose X for a new pair: among the account's free numbers of the country, the one
@@ -1662,8 +1684,7 @@ class Service:
 
         ``claim``: the request's replay guard, claimed by the record's own write (a report
         arrives alone, so a separate claim would cost a transaction of its own, a fifth of
-        its CPU): ``REPLAYED`` when the signature was claimed before. A report refused before
-        that write (a bad parameter, an unknown callId) claims nothing.
+        its CPU): ``REPLAYED`` when the signature was claimed before.
 
         The callId's reference is joined only when it is the reporter's own query (the
         account that asked is the one reporting) and agrees with the report's did and caller

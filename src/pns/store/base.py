@@ -35,7 +35,7 @@ import os
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..model import (
     Account,
@@ -149,13 +149,27 @@ class StoreError(Exception):
     """An operator-facing store failure with a clear one-line message (CLI, migrations)."""
 
 
-class SignatureClaim(NamedTuple):
+@dataclass(slots=True)
+class SignatureClaim:
     """A signed request's claim on its signature (the replay guard), made by the request's own
-    write when it has one (``save_call_record``): one transaction, not two."""
+    write when it has one (``insert_binding``, ``save_call_record``): one transaction, not
+    two. ``taken`` once a store committed it, so a refusal after that is not claimed twice."""
 
     key: str
     expires_at: int
     now: int
+    taken: bool = False
+
+    def params(self) -> dict[str, Any]:
+        return {"key": self.key, "expires_at": self.expires_at, "now": self.now}
+
+
+async def take_claim(store: RecordsStore, claim: SignatureClaim) -> bool:
+    """The claim by itself (``claim_signature``); False for a replay. A claim this request
+    took already (a bind tried again after a conflict) is its own: True."""
+    if not claim.taken:
+        claim.taken = await store.claim_signature(claim.key, claim.expires_at, claim.now)
+    return claim.taken
 
 
 class Replayed(Exception):
@@ -263,7 +277,8 @@ class RecordsStore(Protocol):
                                claim: SignatureClaim | None = None) -> bool:
         """False when a record with this callId exists (nothing is written then, but
         ``claim``). With ``claim``, the signature is claimed in the same transaction, before
-        anything else: ``Replayed`` when it was claimed already (nothing is written)."""
+        anything else: ``Replayed`` when it was claimed already (nothing is written);
+        ``claim.taken`` once committed."""
 
     async def list_call_records(
         self, account_id: int, start_from: int, start_to: int, bind_id: str, limit: int,
@@ -494,6 +509,14 @@ class Store(BindingIndex, RecordsStore, Protocol):
     # a request outside a task and give it one only if it waits (Python 3.11; 3.12+ has eager
     # tasks for that).
     answers_in_process: bool
+
+    async def insert_binding(self, binding: Binding, now: int,
+                             claim: SignatureClaim | None = None) -> None:
+        """``BindingIndex.insert_binding``, and with ``claim`` (the request's replay guard) the
+        signature claimed with the insert: in its transaction on SQLite, just before it
+        elsewhere (a round trip of its own either way). A lost claim raises ``Replayed`` and
+        inserts nothing; ``claim.taken`` tells whether it was committed (a conflict after it,
+        or a rolled-back insert with it)."""
 
     def find_by_party_now(self, x: str, number: str, now: int) -> Binding | None:
         """``find_by_party`` without waiting; only where ``answers_in_process`` (elsewhere it

@@ -52,10 +52,12 @@ from .base import (
     BindingLedger,
     ConflictKind,
     RecordsStore,
+    Replayed,
     SignatureClaim,
     StoreError,
     check_replacement,
     summarise_pools,
+    take_claim,
 )
 
 # A reservation's lease: longer than an insert may take (its retries for about 3 s and a WAIT
@@ -159,7 +161,10 @@ class CompositeStore:
         await self.index.ping()
 
     # --- bindings: reserve → insert → confirm -------------------------------------------------
-    async def insert_binding(self, binding: Binding, now: int) -> None:
+    async def insert_binding(self, binding: Binding, now: int,
+                             claim: SignatureClaim | None = None) -> None:
+        if claim is not None and not await take_claim(self.records, claim):
+            raise Replayed
         deadline_ms = await self._reserve(binding, now)
         try:
             await self.index.insert_on_x(binding, now, deadline_ms)

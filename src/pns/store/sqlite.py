@@ -1045,16 +1045,20 @@ class SqliteStore(SqlCommon):
         return await asyncio.to_thread(work)
 
     # --- bindings --------------------------------------------------------------------------
-    async def insert_binding(self, binding: Binding, now: int) -> None:
+    async def insert_binding(self, binding: Binding, now: int,
+                             claim: SignatureClaim | None = None) -> None:
         conn = self._conn
 
         def work() -> None:
+            _claim_in(conn, claim)
             _insert(conn, binding, now)
 
         try:
             await self._batched(work)
         except sqlite3.IntegrityError as exc:
             raise BindConflict(_conflict_kind(str(exc))) from exc
+        if claim is not None:
+            claim.taken = True
 
     async def replace_binding(self, old: Binding, new: Binding, now: int) -> bool:
         """Compare-and-swap: put ``new`` in place of ``old`` (same bindId) only if the stored
@@ -1391,16 +1395,17 @@ class SqliteStore(SqlCommon):
     async def save_call_record(self, record: CallRecord, event: OutboxEvent | None,
                                claim: SignatureClaim | None = None) -> bool:
         def work() -> bool:
-            if claim is not None and not self._conn.execute(
-                    CLAIM_SIGNATURE.sqlite, claim._asdict()).fetchall():
-                raise Replayed  # the job's savepoint (or transaction) rolls back
+            _claim_in(self._conn, claim)
             if not self._conn.execute(INSERT_RECORD.sqlite, record_params(record)).fetchall():
                 return False
             if event is not None:
                 self._conn.execute(INSERT_EVENT.sqlite, event_params(event))
             return True
 
-        return await self._batched(work)
+        saved = await self._batched(work)
+        if claim is not None:
+            claim.taken = True
+        return saved
 
     # --- operators -------------------------------------------------------------------------
 
@@ -1526,6 +1531,15 @@ def _replace(conn: sqlite3.Connection, old: Binding, new: Binding, now: int) -> 
     conn.execute("DELETE FROM cool_offs WHERE x IN (?, ?) AND number IN (?, ?, ?)",
                  (new.x, old.y, old.a, old.b, new.b))
     return True
+
+
+def _claim_in(conn: sqlite3.Connection, claim: SignatureClaim | None) -> None:
+    """A write's replay-guard claim, first in its job: ``Replayed`` rolls the job's savepoint
+    (or transaction) back, so nothing of it is written."""
+    if claim is None or claim.taken:
+        return
+    if not conn.execute(CLAIM_SIGNATURE.sqlite, claim.params()).fetchall():
+        raise Replayed
 
 
 def _insert(conn: sqlite3.Connection, binding: Binding, now: int) -> None:
