@@ -117,6 +117,36 @@ def test_reads_answer_while_another_process_holds_the_write_lock(tmp_path: Path)
         server.stop()
 
 
+def test_a_lone_write_runs_on_the_loop_unless_the_lock_is_taken(tmp_path: Path) -> None:
+    """The engine's hand-over (sqlite.py, ``_Writer._inline``): a write alone in its loop
+    iteration runs on the loop's own thread; writes of one iteration go together to the writer
+    thread (group commit); a lone write while another process holds the write lock goes to the
+    writer thread too, which waits for the lock while the loop goes on."""
+    url = f"sqlite:///{tmp_path}/pns.db"
+
+    async def go() -> None:
+        store: Any = await open_store(url)
+        try:
+            loop_thread = threading.get_ident()
+            assert await store._batched(threading.get_ident) == loop_thread
+            together = await asyncio.gather(*[store._batched(threading.get_ident)
+                                              for _ in range(3)])
+            assert len(set(together)) == 1 and together[0] != loop_thread
+            holder = _LockHolder(path_from_url(url))
+            try:
+                waiting = asyncio.ensure_future(store._batched(threading.get_ident))
+                started = time.monotonic()
+                await asyncio.sleep(0.3)
+                assert not waiting.done() and time.monotonic() - started < 1.0
+            finally:
+                holder.release()
+            assert await waiting == together[0]
+        finally:
+            await store.close()
+
+    asyncio.run(go())
+
+
 def test_workers_refused_on_sqlite(tmp_path: Path) -> None:
     result = cli("serve", "--workers", "2", "--port", "0", "--store",
                  f"sqlite:///{tmp_path}/pns.db", check=False)

@@ -10,7 +10,9 @@ Threads and connections, so that the event loop never waits on SQLite's write lo
   wakes share one transaction (group commit), each under its own savepoint, and each is
   answered only after that transaction commits. When another process
   holds the write lock, only the writer thread waits (up to ``busy_timeout``), and its jobs
-  then fail with an error (10009): the loop keeps answering reads.
+  then fail with an error (10009): the loop keeps answering reads. A job alone in its
+  iteration, the writer idle, runs on the loop instead if the lock can be had at once
+  (``_Writer._inline``): the same transaction, without two thread hand-overs.
 - Reads run on the event loop on a connection of their own (``_read``), in WAL mode: a WAL
   reader never waits for a writer, of this process or another. Nothing on the read path writes.
 - With ``index`` on (``pns serve``), the bindings that ``queryAXB`` needs are also kept in
@@ -546,11 +548,40 @@ class _Writer:
 
     def _dispatch(self) -> None:
         jobs, self._pending = self._pending, []
+        if len(jobs) == 1 and not jobs[0].own and self._queue.empty() and self._inline(jobs[0]):
+            return
         if jobs:
             self._queue.put(jobs)
 
+    def _inline(self, job: _Job) -> bool:
+        """A lone write (the only one of its loop iteration, the writer idle) runs here, on
+        the event loop, when the write lock can be had at once: the hand-over to the writer
+        thread and back (two thread wake-ups) cost more than the write, and a switch's report
+        or an occasional bind comes alone. ``busy_timeout`` is 0 meanwhile, so the loop never
+        waits: when another process holds the lock, False, and the job goes to the writer
+        thread, which waits for it as any other."""
+        if not self._lock.acquire(blocking=False):
+            return False
+        conn = self._conn
+        try:
+            conn.execute("PRAGMA busy_timeout = 0")
+            try:
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                except sqlite3.Error:
+                    return False
+                self._run_begun([job])
+            finally:
+                conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        finally:
+            self._lock.release()
+        _settle([job])
+        return True
+
     def stop(self) -> None:
-        self._dispatch()
+        jobs, self._pending = self._pending, []
+        if jobs:
+            self._queue.put(jobs)
         self._queue.put(None)
         self._thread.join()
 
@@ -585,43 +616,48 @@ class _Writer:
     def _group(self, jobs: list[_Job]) -> None:
         if not jobs:
             return
-        conn = self._conn
         with self._lock:
             try:
-                conn.execute("BEGIN IMMEDIATE")
+                self._conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
                 for job in jobs:
                     job.error = exc
-                self._answer(jobs)
-                return
-            single = len(jobs) == 1
-            for job in jobs:
-                try:
-                    if single:
-                        job.result = job.work()
-                    else:
-                        conn.execute("SAVEPOINT pns_write")
-                        try:
-                            job.result = job.work()
-                        except BaseException:
-                            conn.execute("ROLLBACK TO pns_write")
-                            raise
-                        finally:
-                            conn.execute("RELEASE pns_write")
-                except BaseException as exc:  # handed to the caller
-                    job.error = exc
-            try:
-                if single and jobs[0].error is not None:
-                    conn.execute("ROLLBACK")
-                else:
-                    conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-                for job in jobs:
-                    if job.error is None:
-                        job.error = exc
+            else:
+                self._run_begun(jobs)
         self._answer(jobs)
+
+    def _run_begun(self, jobs: list[_Job]) -> None:
+        """The jobs in the transaction just begun, each under its own savepoint when there are
+        several; then COMMIT (ROLLBACK for one job that failed). Results and errors are left
+        on the jobs, for their callers."""
+        conn = self._conn
+        single = len(jobs) == 1
+        for job in jobs:
+            try:
+                if single:
+                    job.result = job.work()
+                else:
+                    conn.execute("SAVEPOINT pns_write")
+                    try:
+                        job.result = job.work()
+                    except BaseException:
+                        conn.execute("ROLLBACK TO pns_write")
+                        raise
+                    finally:
+                        conn.execute("RELEASE pns_write")
+            except BaseException as exc:  # handed to the caller
+                job.error = exc
+        try:
+            if single and jobs[0].error is not None:
+                conn.execute("ROLLBACK")
+            else:
+                conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            for job in jobs:
+                if job.error is None:
+                    job.error = exc
 
     @staticmethod
     def _answer(jobs: list[_Job]) -> None:
