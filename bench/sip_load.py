@@ -20,6 +20,10 @@ Kamailio runs as deploy/systemd/kamailio-pns.service runs it (settings in its en
 pns: the machine is shared and noisy, so the ratio of the two figures measured back to back is
 the number to trust, not either figure alone.
 
+To compare two trees of pns itself, run each tree's copy of this file with
+``PYTHONPATH=<tree>/src``: pns is started as ``python -m pns.cli``, which otherwise imports the
+venv's installed pns (this checkout's), and both arms would measure the same code.
+
 Everything runs on this machine (a lower bound). Not part of the test suite; run on purpose:
 
     .venv/bin/python bench/sip_load.py                       # SQLite, rates 50..800

@@ -355,10 +355,10 @@ class Service:
         ``callee_dtmf`` and its delay (keyed into B's line on A's calls) and ``country_code``
         (``iso2X``: the country to take X from, which must be the parties').
 
-        ``claim``: the request's replay guard, claimed by the binding's insert (binds arrive
-        many at once, and a claim of its own cost each one a second trip through the store's
-        writer: a quarter of a bind's CPU); by itself when the answer is a binding that
-        exists (a repeated customerBindId)."""
+        ``claim``: the request's replay guard, claimed by the binding's insert (a claim of its
+        own was a second write transaction: about a sixth of the CPU of a bind that comes
+        alone; binds that come together shared it); by itself when the answer is a binding
+        that exists (a repeated customerBindId)."""
         now = int(time.time()) if now is None else now
         a = require_international(phone_a, "phoneA")
         b = require_international(phone_b, "phoneB")
