@@ -215,7 +215,20 @@ class Kamailio:
             todo += [p for p, pp in parent.items() if pp == pid]
         return found
 
-    def start(self, ready_timeout: float = 15.0) -> None:
+    def start(self, ready_timeout: float = 15.0, attempts: int = 3) -> None:
+        """Start and wait for OPTIONS to be answered. A port found free can be taken before
+        Kamailio binds it (another test process's ephemeral UDP socket: the suite runs on two
+        workers): then again on another free port, ``attempts`` times in all."""
+        for attempt in range(attempts):
+            try:
+                self._start_once(ready_timeout)
+                return
+            except HarnessError as exc:
+                if "Address already in use" not in str(exc) or attempt == attempts - 1:
+                    raise
+                self.port = free_port()
+
+    def _start_once(self, ready_timeout: float) -> None:
         ensure_free(self.port, "Kamailio")
         (self.workdir / "run").mkdir(parents=True, exist_ok=True)
         with open(self.log, "wb") as log:
