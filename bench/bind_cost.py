@@ -58,25 +58,12 @@ def _thread_cpu() -> dict[str, float]:
     return spent
 
 
-def _code(message: bytes) -> int:
-    return int(json.loads(message[message.index(b"\r\n\r\n") + 4:])["code"])
-
-
 async def main(args: argparse.Namespace) -> dict[str, float]:
     log_file = open(os.devnull, "w")  # noqa: SIM115
     logs.configure("info", "text", log_file)
-    setup = argparse.Namespace(bindings=2000, numbers=100, cache_seconds=3600.0,
-                               stub="none")
     with tempfile.TemporaryDirectory() as folder:
-        protocols, sink, _, store = await query_cost._pns(setup, folder)
-        answers: list[bytes] = []
-        counted = sink.wrote
-
-        def wrote(data: bytes) -> None:
-            answers.append(data)
-            counted(data)
-
-        sink.wrote = wrote  # type: ignore[method-assign]
+        protocols, sink, _, store = await query_cost._pns(query_cost.small_setup(), folder)
+        answers = query_cost.keep_answers(sink)
         try:
             ts = str(int(time.time() * 1000))
             binds = [_bind(i, ts) for i in range(args.binds)]
@@ -93,7 +80,7 @@ async def main(args: argparse.Namespace) -> dict[str, float]:
             if profiler is not None:
                 profiler.disable()
                 pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
-            refused = [a for a in answers if _code(a) != 0]
+            refused = [a for a in answers if query_cost.answer_body(a)["code"] != 0]
             assert not refused, refused[:1]
             owner = await store.get_account("benchkey")
             assert owner is not None

@@ -125,6 +125,29 @@ def signed_request(access_key: str, secret: str, action: str, fields: dict[str, 
     )
 
 
+def answer_body(message: bytes) -> Any:
+    """The JSON body of one HTTP answer."""
+    return json.loads(message[message.index(b"\r\n\r\n") + 4:])
+
+
+def keep_answers(sink: _Sink) -> list[bytes]:
+    """Every answer written to ``sink`` from now on, in order (the other benches check them)."""
+    answers: list[bytes] = []
+    counted = sink.wrote
+
+    def wrote(data: bytes) -> None:
+        answers.append(data)
+        counted(data)
+
+    sink.wrote = wrote  # type: ignore[method-assign]
+    return answers
+
+
+def small_setup() -> argparse.Namespace:
+    """``_pns``'s arguments for the report and bind benches: 2,000 bindings on 100 numbers."""
+    return argparse.Namespace(bindings=2000, numbers=100, cache_seconds=3600.0, stub="none")
+
+
 def _request(access_key: str, secret: str, caller: str, did: str, ts: str) -> bytes:
     return signed_request(access_key, secret, "queryAXB", {"caller": caller, "did": did}, ts)
 

@@ -29,7 +29,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -48,26 +47,13 @@ def _report(call_id: str, did: str, caller: str, ts: str) -> bytes:
     }, ts)
 
 
-def _body(message: bytes) -> Any:
-    return json.loads(message[message.index(b"\r\n\r\n") + 4:])
-
-
 async def main(args: argparse.Namespace) -> dict[str, float]:
     log_file = open(os.devnull, "w")  # noqa: SIM115
     logs.configure("info", "text", log_file)
-    setup = argparse.Namespace(bindings=2000, numbers=100, cache_seconds=3600.0,
-                               stub="none")
     with tempfile.TemporaryDirectory() as folder:
-        protocols, sink, requests, store = await query_cost._pns(setup, folder)
+        protocols, sink, requests, store = await query_cost._pns(query_cost.small_setup(), folder)
         store._calls._interval = 0.005  # as served
-        answers: list[bytes] = []
-        counted = sink.wrote
-
-        def wrote(data: bytes) -> None:
-            answers.append(data)
-            counted(data)
-
-        sink.wrote = wrote  # type: ignore[method-assign]
+        answers = query_cost.keep_answers(sink)
         try:
             started = time.process_time()
             await query_cost._drive(protocols, sink, requests, args.calls)
@@ -76,9 +62,9 @@ async def main(args: argparse.Namespace) -> dict[str, float]:
             ts = str(int(time.time() * 1000))
             reports = []
             for i, answer in enumerate(answers):
-                asked = _body(requests[i % len(requests)])
-                reports.append(_report(_body(answer)["data"]["callId"], asked["did"],
-                                       asked["caller"], ts))
+                asked = query_cost.answer_body(requests[i % len(requests)])
+                call_id = query_cost.answer_body(answer)["data"]["callId"]
+                reports.append(_report(call_id, asked["did"], asked["caller"], ts))
             answers.clear()
             gc.collect()
             profiler = cProfile.Profile() if args.profile else None
@@ -90,7 +76,7 @@ async def main(args: argparse.Namespace) -> dict[str, float]:
             if profiler is not None:
                 profiler.disable()
                 pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
-            refused = [a for a in answers if _body(a)["code"] != 0]
+            refused = [a for a in answers if query_cost.answer_body(a)["code"] != 0]
             assert not refused, refused[:1]
         finally:
             await store.close()

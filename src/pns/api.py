@@ -144,18 +144,21 @@ class Api:
 
     async def _claiming(self, action: Action, account: Account, headers: Mapping[str, str],
                         body: bytes, now: int) -> dict[str, Any] | None:
-        """An action whose write claims its signature (``Action.claims_in_write``). A refusal
-        wrote nothing, so the claim is then taken on its own: a replay is 1006 whatever the
-        first answer was, as for every state-changing action."""
+        """An action whose write claims its signature (``Action.claims_in_write``). An answer
+        that wrote nothing (a refusal, a repeated customerBindId) has the claim taken on its
+        own here, so a replay is 1006 after a success or a refusal alike, as for every
+        state-changing action (``take_claim`` costs nothing when the write took it)."""
         claim = _claim_of(headers, now)
         try:
-            return await action.handler(self, account, Claimed(decode(body, action.body), claim),
+            data = await action.handler(self, account, Claimed(decode(body, action.body), claim),
                                         now)
         except PnsError as exc:
-            if exc.code is not Code.REPLAYED and not claim.taken and not await take_claim(
-                    self.service.store, claim):
+            if exc.code is not Code.REPLAYED and not await take_claim(self.service.store, claim):
                 raise PnsError(Code.REPLAYED) from None
             raise
+        if not await take_claim(self.service.store, claim):
+            raise PnsError(Code.REPLAYED)
+        return data
 
     def answer_now(self, headers: Mapping[str, str], body: bytes,
                    client: str = "") -> Response | Awaitable[Response] | None:

@@ -59,7 +59,6 @@ from .store.base import (
     Replayed,
     SignatureClaim,
     Store,
-    take_claim,
 )
 
 log = logging.getLogger("pns.core")
@@ -357,8 +356,8 @@ class Service:
 
         ``claim``: the request's replay guard, claimed by the binding's insert (a claim of its
         own was a second write transaction: about a sixth of the CPU of a bind that comes
-        alone; binds that come together shared it); by itself when the answer is a binding
-        that exists (a repeated customerBindId)."""
+        alone; binds that come together shared it). An answer without an insert (a repeated
+        customerBindId) leaves it to the caller (``Api._claiming``)."""
         now = int(time.time()) if now is None else now
         a = require_international(phone_a, "phoneA")
         b = require_international(phone_b, "phoneB")
@@ -379,7 +378,6 @@ class Service:
             now, attrs,
         )
         if existing is not None:
-            await self._claim_alone(claim)
             return existing
         if requested_x is not None:
             await self._require_own_number(account, requested_x, a.country_code)
@@ -413,18 +411,12 @@ class Service:
                         BIND_TYPE_AXB, now, attrs,
                     )
                     if raced is not None:
-                        await self._claim_alone(claim)
                         return raced
                     continue
                 if requested_x is not None:
                     raise PnsError(Code.PARTY_ALREADY_BOUND) from None
                 # Another bind took a party on the chosen X meanwhile: choose again.
         raise PnsError(Code.NUMBERS_EXHAUSTED, "virtual numbers exhausted under contention; retry")
-
-    async def _claim_alone(self, claim: SignatureClaim | None) -> None:
-        """The replay guard's claim by itself, for an answer that writes nothing."""
-        if claim is not None and not await take_claim(self.store, claim):
-            raise PnsError(Code.REPLAYED)
 
     async def allocate_x(self, account: Account, a: Number, b: Number, now: int) -> str:
         """Choose X for a new pair: among the account's free numbers of the country, the one
